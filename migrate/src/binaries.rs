@@ -1,0 +1,90 @@
+//! Swaps the default `etcd`/`etcdctl` for the target version's pair (unless
+//! DO_NOT_MOVE_BINARIES=true). In the image, `etcd` may be a hard link to `etcd-<latest>`:
+//! writing through it would overwrite that version. So the copy goes to a temp file in the same
+//! directory and is renamed over the default name, which replaces the link, not its target.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use semver::Version;
+
+use crate::MigrateError;
+
+/// Replaces `<bin_dir>/<name>` with a copy of `<bin_dir>/<name>-<version>`, keeping its mode.
+pub fn replace_default(bin_dir: &Path, name: &str, version: &Version) -> Result<(), MigrateError> {
+    let source = bin_dir.join(format!("{name}-{version}"));
+    let dest = bin_dir.join(name);
+    if !source.is_file() {
+        return Err(MigrateError::MissingBinary {
+            binary: source.display().to_string(),
+            why: format!("making it the default `{name}`"),
+        });
+    }
+    let tmp = bin_dir.join(format!(".{name}.tmp.{}", std::process::id()));
+    let result = (|| -> io::Result<()> {
+        let _ = fs::remove_file(&tmp);
+        fs::copy(&source, &tmp)?;
+        let mode = fs::metadata(&source)?.permissions().mode();
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(mode))?;
+        fs::File::open(&tmp)?.sync_all()?;
+        fs::rename(&tmp, &dest)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result.map_err(|source| MigrateError::Binaries {
+        path: dest.display().to_string(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    // guards: writing through a hard link `etcd` -> `etcd-3.5.1` would turn etcd-3.5.1 into 3.4.23
+    #[test]
+    fn replaces_a_hard_link_without_touching_its_target() {
+        let d = tempfile::tempdir().unwrap();
+        fs::write(d.path().join("etcd-3.5.1"), "three five one").unwrap();
+        fs::write(d.path().join("etcd-3.4.23"), "three four").unwrap();
+        fs::set_permissions(
+            d.path().join("etcd-3.4.23"),
+            fs::Permissions::from_mode(0o555),
+        )
+        .unwrap();
+        fs::hard_link(d.path().join("etcd-3.5.1"), d.path().join("etcd")).unwrap();
+        replace_default(d.path(), "etcd", &Version::new(3, 4, 23)).unwrap();
+        assert_eq!(
+            fs::read_to_string(d.path().join("etcd")).unwrap(),
+            "three four"
+        );
+        assert_eq!(
+            fs::read_to_string(d.path().join("etcd-3.5.1")).unwrap(),
+            "three five one"
+        );
+        assert_eq!(
+            fs::metadata(d.path().join("etcd")).unwrap().mode() & 0o777,
+            0o555
+        );
+        assert_eq!(
+            fs::metadata(d.path().join("etcd-3.5.1")).unwrap().nlink(),
+            1
+        );
+        assert_eq!(
+            fs::read_dir(d.path()).unwrap().count(),
+            3,
+            "no temp file left"
+        );
+    }
+
+    #[test]
+    fn missing_source_is_an_error() {
+        let d = tempfile::tempdir().unwrap();
+        let err = replace_default(d.path(), "etcdctl", &Version::new(3, 5, 1)).unwrap_err();
+        assert!(matches!(err, MigrateError::MissingBinary { .. }));
+    }
+}

@@ -1,0 +1,225 @@
+//! `migrate`: brings an etcd data directory to a target version and storage before etcd starts.
+//!
+//! This library does the work; `main.rs` only parses, renders and exits. Safety rules:
+//! - a refusal (bad input, unsupported path) changes nothing in the data directory;
+//! - version.txt is written atomically and only when its content changes;
+//! - the default `etcd`/`etcdctl` are replaced by rename, never written through (they may be
+//!   hard links to `etcd-<V>` in the image).
+
+pub mod binaries;
+pub mod datadir;
+pub mod options;
+pub mod version;
+
+use std::fmt;
+
+use datadir::{DataDir, DataDirError};
+use options::Options;
+use version::{Storage, VersionPair};
+
+/// Distinct exit codes, so that a supervisor can tell refusals apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitCode {
+    Ok = 0,
+    Failure = 1,
+    Usage = 2,
+    NotSupportedYet = 3,
+    MalformedVersionFile = 10,
+    MissingVersionFile = 11,
+    TargetNotBundled = 12,
+    DowngradeTooFar = 13,
+    UnknownStorage = 14,
+    DataDirInUse = 15,
+    MissingBinary = 16,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
+    #[error("existing data directory `{0}` is missing version.txt file, unable to migrate")]
+    MissingVersionFile(String),
+    #[error("target version {target} is not bundled (bundled: {bundled})")]
+    TargetNotBundled { target: String, bundled: String },
+    #[error("{binary} is missing: needed for {why}")]
+    MissingBinary { binary: String, why: String },
+    #[error("migration from {current} to {target} is not supported yet by this migrate; the data directory was not changed")]
+    NotSupportedYet { current: String, target: String },
+    #[error("replacing `{path}`: {source}")]
+    Binaries {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+impl MigrateError {
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            MigrateError::DataDir(DataDirError::Malformed { .. }) => ExitCode::MalformedVersionFile,
+            MigrateError::DataDir(_) => ExitCode::Failure,
+            MigrateError::MissingVersionFile(_) => ExitCode::MissingVersionFile,
+            MigrateError::TargetNotBundled { .. } => ExitCode::TargetNotBundled,
+            MigrateError::MissingBinary { .. } => ExitCode::MissingBinary,
+            MigrateError::NotSupportedYet { .. } => ExitCode::NotSupportedYet,
+            MigrateError::Binaries { .. } => ExitCode::Failure,
+        }
+    }
+
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            MigrateError::DataDir(DataDirError::Malformed { path, .. }) => Some(format!(
+                "version.txt must hold `<major>.<minor>.<patch>/<etcd2|etcd3>`, e.g. `3.4.23/etcd3`; fix `{}` by hand after checking which etcd wrote the data",
+                path.display()
+            )),
+            MigrateError::MissingVersionFile(_) => Some(
+                "migrate never guesses the version of existing data; write version.txt by hand (e.g. `3.4.23/etcd3`) after checking which etcd wrote it".into(),
+            ),
+            MigrateError::TargetNotBundled { .. } => Some("set TARGET_VERSION to one of the bundled versions".into()),
+            _ => None,
+        }
+    }
+}
+
+/// What a run did (or, with --dry-run, would do).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Empty or missing data dir: version.txt set to the target.
+    Initialized,
+    /// Already at the target: nothing written.
+    UpToDate,
+    /// Same minor, other patch: only version.txt changes (no server run needed).
+    PatchChange,
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Outcome::Initialized => "initialized",
+            Outcome::UpToDate => "up-to-date",
+            Outcome::PatchChange => "patch-change",
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub data_dir: String,
+    pub from: Option<String>,
+    pub to: String,
+    pub outcome: Outcome,
+    pub dry_run: bool,
+    pub steps: Vec<String>,
+}
+
+impl Report {
+    pub fn to_json(&self) -> String {
+        fn s(v: &str) -> String {
+            let mut out = String::from("\"");
+            for c in v.chars() {
+                match c {
+                    '"' => out.push_str("\\\""),
+                    '\\' => out.push_str("\\\\"),
+                    '\n' => out.push_str("\\n"),
+                    c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+                    c => out.push(c),
+                }
+            }
+            out.push('"');
+            out
+        }
+        let steps: Vec<String> = self.steps.iter().map(|x| s(x)).collect();
+        format!(
+            "{{\"data_dir\":{},\"from\":{},\"to\":{},\"outcome\":{},\"dry_run\":{},\"steps\":[{}]}}",
+            s(&self.data_dir),
+            self.from.as_deref().map(s).unwrap_or_else(|| "null".into()),
+            s(&self.to),
+            s(&self.outcome.to_string()),
+            self.dry_run,
+            steps.join(",")
+        )
+    }
+}
+
+/// Logs to stderr with a stable prefix.
+pub fn log(message: &str) {
+    eprintln!("migrate: {message}");
+}
+
+/// Runs the migration described by `options`.
+pub fn migrate_if_needed(options: &Options) -> Result<Report, MigrateError> {
+    let target = &options.target;
+    let data_dir = DataDir::new(&options.data_dir);
+    let bundled_text = options
+        .bundled_versions
+        .iter()
+        .map(|v| v.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    if !options
+        .bundled_versions
+        .iter()
+        .any(|v| v.cmp_precedence(&target.version).is_eq())
+    {
+        return Err(MigrateError::TargetNotBundled {
+            target: target.version.to_string(),
+            bundled: bundled_text,
+        });
+    }
+    let report = |from: Option<&VersionPair>, outcome: Outcome, steps: Vec<String>| Report {
+        data_dir: options.data_dir.display().to_string(),
+        from: from.map(|p| p.to_string()),
+        to: target.to_string(),
+        outcome,
+        dry_run: options.dry_run,
+        steps,
+    };
+
+    log(&format!(
+        "starting migration of `{}` to {target}",
+        options.data_dir.display()
+    ));
+    if data_dir.is_empty()? {
+        let step = format!("initialize empty data directory: write version.txt = {target}");
+        if options.dry_run {
+            return Ok(report(None, Outcome::Initialized, vec![step]));
+        }
+        if !data_dir.exists() {
+            log(&format!(
+                "data directory `{}` does not exist, creating it",
+                options.data_dir.display()
+            ));
+            data_dir.create()?;
+        }
+        data_dir.write_version(target)?;
+        log(&format!(
+            "initialized empty data directory with version {target}"
+        ));
+        return Ok(report(None, Outcome::Initialized, vec![step]));
+    }
+    let current = data_dir
+        .read_version()?
+        .ok_or_else(|| MigrateError::MissingVersionFile(options.data_dir.display().to_string()))?;
+    log(&format!(
+        "converging current version '{current}' to target version '{target}'"
+    ));
+    if current == *target {
+        log("data directory is already at the target version; nothing to do");
+        return Ok(report(Some(&current), Outcome::UpToDate, Vec::new()));
+    }
+    if current.storage == target.storage
+        && current.major_minor_equals(&target.version)
+        && target.storage == Storage::Etcd3
+    {
+        // A patch release reads and writes the same data format: no server run needed.
+        let step = format!("patch change {current} -> {target}: write version.txt");
+        if !options.dry_run {
+            data_dir.write_version(target)?;
+            log(&format!("wrote version.txt = {target}"));
+        }
+        return Ok(report(Some(&current), Outcome::PatchChange, vec![step]));
+    }
+    Err(MigrateError::NotSupportedYet {
+        current: current.to_string(),
+        target: target.to_string(),
+    })
+}

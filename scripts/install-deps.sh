@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Installs every system tool the etcdimg test suite and benchmarks use, on a fresh Debian machine
+# with only the package registries reachable. Idempotent: a second run installs nothing new.
+#
+#   bash scripts/install-deps.sh
+#
+# What and why:
+#   golang-go, golang-etcd-server-dev  build etcd 3.4.23 from Debian's source (release mirror fixture)
+#   etcd-server, etcd-client           a second, independent etcd 3.4.23
+#   docker-registry                    the real registry (distribution 2.8) the tests push to / pull from
+#   skopeo, umoci                      independent checkers of our OCI output; umoci is also the benchmark rival
+#   qemu-user-static                   run foreign-arch binaries (etcd --version for arm64 etc.)
+#   busybox-static (per arch)          the base image fixture, downloaded with `apt-get download`
+#   pigz, hyperfine                    benchmark rivals and timing
+#   rust targets (musl)                static `migrate` for the image
+set -euo pipefail
+
+export DEBIAN_FRONTEND=noninteractive
+need_apt=()
+for pkg in golang-go golang-etcd-server-dev etcd-server etcd-client docker-registry skopeo umoci \
+    qemu-user-static busybox-static pigz hyperfine openssl apache2-utils python3; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || need_apt+=("$pkg")
+done
+
+# Foreign architectures, so that `apt-get download busybox-static:<arch>` resolves.
+added_arch=0
+for arch in arm64 armhf ppc64el s390x; do
+    if ! dpkg --print-foreign-architectures | grep -qx "$arch"; then
+        dpkg --add-architecture "$arch"
+        added_arch=1
+    fi
+done
+
+if [ ${#need_apt[@]} -gt 0 ] || [ "$added_arch" = 1 ] || [ ! -e /var/lib/apt/lists/lock ]; then
+    # A mirror mid-sync can fail one index (seen: bookworm-security armhf "unexpected size"); retry,
+    # then go on with what was fetched: the packages we need are in the main suite.
+    for attempt in 1 2 3; do
+        apt-get update -qq && break
+        echo "apt-get update failed (attempt $attempt), retrying" >&2
+        sleep $((attempt * 5))
+    done
+fi
+if [ ${#need_apt[@]} -gt 0 ]; then
+    echo "installing: ${need_apt[*]}" >&2
+    apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+fi
+
+if command -v rustup >/dev/null 2>&1; then
+    installed=$(rustup target list --installed)
+    for target in x86_64-unknown-linux-musl aarch64-unknown-linux-musl; do
+        grep -qx "$target" <<<"$installed" || rustup target add "$target"
+    done
+fi
+echo "install-deps: ok" >&2

@@ -1,0 +1,107 @@
+//! Command-line surface. Doc comments are the `--help` text; no logic lives here.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Build, verify and push Kubernetes etcd container images, without a Docker daemon.
+///
+/// Settings come from, highest first: flags, environment (ETCDIMG_* and the Makefile's
+/// ETCD_VERSION, BUNDLED_ETCD_VERSIONS, REVISION, ARCH, REGISTRY, PUSH_REGISTRY, BASEIMAGE,
+/// ETCD_RELEASE_URL), images.toml, built-in defaults.
+#[derive(Debug, Parser)]
+#[command(name = "etcdimg", version, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Path of images.toml.
+    #[arg(
+        long,
+        global = true,
+        env = "ETCDIMG_CONFIG",
+        default_value = "images.toml"
+    )]
+    pub config: PathBuf,
+    /// Download and layer cache [default: $XDG_CACHE_HOME/etcdimg].
+    #[arg(long, global = true, env = "ETCDIMG_CACHE")]
+    pub cache_dir: Option<PathBuf>,
+    /// Print machine-readable JSON on stdout.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Show more detail on stderr (never credentials).
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
+    /// Registry (host[:port]) to reach over plain HTTP. Repeatable. Never implied.
+    #[arg(long = "insecure-registry", global = true, value_name = "HOST")]
+    pub insecure_registries: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Build the image for one arch into an OCI layout (the Makefile's `make build`).
+    Build(BuildArgs),
+    /// Print the resolved settings (after flags, environment and images.toml).
+    Settings(SettingsArgs),
+}
+
+/// Overrides of images.toml keys, shared by the verbs that resolve a build.
+#[derive(Debug, Args, Default)]
+pub struct OverrideArgs {
+    /// The latest etcd version (images.toml `etcd.latest`; env ETCD_VERSION).
+    #[arg(long, value_name = "VERSION")]
+    pub etcd_version: Option<String>,
+    /// Bundled etcd versions, space or comma separated (env BUNDLED_ETCD_VERSIONS).
+    #[arg(long, value_name = "VERSIONS")]
+    pub bundled_versions: Option<String>,
+    /// Image revision (env REVISION).
+    #[arg(long)]
+    pub revision: Option<String>,
+    /// Registry the image is named for (env REGISTRY).
+    #[arg(long)]
+    pub registry: Option<String>,
+    /// Registry to push to (env PUSH_REGISTRY).
+    #[arg(long)]
+    pub push_registry: Option<String>,
+    /// Base image for the arch: registry reference or oci:PATH[:REF] (env BASEIMAGE).
+    #[arg(long, value_name = "REF")]
+    pub base_image: Option<String>,
+    /// Base URL of etcd release folders, e.g. a mirror (env ETCD_RELEASE_URL).
+    #[arg(long, value_name = "URL")]
+    pub release_url: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// Target arch: amd64, arm, arm64, ppc64le or s390x (env ARCH).
+    #[arg(long, env = "ARCH", default_value = "amd64")]
+    pub arch: String,
+    #[command(flatten)]
+    pub overrides: OverrideArgs,
+    /// OCI image layout directory to write (created if missing; other images in it are kept).
+    #[arg(long, env = "ETCDIMG_OUTPUT", default_value = "_output/oci")]
+    pub output: PathBuf,
+    /// Also write a docker-archive tarball loadable by `docker load`.
+    #[arg(long, value_name = "FILE")]
+    pub docker_archive: Option<PathBuf>,
+    /// Use this prebuilt static migrate binary instead of building the migrate crate.
+    #[arg(long, env = "ETCDIMG_MIGRATE_BINARY", value_name = "PATH")]
+    pub migrate_binary: Option<PathBuf>,
+    /// Worker threads for compression [default: available cores]. Output bytes never depend on it.
+    #[arg(long, env = "ETCDIMG_JOBS")]
+    pub jobs: Option<usize>,
+}
+
+#[derive(Debug, Args)]
+pub struct SettingsArgs {
+    /// Arch to resolve (env ARCH).
+    #[arg(long, env = "ARCH", default_value = "amd64")]
+    pub arch: String,
+    #[command(flatten)]
+    pub overrides: OverrideArgs,
+}

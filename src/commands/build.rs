@@ -1,0 +1,573 @@
+//! `etcdimg build --arch A`: one arch's image, from images.toml to an OCI layout.
+//!
+//! 1. resolve   — settings were resolved by the caller (flags > env > images.toml > defaults)
+//! 2. base      — pull the base for the arch's platform (registry or `oci:` layout)
+//! 3. fetch     — each bundled version's release tarball, verified against SHA256SUMS (+ pin)
+//! 4. verify    — extract etcd/etcdctl/etcdutl safely; ELF and `--version` checks
+//! 5. compile   — the static migrate binary for the arch (cached by its inputs)
+//! 6. assemble  — one deterministic layer per version (+ migrate), reused when inputs match
+//! 7. write     — blobs, config, manifest into the OCI layout; index.json swapped last
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use semver::Version;
+use serde::Serialize;
+
+use crate::binary::{self, VersionCheck};
+use crate::fetch::{self, cache::Cache, extract, http::Http};
+use crate::migrate_build;
+use crate::oci::image::{self, AddedLayer, ImageSpec};
+use crate::oci::layer::{self, Body, Entry, LayerDigests};
+use crate::oci::layout::Layout;
+use crate::oci::{self, docker_archive, gzip, MediaType};
+use crate::platform::Arch;
+use crate::registry::{self, RegistryOptions};
+use crate::report::Reporter;
+use crate::settings::Settings;
+
+/// Bumped whenever the layout of our layers changes, so that old cache entries are not reused.
+const LAYER_FORMAT: &str = "etcdimg-layer-v1";
+const BIN_DIR: &str = "usr/local/bin";
+
+pub struct BuildOptions {
+    pub output: PathBuf,
+    pub docker_archive: Option<PathBuf>,
+    pub migrate_binary: Option<PathBuf>,
+    pub jobs: usize,
+    pub registry: RegistryOptions,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LayerReport {
+    pub digest: String,
+    pub size: u64,
+    pub content: String,
+    /// True when the layer came from the cache (nothing compressed).
+    pub cached: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BuildReport {
+    pub arch: String,
+    pub platform: String,
+    pub layout: String,
+    pub reference: String,
+    pub image: String,
+    pub manifest_digest: String,
+    pub manifest_size: u64,
+    pub config_digest: String,
+    pub base: String,
+    pub base_digest: String,
+    pub layers: Vec<LayerReport>,
+    pub total_size: u64,
+    pub tarballs: Vec<TarballReport>,
+    pub docker_archive: Option<String>,
+    pub seconds: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TarballReport {
+    pub version: String,
+    pub url: String,
+    pub sha256: String,
+}
+
+/// A layer to produce: its cache key and how to make it if the cache misses.
+struct LayerJob {
+    content: String,
+    key: String,
+    make: LayerInput,
+}
+
+enum LayerInput {
+    /// A version's binaries; `latest` adds `etcd`/`etcdctl` as hard links.
+    Etcd {
+        version: Version,
+        binaries: Vec<extract::Binary>,
+        latest: bool,
+    },
+    Migrate {
+        binary: Vec<u8>,
+    },
+}
+
+fn etcd_entries<'a>(
+    version: &Version,
+    binaries: &'a [extract::Binary],
+    latest: bool,
+    mode: u32,
+) -> Vec<Entry<'a>> {
+    let mut entries = Vec::new();
+    for b in binaries {
+        let versioned = format!("{BIN_DIR}/{}-{version}", b.name);
+        if latest && (b.name == "etcd" || b.name == "etcdctl") {
+            // The default binaries hold the bytes; the versioned names link to them. In sorted
+            // order `etcd` precedes `etcd-<V>`, so the link follows its target.
+            let default = format!("{BIN_DIR}/{}", b.name);
+            entries.push(Entry {
+                path: default.clone(),
+                mode,
+                body: Body::File(&b.bytes),
+            });
+            entries.push(Entry {
+                path: versioned,
+                mode,
+                body: Body::HardLink(default),
+            });
+        } else {
+            entries.push(Entry {
+                path: versioned,
+                mode,
+                body: Body::File(&b.bytes),
+            });
+        }
+    }
+    entries
+}
+
+fn layer_key(parts: &[&str]) -> String {
+    let mut text = String::from(LAYER_FORMAT);
+    text.push('\n');
+    text.push_str(&gzip::description());
+    for p in parts {
+        text.push('\n');
+        text.push_str(p);
+    }
+    fetch::cache::sha256_hex(text.as_bytes())
+}
+
+fn cached_layer(cache: &Cache, key: &str) -> Option<LayerDigests> {
+    let record = cache.get_ref("layers", key)?;
+    let digests: LayerDigests = serde_json::from_str(&record).ok()?;
+    let meta = std::fs::metadata(cache.blob_path(&digests.digest)).ok()?;
+    (meta.len() == digests.size).then_some(digests)
+}
+
+fn make_layer(job: &LayerJob, mode: u32, mtime: u64, cache: &Cache) -> Result<LayerDigests> {
+    let script = migrate_build::WRAPPER_SCRIPT.as_bytes();
+    let entries = match &job.make {
+        LayerInput::Etcd {
+            version,
+            binaries,
+            latest,
+        } => etcd_entries(version, binaries, *latest, mode),
+        LayerInput::Migrate { binary } => vec![
+            Entry {
+                path: format!("{BIN_DIR}/migrate"),
+                mode,
+                body: Body::File(binary),
+            },
+            Entry {
+                path: format!("{BIN_DIR}/migrate-if-needed.sh"),
+                mode,
+                body: Body::File(script),
+            },
+        ],
+    };
+    let mut pending = cache.pending()?;
+    let digests = layer::write_layer(
+        entries,
+        mtime,
+        std::io::BufWriter::with_capacity(1 << 20, &mut pending),
+    )
+    .with_context(|| format!("building the layer for {}", job.content))?;
+    match cache.commit(pending, Some(&digests.digest))? {
+        Ok(_) => {}
+        Err(actual) => anyhow::bail!(
+            "layer for {} hashed to {actual} on disk, expected {}",
+            job.content,
+            digests.digest
+        ),
+    }
+    cache.put_ref("layers", &job.key, &serde_json::to_string(&digests)?)?;
+    Ok(digests)
+}
+
+/// Checks one version's binaries: ELF header always, `--version` where it can run.
+fn check_binaries(
+    binaries: &[extract::Binary],
+    version: &Version,
+    arch: Arch,
+    reporter: &dyn Reporter,
+) -> Result<()> {
+    for b in binaries {
+        binary::check_elf(&b.name, &b.bytes, arch)
+            .with_context(|| format!("checking etcd {version} for {arch}"))?;
+    }
+    for b in binaries {
+        match binary::check_version(&b.name, &b.bytes, arch, version)
+            .with_context(|| format!("checking etcd {version} for {arch}"))?
+        {
+            VersionCheck::Verified => {}
+            VersionCheck::Skipped => {
+                reporter.warn(&format!("cannot run {arch} binaries here (install qemu-user-static); checked `{}` {version} by ELF header only", b.name));
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn build(
+    settings: &Settings,
+    arch: Arch,
+    options: &BuildOptions,
+    cache: &Cache,
+    reporter: Arc<dyn Reporter>,
+) -> Result<BuildReport> {
+    let started = Instant::now();
+    if settings.source_for(arch) == crate::config::Source::Build {
+        anyhow::bail!(crate::UserError::new(
+            format!("arch `{arch}` has source = \"build\" (cross-compile etcd from source), which this etcdimg cannot do yet"),
+            format!("set `[arch.{arch}] source = \"release\"` in images.toml to use the official release tarballs"),
+        ));
+    }
+    let mode = settings.binary_mode;
+    let mtime = settings.source_date_epoch;
+
+    // 2. base
+    let base_ref = settings.base_for(arch).to_string();
+    let base = registry::pull_base(&base_ref, arch, cache, &options.registry, &*reporter)
+        .await
+        .with_context(|| format!("resolving the base image `{base_ref}` for {arch}"))?;
+
+    // 3. fetch (concurrently; the network is the limit, not the CPU)
+    let http = Http::new()?;
+    let fetches = settings.bundled.iter().map(|version| {
+        let http = &http;
+        let reporter = &*reporter;
+        async move {
+            fetch::release(
+                http,
+                cache,
+                &settings.release_url,
+                version,
+                arch,
+                settings.pin_for(version, arch),
+                reporter,
+            )
+            .await
+            .with_context(|| format!("fetching etcd {version} for {arch}"))
+        }
+    });
+    let tarballs: Vec<fetch::VerifiedTarball> = futures_util::future::join_all(fetches)
+        .await
+        .into_iter()
+        .collect::<Result<_>>()?;
+    let tarball_reports: Vec<TarballReport> = tarballs
+        .iter()
+        .map(|t| TarballReport {
+            version: t.version.to_string(),
+            url: t.url.clone(),
+            sha256: t.sha256.clone(),
+        })
+        .collect();
+
+    // 5. compile migrate (before the etcd work, so a missing Rust target fails fast)
+    let source_dir = settings.migrate_source_dir.clone();
+    let prebuilt = options.migrate_binary.clone();
+    let cache_for_migrate = cache.clone();
+    let reporter_for_migrate = reporter.clone();
+    let migrate = tokio::task::spawn_blocking(move || {
+        migrate_build::migrate_binary(
+            &source_dir,
+            prebuilt.as_deref(),
+            arch,
+            &cache_for_migrate,
+            &*reporter_for_migrate,
+        )
+    })
+    .await??;
+
+    // 4 + 6. verify and assemble; reuse layers whose inputs did not change
+    let mut jobs: Vec<(usize, LayerJob)> = Vec::new();
+    let mut layers: Vec<Option<(LayerDigests, String, bool)>> = Vec::new();
+    let mode_text = format!("{mode:o}");
+    let mtime_text = mtime.to_string();
+    for tarball in tarballs {
+        let latest = tarball.version == settings.latest;
+        let content = format!(
+            "etcd {}{}",
+            tarball.version,
+            if latest {
+                " (default etcd, etcdctl)"
+            } else {
+                ""
+            }
+        );
+        let key = layer_key(&[
+            "etcd",
+            &tarball.sha256,
+            &tarball.version.to_string(),
+            arch.name(),
+            &latest.to_string(),
+            &mode_text,
+            &mtime_text,
+        ]);
+        if let Some(d) = cached_layer(cache, &key) {
+            tarball.keep(cache)?;
+            layers.push(Some((d, content, true)));
+            continue;
+        }
+        let version = tarball.version.clone();
+        let r = reporter.clone();
+        let path = tarball.path.clone();
+        let name = tarball.file_name.clone();
+        let binaries = tokio::task::spawn_blocking(move || -> Result<Vec<extract::Binary>> {
+            r.status(
+                "Verifying",
+                &format!("{name}: contents, ELF headers and versions"),
+            );
+            let binaries = extract::extract(&path, &name)?;
+            check_binaries(&binaries, &version, arch, &*r)?;
+            Ok(binaries)
+        })
+        .await??;
+        // Only now, with every check passed, does the download enter the cache.
+        let version = tarball.version.clone();
+        tarball.keep(cache)?;
+        layers.push(None);
+        jobs.push((
+            layers.len() - 1,
+            LayerJob {
+                content,
+                key,
+                make: LayerInput::Etcd {
+                    version,
+                    binaries,
+                    latest,
+                },
+            },
+        ));
+    }
+    let script_digest = fetch::cache::sha256_hex(migrate_build::WRAPPER_SCRIPT.as_bytes());
+    let migrate_key = layer_key(&[
+        "migrate",
+        &migrate.sha256,
+        &script_digest,
+        &mode_text,
+        &mtime_text,
+    ]);
+    let migrate_content = "migrate, migrate-if-needed.sh".to_string();
+    match cached_layer(cache, &migrate_key) {
+        Some(d) => layers.push(Some((d, migrate_content, true))),
+        None => {
+            layers.push(None);
+            jobs.push((
+                layers.len() - 1,
+                LayerJob {
+                    content: migrate_content,
+                    key: migrate_key,
+                    make: LayerInput::Migrate {
+                        binary: migrate.bytes,
+                    },
+                },
+            ));
+        }
+    }
+
+    // Compress the biggest layers first, `jobs` at a time; bytes never depend on the order.
+    jobs.sort_by_key(|(_, j)| {
+        std::cmp::Reverse(match &j.make {
+            LayerInput::Etcd { binaries, .. } => {
+                binaries.iter().map(|b| b.bytes.len()).sum::<usize>()
+            }
+            LayerInput::Migrate { binary } => binary.len(),
+        })
+    });
+    let workers = options.jobs.max(1);
+    let queue = std::sync::Mutex::new(jobs.into_iter());
+    let results = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|scope| -> Result<()> {
+        let mut handles = Vec::new();
+        for _ in 0..workers {
+            handles.push(scope.spawn(|| -> Result<()> {
+                loop {
+                    let next = queue.lock().expect("queue").next();
+                    let Some((slot, job)) = next else {
+                        return Ok(());
+                    };
+                    reporter.status("Compressing", &format!("layer {}", job.content));
+                    let d = make_layer(&job, mode, mtime, cache)?;
+                    results
+                        .lock()
+                        .expect("results")
+                        .push((slot, d, job.content));
+                }
+            }));
+        }
+        for h in handles {
+            h.join()
+                .map_err(|_| anyhow::anyhow!("a layer worker panicked"))??;
+        }
+        Ok(())
+    })?;
+    for (slot, d, content) in results.into_inner().expect("results") {
+        layers[slot] = Some((d, content, false));
+    }
+    let layers: Vec<(LayerDigests, String, bool)> = layers
+        .into_iter()
+        .map(|l| l.expect("every layer built"))
+        .collect();
+
+    // The image
+    let tag = settings.tag();
+    let created = image::rfc3339(mtime);
+    let bundled: Vec<String> = settings.bundled.iter().map(|v| v.to_string()).collect();
+    let mut labels = BTreeMap::new();
+    labels.insert(
+        "org.opencontainers.image.title".to_string(),
+        "etcd".to_string(),
+    );
+    labels.insert("org.opencontainers.image.version".to_string(), tag.clone());
+    labels.insert(
+        "org.opencontainers.image.created".to_string(),
+        created.clone(),
+    );
+    labels.insert(
+        "org.opencontainers.image.base.name".to_string(),
+        base.name.clone(),
+    );
+    labels.insert(
+        "org.opencontainers.image.base.digest".to_string(),
+        format!("sha256:{}", base.manifest_digest),
+    );
+    labels.insert(
+        "dev.etcdimg.etcd.version".to_string(),
+        settings.latest.to_string(),
+    );
+    labels.insert("dev.etcdimg.etcd.bundled".to_string(), bundled.join(","));
+    labels.insert(
+        "dev.etcdimg.revision".to_string(),
+        settings.revision.clone(),
+    );
+    labels.insert("dev.etcdimg.compression".to_string(), gzip::description());
+    let mut env = Vec::new();
+    if arch != Arch::Amd64 {
+        // As the Makefile did for every non-amd64 arch: etcd refuses to start on arches it
+        // calls unsupported unless this is set.
+        env.push(("ETCD_UNSUPPORTED_ARCH".to_string(), arch.name().to_string()));
+    }
+    let spec = ImageSpec {
+        base_config: base.config.clone(),
+        base_layers: base
+            .layers
+            .iter()
+            .map(|l| {
+                let mut d = l.descriptor.clone();
+                d.set_media_type(oci::oci_layer_media_type(d.media_type()));
+                d.set_annotations(None);
+                d.set_urls(None);
+                d
+            })
+            .collect(),
+        added: layers
+            .iter()
+            .map(|(d, content, _)| AddedLayer {
+                digests: d.clone(),
+                created_by: format!("etcdimg: {content}"),
+            })
+            .collect(),
+        arch,
+        env,
+        labels: labels.clone(),
+        annotations: labels,
+        exposed_ports: vec![2379, 2380, 4001, 7001],
+        created,
+    };
+    let built = image::build(&spec)?;
+
+    // 7. write: blobs first, index.json last
+    reporter.status(
+        "Writing",
+        &format!(
+            "{} to {}",
+            settings.layout_ref(arch),
+            options.output.display()
+        ),
+    );
+    let layout = Layout::create(&options.output)?;
+    for l in &base.layers {
+        layout.put_blob_file(&l.path, &oci::hex(&l.descriptor), l.descriptor.size())?;
+    }
+    for (d, _, _) in &layers {
+        layout.put_blob_file(&cache.blob_path(&d.digest), &d.digest, d.size)?;
+    }
+    layout.put_blob_bytes(&built.config)?;
+    layout.put_blob_bytes(&built.manifest)?;
+    let mut manifest_desc = oci::descriptor(
+        MediaType::ImageManifest,
+        &built.manifest_digest,
+        built.manifest.len() as u64,
+    );
+    manifest_desc.set_platform(Some(oci::platform_for(arch)));
+    let reference = settings.layout_ref(arch);
+    layout.set_ref(&reference, manifest_desc)?;
+
+    let image_name = settings.arch_image(&settings.registry, arch);
+    if let Some(archive) = &options.docker_archive {
+        let layer_paths: Vec<(String, PathBuf)> = built
+            .layers
+            .iter()
+            .map(|d| (oci::hex(d), layout.blob_path(&oci::hex(d))))
+            .collect();
+        docker_archive::write(
+            archive,
+            &docker_archive::ArchiveImage {
+                repo_tag: image_name.clone(),
+                config: &built.config,
+                config_hex: &built.config_digest,
+                layers: layer_paths
+                    .iter()
+                    .map(|(h, p)| (h.clone(), p.as_path()))
+                    .collect(),
+            },
+            mtime,
+        )
+        .with_context(|| format!("writing the docker archive `{}`", archive.display()))?;
+    }
+
+    let mut layer_reports: Vec<LayerReport> = base
+        .layers
+        .iter()
+        .map(|l| LayerReport {
+            digest: l.descriptor.digest().to_string(),
+            size: l.descriptor.size(),
+            content: format!("base {}", base.name),
+            cached: true,
+        })
+        .collect();
+    layer_reports.extend(layers.iter().map(|(d, content, cached)| LayerReport {
+        digest: format!("sha256:{}", d.digest),
+        size: d.size,
+        content: content.clone(),
+        cached: *cached,
+    }));
+    let total_size = layer_reports.iter().map(|l| l.size).sum::<u64>()
+        + built.config.len() as u64
+        + built.manifest.len() as u64;
+    Ok(BuildReport {
+        arch: arch.to_string(),
+        platform: oci::platform_string(&oci::platform_for(arch)),
+        layout: display_path(&options.output),
+        reference,
+        image: image_name,
+        manifest_digest: format!("sha256:{}", built.manifest_digest),
+        manifest_size: built.manifest.len() as u64,
+        config_digest: format!("sha256:{}", built.config_digest),
+        base: base.name.clone(),
+        base_digest: format!("sha256:{}", base.manifest_digest),
+        layers: layer_reports,
+        total_size,
+        tarballs: tarball_reports,
+        docker_archive: options.docker_archive.as_deref().map(display_path),
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+fn display_path(p: &Path) -> String {
+    p.display().to_string()
+}

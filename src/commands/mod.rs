@@ -1,0 +1,3 @@
+//! One file per verb. Each is thin: settings in, one pipeline call, a result out.
+
+pub mod build;

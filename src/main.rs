@@ -1,0 +1,131 @@
+//! The `etcdimg` binary: parse args, run the verb, render the error, pick the exit code.
+
+mod ui;
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Result;
+use clap::Parser;
+use etcdimg::cli::{Cli, Command, OverrideArgs};
+use etcdimg::commands::build::{self, BuildOptions};
+use etcdimg::fetch::cache::Cache;
+use etcdimg::registry::RegistryOptions;
+use etcdimg::settings::{self, Settings};
+use etcdimg::{config, exit_code_for, hint_for};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            render(&err);
+            ExitCode::from(exit_code_for(&err) as u8)
+        }
+    }
+}
+
+fn render(err: &anyhow::Error) {
+    eprintln!("error: {err}");
+    let causes: Vec<String> = err.chain().skip(1).map(|c| c.to_string()).collect();
+    if !causes.is_empty() {
+        eprintln!("\nCaused by:");
+        for c in causes {
+            for (i, line) in c.lines().enumerate() {
+                if i == 0 {
+                    eprintln!("    {line}");
+                } else {
+                    eprintln!("      {line}");
+                }
+            }
+        }
+    }
+    if let Some(hint) = hint_for(err) {
+        eprintln!("\nhint: {hint}");
+    }
+}
+
+fn resolve(config_path: &Path, overrides: &OverrideArgs, insecure: &[String]) -> Result<Settings> {
+    let loaded = config::load(config_path)?;
+    Ok(settings::resolve(
+        &loaded,
+        overrides,
+        insecure,
+        &settings::process_env,
+    )?)
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let g = &cli.global;
+    match &cli.command {
+        Command::Build(args) => {
+            let settings = resolve(&g.config, &args.overrides, &g.insecure_registries)?;
+            let arch = settings::selected_arch(&settings, &args.arch)?;
+            let cache = Cache::open(g.cache_dir.as_deref())?;
+            let jobs = args.jobs.unwrap_or_else(|| {
+                std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(2)
+            });
+            let options = BuildOptions {
+                output: args.output.clone(),
+                docker_archive: args.docker_archive.clone(),
+                migrate_binary: args.migrate_binary.clone(),
+                jobs,
+                registry: RegistryOptions {
+                    insecure: settings.insecure_registries.clone(),
+                    ca_cert: settings.ca_cert.clone(),
+                },
+            };
+            let reporter: Arc<dyn etcdimg::report::Reporter> = Arc::new(ui::Ui::new());
+            let report = build::build(&settings, arch, &options, &cache, reporter.clone()).await?;
+            if g.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                let reused = report.layers.iter().filter(|l| l.cached).count();
+                reporter.status(
+                    "Finished",
+                    &format!(
+                        "{} in {:.2}s: {} layers ({} reused), {:.1} MB",
+                        report.image,
+                        report.seconds,
+                        report.layers.len(),
+                        reused,
+                        report.total_size as f64 / 1e6
+                    ),
+                );
+                println!("{}@{}", report.image, report.manifest_digest);
+            }
+            Ok(())
+        }
+        Command::Settings(args) => {
+            let settings = resolve(&g.config, &args.overrides, &g.insecure_registries)?;
+            let arch = settings::selected_arch(&settings, &args.arch)?;
+            let value = serde_json::json!({
+                "config": settings.config_path.display().to_string(),
+                "latest": settings.latest.to_string(),
+                "bundled": settings.bundled.iter().map(|v| v.to_string()).collect::<Vec<_>>(),
+                "revision": settings.revision,
+                "tag": settings.tag(),
+                "arches": settings.arches.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+                "arch": arch.to_string(),
+                "image": settings.arch_image(&settings.registry, arch),
+                "push_image": settings.arch_image(&settings.push_registry, arch),
+                "base": settings.base_for(arch),
+                "source": format!("{:?}", settings.source_for(arch)).to_lowercase(),
+                "release_url": settings.release_url,
+                "binary_mode": format!("{:04o}", settings.binary_mode),
+                "insecure_registries": settings.insecure_registries,
+                "source_date_epoch": settings.source_date_epoch,
+            });
+            println!("{}", serde_json::to_string_pretty(&value)?);
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,222 @@
+//! Produces the static `migrate` binary for an image arch: a prebuilt file, or a cargo build of
+//! the migrate crate, cached by a digest of its inputs (sources, Cargo.lock, target, flags and
+//! the rustc version) so that an unchanged crate is never rebuilt.
+
+use std::path::{Path, PathBuf};
+
+use crate::binary;
+use crate::fetch::cache::{sha256_hex, Cache};
+use crate::platform::Arch;
+use crate::process::{Cmd, ProcessError};
+use crate::report::Reporter;
+
+/// The wrapper script every image carries, as shipped in the migrate crate.
+pub const WRAPPER_SCRIPT: &str = include_str!("../migrate/migrate-if-needed.sh");
+
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateBuildError {
+    #[error("the Rust target `{target}` (static migrate for {arch}) is not installed")]
+    MissingTarget { target: String, arch: Arch },
+    #[error("the migrate crate is not at `{0}` (images.toml `migrate.source_dir`)")]
+    NoSource(PathBuf),
+    #[error("building migrate: {0}")]
+    Build(#[from] ProcessError),
+    #[error("reading `{path}`: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the migrate binary is not usable: {0}")]
+    Check(#[from] binary::BinaryError),
+    #[error(transparent)]
+    Cache(#[from] crate::fetch::cache::CacheError),
+}
+
+impl MigrateBuildError {
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            MigrateBuildError::MissingTarget { target, .. } => {
+                Some(format!("run `rustup target add {target}`"))
+            }
+            MigrateBuildError::NoSource(_) => Some(
+                "run etcdimg from the etcdimg repository, or pass --migrate-binary PATH".into(),
+            ),
+            _ => None,
+        }
+    }
+}
+
+/// The migrate binary for the image.
+pub struct MigrateBinary {
+    pub bytes: Vec<u8>,
+    pub sha256: String,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> MigrateBuildError + '_ {
+    move |source| MigrateBuildError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Extra rustc flags for a target: static linking everywhere, and paths remapped so the binary
+/// does not depend on where the repository or cargo home is.
+fn rustflags(arch: Arch, source_root: &Path) -> String {
+    let cargo_home = std::env::var("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| dirs::home_dir().unwrap_or_default().join(".cargo"));
+    let mut flags = vec![
+        "-C target-feature=+crt-static".to_string(),
+        format!("--remap-path-prefix={}=/src", source_root.display()),
+        format!("--remap-path-prefix={}=/cargo", cargo_home.display()),
+    ];
+    if arch == Arch::Arm64 {
+        // aarch64-musl links statically with the bundled lld; no cross gcc needed.
+        flags.push("-C linker=rust-lld".into());
+    }
+    flags.join(" ")
+}
+
+/// The cross linker a gnu target needs (Debian's cross gcc), as cargo's env var.
+fn linker_env(arch: Arch) -> Option<(String, &'static str)> {
+    let gcc = match arch {
+        Arch::Ppc64le => "powerpc64le-linux-gnu-gcc",
+        Arch::S390x => "s390x-linux-gnu-gcc",
+        Arch::Arm => "arm-linux-gnueabihf-gcc",
+        _ => return None,
+    };
+    let var = format!(
+        "CARGO_TARGET_{}_LINKER",
+        arch.rust_target().to_uppercase().replace('-', "_")
+    );
+    Some((var, gcc))
+}
+
+fn digest_tree(dir: &Path, out: &mut Vec<u8>) -> Result<(), MigrateBuildError> {
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .map_err(io(dir))?
+        .filter_map(Result::ok)
+        .collect();
+    entries.sort_by_key(|e| e.file_name());
+    for entry in entries {
+        let path = entry.path();
+        let name = entry.file_name();
+        if name == "target" || name.to_string_lossy().starts_with('.') {
+            continue;
+        }
+        if path.is_dir() {
+            digest_tree(&path, out)?;
+        } else {
+            let bytes = std::fs::read(&path).map_err(io(&path))?;
+            out.extend_from_slice(path.to_string_lossy().as_bytes());
+            out.push(0);
+            out.extend_from_slice(sha256_hex(&bytes).as_bytes());
+            out.push(b'\n');
+        }
+    }
+    Ok(())
+}
+
+fn rustc_version() -> String {
+    Cmd::new("rustc")
+        .arg("-vV")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+/// The workspace root above the migrate crate (where Cargo.lock is).
+fn workspace_root(source_dir: &Path) -> PathBuf {
+    let mut dir = source_dir.to_path_buf();
+    while let Some(parent) = dir.parent() {
+        if parent.join("Cargo.lock").is_file() {
+            return parent.to_path_buf();
+        }
+        dir = parent.to_path_buf();
+    }
+    source_dir.to_path_buf()
+}
+
+pub fn migrate_binary(
+    source_dir: &Path,
+    prebuilt: Option<&Path>,
+    arch: Arch,
+    cache: &Cache,
+    reporter: &dyn Reporter,
+) -> Result<MigrateBinary, MigrateBuildError> {
+    if let Some(path) = prebuilt {
+        let bytes = std::fs::read(path).map_err(io(path))?;
+        binary::check_elf("migrate", &bytes, arch)?;
+        let sha256 = sha256_hex(&bytes);
+        return Ok(MigrateBinary { bytes, sha256 });
+    }
+    if !source_dir.join("Cargo.toml").is_file() {
+        return Err(MigrateBuildError::NoSource(source_dir.to_path_buf()));
+    }
+    let source_dir = source_dir.canonicalize().map_err(io(source_dir))?;
+    let root = workspace_root(&source_dir);
+    let target = arch.rust_target();
+    let flags = rustflags(arch, &root);
+
+    let mut key_input =
+        format!("migrate-build-v1\n{target}\n{flags}\n{}\n", rustc_version()).into_bytes();
+    // Paths in the key are relative to the workspace, so a moved checkout still hits the cache.
+    let mut tree = Vec::new();
+    digest_tree(&source_dir, &mut tree)?;
+    let tree = String::from_utf8_lossy(&tree).replace(&*root.to_string_lossy(), "");
+    key_input.extend_from_slice(tree.as_bytes());
+    let lock = root.join("Cargo.lock");
+    if let Ok(bytes) = std::fs::read(&lock) {
+        key_input.extend_from_slice(sha256_hex(&bytes).as_bytes());
+    }
+    let key = sha256_hex(&key_input);
+    if let Some(hex) = cache.get_ref("migrate", &key) {
+        if let Some(path) = cache.get(hex.trim()) {
+            let bytes = std::fs::read(&path).map_err(io(&path))?;
+            if sha256_hex(&bytes) == hex.trim() {
+                return Ok(MigrateBinary {
+                    bytes,
+                    sha256: hex.trim().to_string(),
+                });
+            }
+        }
+    }
+
+    let sysroot = Cmd::new("rustc").arg("--print").arg("sysroot").output()?;
+    let sysroot = PathBuf::from(String::from_utf8_lossy(&sysroot.stdout).trim());
+    if !sysroot.join("lib/rustlib").join(target).is_dir() {
+        return Err(MigrateBuildError::MissingTarget {
+            target: target.into(),
+            arch,
+        });
+    }
+    reporter.status("Compiling", &format!("migrate for {arch} ({target})"));
+    let target_dir = root.join("target/image");
+    let mut cmd = Cmd::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args([
+            "build",
+            "--locked",
+            "--profile",
+            "image",
+            "-p",
+            "migrate",
+            "--target",
+            target,
+        ])
+        .arg("--manifest-path")
+        .arg(source_dir.join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(&target_dir)
+        .env("RUSTFLAGS", &flags)
+        .env("SOURCE_DATE_EPOCH", "0");
+    if let Some((var, gcc)) = linker_env(arch) {
+        cmd = cmd.env(var, gcc);
+    }
+    cmd.output()?;
+    let built = target_dir.join(target).join("image/migrate");
+    let bytes = std::fs::read(&built).map_err(io(&built))?;
+    binary::check_elf("migrate", &bytes, arch)?;
+    let sha256 = cache.put_bytes(&bytes)?;
+    cache.put_ref("migrate", &key, &sha256)?;
+    Ok(MigrateBinary { bytes, sha256 })
+}

@@ -1,0 +1,683 @@
+//! Resolves flags > environment > images.toml > defaults into one typed [`Settings`], once.
+//!
+//! Every later stage trusts these values; all validation of user input happens here or in
+//! `config`, and every error names where the bad value came from (file:line and key, the
+//! environment variable, or the flag).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use semver::Version;
+use toml::Spanned;
+
+use crate::cli::OverrideArgs;
+use crate::config::{self, ConfigError, Loaded, Naming, Source};
+use crate::platform::Arch;
+
+/// Everything a build needs to know, resolved.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub config_path: PathBuf,
+    /// Directory of images.toml; relative paths in it are relative to this.
+    pub config_dir: PathBuf,
+    pub latest: Version,
+    pub bundled: Vec<Version>,
+    pub revision: String,
+    pub arches: Vec<Arch>,
+    pub registry: String,
+    pub push_registry: String,
+    pub image_name: String,
+    pub naming: Naming,
+    pub release_url: String,
+    pub binary_mode: u32,
+    pub insecure_registries: Vec<String>,
+    pub ca_cert: Option<PathBuf>,
+    pub migrate_source_dir: PathBuf,
+    base_default: String,
+    base_per_arch: BTreeMap<Arch, String>,
+    sources: BTreeMap<Arch, Source>,
+    pins: BTreeMap<(Version, Arch), String>,
+    /// SOURCE_DATE_EPOCH, or 0: the mtime of every file and the `created` time.
+    pub source_date_epoch: u64,
+}
+
+impl Settings {
+    /// `<latest>-<revision>`, the Makefile's IMAGE_TAG.
+    pub fn tag(&self) -> String {
+        format!("{}-{}", self.latest, self.revision)
+    }
+
+    /// The ref name of an arch's image inside the OCI layout.
+    pub fn layout_ref(&self, arch: Arch) -> String {
+        format!("{}-linux-{}", self.tag(), arch)
+    }
+
+    /// The per-arch image reference in `registry`.
+    pub fn arch_image(&self, registry: &str, arch: Arch) -> String {
+        match self.naming {
+            Naming::Suffix => format!("{registry}/{}:{}-linux-{arch}", self.image_name, self.tag()),
+            Naming::Legacy => format!("{registry}/{}-{arch}:{}", self.image_name, self.tag()),
+        }
+    }
+
+    pub fn base_for(&self, arch: Arch) -> &str {
+        self.base_per_arch.get(&arch).unwrap_or(&self.base_default)
+    }
+
+    pub fn source_for(&self, arch: Arch) -> Source {
+        self.sources
+            .get(&arch)
+            .copied()
+            .unwrap_or(if arch == Arch::Amd64 {
+                Source::Release
+            } else {
+                Source::Build
+            })
+    }
+
+    pub fn pin_for(&self, version: &Version, arch: Arch) -> Option<&str> {
+        self.pins.get(&(version.clone(), arch)).map(String::as_str)
+    }
+
+    pub fn is_insecure(&self, host: &str) -> bool {
+        self.insecure_registries.iter().any(|h| h == host)
+    }
+}
+
+/// Reads an environment variable; empty counts as unset (as the Makefile and migrate do).
+pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+pub fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+/// Where a value came from, for error messages.
+enum Origin<'a> {
+    Flag(&'a str),
+    Env(&'a str),
+    File(std::ops::Range<usize>),
+    Default,
+}
+
+struct Resolver<'a> {
+    loaded: &'a Loaded,
+    env: EnvLookup<'a>,
+}
+
+impl<'a> Resolver<'a> {
+    fn error(&self, origin: &Origin<'_>, key: &str, message: String) -> ConfigError {
+        match origin {
+            Origin::File(span) => self.loaded.error_at(span.clone(), key, message),
+            Origin::Env(var) => ConfigError {
+                origin: format!("environment variable {var}"),
+                line: None,
+                column: None,
+                key: key.into(),
+                message,
+                hint: Some(format!("fix or unset {var}")),
+            },
+            Origin::Flag(flag) => ConfigError {
+                origin: format!("flag {flag}"),
+                line: None,
+                column: None,
+                key: key.into(),
+                message,
+                hint: None,
+            },
+            Origin::Default => ConfigError {
+                origin: "built-in default".into(),
+                line: None,
+                column: None,
+                key: key.into(),
+                message,
+                hint: None,
+            },
+        }
+    }
+
+    /// flag > env > file > default, with the origin of the winner.
+    fn pick<'s>(
+        &self,
+        flag: Option<(&'s str, &'s str)>,
+        env_var: Option<&'s str>,
+        file: Option<&'s Spanned<String>>,
+    ) -> Option<(String, Origin<'s>)> {
+        if let Some((name, value)) = flag {
+            return Some((value.to_string(), Origin::Flag(name)));
+        }
+        if let Some(var) = env_var {
+            if let Some(value) = (self.env)(var) {
+                return Some((value, Origin::Env(var)));
+            }
+        }
+        file.map(|v| (v.get_ref().clone(), Origin::File(v.span())))
+    }
+}
+
+/// Resolves the settings for `loaded` with CLI overrides and the environment.
+pub fn resolve(
+    loaded: &Loaded,
+    overrides: &OverrideArgs,
+    cli_insecure: &[String],
+    env: EnvLookup<'_>,
+) -> Result<Settings, ConfigError> {
+    let r = Resolver { loaded, env };
+    let doc = &loaded.doc;
+    fn flag<'v>(name: &'static str, value: &'v Option<String>) -> Option<(&'static str, &'v str)> {
+        value.as_deref().map(|v| (name, v))
+    }
+
+    // etcd.bundled: a list in the file, a space/comma separated string in env and flags.
+    let bundled_override = r.pick(
+        flag("--bundled-versions", &overrides.bundled_versions),
+        Some("BUNDLED_ETCD_VERSIONS"),
+        None,
+    );
+    let bundled: Vec<Version> = match bundled_override {
+        Some((text, origin)) => {
+            let items: Vec<&str> = text.split([' ', ',']).filter(|s| !s.is_empty()).collect();
+            if items.is_empty() {
+                return Err(r.error(
+                    &origin,
+                    "etcd.bundled",
+                    "empty version list; list at least the latest version".into(),
+                ));
+            }
+            items
+                .iter()
+                .map(|s| config::parse_version(s).map_err(|m| r.error(&origin, "etcd.bundled", m)))
+                .collect::<Result<_, _>>()?
+        }
+        None => match &doc.etcd.bundled {
+            Some(list) => {
+                if list.get_ref().is_empty() {
+                    return Err(loaded.error_at(
+                        list.span(),
+                        "etcd.bundled",
+                        "empty version list; list at least the latest version",
+                    ));
+                }
+                list.get_ref()
+                    .iter()
+                    .map(|v| {
+                        config::parse_version(v.get_ref())
+                            .map_err(|m| loaded.error_at(v.span(), "etcd.bundled", m))
+                    })
+                    .collect::<Result<_, _>>()?
+            }
+            None => {
+                return Err(r.error(
+                    &Origin::File(0..0),
+                    "etcd.bundled",
+                    "missing; list the etcd versions to bundle, oldest first".into(),
+                ))
+            }
+        },
+    };
+    let bundled_origin = if overrides.bundled_versions.is_some() {
+        Origin::Flag("--bundled-versions")
+    } else if env("BUNDLED_ETCD_VERSIONS").is_some() {
+        Origin::Env("BUNDLED_ETCD_VERSIONS")
+    } else {
+        Origin::File(doc.etcd.bundled.as_ref().map(|b| b.span()).unwrap_or(0..0))
+    };
+    for pair in bundled.windows(2) {
+        if pair[0] >= pair[1] {
+            return Err(r.error(
+                &bundled_origin,
+                "etcd.bundled",
+                format!("versions must be unique and ascending (oldest first), but `{}` comes before `{}`", pair[0], pair[1]),
+            ));
+        }
+    }
+
+    let latest = match r.pick(
+        flag("--etcd-version", &overrides.etcd_version),
+        Some("ETCD_VERSION"),
+        doc.etcd.latest.as_ref(),
+    ) {
+        Some((text, origin)) => {
+            let v = config::parse_version(&text).map_err(|m| r.error(&origin, "etcd.latest", m))?;
+            if !bundled.contains(&v) {
+                let list: Vec<String> = bundled.iter().map(|v| v.to_string()).collect();
+                let mut err = r.error(
+                    &origin,
+                    "etcd.latest",
+                    format!(
+                        "latest version `{v}` is not in the bundled list [{}]",
+                        list.join(", ")
+                    ),
+                );
+                err.hint = Some(
+                    "add it to etcd.bundled (BUNDLED_ETCD_VERSIONS) or pick a bundled version"
+                        .into(),
+                );
+                return Err(err);
+            }
+            v
+        }
+        None => bundled.last().cloned().expect("bundled is non-empty"),
+    };
+
+    let revision = match (&overrides.revision, env("REVISION"), &doc.etcd.revision) {
+        (Some(v), _, _) => check_revision(v)
+            .map_err(|m| r.error(&Origin::Flag("--revision"), "etcd.revision", m))?,
+        (None, Some(v), _) => {
+            check_revision(&v).map_err(|m| r.error(&Origin::Env("REVISION"), "etcd.revision", m))?
+        }
+        (None, None, Some(v)) => v.get_ref().to_string(),
+        (None, None, None) => "0".into(),
+    };
+
+    let arches = match (env("ALL_ARCH"), &doc.image.arches) {
+        (Some(text), _) => {
+            let list: Vec<&str> = text.split([' ', ',']).filter(|s| !s.is_empty()).collect();
+            let origin = Origin::Env("ALL_ARCH");
+            parse_arch_list(&list, |m| r.error(&origin, "image.arches", m))?
+        }
+        (None, Some(list)) => {
+            if list.get_ref().is_empty() {
+                return Err(loaded.error_at(list.span(), "image.arches", "empty arch list"));
+            }
+            let mut out = Vec::new();
+            for a in list.get_ref() {
+                let arch = config::parse_arch(a.get_ref())
+                    .map_err(|m| loaded.error_at(a.span(), "image.arches", m))?;
+                if !out.contains(&arch) {
+                    out.push(arch);
+                }
+            }
+            out
+        }
+        (None, None) => Arch::ALL.to_vec(),
+    };
+
+    let string = |flag_value: Option<(&'static str, &str)>,
+                  var: Option<&'static str>,
+                  file: Option<&Spanned<String>>,
+                  default: &str| {
+        r.pick(flag_value, var, file)
+            .map(|(v, _)| v)
+            .unwrap_or_else(|| default.to_string())
+    };
+    let registry = string(
+        flag("--registry", &overrides.registry),
+        Some("REGISTRY"),
+        doc.image.registry.as_ref(),
+        "registry.k8s.io",
+    );
+    let push_registry = string(
+        flag("--push-registry", &overrides.push_registry),
+        Some("PUSH_REGISTRY"),
+        doc.image.push_registry.as_ref(),
+        "staging-k8s.gcr.io",
+    );
+    let image_name = string(
+        None,
+        Some("ETCDIMG_IMAGE_NAME"),
+        doc.image.name.as_ref(),
+        "etcd",
+    );
+    let release_url = string(
+        flag("--release-url", &overrides.release_url),
+        Some("ETCD_RELEASE_URL"),
+        doc.etcd.release_url.as_ref(),
+        config::DEFAULT_RELEASE_URL,
+    )
+    .trim_end_matches('/')
+    .to_string();
+    if !(release_url.starts_with("http://") || release_url.starts_with("https://")) {
+        let origin = if overrides.release_url.is_some() {
+            Origin::Flag("--release-url")
+        } else if env("ETCD_RELEASE_URL").is_some() {
+            Origin::Env("ETCD_RELEASE_URL")
+        } else {
+            doc.etcd
+                .release_url
+                .as_ref()
+                .map(|v| Origin::File(v.span()))
+                .unwrap_or(Origin::Default)
+        };
+        return Err(r.error(
+            &origin,
+            "etcd.release_url",
+            format!("`{release_url}` is not an http(s) URL"),
+        ));
+    }
+
+    let naming = match &doc.image.naming {
+        Some(n) => config::parse_naming(n.get_ref())
+            .map_err(|m| loaded.error_at(n.span(), "image.naming", m))?,
+        None => Naming::Suffix,
+    };
+    let binary_mode = match &doc.image.binary_mode {
+        Some(m) => config::parse_mode(m.get_ref())
+            .map_err(|e| loaded.error_at(m.span(), "image.binary_mode", e))?,
+        None => 0o555,
+    };
+
+    // Base: BASEIMAGE / --base-image override every arch's base, as the Makefile's did per run.
+    let base_override = r
+        .pick(
+            flag("--base-image", &overrides.base_image),
+            Some("BASEIMAGE"),
+            None,
+        )
+        .map(|(v, _)| v);
+    let base_default = base_override.clone().unwrap_or_else(|| {
+        doc.image
+            .base
+            .as_ref()
+            .map(|b| b.get_ref().clone())
+            .unwrap_or_else(|| config::DEFAULT_BASE_IMAGE.into())
+    });
+    let mut base_per_arch = BTreeMap::new();
+    let mut sources = BTreeMap::new();
+    for (name, section) in &doc.arch {
+        let arch = config::parse_arch(name.get_ref())
+            .map_err(|m| loaded.error_at(name.span(), "arch", m))?;
+        if let (Some(base), None) = (&section.base, &base_override) {
+            base_per_arch.insert(arch, base.get_ref().clone());
+        }
+        if let Some(source) = &section.source {
+            let s = config::parse_source(source.get_ref())
+                .map_err(|m| loaded.error_at(source.span(), &format!("arch.{arch}.source"), m))?;
+            sources.insert(arch, s);
+        }
+    }
+
+    let mut pins = BTreeMap::new();
+    for (key, value) in &doc.etcd.sha256 {
+        let k = key.get_ref();
+        let (v, a) = k.split_once('/').ok_or_else(|| {
+            loaded.error_at(
+                key.span(),
+                "etcd.sha256",
+                format!("key `{k}` must be `<version>/<arch>`, e.g. `3.5.1/amd64`"),
+            )
+        })?;
+        let version =
+            config::parse_version(v).map_err(|m| loaded.error_at(key.span(), "etcd.sha256", m))?;
+        let arch =
+            config::parse_arch(a).map_err(|m| loaded.error_at(key.span(), "etcd.sha256", m))?;
+        let digest = value.get_ref().trim().to_ascii_lowercase();
+        let digest = digest
+            .strip_prefix("sha256:")
+            .unwrap_or(&digest)
+            .to_string();
+        if digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(loaded.error_at(
+                value.span(),
+                &format!("etcd.sha256.\"{k}\""),
+                "expected 64 hex digits of a sha256",
+            ));
+        }
+        pins.insert((version, arch), digest);
+    }
+
+    let mut insecure_registries = doc.image.insecure_registries.clone();
+    insecure_registries.extend(cli_insecure.iter().cloned());
+    if let Some(list) = env("ETCDIMG_INSECURE_REGISTRIES") {
+        insecure_registries.extend(
+            list.split([',', ' '])
+                .filter(|s| !s.is_empty())
+                .map(String::from),
+        );
+    }
+
+    let source_date_epoch = match env("SOURCE_DATE_EPOCH") {
+        Some(v) => v.trim().parse::<u64>().map_err(|_| {
+            r.error(
+                &Origin::Env("SOURCE_DATE_EPOCH"),
+                "SOURCE_DATE_EPOCH",
+                format!("`{v}` is not a unix timestamp"),
+            )
+        })?,
+        None => 0,
+    };
+
+    let config_dir = loaded
+        .path
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let config_dir = if config_dir.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        config_dir
+    };
+    let migrate_source_dir =
+        config_dir.join(doc.migrate.source_dir.as_deref().unwrap_or("migrate"));
+    let ca_cert = doc.image.ca_cert.as_ref().map(|c| config_dir.join(c));
+
+    Ok(Settings {
+        config_path: loaded.path.clone(),
+        config_dir,
+        latest,
+        bundled,
+        revision,
+        arches,
+        registry,
+        push_registry,
+        image_name,
+        naming,
+        release_url,
+        binary_mode,
+        insecure_registries,
+        ca_cert,
+        migrate_source_dir,
+        base_default,
+        base_per_arch,
+        sources,
+        pins,
+        source_date_epoch,
+    })
+}
+
+fn check_revision(v: &str) -> Result<String, String> {
+    let v = v.trim();
+    if !v.is_empty()
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '_')
+    {
+        Ok(v.to_string())
+    } else {
+        Err(format!(
+            "invalid revision `{v}`, expected a number such as `0`"
+        ))
+    }
+}
+
+fn parse_arch_list(
+    items: &[&str],
+    err: impl Fn(String) -> ConfigError,
+) -> Result<Vec<Arch>, ConfigError> {
+    if items.is_empty() {
+        return Err(err("empty arch list".into()));
+    }
+    let mut out = Vec::new();
+    for item in items {
+        let arch = config::parse_arch(item).map_err(&err)?;
+        if !out.contains(&arch) {
+            out.push(arch);
+        }
+    }
+    Ok(out)
+}
+
+/// Parses the arch a verb was asked for (`--arch` / ARCH) and checks it is configured.
+pub fn selected_arch(settings: &Settings, text: &str) -> Result<Arch, ConfigError> {
+    let arch = config::parse_arch(text).map_err(|m| ConfigError {
+        origin: "flag --arch (or ARCH)".into(),
+        line: None,
+        column: None,
+        key: "arch".into(),
+        message: m,
+        hint: None,
+    })?;
+    if !settings.arches.contains(&arch) {
+        return Err(ConfigError {
+            origin: settings.config_path.display().to_string(),
+            line: None,
+            column: None,
+            key: "image.arches".into(),
+            message: format!("arch `{arch}` is not in image.arches"),
+            hint: Some("add it to image.arches in images.toml (or ALL_ARCH)".into()),
+        });
+    }
+    Ok(arch)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    const GOOD: &str = r#"
+[etcd]
+latest = "3.5.1"
+bundled = ["3.4.23", "3.5.1"]
+revision = 2
+
+[image]
+registry = "example.com/k8s"
+arches = ["amd64", "arm64"]
+"#;
+
+    fn resolve_with(
+        text: &str,
+        env: &[(&str, &str)],
+        overrides: OverrideArgs,
+    ) -> Result<Settings, ConfigError> {
+        let loaded = config::parse(Path::new("images.toml"), text.to_string()).unwrap();
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let lookup = move |k: &str| env.get(k).cloned().filter(|v| !v.is_empty());
+        resolve(&loaded, &overrides, &[], &lookup)
+    }
+
+    #[test]
+    fn file_values() {
+        let s = resolve_with(GOOD, &[], OverrideArgs::default()).unwrap();
+        assert_eq!(s.tag(), "3.5.1-2");
+        assert_eq!(s.arches, vec![Arch::Amd64, Arch::Arm64]);
+        assert_eq!(
+            s.arch_image("r.io", Arch::Arm64),
+            "r.io/etcd:3.5.1-2-linux-arm64"
+        );
+        assert_eq!(s.source_for(Arch::Amd64), Source::Release);
+        assert_eq!(s.source_for(Arch::Arm64), Source::Build);
+        assert_eq!(s.binary_mode, 0o555);
+    }
+
+    #[test]
+    fn env_beats_file_and_flag_beats_env() {
+        let s = resolve_with(
+            GOOD,
+            &[("REVISION", "7"), ("REGISTRY", "env.io")],
+            OverrideArgs::default(),
+        )
+        .unwrap();
+        assert_eq!(s.revision, "7");
+        assert_eq!(s.registry, "env.io");
+        let o = OverrideArgs {
+            revision: Some("9".into()),
+            ..Default::default()
+        };
+        let s = resolve_with(GOOD, &[("REVISION", "7")], o).unwrap();
+        assert_eq!(s.revision, "9");
+    }
+
+    #[test]
+    fn makefile_bundled_list() {
+        let s = resolve_with(
+            GOOD,
+            &[("BUNDLED_ETCD_VERSIONS", "3.4.23 3.5.0 3.5.1")],
+            OverrideArgs::default(),
+        )
+        .unwrap();
+        assert_eq!(s.bundled.len(), 3);
+    }
+
+    #[test]
+    fn latest_not_bundled_names_the_line() {
+        let text = GOOD.replace("latest = \"3.5.1\"", "latest = \"3.5.2\"");
+        let err = resolve_with(&text, &[], OverrideArgs::default()).unwrap_err();
+        assert_eq!(err.line, Some(3));
+        assert_eq!(err.key, "etcd.latest");
+        assert!(err.message.contains("not in the bundled list"), "{err}");
+    }
+
+    #[test]
+    fn bad_semver_names_the_line() {
+        let text = GOOD.replace("\"3.4.23\"", "\"3.4\"");
+        let err = resolve_with(&text, &[], OverrideArgs::default()).unwrap_err();
+        assert_eq!(err.line, Some(4));
+        assert!(err.message.contains("invalid semver `3.4`"), "{err}");
+    }
+
+    #[test]
+    fn bad_env_semver_names_the_variable() {
+        let err =
+            resolve_with(GOOD, &[("ETCD_VERSION", "three")], OverrideArgs::default()).unwrap_err();
+        assert_eq!(err.origin, "environment variable ETCD_VERSION");
+    }
+
+    #[test]
+    fn unknown_arch_names_the_line() {
+        let text = GOOD.replace("\"arm64\"]", "\"mips\"]");
+        let err = resolve_with(&text, &[], OverrideArgs::default()).unwrap_err();
+        assert_eq!(err.line, Some(9));
+        assert!(err.message.contains("unknown arch `mips`"), "{err}");
+    }
+
+    #[test]
+    fn empty_lists_are_errors() {
+        let text = GOOD.replace("bundled = [\"3.4.23\", \"3.5.1\"]", "bundled = []");
+        let err = resolve_with(&text, &[], OverrideArgs::default()).unwrap_err();
+        assert!(err.message.contains("empty version list"), "{err}");
+        let text = GOOD.replace("arches = [\"amd64\", \"arm64\"]", "arches = []");
+        assert!(resolve_with(&text, &[], OverrideArgs::default())
+            .unwrap_err()
+            .message
+            .contains("empty arch list"));
+    }
+
+    #[test]
+    fn unsorted_bundled_is_an_error() {
+        let text = GOOD.replace("[\"3.4.23\", \"3.5.1\"]", "[\"3.5.1\", \"3.4.23\"]");
+        assert!(resolve_with(&text, &[], OverrideArgs::default())
+            .unwrap_err()
+            .message
+            .contains("ascending"));
+    }
+
+    #[test]
+    fn pins_are_checked() {
+        let text = GOOD.replace(
+            "revision = 2\n",
+            "revision = 2\nsha256 = { \"3.5.1/amd64\" = \"abc\" }\n",
+        );
+        let err = resolve_with(&text, &[], OverrideArgs::default()).unwrap_err();
+        assert!(err.message.contains("64 hex digits"), "{err}");
+        let good_pin = "a".repeat(64);
+        let text = text.replace("\"abc\"", &format!("\"sha256:{good_pin}\""));
+        let s = resolve_with(&text, &[], OverrideArgs::default()).unwrap();
+        assert_eq!(
+            s.pin_for(&Version::new(3, 5, 1), Arch::Amd64),
+            Some(good_pin.as_str())
+        );
+    }
+
+    #[test]
+    fn base_image_override_applies_to_every_arch() {
+        let text = format!("{GOOD}\n[arch.arm64]\nbase = \"other/busybox:1\"\n");
+        let s = resolve_with(&text, &[], OverrideArgs::default()).unwrap();
+        assert_eq!(s.base_for(Arch::Arm64), "other/busybox:1");
+        let s = resolve_with(&text, &[("BASEIMAGE", "oci:/x:1")], OverrideArgs::default()).unwrap();
+        assert_eq!(s.base_for(Arch::Arm64), "oci:/x:1");
+        assert_eq!(s.base_for(Arch::Amd64), "oci:/x:1");
+    }
+}
