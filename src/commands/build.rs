@@ -266,27 +266,12 @@ pub async fn build(
         })
         .collect();
 
-    // 5. compile migrate (before the etcd work, so a missing Rust target fails fast)
-    let source_dir = settings.migrate_source_dir.clone();
-    let prebuilt = options.migrate_binary.clone();
-    let cache_for_migrate = cache.clone();
-    let reporter_for_migrate = reporter.clone();
-    let migrate = tokio::task::spawn_blocking(move || {
-        migrate_build::migrate_binary(
-            &source_dir,
-            prebuilt.as_deref(),
-            arch,
-            &cache_for_migrate,
-            &*reporter_for_migrate,
-        )
-    })
-    .await??;
-
     // 4 + 6. verify and assemble; reuse layers whose inputs did not change
     let mut jobs: Vec<(usize, LayerJob)> = Vec::new();
     let mut layers: Vec<Option<(LayerDigests, String, bool)>> = Vec::new();
     let mode_text = format!("{mode:o}");
     let mtime_text = mtime.to_string();
+    let mut verified = Vec::new();
     for tarball in tarballs {
         let latest = tarball.version == settings.latest;
         let content = format!(
@@ -308,8 +293,8 @@ pub async fn build(
             &mtime_text,
         ]);
         if let Some(d) = cached_layer(cache, &key) {
-            tarball.keep(cache)?;
             layers.push(Some((d, content, true)));
+            verified.push(tarball);
             continue;
         }
         let version = tarball.version.clone();
@@ -326,9 +311,6 @@ pub async fn build(
             Ok(binaries)
         })
         .await??;
-        // Only now, with every check passed, does the download enter the cache.
-        let version = tarball.version.clone();
-        tarball.keep(cache)?;
         layers.push(None);
         jobs.push((
             layers.len() - 1,
@@ -336,13 +318,35 @@ pub async fn build(
                 content,
                 key,
                 make: LayerInput::Etcd {
-                    version,
+                    version: tarball.version.clone(),
                     binaries,
                     latest,
                 },
             },
         ));
+        verified.push(tarball);
     }
+    // Only now, with every release checked, do fresh downloads enter the cache.
+    for tarball in verified {
+        tarball.keep(cache)?;
+    }
+
+    // 5. compile migrate (after the etcd checks: a bad release must leave nothing in the cache)
+    let source_dir = settings.migrate_source_dir.clone();
+    let prebuilt = options.migrate_binary.clone();
+    let cache_for_migrate = cache.clone();
+    let reporter_for_migrate = reporter.clone();
+    let migrate = tokio::task::spawn_blocking(move || {
+        migrate_build::migrate_binary(
+            &source_dir,
+            prebuilt.as_deref(),
+            arch,
+            &cache_for_migrate,
+            &*reporter_for_migrate,
+        )
+    })
+    .await??;
+
     let script_digest = fetch::cache::sha256_hex(migrate_build::WRAPPER_SCRIPT.as_bytes());
     let migrate_key = layer_key(&[
         "migrate",

@@ -222,7 +222,7 @@ impl Http {
                 Err(e) => {
                     return Ok(Attempt::Retry(
                         format!(
-                            "connection lost after {} bytes: {}",
+                            "body truncated: connection lost after {} bytes: {}",
                             sink.written,
                             error_chain(&e)
                         ),

@@ -1,0 +1,652 @@
+//! `etcdimg build` against real artifacts: the loopback release mirror of official and
+//! Debian-built etcd tarballs, a busybox base in a real docker-registry, checked with skopeo
+//! and umoci (which we did not write).
+
+mod common;
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+
+const REF: &str = "3.5.1-0-linux-amd64";
+
+fn tools(test: &str, list: &[&str]) -> bool {
+    list.iter().all(|t| require(test, t))
+}
+
+fn json(out: &std::process::Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("bad JSON ({e}): {}\n{}", stdout(out), stderr(out)))
+}
+
+fn umoci_unpack(layout: &Path, reference: &str, into: &Path) -> PathBuf {
+    let bundle = into.join("bundle");
+    run(Command::new("umoci")
+        .args(["unpack", "--rootless", "--image"])
+        .arg(format!("{}:{reference}", layout.display()))
+        .arg(&bundle));
+    bundle.join("rootfs")
+}
+
+fn version_of(binary: &Path, arg: &str) -> String {
+    let out = run(Command::new(binary).arg(arg).env("ETCDCTL_API", "3"));
+    stdout(&out)
+}
+
+#[test]
+fn build_amd64_from_registry_base_is_correct_per_skopeo_and_umoci() {
+    let t = "build_amd64_from_registry_base_is_correct_per_skopeo_and_umoci";
+    let Some(fx) = fixtures(t) else { return };
+    if !tools(t, &["docker-registry", "skopeo", "umoci", "python3"]) {
+        return;
+    }
+    let registry = registry();
+    let base = push_base(&fx, &registry);
+    let mirror = http_mirror(&fx.join("mirror"));
+    let mut sb = Sandbox::new();
+    sb.set(
+        "ETCD_RELEASE_URL",
+        format!("http://127.0.0.1:{}", mirror.port),
+    )
+    .set("BASEIMAGE", base.clone());
+    let out_dir = sb.path().join("out");
+    let insecure = format!("127.0.0.1:{}", registry.port);
+    let out = sb.etcdimg(&[
+        "build",
+        "--arch",
+        "amd64",
+        "--json",
+        "--insecure-registry",
+        &insecure,
+        "--output",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert_success(&out);
+    let report = json(&out);
+    assert_eq!(report["reference"], REF);
+
+    // skopeo reads our layout: platform, env, labels, layer count.
+    let inspect = run(Command::new("skopeo")
+        .arg("inspect")
+        .arg(format!("oci:{}:{REF}", out_dir.display())));
+    let v: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    assert_eq!(v["Architecture"], "amd64");
+    assert_eq!(v["Os"], "linux");
+    assert_eq!(v["Digest"], report["manifest_digest"]);
+    assert_eq!(
+        v["Layers"].as_array().unwrap().len(),
+        1 + 2 + 1,
+        "base + one per bundled version + migrate"
+    );
+    let env: Vec<&str> = v["Env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap())
+        .collect();
+    assert!(
+        env.iter()
+            .any(|e| e.starts_with("PATH=") && e.contains("/usr/local/bin")),
+        "{env:?}"
+    );
+    assert!(
+        !env.iter().any(|e| e.starts_with("ETCD_UNSUPPORTED_ARCH")),
+        "amd64 gets no ETCD_UNSUPPORTED_ARCH"
+    );
+    assert_eq!(v["Labels"]["org.opencontainers.image.version"], "3.5.1-0");
+    assert_eq!(v["Labels"]["dev.etcdimg.etcd.bundled"], "3.4.23,3.5.1");
+    assert_eq!(
+        v["Labels"]["org.opencontainers.image.base.name"],
+        base.as_str()
+    );
+    let raw = run(Command::new("skopeo")
+        .args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(format!("docker://{base}")));
+    let index: serde_json::Value = serde_json::from_slice(&raw.stdout).unwrap();
+    let amd64 = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["platform"]["architecture"] == "amd64")
+        .unwrap();
+    assert_eq!(
+        v["Labels"]["org.opencontainers.image.base.digest"], amd64["digest"],
+        "base digest is the per-arch manifest"
+    );
+    let base_inspect = run(Command::new("skopeo")
+        .args(["inspect", "--tls-verify=false", "--override-arch", "amd64"])
+        .arg(format!("docker://{base}")));
+    let bv: serde_json::Value = serde_json::from_slice(&base_inspect.stdout).unwrap();
+    assert_eq!(
+        v["Layers"][0], bv["Layers"][0],
+        "base layer kept byte for byte"
+    );
+
+    // umoci unpacks it: every binary reports its version, modes are 0555.
+    let rootfs = umoci_unpack(&out_dir, REF, sb.path());
+    let bin = rootfs.join("usr/local/bin");
+    for (name, want) in [
+        ("etcd-3.4.23", "3.4.23"),
+        ("etcd-3.5.1", "3.5.1"),
+        ("etcd", "3.5.1"),
+    ] {
+        let text = version_of(&bin.join(name), "--version");
+        assert!(
+            text.contains(&format!("etcd Version: {want}")),
+            "{name}: {text}"
+        );
+    }
+    for (name, want) in [
+        ("etcdctl-3.4.23", "3.4.23"),
+        ("etcdctl-3.5.1", "3.5.1"),
+        ("etcdctl", "3.5.1"),
+        ("etcdutl-3.5.1", "3.5.1"),
+    ] {
+        let text = version_of(&bin.join(name), "version");
+        assert!(text.contains(&format!("version: {want}")), "{name}: {text}");
+    }
+    let help = run(Command::new(bin.join("migrate")).arg("--help"));
+    assert!(stdout(&help).contains("--target-version"));
+    for entry in std::fs::read_dir(&bin).unwrap().flatten() {
+        let mode = entry.metadata().unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o555, "{:?}", entry.file_name());
+    }
+    // The default etcd is stored once: a hard link to etcd-3.5.1, not a second copy.
+    assert_eq!(
+        std::fs::metadata(bin.join("etcd")).unwrap().ino(),
+        std::fs::metadata(bin.join("etcd-3.5.1")).unwrap().ino()
+    );
+
+    // The wrapper swaps the default etcd for TARGET_VERSION by rename, never through the link.
+    let data = sb.path().join("data");
+    let wrapper = run(Command::new(bin.join("migrate-if-needed.sh"))
+        .env("TARGET_VERSION", "3.4.23")
+        .env("TARGET_STORAGE", "etcd3")
+        .env("DATA_DIRECTORY", &data)
+        .env("ETCD_NAME", "etcd-test"));
+    let _ = wrapper;
+    assert_eq!(
+        std::fs::read_to_string(data.join("version.txt")).unwrap(),
+        "3.4.23/etcd3"
+    );
+    assert!(version_of(&bin.join("etcd"), "--version").contains("etcd Version: 3.4.23"));
+    assert!(
+        version_of(&bin.join("etcd-3.5.1"), "--version").contains("etcd Version: 3.5.1"),
+        "etcd-3.5.1 must be untouched"
+    );
+    assert!(version_of(&bin.join("etcdctl"), "version").contains("etcdctl version: 3.4.23"));
+}
+
+#[test]
+fn builds_are_byte_reproducible_across_dirs_caches_and_threads() {
+    let t = "builds_are_byte_reproducible_across_dirs_caches_and_threads";
+    let Some(fx) = fixtures(t) else { return };
+    if !tools(t, &["python3", "skopeo"]) {
+        return;
+    }
+    let mirror = http_mirror(&fx.join("mirror"));
+    let base = format!("oci:{}:1.35", fx.join("busybox-oci").display());
+    let mut digests = Vec::new();
+    for (jobs, cwd_sub) in [("1", "a"), ("2", "b/c")] {
+        let mut sb = Sandbox::new();
+        sb.set(
+            "ETCD_RELEASE_URL",
+            format!("http://127.0.0.1:{}", mirror.port),
+        )
+        .set("BASEIMAGE", base.clone());
+        let cwd = sb.path().join(cwd_sub);
+        std::fs::create_dir_all(&cwd).unwrap();
+        let out_dir = sb.path().join(format!("out-{jobs}"));
+        let out = sb.etcdimg_in(
+            &cwd,
+            &[
+                "build",
+                "--json",
+                "--jobs",
+                jobs,
+                "--output",
+                out_dir.to_str().unwrap(),
+            ],
+        );
+        assert_success(&out);
+        let report = json(&out);
+        assert!(
+            report["layers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .skip(1)
+                .all(|l| l["cached"] == false),
+            "cold build in a fresh cache"
+        );
+        digests.push(report["manifest_digest"].as_str().unwrap().to_string());
+        // skopeo agrees on the digest, and every blob is present and intact
+        let inspect = run(Command::new("skopeo")
+            .arg("inspect")
+            .arg(format!("oci:{}:{REF}", out_dir.display())));
+        let v: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
+        assert_eq!(v["Digest"], report["manifest_digest"]);
+    }
+    assert_eq!(
+        digests[0], digests[1],
+        "same inputs must give the same manifest digest"
+    );
+}
+
+#[test]
+fn warm_build_reuses_every_layer_and_docker_archive_is_readable() {
+    let t = "warm_build_reuses_every_layer_and_docker_archive_is_readable";
+    let Some(fx) = fixtures(t) else { return };
+    if !tools(t, &["python3", "skopeo"]) {
+        return;
+    }
+    let mirror = http_mirror(&fx.join("mirror"));
+    let mut sb = Sandbox::new();
+    sb.set(
+        "ETCD_RELEASE_URL",
+        format!("http://127.0.0.1:{}", mirror.port),
+    )
+    .set(
+        "BASEIMAGE",
+        format!("oci:{}:1.35", fx.join("busybox-oci").display()),
+    );
+    let out_dir = sb.path().join("out");
+    let first = sb.etcdimg(&["build", "--json", "--output", out_dir.to_str().unwrap()]);
+    assert_success(&first);
+    drop(mirror); // the warm build must not need the network for cached releases... except SHA256SUMS, which is cached too
+    let archive = sb.path().join("etcd.tar");
+    let second = sb.etcdimg(&[
+        "build",
+        "--json",
+        "--output",
+        out_dir.to_str().unwrap(),
+        "--docker-archive",
+        archive.to_str().unwrap(),
+    ]);
+    assert_success(&second);
+    let (a, b) = (json(&first), json(&second));
+    assert_eq!(a["manifest_digest"], b["manifest_digest"]);
+    assert!(
+        b["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|l| l["cached"] == true),
+        "{b}"
+    );
+    let inspect = run(Command::new("skopeo")
+        .arg("inspect")
+        .arg(format!("docker-archive:{}", archive.display())));
+    let v: serde_json::Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    assert_eq!(v["Architecture"], "amd64");
+    assert_eq!(v["Layers"].as_array().unwrap().len(), 4);
+    let listing = run(Command::new("tar")
+        .arg("xOf")
+        .arg(&archive)
+        .arg("manifest.json"));
+    let manifest: serde_json::Value = serde_json::from_slice(&listing.stdout).unwrap();
+    assert_eq!(
+        manifest[0]["RepoTags"][0],
+        "registry.k8s.io/etcd:3.5.1-0-linux-amd64"
+    );
+    assert_eq!(manifest[0]["Layers"].as_array().unwrap().len(), 4);
+}
+
+/// A bad input must fail clearly, exit non-zero, and leave no cache entry and no image.
+fn assert_clean_failure(sb: &Sandbox, out: &std::process::Output, out_dir: &Path, expect: &[&str]) {
+    assert!(
+        !out.status.success(),
+        "expected failure, got success:\n{}",
+        stderr(out)
+    );
+    let err = stderr(out);
+    for e in expect {
+        assert!(err.contains(e), "stderr lacks {e:?}:\n{err}");
+    }
+    assert!(err.contains("error: "), "{err}");
+    assert_eq!(
+        sb.cache_entries(),
+        Vec::<String>::new(),
+        "the cache must stay empty:\n{err}"
+    );
+    let index = out_dir.join("index.json");
+    if index.exists() {
+        let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&index).unwrap()).unwrap();
+        assert_eq!(
+            v["manifests"].as_array().map(|a| a.len()).unwrap_or(0),
+            0,
+            "no image may be written"
+        );
+    }
+}
+
+fn flip_byte(path: &Path, offset: usize) {
+    let mut bytes = std::fs::read(path).unwrap();
+    bytes[offset] ^= 0xff;
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// Rewrites a tarball with a mapping over (path, bytes) and optional extra raw entries.
+fn rewrite_tarball(
+    src: &Path,
+    dest: &Path,
+    rename: impl Fn(&str) -> String,
+    extra: Option<(&str, &[u8])>,
+) {
+    use std::io::Read;
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(
+        std::fs::File::open(src).unwrap(),
+    ));
+    let mut entries: Vec<(String, Vec<u8>, tar::EntryType)> = Vec::new();
+    for e in archive.entries().unwrap() {
+        let mut e = e.unwrap();
+        let name = String::from_utf8_lossy(&e.path_bytes()).into_owned();
+        let kind = e.header().entry_type();
+        let mut body = Vec::new();
+        e.read_to_end(&mut body).unwrap();
+        entries.push((rename(&name), body, kind));
+    }
+    let file = std::fs::File::create(dest).unwrap();
+    let gz = flate2::write::GzEncoder::new(file, flate2::Compression::fast());
+    let mut b = tar::Builder::new(gz);
+    let mut append = |name: &str, body: &[u8], kind: tar::EntryType| {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_size(body.len() as u64);
+        h.set_mode(0o755);
+        let raw = &mut h.as_old_mut().name;
+        raw[..name.len()].copy_from_slice(name.as_bytes());
+        h.set_cksum();
+        b.append(&h, body).unwrap();
+    };
+    for (name, body, kind) in &entries {
+        append(name, body, *kind);
+    }
+    if let Some((name, body)) = extra {
+        append(name, body, tar::EntryType::Regular);
+    }
+    b.into_inner().unwrap().finish().unwrap();
+}
+
+#[test]
+fn bad_inputs_fail_clearly_and_leave_nothing_behind() {
+    let t = "bad_inputs_fail_clearly_and_leave_nothing_behind";
+    let Some(fx) = fixtures(t) else { return };
+    if !tools(t, &["python3"]) {
+        return;
+    }
+    let base = format!("oci:{}:1.35", fx.join("busybox-oci").display());
+    let amd = "etcd-v3.5.1-linux-amd64.tar.gz";
+    let zeros = "0".repeat(64);
+
+    // Each case: (name, mirror mutation, extra env, expected stderr fragments)
+    type Mutate = Box<dyn Fn(&Path)>;
+    let cases: Vec<(&str, Mutate, Vec<(&str, &str)>, Vec<&str>)> = vec![
+        (
+            "corrupted tarball",
+            Box::new(move |m: &Path| flip_byte(&m.join("v3.5.1").join(amd), 5000)),
+            vec![],
+            vec![
+                "checksum mismatch for `etcd-v3.5.1-linux-amd64.tar.gz`",
+                "expected: sha256:",
+                "actual:   sha256:",
+                "SHA256SUMS",
+            ],
+        ),
+        (
+            "SHA256SUMS mismatch",
+            Box::new(move |m: &Path| {
+                let p = m.join("v3.5.1/SHA256SUMS");
+                let text = std::fs::read_to_string(&p).unwrap();
+                let line = text.lines().find(|l| l.ends_with(amd)).unwrap().to_string();
+                let bad = format!("{}{}", "0".repeat(64), &line[64..]);
+                std::fs::write(&p, text.replace(&line, &bad)).unwrap();
+            }),
+            vec![],
+            vec!["checksum mismatch", zeros.as_str()],
+        ),
+        (
+            "tarball missing from SHA256SUMS",
+            Box::new(move |m: &Path| {
+                let p = m.join("v3.5.1/SHA256SUMS");
+                let text: String = std::fs::read_to_string(&p)
+                    .unwrap()
+                    .lines()
+                    .filter(|l| !l.ends_with(amd))
+                    .map(|l| format!("{l}\n"))
+                    .collect();
+                std::fs::write(&p, text).unwrap();
+            }),
+            vec![],
+            vec!["is not listed in", "SHA256SUMS"],
+        ),
+        (
+            "404",
+            Box::new(|_: &Path| {}),
+            vec![
+                ("BUNDLED_ETCD_VERSIONS", "3.4.23 3.5.9"),
+                ("ETCD_VERSION", "3.5.9"),
+            ],
+            vec!["404", "v3.5.9/SHA256SUMS", "hint:"],
+        ),
+        (
+            "tarball with a ../ entry",
+            Box::new(move |m: &Path| {
+                let p = m.join("v3.5.1").join(amd);
+                let tmp = m.join("tmp.tar.gz");
+                rewrite_tarball(
+                    &p,
+                    &tmp,
+                    |n| n.to_string(),
+                    Some(("etcd-v3.5.1-linux-amd64/../../evil", b"x")),
+                );
+                std::fs::rename(&tmp, &p).unwrap();
+                regenerate_sums(&m.join("v3.5.1"));
+            }),
+            vec![],
+            vec!["../../evil", "`..`", "refusing the whole tarball"],
+        ),
+        (
+            "arm64 etcd under the amd64 name",
+            Box::new(move |m: &Path| {
+                let arm = m.join("v3.5.1/etcd-v3.5.1-linux-arm64.tar.gz");
+                let p = m.join("v3.5.1").join(amd);
+                rewrite_tarball(&arm, &p, |n| n.replace("linux-arm64", "linux-amd64"), None);
+                regenerate_sums(&m.join("v3.5.1"));
+            }),
+            vec![],
+            vec!["AArch64", "x86-64", "image arch `amd64`"],
+        ),
+    ];
+    for (name, mutate, env, expect) in cases {
+        let mut sb = Sandbox::new();
+        let mirror_dir = mirror_copy(&fx, sb.path());
+        mutate(&mirror_dir);
+        let mirror = http_mirror(&mirror_dir);
+        sb.set(
+            "ETCD_RELEASE_URL",
+            format!("http://127.0.0.1:{}", mirror.port),
+        )
+        .set("BASEIMAGE", base.clone());
+        for (k, v) in env {
+            sb.set(k, v);
+        }
+        let out_dir = sb.path().join("out");
+        let out = sb.etcdimg(&["build", "--output", out_dir.to_str().unwrap()]);
+        eprintln!("case {name}: {}", stderr(&out));
+        assert_clean_failure(&sb, &out, &out_dir, &expect);
+        assert_eq!(out.status.code(), Some(1), "{name}");
+    }
+}
+
+#[test]
+fn truncated_downloads_are_retried_with_range_and_fail_clearly_when_they_persist() {
+    let t = "truncated_downloads_are_retried_with_range_and_fail_clearly_when_they_persist";
+    let Some(fx) = fixtures(t) else { return };
+    let base = format!("oci:{}:1.35", fx.join("busybox-oci").display());
+    let mirror = fx.join("mirror");
+
+    // A server that cuts every first attempt at a tarball mid-body, then honours Range.
+    let serve = move |cut_always: bool| {
+        let mirror = mirror.clone();
+        Hostile::start(move |path, range, _n| {
+            let file = mirror.join(path.trim_start_matches('/'));
+            let Ok(bytes) = std::fs::read(&file) else {
+                return http_response("404 Not Found", &[], b"");
+            };
+            match range {
+                Some(start) if !cut_always => {
+                    let body = &bytes[start as usize..];
+                    http_response(
+                        "206 Partial Content",
+                        &[
+                            ("Content-Length", body.len().to_string()),
+                            (
+                                "Content-Range",
+                                format!("bytes {start}-{}/{}", bytes.len() - 1, bytes.len()),
+                            ),
+                        ],
+                        body,
+                    )
+                }
+                _ if path.ends_with(".tar.gz") => {
+                    let start = range.unwrap_or(0) as usize;
+                    let body = &bytes[start..];
+                    // Announce the whole body, send a third, hang up.
+                    let mut r = http_response(
+                        if start > 0 {
+                            "206 Partial Content"
+                        } else {
+                            "200 OK"
+                        },
+                        &[
+                            ("Content-Length", body.len().to_string()),
+                            (
+                                "Content-Range",
+                                format!("bytes {start}-{}/{}", bytes.len() - 1, bytes.len()),
+                            ),
+                        ],
+                        &[],
+                    );
+                    r.extend_from_slice(&body[..body.len() / 3]);
+                    r
+                }
+                _ => http_response(
+                    "200 OK",
+                    &[("Content-Length", bytes.len().to_string())],
+                    &bytes,
+                ),
+            }
+        })
+    };
+
+    let server = serve(false);
+    let mut sb = Sandbox::new();
+    sb.set(
+        "ETCD_RELEASE_URL",
+        format!("http://127.0.0.1:{}", server.port),
+    )
+    .set("BASEIMAGE", base.clone());
+    let out_dir = sb.path().join("out");
+    let out = sb.etcdimg(&["build", "--output", out_dir.to_str().unwrap()]);
+    assert_success(&out);
+    assert!(stderr(&out).contains("retrying GET"), "{}", stderr(&out));
+    drop(server);
+
+    let server = serve(true);
+    let mut sb = Sandbox::new();
+    sb.set(
+        "ETCD_RELEASE_URL",
+        format!("http://127.0.0.1:{}", server.port),
+    )
+    .set("BASEIMAGE", base)
+    .set("ETCDIMG_HTTP_RETRIES", "2");
+    let out_dir = sb.path().join("out");
+    let out = sb.etcdimg(&["build", "--output", out_dir.to_str().unwrap()]);
+    assert_clean_failure(
+        &sb,
+        &out,
+        &out_dir,
+        &["failed after 3 attempts", "truncated"],
+    );
+}
+
+#[test]
+fn malformed_images_toml_is_a_located_usage_error() {
+    let mut sb = Sandbox::new();
+    let cases = [
+        (
+            "[etcd]\nlatest = \"3.5.1\"\nbundled = [\"3.5.1\"]\nbundeld = 1\n",
+            "images.toml:4:1: key `bundeld`: unknown field",
+        ),
+        (
+            "[etcd]\nlatest = \"3.5\"\nbundled = [\"3.5.1\"]\n",
+            "images.toml:2:10: key `etcd.latest`: invalid semver `3.5`",
+        ),
+        (
+            "[etcd]\nlatest = \"3.5.2\"\nbundled = [\"3.5.1\"]\n",
+            "key `etcd.latest`: latest version `3.5.2` is not in the bundled list",
+        ),
+        (
+            "[etcd]\nbundled = []\n",
+            "images.toml:2:11: key `etcd.bundled`: empty version list",
+        ),
+        (
+            "[etcd]\nbundled = [\"3.5.1\"]\n[image]\narches = [\"amd64\", \"sparc\"]\n",
+            "images.toml:4:20: key `image.arches`: unknown arch `sparc`",
+        ),
+        ("[etcd\nlatest = 1\n", "images.toml:1:"),
+    ];
+    for (text, expect) in cases {
+        let path = sb.path().join("images.toml");
+        std::fs::write(&path, text).unwrap();
+        sb.set("ETCDIMG_CONFIG", path.display().to_string());
+        let out_dir = sb.path().join("out");
+        let out = sb.etcdimg(&["build", "--output", out_dir.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(2), "{text}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains(expect),
+            "expected {expect:?} in:\n{}",
+            stderr(&out)
+        );
+        assert!(!out_dir.exists());
+        assert_eq!(sb.cache_entries(), Vec::<String>::new());
+    }
+    // An env override with a bad value names the variable.
+    sb.set(
+        "ETCDIMG_CONFIG",
+        repo_root().join("images.toml").display().to_string(),
+    )
+    .set("ETCD_VERSION", "latest");
+    let out = sb.etcdimg(&["settings"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("environment variable ETCD_VERSION"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn settings_follow_flag_env_file_precedence() {
+    let mut sb = Sandbox::new();
+    let out = sb.etcdimg(&["settings"]);
+    assert_success(&out);
+    let v = json(&out);
+    assert_eq!(v["tag"], "3.5.1-0");
+    assert_eq!(v["image"], "registry.k8s.io/etcd:3.5.1-0-linux-amd64");
+    sb.set("REVISION", "3")
+        .set("REGISTRY", "example.com/k8s")
+        .set("BUNDLED_ETCD_VERSIONS", "3.4.23 3.5.0 3.5.1");
+    let v = json(&sb.etcdimg(&["settings", "--arch", "amd64"]));
+    assert_eq!(v["tag"], "3.5.1-3");
+    assert_eq!(
+        v["bundled"],
+        serde_json::json!(["3.4.23", "3.5.0", "3.5.1"])
+    );
+    assert_eq!(v["image"], "example.com/k8s/etcd:3.5.1-3-linux-amd64");
+    let v = json(&sb.etcdimg(&["settings", "--revision", "9"]));
+    assert_eq!(v["tag"], "3.5.1-9", "a flag beats the environment");
+}

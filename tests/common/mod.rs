@@ -1,0 +1,404 @@
+//! Test harness: real external tools, real servers on 127.0.0.1, a temp sandbox per test.
+//!
+//! A test that needs a tool calls `require(...)`: when the tool is missing it prints
+//! `skipping <test>: <tool> not found` and returns false, unless ETCDIMG_TEST_REQUIRE=all (set
+//! by CI), where it panics instead.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn require_all() -> bool {
+    std::env::var("ETCDIMG_TEST_REQUIRE")
+        .map(|v| v == "all")
+        .unwrap_or(false)
+}
+
+/// True if `tool` is on PATH; otherwise skips (or fails under ETCDIMG_TEST_REQUIRE=all).
+pub fn require(test: &str, tool: &str) -> bool {
+    if which(tool).is_some() {
+        return true;
+    }
+    if require_all() {
+        panic!("{test}: required tool `{tool}` not found (ETCDIMG_TEST_REQUIRE=all); run scripts/install-deps.sh");
+    }
+    eprintln!("skipping {test}: {tool} not found");
+    false
+}
+
+pub fn which(tool: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join(tool))
+            .find(|p| p.is_file())
+    })
+}
+
+/// The fixtures built by scripts/fixtures.sh, or skip.
+pub fn fixtures(test: &str) -> Option<PathBuf> {
+    let dir = std::env::var_os("ETCDIMG_TEST_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/fixtures"));
+    if dir.join("mirror").is_dir() && dir.join("busybox-oci/index.json").is_file() {
+        return Some(dir);
+    }
+    if require_all() {
+        panic!(
+            "{test}: fixtures missing at {} (ETCDIMG_TEST_REQUIRE=all); run scripts/fixtures.sh",
+            dir.display()
+        );
+    }
+    eprintln!("skipping {test}: fixtures not built (run scripts/fixtures.sh)");
+    None
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn wait_for_port(port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    panic!("{what} did not start listening on 127.0.0.1:{port}");
+}
+
+/// A child process killed on drop.
+pub struct Server {
+    pub child: Child,
+    pub port: u16,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A static file server (python3 http.server, which we did not write) over `dir`, laid out
+/// like the GitHub releases URL: /v<V>/etcd-v<V>-linux-<arch>.tar.gz, /v<V>/SHA256SUMS.
+pub fn http_mirror(dir: &Path) -> Server {
+    let port = free_port();
+    let child = Command::new("python3")
+        .args([
+            "-m",
+            "http.server",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--directory",
+        ])
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("python3 http.server");
+    wait_for_port(port, "http mirror");
+    Server {
+        child,
+        port,
+        _dir: None,
+    }
+}
+
+/// Debian's docker-registry (distribution 2.8) with filesystem storage, on 127.0.0.1.
+pub fn registry() -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config = format!(
+        "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+        dir.path().join("data").display()
+    );
+    std::fs::write(dir.path().join("config.yml"), config).unwrap();
+    let child = Command::new("docker-registry")
+        .arg("serve")
+        .arg(dir.path().join("config.yml"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("docker-registry");
+    wait_for_port(port, "docker-registry");
+    Server {
+        child,
+        port,
+        _dir: Some(dir),
+    }
+}
+
+/// Copies the fixture busybox layout into `registry` with skopeo; returns the reference.
+pub fn push_base(fixtures: &Path, registry: &Server) -> String {
+    let reference = format!("127.0.0.1:{}/library/busybox:1.35", registry.port);
+    let out = Command::new("skopeo")
+        .args(["copy", "--all", "--quiet", "--dest-tls-verify=false"])
+        .arg(format!(
+            "oci:{}:1.35",
+            fixtures.join("busybox-oci").display()
+        ))
+        .arg(format!("docker://{reference}"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "skopeo copy failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    reference
+}
+
+/// A per-test sandbox: its own cache, output dir and working dir.
+pub struct Sandbox {
+    pub dir: tempfile::TempDir,
+    pub env: Vec<(String, String)>,
+}
+
+impl Sandbox {
+    pub fn new() -> Sandbox {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("cache")).unwrap();
+        let env = vec![
+            (
+                "ETCDIMG_CACHE".to_string(),
+                dir.path().join("cache").display().to_string(),
+            ),
+            (
+                "ETCDIMG_CONFIG".to_string(),
+                repo_root().join("images.toml").display().to_string(),
+            ),
+            ("ETCDIMG_NO_PROGRESS".to_string(), "1".to_string()),
+            ("ETCDIMG_HTTP_RETRY_DELAY_MS".to_string(), "20".to_string()),
+        ];
+        Sandbox { dir, env }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn cache(&self) -> PathBuf {
+        self.dir.path().join("cache")
+    }
+
+    pub fn set(&mut self, key: &str, value: impl Into<String>) -> &mut Sandbox {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_string(), value.into()));
+        self
+    }
+
+    pub fn etcdimg(&self, args: &[&str]) -> Output {
+        self.etcdimg_in(self.path(), args)
+    }
+
+    pub fn etcdimg_in(&self, cwd: &Path, args: &[&str]) -> Output {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_etcdimg"));
+        cmd.args(args).current_dir(cwd).env("HOME", self.path());
+        for var in [
+            "ETCD_VERSION",
+            "BUNDLED_ETCD_VERSIONS",
+            "REVISION",
+            "ARCH",
+            "REGISTRY",
+            "PUSH_REGISTRY",
+            "BASEIMAGE",
+            "ETCD_RELEASE_URL",
+            "SOURCE_DATE_EPOCH",
+            "ALL_ARCH",
+        ] {
+            cmd.env_remove(var);
+        }
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd.output().unwrap()
+    }
+
+    /// Every file under the cache's blobs and refs (what a failed build must not leave).
+    pub fn cache_entries(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for sub in ["blobs/sha256", "refs", "tmp"] {
+            walk(&self.cache().join(sub), &mut out);
+        }
+        out
+    }
+}
+
+fn walk(dir: &Path, out: &mut Vec<String>) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            walk(&p, out);
+        } else {
+            out.push(p.display().to_string());
+        }
+    }
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn assert_success(out: &Output) {
+    assert!(
+        out.status.success(),
+        "command failed ({}):\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        stdout(out),
+        stderr(out)
+    );
+}
+
+pub fn run(cmd: &mut Command) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\n{}\n{}",
+        out.status,
+        stdout(&out),
+        stderr(&out)
+    );
+    out
+}
+
+/// Makes a mirror directory whose files are hard links to the fixture mirror, to be altered.
+pub fn mirror_copy(fixtures: &Path, into: &Path) -> PathBuf {
+    let dest = into.join("mirror");
+    for version_dir in std::fs::read_dir(fixtures.join("mirror"))
+        .unwrap()
+        .flatten()
+    {
+        let vd = dest.join(version_dir.file_name());
+        std::fs::create_dir_all(&vd).unwrap();
+        for f in std::fs::read_dir(version_dir.path()).unwrap().flatten() {
+            std::fs::copy(f.path(), vd.join(f.file_name())).unwrap();
+        }
+    }
+    dest
+}
+
+/// Rewrites a mirror folder's SHA256SUMS to match its files (as a consistent but bad mirror).
+pub fn regenerate_sums(version_dir: &Path) {
+    use sha2::{Digest, Sha256};
+    let mut lines = String::new();
+    let mut names: Vec<_> = std::fs::read_dir(version_dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    names.sort();
+    for n in names {
+        let n = n.to_string_lossy().into_owned();
+        if n.ends_with(".tar.gz") {
+            let bytes = std::fs::read(version_dir.join(&n)).unwrap();
+            lines.push_str(&format!("{}  {n}\n", hex::encode(Sha256::digest(&bytes))));
+        }
+    }
+    std::fs::write(version_dir.join("SHA256SUMS"), lines).unwrap();
+}
+
+/// A one-connection-at-a-time hostile HTTP server for faults a real server will not produce.
+/// `respond(path, range_start, request_number)` returns the raw bytes to send, then the
+/// connection is closed.
+pub struct Hostile {
+    pub port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Hostile {
+    pub fn start<F>(respond: F) -> Hostile
+    where
+        F: Fn(&str, Option<u64>, usize) -> Vec<u8> + Send + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let mut n = 0;
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while !stop2.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline {
+                match listener.accept() {
+                    Ok((mut stream, _)) => {
+                        stream.set_nonblocking(false).unwrap();
+                        stream
+                            .set_read_timeout(Some(Duration::from_secs(5)))
+                            .unwrap();
+                        let mut buf = Vec::new();
+                        let mut chunk = [0u8; 4096];
+                        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match stream.read(&mut chunk) {
+                                Ok(0) | Err(_) => break,
+                                Ok(k) => buf.extend_from_slice(&chunk[..k]),
+                            }
+                        }
+                        let head = String::from_utf8_lossy(&buf).into_owned();
+                        let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
+                        let range = head
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("range: bytes=")
+                                    .map(String::from)
+                            })
+                            .and_then(|r| r.trim_end_matches('-').parse::<u64>().ok());
+                        let reply = respond(&path, range, n);
+                        n += 1;
+                        let _ = stream.write_all(&reply);
+                        let _ = stream.flush();
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        Hostile {
+            port,
+            stop,
+            handle: Some(handle),
+        }
+    }
+}
+
+impl Drop for Hostile {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+pub fn http_response(status: &str, headers: &[(&str, String)], body: &[u8]) -> Vec<u8> {
+    let mut out = format!("HTTP/1.1 {status}\r\nConnection: close\r\n").into_bytes();
+    for (k, v) in headers {
+        out.extend_from_slice(format!("{k}: {v}\r\n").as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(body);
+    out
+}
