@@ -1,0 +1,295 @@
+//! The migrate binary's command-line contract: env fallbacks, the paths implemented so far,
+//! distinct exit codes, and a data directory left untouched on every refusal.
+
+use std::fs;
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn bin_dir_with(versions: &[&str]) -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    for v in versions {
+        for name in ["etcd", "etcdctl"] {
+            fs::write(d.path().join(format!("{name}-{v}")), format!("{name} {v}")).unwrap();
+        }
+    }
+    d
+}
+
+fn migrate(bin_dir: &Path, env: &[(&str, &str)], args: &[&str]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_migrate"));
+    cmd.env_clear()
+        .env("HOSTNAME", "test")
+        .arg("--bin-dir")
+        .arg(bin_dir)
+        .args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut out = Vec::new();
+    if let Ok(rd) = fs::read_dir(dir) {
+        for e in rd.flatten() {
+            out.push((
+                e.file_name().to_string_lossy().into_owned(),
+                fs::read(e.path()).unwrap_or_default(),
+            ));
+        }
+    }
+    out.sort();
+    out
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn empty_or_missing_data_dir_is_initialised_from_env() {
+    let bins = bin_dir_with(&["3.4.23", "3.5.1"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("a/b/data");
+    let out = migrate(
+        bins.path(),
+        &[
+            ("DATA_DIRECTORY", data.to_str().unwrap()),
+            ("TARGET_VERSION", "3.5.1"),
+            ("TARGET_STORAGE", "etcd3"),
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        fs::read_to_string(data.join("version.txt")).unwrap(),
+        "3.5.1/etcd3"
+    );
+    // the default binaries were swapped for the target pair
+    assert_eq!(
+        fs::read_to_string(bins.path().join("etcd")).unwrap(),
+        "etcd 3.5.1"
+    );
+    assert_eq!(
+        fs::read_to_string(bins.path().join("etcdctl")).unwrap(),
+        "etcdctl 3.5.1"
+    );
+}
+
+#[test]
+fn same_version_does_nothing() {
+    let bins = bin_dir_with(&["3.5.1"]);
+    let data = tempfile::tempdir().unwrap();
+    fs::write(data.path().join("version.txt"), "3.5.1/etcd3").unwrap();
+    fs::create_dir(data.path().join("member")).unwrap();
+    let before = fs::metadata(data.path().join("version.txt"))
+        .unwrap()
+        .modified()
+        .unwrap();
+    let out = migrate(
+        bins.path(),
+        &[("DO_NOT_MOVE_BINARIES", "true")],
+        &[
+            "--data-dir",
+            data.path().to_str().unwrap(),
+            "--target-version",
+            "3.5.1",
+            "--target-storage",
+            "etcd3",
+            "--json",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let json = String::from_utf8_lossy(&out.stdout);
+    assert!(json.contains("\"outcome\":\"up-to-date\""), "{json}");
+    assert_eq!(
+        fs::metadata(data.path().join("version.txt"))
+            .unwrap()
+            .modified()
+            .unwrap(),
+        before
+    );
+    assert!(
+        !bins.path().join("etcd").exists(),
+        "DO_NOT_MOVE_BINARIES=true keeps the defaults"
+    );
+}
+
+#[test]
+fn patch_change_only_rewrites_version_txt() {
+    let bins = bin_dir_with(&["3.5.0", "3.5.1"]);
+    let data = tempfile::tempdir().unwrap();
+    fs::write(data.path().join("version.txt"), "3.5.0/etcd3").unwrap();
+    let out = migrate(
+        bins.path(),
+        &[],
+        &[
+            "--data-dir",
+            data.path().to_str().unwrap(),
+            "--target-version",
+            "3.5.1",
+            "--target-storage",
+            "etcd3",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        fs::read_to_string(data.path().join("version.txt")).unwrap(),
+        "3.5.1/etcd3"
+    );
+}
+
+#[test]
+fn refusals_have_distinct_codes_and_touch_nothing() {
+    let bins = bin_dir_with(&["3.4.23", "3.5.1"]);
+    let cases: Vec<(&str, Option<&str>, &[&str], i32, &str)> = vec![
+        (
+            "malformed version.txt",
+            Some("3.5/etcd3"),
+            &["--target-version", "3.5.1", "--target-storage", "etcd3"],
+            10,
+            "failed to parse etcd",
+        ),
+        (
+            "no version.txt in a non-empty dir",
+            None,
+            &["--target-version", "3.5.1", "--target-storage", "etcd3"],
+            11,
+            "missing version.txt",
+        ),
+        (
+            "target not bundled",
+            Some("3.4.23/etcd3"),
+            &["--target-version", "3.6.0", "--target-storage", "etcd3"],
+            12,
+            "not bundled",
+        ),
+        (
+            "unknown storage",
+            Some("3.4.23/etcd3"),
+            &["--target-version", "3.5.1", "--target-storage", "etcd4"],
+            14,
+            "unrecognized storage",
+        ),
+        (
+            "not implemented yet",
+            Some("3.4.23/etcd3"),
+            &["--target-version", "3.5.1", "--target-storage", "etcd3"],
+            3,
+            "not supported yet",
+        ),
+        (
+            "bad target version",
+            Some("3.4.23/etcd3"),
+            &["--target-version", "3.5", "--target-storage", "etcd3"],
+            2,
+            "--target-version",
+        ),
+    ];
+    for (name, version_txt, args, code, message) in cases {
+        let data = tempfile::tempdir().unwrap();
+        fs::write(data.path().join("keep.db"), b"user data").unwrap();
+        if let Some(v) = version_txt {
+            fs::write(data.path().join("version.txt"), v).unwrap();
+        }
+        let before = snapshot(data.path());
+        let mut all = vec!["--data-dir", data.path().to_str().unwrap()];
+        all.extend_from_slice(args);
+        let out = migrate(bins.path(), &[("DO_NOT_MOVE_BINARIES", "true")], &all);
+        assert_eq!(out.status.code(), Some(code), "{name}: {}", stderr(&out));
+        assert!(stderr(&out).contains(message), "{name}: {}", stderr(&out));
+        assert_eq!(
+            snapshot(data.path()),
+            before,
+            "{name}: the data dir must be untouched"
+        );
+    }
+}
+
+#[test]
+fn missing_required_settings_are_usage_errors() {
+    let bins = bin_dir_with(&["3.5.1"]);
+    let out = migrate(
+        bins.path(),
+        &[],
+        &["--target-version", "3.5.1", "--target-storage", "etcd3"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("--data-dir is required (or set DATA_DIRECTORY)"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn dry_run_changes_nothing() {
+    let bins = bin_dir_with(&["3.5.1"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let out = migrate(
+        bins.path(),
+        &[],
+        &[
+            "--data-dir",
+            data.to_str().unwrap(),
+            "--target-version",
+            "3.5.1",
+            "--target-storage",
+            "etcd3",
+            "--dry-run",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("write version.txt = 3.5.1/etcd3"));
+    assert!(!data.exists());
+    assert!(!bins.path().join("etcd").exists());
+}
+
+#[test]
+fn wrapper_script_keeps_the_env_contract() {
+    let bins = bin_dir_with(&["3.4.23", "3.5.1"]);
+    fs::copy(env!("CARGO_BIN_EXE_migrate"), bins.path().join("migrate")).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("migrate-if-needed.sh");
+    fs::copy(&script, bins.path().join("migrate-if-needed.sh")).unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data-events");
+    let out = Command::new("sh")
+        .arg(bins.path().join("migrate-if-needed.sh"))
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("HOSTNAME", "node")
+        .env("TARGET_VERSION", "3.4.23")
+        .env("TARGET_STORAGE", "etcd3")
+        .env("DATA_DIRECTORY", &data)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        stderr(&out)
+    );
+    let log = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+    assert!(
+        log.contains("defaulting to etcd-node=http://localhost:2381"),
+        "event dirs use peer port 2381: {log}"
+    );
+    assert_eq!(
+        fs::read_to_string(data.join("version.txt")).unwrap(),
+        "3.4.23/etcd3"
+    );
+    assert_eq!(
+        fs::read_to_string(bins.path().join("etcd")).unwrap(),
+        "etcd 3.4.23"
+    );
+
+    let out = Command::new("sh")
+        .arg(bins.path().join("migrate-if-needed.sh"))
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("DATA_DIRECTORY variable unset"));
+}
