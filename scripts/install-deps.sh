@@ -18,7 +18,7 @@ set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 need_apt=()
 for pkg in golang-go golang-etcd-server-dev etcd-server etcd-client docker-registry skopeo umoci \
-    qemu-user-static busybox-static pigz hyperfine openssl apache2-utils python3; do
+    qemu-user-static busybox-static pigz hyperfine openssl apache2-utils; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || need_apt+=("$pkg")
 done
 

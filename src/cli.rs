@@ -92,6 +92,9 @@ pub struct BuildArgs {
     /// Use this prebuilt static migrate binary instead of building the migrate crate.
     #[arg(long, env = "ETCDIMG_MIGRATE_BINARY", value_name = "PATH")]
     pub migrate_binary: Option<PathBuf>,
+    /// Rebuild every layer even when the cache holds one with the same inputs.
+    #[arg(long)]
+    pub no_layer_cache: bool,
     /// Worker threads for compression [default: available cores]. Output bytes never depend on it.
     #[arg(long, env = "ETCDIMG_JOBS")]
     pub jobs: Option<usize>,

@@ -78,6 +78,7 @@ async fn run(cli: Cli) -> Result<()> {
                 docker_archive: args.docker_archive.clone(),
                 migrate_binary: args.migrate_binary.clone(),
                 jobs,
+                reuse_layers: !args.no_layer_cache,
                 registry: RegistryOptions {
                     insecure: settings.insecure_registries.clone(),
                     ca_cert: settings.ca_cert.clone(),

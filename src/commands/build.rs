@@ -39,6 +39,8 @@ pub struct BuildOptions {
     pub migrate_binary: Option<PathBuf>,
     pub jobs: usize,
     pub registry: RegistryOptions,
+    /// Reuse cached layers whose inputs match (off with --no-layer-cache).
+    pub reuse_layers: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -292,7 +294,7 @@ pub async fn build(
             &mode_text,
             &mtime_text,
         ]);
-        if let Some(d) = cached_layer(cache, &key) {
+        if let Some(d) = cached_layer(cache, &key).filter(|_| options.reuse_layers) {
             layers.push(Some((d, content, true)));
             verified.push(tarball);
             continue;
@@ -356,7 +358,7 @@ pub async fn build(
         &mtime_text,
     ]);
     let migrate_content = "migrate, migrate-if-needed.sh".to_string();
-    match cached_layer(cache, &migrate_key) {
+    match cached_layer(cache, &migrate_key).filter(|_| options.reuse_layers) {
         Some(d) => layers.push(Some((d, migrate_content, true))),
         None => {
             layers.push(None);
