@@ -46,10 +46,13 @@ umoci unpack --rootless --image "$work/prime:3.5.1-0-linux-amd64" "$work/prime-b
 cp "$work/prime-bundle/rootfs/usr/local/bin/migrate" "$work/prime-bundle/rootfs/usr/local/bin/migrate-if-needed.sh" "$stage/"
 chmod 0555 "$stage"/*
 
+# umoci 0.4 cannot pick a platform from a nested index: give it the amd64 image alone.
+skopeo copy --quiet --override-arch amd64 "oci:$fixtures/busybox-oci:1.35" "oci:$work/base-amd64:1.35"
+
 cat >"$work/umoci.sh" <<SH
 set -e
 rm -rf $work/ul $work/ub
-cp -r $fixtures/busybox-oci $work/ul
+cp -r $work/base-amd64 $work/ul
 umoci unpack --rootless --image $work/ul:1.35 $work/ub >/dev/null
 cp -a $stage/. $work/ub/rootfs/usr/local/bin/
 umoci repack --image $work/ul:etcd $work/ub >/dev/null

@@ -19,13 +19,15 @@ export DEBIAN_FRONTEND=noninteractive
 need_apt=()
 for pkg in golang-go golang-etcd-server-dev etcd-server etcd-client docker-registry skopeo umoci \
     qemu-user-static busybox-static pigz hyperfine openssl apache2-utils; do
-    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || need_apt+=("$pkg")
+    status=$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)
+    [ "$status" = "install ok installed" ] || need_apt+=("$pkg")
 done
 
 # Foreign architectures, so that `apt-get download busybox-static:<arch>` resolves.
 added_arch=0
+foreign=$(dpkg --print-foreign-architectures)
 for arch in arm64 armhf ppc64el s390x; do
-    if ! dpkg --print-foreign-architectures | grep -qx "$arch"; then
+    if ! grep -qx "$arch" <<<"$foreign"; then
         dpkg --add-architecture "$arch"
         added_arch=1
     fi

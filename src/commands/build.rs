@@ -274,6 +274,7 @@ pub async fn build(
     let mode_text = format!("{mode:o}");
     let mtime_text = mtime.to_string();
     let mut verified = Vec::new();
+    let mut pending_checks = Vec::new();
     for tarball in tarballs {
         let latest = tarball.version == settings.latest;
         let content = format!(
@@ -303,7 +304,8 @@ pub async fn build(
         let r = reporter.clone();
         let path = tarball.path.clone();
         let name = tarball.file_name.clone();
-        let binaries = tokio::task::spawn_blocking(move || -> Result<Vec<extract::Binary>> {
+        // Versions are extracted and checked concurrently (one blocking task each).
+        let handle = tokio::task::spawn_blocking(move || -> Result<Vec<extract::Binary>> {
             r.status(
                 "Verifying",
                 &format!("{name}: contents, ELF headers and versions"),
@@ -311,22 +313,32 @@ pub async fn build(
             let binaries = extract::extract(&path, &name)?;
             check_binaries(&binaries, &version, arch, &*r)?;
             Ok(binaries)
-        })
-        .await??;
+        });
         layers.push(None);
-        jobs.push((
+        pending_checks.push((
             layers.len() - 1,
+            content,
+            key,
+            latest,
+            tarball.version.clone(),
+            handle,
+        ));
+        verified.push(tarball);
+    }
+    for (slot, content, key, latest, version, handle) in pending_checks {
+        let binaries = handle.await??;
+        jobs.push((
+            slot,
             LayerJob {
                 content,
                 key,
                 make: LayerInput::Etcd {
-                    version: tarball.version.clone(),
+                    version,
                     binaries,
                     latest,
                 },
             },
         ));
-        verified.push(tarball);
     }
     // Only now, with every release checked, do fresh downloads enter the cache.
     for tarball in verified {

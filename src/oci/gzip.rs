@@ -6,8 +6,9 @@
 
 use std::io::Write;
 
-/// The compression level of every layer.
-pub const LEVEL: u32 = 6;
+/// The compression level of every layer. Level 4 was measured against 6 on the etcd binaries:
+/// 30% less wall time for 2% larger layers (BENCHMARKS.md).
+pub const LEVEL: u32 = 4;
 
 /// Recorded in the image config labels, so that a reader knows how the layers were made.
 pub fn description() -> String {

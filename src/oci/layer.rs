@@ -216,7 +216,7 @@ mod tests {
         assert_eq!(
             (d.digest.as_str(), d.diff_id.as_str()),
             (
-                "877f5b88d560d38e7d9ace9168198f095c82f6edf5f28238a71fc52b0c92bf5a",
+                "37cf62fb3bc4f67d54fac6bf8ae4c05dc00cb7c5748b463bd8f87908b4673632",
                 "d9b3f91fc7111bed550340d3642f2d35219bcbf102f83e6a09c8cf422f452b25"
             ),
             "layer bytes changed: see the comment above"
