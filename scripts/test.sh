@@ -8,4 +8,5 @@ cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 bash scripts/fixtures.sh
 cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -q -- -D warnings
 cargo test --workspace --locked "$@"

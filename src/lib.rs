@@ -1,6 +1,10 @@
 //! etcdimg: build, verify and push Kubernetes etcd container images without a Docker daemon.
 //! See docs/ARCHITECTURE.md for the map.
 
+// Config errors carry file, line, key, message and hint by design; they are returned once per
+// run, so their size does not matter.
+#![allow(clippy::result_large_err)]
+
 pub mod binary;
 pub mod cli;
 pub mod commands;

@@ -74,10 +74,10 @@ impl Progress for Plain {
     fn finish(&self) {
         let done = self.done.load(std::sync::atomic::Ordering::Relaxed);
         eprintln!(
-            "{:>12} {} ({} bytes)",
+            "{:>12} {} {} ({done} bytes)",
             "Finished",
-            format!("{} {}", self.verb.to_lowercase(), self.what),
-            done
+            self.verb.to_lowercase(),
+            self.what
         );
     }
 }

@@ -383,7 +383,8 @@ fn bad_inputs_fail_clearly_and_leave_nothing_behind() {
 
     // Each case: (name, mirror mutation, extra env, expected stderr fragments)
     type Mutate = Box<dyn Fn(&Path)>;
-    let cases: Vec<(&str, Mutate, Vec<(&str, &str)>, Vec<&str>)> = vec![
+    type Case<'a> = (&'a str, Mutate, Vec<(&'a str, &'a str)>, Vec<&'a str>);
+    let cases: Vec<Case> = vec![
         (
             "corrupted tarball",
             Box::new(move |m: &Path| flip_byte(&m.join("v3.5.1").join(amd), 5000)),

@@ -142,7 +142,8 @@ fn patch_change_only_rewrites_version_txt() {
 #[test]
 fn refusals_have_distinct_codes_and_touch_nothing() {
     let bins = bin_dir_with(&["3.4.23", "3.5.1"]);
-    let cases: Vec<(&str, Option<&str>, &[&str], i32, &str)> = vec![
+    type Case<'a> = (&'a str, Option<&'a str>, &'a [&'a str], i32, &'a str);
+    let cases: Vec<Case> = vec![
         (
             "malformed version.txt",
             Some("3.5/etcd3"),

@@ -300,7 +300,7 @@ fn base_from_layout(
     let layout = Layout::open(path)?;
     let mut desc = layout.resolve(name)?;
     let mut bytes = layout.read_blob(&oci::hex(&desc))?;
-    if oci::is_index(&desc.media_type().to_string()) || is_index_document(&bytes) {
+    if oci::is_index(desc.media_type().as_ref()) || is_index_document(&bytes) {
         let index: ImageIndex = parse_json(reference, "image index", &bytes)?;
         desc = select(reference, &index, arch)?;
         bytes = layout.read_blob(&oci::hex(&desc))?;
