@@ -492,7 +492,8 @@ fn truncated_downloads_are_retried_with_range_and_fail_clearly_when_they_persist
     // A server that cuts every first attempt at a tarball mid-body, then honours Range.
     let serve = move |cut_always: bool| {
         let mirror = mirror.clone();
-        Hostile::start(move |path, range, _n| {
+        Hostile::start(move |req: &Request| {
+            let (path, range) = (req.path.as_str(), req.range);
             let file = mirror.join(path.trim_start_matches('/'));
             let Ok(bytes) = std::fs::read(&file) else {
                 return http_response("404 Not Found", &[], b"");
@@ -650,4 +651,176 @@ fn settings_follow_flag_env_file_precedence() {
     assert_eq!(v["image"], "example.com/k8s/etcd:3.5.1-3-linux-amd64");
     let v = json(&sb.etcdimg(&["settings", "--revision", "9"]));
     assert_eq!(v["tag"], "3.5.1-9", "a flag beats the environment");
+}
+
+/// A registry that demands the bearer-token flow: `/v2/` answers 401 with a Bearer challenge,
+/// the realm hands out a token for the requested scope, and manifests and blobs (served from
+/// the fixture layout) need it. docker-registry's token auth needs a separate token service,
+/// so this small one stands in; anonymous pulls from the real registry are tested above.
+#[test]
+fn base_pull_follows_the_bearer_token_flow() {
+    let t = "base_pull_follows_the_bearer_token_flow";
+    let Some(fx) = fixtures(t) else { return };
+    if !tools(t, &["python3", "skopeo"]) {
+        return;
+    }
+    let layout = fx.join("busybox-oci");
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let top = index["manifests"][0].clone();
+    let seen_scope = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let seen = seen_scope.clone();
+    let (layout_for_server, top_for_server) = (layout.clone(), top.clone());
+    let server = Hostile::start(move |req: &Request| {
+        let (layout, top) = (&layout_for_server, &top_for_server);
+        let port_line = req
+            .head
+            .lines()
+            .find(|l| l.to_ascii_lowercase().starts_with("host:"))
+            .unwrap_or("")
+            .to_string();
+        let host = port_line
+            .split_once(':')
+            .map(|x| x.1.trim().to_string())
+            .unwrap_or_default();
+        let authed = req
+            .head
+            .lines()
+            .any(|l| l.eq_ignore_ascii_case("authorization: bearer good-token"));
+        if req.path.starts_with("/token") {
+            *seen.lock().unwrap() = req.path.clone();
+            let body = br#"{"token":"good-token","expires_in":300}"#;
+            return http_response(
+                "200 OK",
+                &[
+                    ("Content-Type", "application/json".into()),
+                    ("Content-Length", body.len().to_string()),
+                ],
+                body,
+            );
+        }
+        if !authed {
+            let challenge = format!(
+                r#"Bearer realm="http://{host}/token",service="test-registry",scope="repository:library/busybox:pull""#
+            );
+            return http_response(
+                "401 Unauthorized",
+                &[
+                    ("WWW-Authenticate", challenge),
+                    ("Content-Length", "0".into()),
+                ],
+                b"",
+            );
+        }
+        let blob = |digest: &str| {
+            std::fs::read(
+                layout
+                    .join("blobs/sha256")
+                    .join(digest.trim_start_matches("sha256:")),
+            )
+            .ok()
+        };
+        if let Some(reference) = req.path.strip_prefix("/v2/library/busybox/manifests/") {
+            let (digest, media) = if reference == "1.35" {
+                (
+                    top["digest"].as_str().unwrap().to_string(),
+                    top["mediaType"].as_str().unwrap().to_string(),
+                )
+            } else {
+                let bytes = blob(reference).unwrap_or_default();
+                let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+                (
+                    reference.to_string(),
+                    v["mediaType"]
+                        .as_str()
+                        .unwrap_or("application/vnd.oci.image.manifest.v1+json")
+                        .to_string(),
+                )
+            };
+            return match blob(&digest) {
+                Some(bytes) => http_response(
+                    "200 OK",
+                    &[
+                        ("Content-Type", media),
+                        ("Docker-Content-Digest", digest.clone()),
+                        ("Content-Length", bytes.len().to_string()),
+                    ],
+                    &bytes,
+                ),
+                None => http_response("404 Not Found", &[("Content-Length", "0".into())], b""),
+            };
+        }
+        if let Some(digest) = req.path.strip_prefix("/v2/library/busybox/blobs/") {
+            if let Some(bytes) = blob(digest) {
+                return http_response(
+                    "200 OK",
+                    &[
+                        ("Content-Length", bytes.len().to_string()),
+                        ("Docker-Content-Digest", digest.to_string()),
+                    ],
+                    &bytes,
+                );
+            }
+            return http_response("404 Not Found", &[("Content-Length", "0".into())], b"");
+        }
+        http_response("200 OK", &[("Content-Length", "0".into())], b"")
+    });
+    let mirror = http_mirror(&fx.join("mirror"));
+    let mut sb = Sandbox::new();
+    let registry = format!("127.0.0.1:{}", server.port);
+    sb.set(
+        "ETCD_RELEASE_URL",
+        format!("http://127.0.0.1:{}", mirror.port),
+    )
+    .set("BASEIMAGE", format!("{registry}/library/busybox:1.35"));
+    let out_dir = sb.path().join("out");
+    let out = sb.etcdimg(&[
+        "build",
+        "--json",
+        "--insecure-registry",
+        &registry,
+        "--output",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert_success(&out);
+    assert!(
+        seen_scope.lock().unwrap().contains("scope=repository"),
+        "the token was requested with a scope: {}",
+        seen_scope.lock().unwrap()
+    );
+    let report = json(&out);
+    let raw: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            layout.join("blobs/sha256").join(
+                top["digest"]
+                    .as_str()
+                    .unwrap()
+                    .trim_start_matches("sha256:"),
+            ),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let amd64 = raw["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["platform"]["architecture"] == "amd64")
+        .unwrap();
+    assert_eq!(report["base_digest"], amd64["digest"]);
+
+    // Without --insecure-registry the plain-HTTP registry is not silently used.
+    let mut sb = Sandbox::new();
+    sb.set(
+        "ETCD_RELEASE_URL",
+        format!("http://127.0.0.1:{}", mirror.port),
+    )
+    .set("BASEIMAGE", format!("{registry}/library/busybox:1.35"));
+    let out = sb.etcdimg(&["build", "--output", sb.path().join("out").to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("--insecure-registry"),
+        "{}",
+        stderr(&out)
+    );
 }

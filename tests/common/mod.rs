@@ -320,9 +320,18 @@ pub fn regenerate_sums(version_dir: &Path) {
     std::fs::write(version_dir.join("SHA256SUMS"), lines).unwrap();
 }
 
+/// One request as the hostile server saw it.
+pub struct Request {
+    pub path: String,
+    pub range: Option<u64>,
+    /// Request number, from 0.
+    pub n: usize,
+    /// The raw request head (request line and headers).
+    pub head: String,
+}
+
 /// A one-connection-at-a-time hostile HTTP server for faults a real server will not produce.
-/// `respond(path, range_start, request_number)` returns the raw bytes to send, then the
-/// connection is closed.
+/// `respond(request)` returns the raw bytes to send, then the connection is closed.
 pub struct Hostile {
     pub port: u16,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
@@ -332,7 +341,7 @@ pub struct Hostile {
 impl Hostile {
     pub fn start<F>(respond: F) -> Hostile
     where
-        F: Fn(&str, Option<u64>, usize) -> Vec<u8> + Send + 'static,
+        F: Fn(&Request) -> Vec<u8> + Send + 'static,
     {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
@@ -367,7 +376,12 @@ impl Hostile {
                                     .map(String::from)
                             })
                             .and_then(|r| r.trim_end_matches('-').parse::<u64>().ok());
-                        let reply = respond(&path, range, n);
+                        let reply = respond(&Request {
+                            path,
+                            range,
+                            n,
+                            head,
+                        });
                         n += 1;
                         let _ = stream.write_all(&reply);
                         let _ = stream.flush();
