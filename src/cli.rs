@@ -40,12 +40,24 @@ pub struct GlobalArgs {
     /// Registry (host[:port]) to reach over plain HTTP. Repeatable. Never implied.
     #[arg(long = "insecure-registry", global = true, value_name = "HOST")]
     pub insecure_registries: Vec<String>,
+    /// Extra CA certificate (PEM) to trust for registries, besides the system roots
+    /// (images.toml `ca_cert`).
+    #[arg(long, global = true, env = "ETCDIMG_CA_CERT", value_name = "PEM")]
+    pub ca_cert: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Build the image for one arch into an OCI layout (the Makefile's `make build`).
     Build(BuildArgs),
+    /// Build if needed, then push one arch's image to `{push_registry}/{image}:{tag}-linux-{arch}`
+    /// (or `{image}-{arch}:{tag}` with naming = "legacy") (the Makefile's `make push`).
+    Push(PushArgs),
+    /// Push the multi-arch index `{push_registry}/{image}:{tag}` over the per-arch images
+    /// already pushed (the Makefile's `make push-manifest`).
+    PushManifest(PushManifestArgs),
+    /// Build and push every arch in images.toml, then the index (the Makefile's `make all-push`).
+    AllPush(AllPushArgs),
     /// Print the resolved settings (after flags, environment and images.toml).
     Settings(SettingsArgs),
 }
@@ -83,12 +95,19 @@ pub struct BuildArgs {
     pub arch: String,
     #[command(flatten)]
     pub overrides: OverrideArgs,
-    /// OCI image layout directory to write (created if missing; other images in it are kept).
-    #[arg(long, env = "ETCDIMG_OUTPUT", default_value = "_output/oci")]
-    pub output: PathBuf,
+    #[command(flatten)]
+    pub image: ImageArgs,
     /// Also write a docker-archive tarball loadable by `docker load`.
     #[arg(long, value_name = "FILE")]
     pub docker_archive: Option<PathBuf>,
+}
+
+/// Where images are built and how.
+#[derive(Debug, Args)]
+pub struct ImageArgs {
+    /// OCI image layout directory (created if missing; other images in it are kept).
+    #[arg(long, env = "ETCDIMG_OUTPUT", default_value = "_output/oci")]
+    pub output: PathBuf,
     /// Use this prebuilt static migrate binary instead of building the migrate crate.
     #[arg(long, env = "ETCDIMG_MIGRATE_BINARY", value_name = "PATH")]
     pub migrate_binary: Option<PathBuf>,
@@ -98,6 +117,56 @@ pub struct BuildArgs {
     /// Worker threads for compression [default: available cores]. Output bytes never depend on it.
     #[arg(long, env = "ETCDIMG_JOBS")]
     pub jobs: Option<usize>,
+}
+
+/// How pushes behave.
+#[derive(Debug, Args)]
+pub struct PushFlags {
+    /// Move a tag that already points to a different digest (refused otherwise).
+    #[arg(long)]
+    pub force: bool,
+    /// `oci` (OCI image index and manifests) or `docker` (Docker manifest list, schema 2).
+    #[arg(
+        long,
+        env = "ETCDIMG_MANIFEST_FORMAT",
+        default_value = "oci",
+        value_name = "FORMAT"
+    )]
+    pub manifest_format: String,
+}
+
+#[derive(Debug, Args)]
+pub struct PushArgs {
+    /// Arch to push: amd64, arm, arm64, ppc64le or s390x (env ARCH).
+    #[arg(long, env = "ARCH", default_value = "amd64")]
+    pub arch: String,
+    #[command(flatten)]
+    pub overrides: OverrideArgs,
+    #[command(flatten)]
+    pub image: ImageArgs,
+    #[command(flatten)]
+    pub push: PushFlags,
+}
+
+#[derive(Debug, Args)]
+pub struct PushManifestArgs {
+    #[command(flatten)]
+    pub overrides: OverrideArgs,
+    /// OCI image layout holding the per-arch images.
+    #[arg(long, env = "ETCDIMG_OUTPUT", default_value = "_output/oci")]
+    pub output: PathBuf,
+    #[command(flatten)]
+    pub push: PushFlags,
+}
+
+#[derive(Debug, Args)]
+pub struct AllPushArgs {
+    #[command(flatten)]
+    pub overrides: OverrideArgs,
+    #[command(flatten)]
+    pub image: ImageArgs,
+    #[command(flatten)]
+    pub push: PushFlags,
 }
 
 #[derive(Debug, Args)]

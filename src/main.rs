@@ -8,8 +8,9 @@ use std::sync::Arc;
 
 use anyhow::Result;
 use clap::Parser;
-use etcdimg::cli::{Cli, Command, OverrideArgs};
+use etcdimg::cli::{Cli, Command, GlobalArgs, ImageArgs, OverrideArgs, PushFlags};
 use etcdimg::commands::build::{self, BuildOptions};
+use etcdimg::commands::push::{self, PushOptions, PushReport};
 use etcdimg::fetch::cache::Cache;
 use etcdimg::registry::RegistryOptions;
 use etcdimg::settings::{self, Settings};
@@ -51,39 +52,119 @@ fn render(err: &anyhow::Error) {
     }
 }
 
-fn resolve(config_path: &Path, overrides: &OverrideArgs, insecure: &[String]) -> Result<Settings> {
-    let loaded = config::load(config_path)?;
-    Ok(settings::resolve(
+fn resolve(g: &GlobalArgs, overrides: &OverrideArgs) -> Result<Settings> {
+    let loaded = config::load(&g.config)?;
+    let mut s = settings::resolve(
         &loaded,
         overrides,
-        insecure,
+        &g.insecure_registries,
         &settings::process_env,
-    )?)
+    )?;
+    if let Some(ca) = &g.ca_cert {
+        s.ca_cert = Some(ca.clone());
+    }
+    Ok(s)
+}
+
+fn build_options(
+    settings: &Settings,
+    image: &ImageArgs,
+    docker_archive: Option<&Path>,
+) -> BuildOptions {
+    let jobs = image.jobs.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+    });
+    BuildOptions {
+        output: image.output.clone(),
+        docker_archive: docker_archive.map(Path::to_path_buf),
+        migrate_binary: image.migrate_binary.clone(),
+        jobs,
+        reuse_layers: !image.no_layer_cache,
+        registry: RegistryOptions {
+            insecure: settings.insecure_registries.clone(),
+            ca_cert: settings.ca_cert.clone(),
+        },
+    }
+}
+
+fn push_options(build: BuildOptions, flags: &PushFlags) -> Result<PushOptions> {
+    let format = flags.manifest_format.parse().map_err(|e: String| {
+        etcdimg::UserError::new(e, "pass --manifest-format oci or --manifest-format docker")
+    })?;
+    Ok(PushOptions {
+        build,
+        force: flags.force,
+        format,
+    })
+}
+
+fn print_push(
+    report: &PushReport,
+    json: bool,
+    reporter: &dyn etcdimg::report::Reporter,
+) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report)?);
+        return Ok(());
+    }
+    for image in &report.images {
+        println!("{}@{}", image.outcome.reference, image.outcome.digest);
+        reporter.status("Finished", &push::summary(&image.outcome));
+    }
+    if let Some(index) = &report.index {
+        println!("{}@{}", index.reference, index.digest);
+        reporter.status("Finished", &push::summary(index));
+    }
+    reporter.status(
+        "Done",
+        &format!(
+            "{} bytes uploaded in {:.2}s",
+            report.bytes_uploaded, report.seconds
+        ),
+    );
+    Ok(())
 }
 
 async fn run(cli: Cli) -> Result<()> {
     let g = &cli.global;
     match &cli.command {
-        Command::Build(args) => {
-            let settings = resolve(&g.config, &args.overrides, &g.insecure_registries)?;
+        Command::Push(args) => {
+            let settings = resolve(g, &args.overrides)?;
             let arch = settings::selected_arch(&settings, &args.arch)?;
             let cache = Cache::open(g.cache_dir.as_deref())?;
-            let jobs = args.jobs.unwrap_or_else(|| {
-                std::thread::available_parallelism()
-                    .map(|n| n.get())
-                    .unwrap_or(2)
-            });
-            let options = BuildOptions {
+            let options = push_options(build_options(&settings, &args.image, None), &args.push)?;
+            let reporter: Arc<dyn etcdimg::report::Reporter> = Arc::new(ui::Ui::new());
+            let report = push::push(&settings, arch, &options, &cache, reporter.clone()).await?;
+            print_push(&report, g.json, &*reporter)
+        }
+        Command::PushManifest(args) => {
+            let settings = resolve(g, &args.overrides)?;
+            let image = ImageArgs {
                 output: args.output.clone(),
-                docker_archive: args.docker_archive.clone(),
-                migrate_binary: args.migrate_binary.clone(),
-                jobs,
-                reuse_layers: !args.no_layer_cache,
-                registry: RegistryOptions {
-                    insecure: settings.insecure_registries.clone(),
-                    ca_cert: settings.ca_cert.clone(),
-                },
+                migrate_binary: None,
+                no_layer_cache: false,
+                jobs: None,
             };
+            let options = push_options(build_options(&settings, &image, None), &args.push)?;
+            let reporter: Arc<dyn etcdimg::report::Reporter> = Arc::new(ui::Ui::new());
+            let report = push::push_manifest(&settings, &options, reporter.clone()).await?;
+            print_push(&report, g.json, &*reporter)
+        }
+        Command::AllPush(args) => {
+            let settings = resolve(g, &args.overrides)?;
+            let cache = Cache::open(g.cache_dir.as_deref())?;
+            let options = push_options(build_options(&settings, &args.image, None), &args.push)?;
+            let reporter: Arc<dyn etcdimg::report::Reporter> = Arc::new(ui::Ui::new());
+            let report = push::all_push(&settings, &options, &cache, reporter.clone()).await?;
+            print_push(&report, g.json, &*reporter)
+        }
+        Command::Build(args) => {
+            let settings = resolve(g, &args.overrides)?;
+            let arch = settings::selected_arch(&settings, &args.arch)?;
+            let cache = Cache::open(g.cache_dir.as_deref())?;
+            let options = build_options(&settings, &args.image, args.docker_archive.as_deref());
             let reporter: Arc<dyn etcdimg::report::Reporter> = Arc::new(ui::Ui::new());
             let report = build::build(&settings, arch, &options, &cache, reporter.clone()).await?;
             if g.json {
@@ -106,7 +187,7 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Settings(args) => {
-            let settings = resolve(&g.config, &args.overrides, &g.insecure_registries)?;
+            let settings = resolve(g, &args.overrides)?;
             let arch = settings::selected_arch(&settings, &args.arch)?;
             let value = serde_json::json!({
                 "config": settings.config_path.display().to_string(),

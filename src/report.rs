@@ -22,7 +22,8 @@ pub trait Reporter: Send + Sync {
 /// Reports nothing; for tests and library callers that do not care.
 pub struct Silent;
 
-struct NoProgress;
+/// A progress that shows nothing.
+pub struct NoProgress;
 
 impl Progress for NoProgress {
     fn set_length(&self, _: u64) {}

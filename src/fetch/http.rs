@@ -26,6 +26,40 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// How often and how patiently transient failures are retried; shared by downloads and pushes.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// Retries after the first attempt.
+    pub retries: u32,
+    pub base_delay: Duration,
+}
+
+impl RetryPolicy {
+    /// `ETCDIMG_HTTP_RETRIES` (default 4) and `ETCDIMG_HTTP_RETRY_DELAY_MS` (default 500,
+    /// doubling each time).
+    pub fn from_env() -> RetryPolicy {
+        let retries = std::env::var("ETCDIMG_HTTP_RETRIES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(4);
+        let delay_ms = std::env::var("ETCDIMG_HTTP_RETRY_DELAY_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(500);
+        RetryPolicy {
+            retries,
+            base_delay: Duration::from_millis(delay_ms),
+        }
+    }
+
+    /// The wait before retry number `attempt + 1`: the server's Retry-After when it gave one
+    /// (capped at 60 s), exponential backoff otherwise.
+    pub fn delay(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
+        let backoff = self.base_delay.saturating_mul(1 << attempt.min(6));
+        retry_after.unwrap_or(backoff).min(Duration::from_secs(60))
+    }
+}
+
 #[derive(Clone)]
 pub struct Http {
     client: reqwest::Client,
@@ -44,14 +78,10 @@ impl Http {
     /// A client with the retry policy from `ETCDIMG_HTTP_RETRIES` (default 4) and
     /// `ETCDIMG_HTTP_RETRY_DELAY_MS` (default 500, doubling each time).
     pub fn new() -> Result<Http, FetchError> {
-        let retries = std::env::var("ETCDIMG_HTTP_RETRIES")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(4);
-        let delay_ms = std::env::var("ETCDIMG_HTTP_RETRY_DELAY_MS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(500);
+        let RetryPolicy {
+            retries,
+            base_delay,
+        } = RetryPolicy::from_env();
         let client = reqwest::Client::builder()
             .user_agent(concat!("etcdimg/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(10))
@@ -61,13 +91,16 @@ impl Http {
         Ok(Http {
             client,
             retries,
-            base_delay: Duration::from_millis(delay_ms),
+            base_delay,
         })
     }
 
     fn delay(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
-        let backoff = self.base_delay.saturating_mul(1 << attempt.min(6));
-        retry_after.unwrap_or(backoff).min(Duration::from_secs(60))
+        RetryPolicy {
+            retries: self.retries,
+            base_delay: self.base_delay,
+        }
+        .delay(attempt, retry_after)
     }
 
     /// GETs a small document into memory.
@@ -247,13 +280,13 @@ fn sink_reset(sink: &mut PendingBlob) -> std::io::Result<()> {
     sink.reset()
 }
 
-fn is_transient(status: StatusCode) -> bool {
+pub(crate) fn is_transient(status: StatusCode) -> bool {
     status.is_server_error()
         || status == StatusCode::TOO_MANY_REQUESTS
         || status == StatusCode::REQUEST_TIMEOUT
 }
 
-fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
+pub(crate) fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
     resp.headers()
         .get(RETRY_AFTER)
         .and_then(|v| v.to_str().ok())

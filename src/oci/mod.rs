@@ -11,6 +11,7 @@
 pub mod docker_archive;
 pub mod gzip;
 pub mod image;
+pub mod index;
 pub mod layer;
 pub mod layout;
 

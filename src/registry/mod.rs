@@ -1,9 +1,14 @@
-//! Distribution glue over oci-client: references, and pulling a base image for one platform.
+//! Everything that talks to a registry. This file: references, and pulling a base image for
+//! one platform over oci-client. `auth`, `transport` and `push` are the push side.
 //!
 //! Owns: every socket to a registry. oci-client does the protocol (manifest and blob GETs,
 //! the bearer-token flow, digest checks of blobs); this module adds what it lacks for us:
 //! platform selection with variants (its resolvers ignore them), a check that a single-arch
 //! base really is the arch asked for, and the content-addressed cache.
+
+pub mod auth;
+pub mod push;
+pub mod transport;
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -54,6 +59,32 @@ pub enum RegistryError {
         what: String,
         message: String,
     },
+    #[error("authentication with `{registry}` failed: {message}")]
+    Auth {
+        registry: String,
+        message: String,
+        hint: String,
+    },
+    #[error("cannot reach registry `{registry}` ({op}): {message}")]
+    Unreachable {
+        registry: String,
+        op: String,
+        message: String,
+        hint: String,
+    },
+    #[error("{op} on `{registry}` failed after {attempts} attempts; last error: {last}")]
+    GaveUp {
+        op: String,
+        registry: String,
+        attempts: u32,
+        last: String,
+    },
+    #[error("`{reference}` already points to {current}, not {new}")]
+    TagExists {
+        reference: String,
+        current: String,
+        new: String,
+    },
     #[error(transparent)]
     Layout(#[from] LayoutError),
     #[error(transparent)]
@@ -64,6 +95,15 @@ impl RegistryError {
     pub fn hint(&self) -> Option<String> {
         match self {
             RegistryError::Request { hint, .. } => hint.clone(),
+            RegistryError::Auth { hint, .. } | RegistryError::Unreachable { hint, .. } => {
+                Some(hint.clone())
+            }
+            RegistryError::GaveUp { .. } => Some(
+                "the registry kept failing; retry later (ETCDIMG_HTTP_RETRIES sets the number of retries)".into(),
+            ),
+            RegistryError::TagExists { .. } => Some(
+                "tags are not moved silently: bump REVISION for a new image, or pass --force to move the tag".into(),
+            ),
             RegistryError::NoPlatform { .. } | RegistryError::WrongPlatform { .. } => Some(
                 "pick a multi-arch base that has this platform, or set a per-arch base in images.toml ([arch.<arch>] base = ...)".into(),
             ),

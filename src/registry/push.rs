@@ -1,0 +1,704 @@
+//! Pushing one image (or index) to a repository, safely and without redundant bytes.
+//!
+//! Order is the safety argument: every blob is confirmed in the repository before the manifest
+//! that names it is PUT, so a failure at any point leaves at most unreferenced blobs, never a
+//! manifest with missing blobs. A tag is never moved to a different digest unless the caller
+//! forces it.
+//!
+//! Blob uploads follow the distribution spec: POST a session, then one monolithic PUT; a 413
+//! switches this pusher to chunked PATCH uploads (halving the chunk on further 413s). After a
+//! cut connection or a 5xx the session's status (GET on the upload URL) says how much the
+//! registry holds, and the upload resumes from there; a session the registry lost is restarted.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use reqwest::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, LOCATION, RANGE};
+use reqwest::StatusCode;
+use serde::Serialize;
+
+use super::transport::{Failure, Transport};
+use super::RegistryError;
+use crate::report::Progress;
+
+/// Manifest media types we accept when asking what a tag points to.
+pub const MANIFEST_ACCEPT: &str = "application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json";
+
+const DEFAULT_CHUNK: usize = 16 << 20;
+const MIN_CHUNK: usize = 64 << 10;
+/// Progress granularity of a streamed request body.
+const STREAM_PIECE: usize = 256 << 10;
+/// Blobs uploaded at once: enough to overlap round trips, few enough not to thrash 2 cores.
+const CONCURRENT_BLOBS: usize = 3;
+
+/// A blob on local disk.
+#[derive(Debug, Clone)]
+pub struct LocalBlob {
+    /// `sha256:<hex>`.
+    pub digest: String,
+    pub size: u64,
+    pub path: PathBuf,
+}
+
+/// A manifest (image or index) and the blobs it needs in the repository.
+#[derive(Debug, Clone)]
+pub struct LocalManifest {
+    pub media_type: String,
+    pub bytes: Vec<u8>,
+    /// `sha256:<hex>` of `bytes`.
+    pub digest: String,
+    pub blobs: Vec<LocalBlob>,
+}
+
+/// What a tag did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase", tag = "status", content = "previous")]
+pub enum TagChange {
+    /// The tag did not exist.
+    Created,
+    /// The tag already pointed at this digest; nothing was sent.
+    Unchanged,
+    /// The tag pointed at another digest (named) and `--force` moved it.
+    Moved(String),
+    /// Pushed by digest, no tag.
+    Untagged,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PushOutcome {
+    /// `registry/repository:tag` (or `@digest`).
+    pub reference: String,
+    pub digest: String,
+    pub media_type: String,
+    pub tag: TagChange,
+    pub blobs_uploaded: usize,
+    pub blobs_mounted: usize,
+    pub blobs_present: usize,
+    /// Blob bytes sent, retries included.
+    pub bytes_uploaded: u64,
+}
+
+enum BlobResult {
+    Present,
+    Mounted,
+    Uploaded(u64),
+}
+
+struct Upload {
+    location: Option<reqwest::Url>,
+    offset: u64,
+    /// Ask the registry where the session stands before sending more.
+    resync: bool,
+    sent: u64,
+}
+
+/// Pushes into one registry through a [`Transport`].
+pub struct Pusher {
+    pub transport: Arc<Transport>,
+    chunked: AtomicBool,
+    chunk: AtomicUsize,
+}
+
+fn is_digest(reference: &str) -> bool {
+    reference.starts_with("sha256:")
+}
+
+fn short(digest: &str) -> &str {
+    let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
+    &hex[..hex.len().min(12)]
+}
+
+/// The end offset (exclusive) from a `Range: 0-N` header (`bytes=0-N` tolerated). Distribution
+/// says `0-0` for an empty session; resuming from 0 is right for it, and a registry that did
+/// hold one byte answers the next PATCH with 416, which restarts the session.
+fn range_end(value: &str) -> Option<u64> {
+    let v = value.trim().trim_start_matches("bytes=");
+    let (_, end) = v.split_once('-')?;
+    let end: u64 = end.trim().parse().ok()?;
+    Some(if end == 0 { 0 } else { end + 1 })
+}
+
+/// A body that advances `progress` as hyper pulls it, with an explicit length.
+fn progress_body(data: Bytes, progress: Arc<dyn Progress>) -> reqwest::Body {
+    let pieces: Vec<Bytes> = (0..data.len())
+        .step_by(STREAM_PIECE)
+        .map(|start| data.slice(start..(start + STREAM_PIECE).min(data.len())))
+        .collect();
+    let stream = futures_util::stream::iter(pieces).map(move |piece| {
+        progress.advance(piece.len() as u64);
+        Ok::<Bytes, std::io::Error>(piece)
+    });
+    reqwest::Body::wrap_stream(stream)
+}
+
+impl Pusher {
+    pub fn new(transport: Arc<Transport>) -> Pusher {
+        let chunk = std::env::var("ETCDIMG_PUSH_CHUNK_SIZE")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(DEFAULT_CHUNK)
+            .max(MIN_CHUNK);
+        Pusher {
+            transport,
+            chunked: AtomicBool::new(false),
+            chunk: AtomicUsize::new(chunk),
+        }
+    }
+
+    fn reference(&self, repo: &str, reference: &str) -> String {
+        let sep = if is_digest(reference) { '@' } else { ':' };
+        format!("{}/{repo}{sep}{reference}", self.transport.registry)
+    }
+
+    /// The digest `reference` (a tag or digest) points to in `repo`, if it exists.
+    pub async fn manifest_digest(
+        &self,
+        repo: &str,
+        reference: &str,
+    ) -> Result<Option<String>, RegistryError> {
+        self.transport.want_scope(repo, "pull,push");
+        let url = self
+            .transport
+            .url(&format!("/v2/{repo}/manifests/{reference}"))?;
+        let what = format!("HEAD manifest {}", self.reference(repo, reference));
+        let response = self
+            .transport
+            .send(&what, &|c| {
+                c.head(url.clone()).header(ACCEPT, MANIFEST_ACCEPT)
+            })
+            .await?;
+        match response.status() {
+            StatusCode::OK => {}
+            StatusCode::NOT_FOUND => return Ok(None),
+            _ => return Err(self.transport.unexpected(&what, response).await),
+        }
+        if let Some(d) = response
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+        {
+            return Ok(Some(d.to_string()));
+        }
+        // Not every registry sends the digest on HEAD; hash the manifest itself.
+        let what = format!("GET manifest {}", self.reference(repo, reference));
+        let response = self
+            .transport
+            .send(&what, &|c| {
+                c.get(url.clone()).header(ACCEPT, MANIFEST_ACCEPT)
+            })
+            .await?;
+        if !response.status().is_success() {
+            return Err(self.transport.unexpected(&what, response).await);
+        }
+        let body = response.bytes().await.map_err(|e| RegistryError::Request {
+            op: what.clone(),
+            reference: self.transport.registry.clone(),
+            message: crate::fetch::http::error_chain(&e),
+            hint: None,
+        })?;
+        Ok(Some(format!(
+            "sha256:{}",
+            crate::fetch::cache::sha256_hex(&body)
+        )))
+    }
+
+    /// What pushing `digest` to `tag` would do; an error if it would move the tag without
+    /// `force`.
+    pub async fn check_tag(
+        &self,
+        repo: &str,
+        tag: &str,
+        digest: &str,
+        force: bool,
+    ) -> Result<TagChange, RegistryError> {
+        match self.manifest_digest(repo, tag).await? {
+            None => Ok(TagChange::Created),
+            Some(current) if current == digest => Ok(TagChange::Unchanged),
+            Some(current) if force => Ok(TagChange::Moved(current)),
+            Some(current) => Err(RegistryError::TagExists {
+                reference: self.reference(repo, tag),
+                current,
+                new: digest.into(),
+            }),
+        }
+    }
+
+    /// The size of `digest` in `repo`, if the registry has it there.
+    async fn blob_size(&self, repo: &str, digest: &str) -> Result<Option<u64>, RegistryError> {
+        let url = self.transport.url(&format!("/v2/{repo}/blobs/{digest}"))?;
+        let what = format!("HEAD blob {} in {repo}", short(digest));
+        let response = self.transport.send(&what, &|c| c.head(url.clone())).await?;
+        match response.status() {
+            s if s.is_success() => Ok(Some(
+                response
+                    .headers()
+                    .get(CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0),
+            )),
+            StatusCode::NOT_FOUND => Ok(None),
+            _ => Err(self.transport.unexpected(&what, response).await),
+        }
+    }
+
+    fn location(
+        &self,
+        what: &str,
+        response: &reqwest::Response,
+    ) -> Result<reqwest::Url, RegistryError> {
+        let loc = response
+            .headers()
+            .get(LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| RegistryError::Request {
+                op: what.into(),
+                reference: self.transport.registry.clone(),
+                message: format!("{} without a Location header", response.status()),
+                hint: Some("the registry does not follow the distribution spec".into()),
+            })?;
+        self.transport.url(loc)
+    }
+
+    /// Tries a cross-repository mount. `Ok(None)` when mounted; otherwise the upload session
+    /// the registry opened instead.
+    async fn mount(
+        &self,
+        repo: &str,
+        digest: &str,
+        from: &str,
+    ) -> Result<Option<reqwest::Url>, RegistryError> {
+        let mut url = self.transport.url(&format!("/v2/{repo}/blobs/uploads/"))?;
+        url.query_pairs_mut()
+            .append_pair("mount", digest)
+            .append_pair("from", from);
+        let what = format!("mount blob {} from {from} into {repo}", short(digest));
+        let response = self
+            .transport
+            .send(&what, &|c| c.post(url.clone()).header(CONTENT_LENGTH, "0"))
+            .await?;
+        match response.status() {
+            StatusCode::CREATED => Ok(None),
+            StatusCode::ACCEPTED => Ok(Some(self.location(&what, &response)?)),
+            _ => Err(self.transport.unexpected(&what, response).await),
+        }
+    }
+
+    async fn start_upload(&self, repo: &str) -> Result<reqwest::Url, RegistryError> {
+        let url = self.transport.url(&format!("/v2/{repo}/blobs/uploads/"))?;
+        let what = format!("start an upload in {repo}");
+        let response = self
+            .transport
+            .send(&what, &|c| c.post(url.clone()).header(CONTENT_LENGTH, "0"))
+            .await?;
+        if response.status() != StatusCode::ACCEPTED {
+            return Err(self.transport.unexpected(&what, response).await);
+        }
+        self.location(&what, &response)
+    }
+
+    /// One request inside an upload session; when it fails, the session's state on the
+    /// registry is unknown and must be asked for before the next byte.
+    async fn in_session(
+        &self,
+        state: &mut Upload,
+        what: &str,
+        make: &(dyn Fn(&reqwest::Client) -> reqwest::RequestBuilder + Sync),
+    ) -> Result<reqwest::Response, Failure> {
+        let result = self.transport.attempt(what, make).await;
+        if result.is_err() {
+            state.resync = true;
+        }
+        result
+    }
+
+    /// One pass of the upload state machine. `Ok(true)` when the blob is committed.
+    async fn upload_step(
+        &self,
+        repo: &str,
+        blob: &LocalBlob,
+        data: &Bytes,
+        state: &mut Upload,
+        progress: &Arc<dyn Progress>,
+    ) -> Result<bool, Failure> {
+        let t = &self.transport;
+        let what = format!("upload blob {} to {repo}", short(&blob.digest));
+        let Some(location) = state.location.clone() else {
+            state.location = Some(self.start_upload(repo).await?);
+            state.offset = 0;
+            state.resync = false;
+            return Ok(false);
+        };
+        if state.resync {
+            state.resync = false;
+            let response = t.attempt(&what, &|c| c.get(location.clone())).await?;
+            match response.status() {
+                StatusCode::NO_CONTENT | StatusCode::OK => {
+                    let end = response
+                        .headers()
+                        .get(RANGE)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(range_end)
+                        .unwrap_or(0);
+                    if let Ok(l) = self.location(&what, &response) {
+                        state.location = Some(l);
+                    }
+                    if end > 0 {
+                        t.reporter().warn(&format!(
+                            "{what}: resuming at byte {end} of {}, where the registry's copy ends",
+                            blob.size
+                        ));
+                    }
+                    state.offset = end.min(data.len() as u64);
+                }
+                _ => {
+                    // The registry lost or invalidated the session: start over.
+                    state.location = None;
+                }
+            }
+            return Ok(false);
+        }
+        progress.set_position(state.offset);
+        if !self.chunked.load(Ordering::Relaxed) && state.offset == 0 {
+            let mut url = location.clone();
+            url.query_pairs_mut().append_pair("digest", &blob.digest);
+            let len = data.len();
+            state.sent += len as u64;
+            t.count_upload(len as u64);
+            let response = self
+                .in_session(state, &what, &|c| {
+                    c.put(url.clone())
+                        .header(CONTENT_TYPE, "application/octet-stream")
+                        .header(CONTENT_LENGTH, len.to_string())
+                        .body(progress_body(data.clone(), progress.clone()))
+                })
+                .await?;
+            return match response.status() {
+                StatusCode::CREATED => Ok(true),
+                StatusCode::PAYLOAD_TOO_LARGE => {
+                    self.chunked.store(true, Ordering::Relaxed);
+                    t.reporter().warn(&format!(
+                        "{what}: the registry refused a {len}-byte monolithic upload (413); switching to chunked uploads of {} bytes",
+                        self.chunk.load(Ordering::Relaxed)
+                    ));
+                    state.resync = true;
+                    Ok(false)
+                }
+                StatusCode::NOT_FOUND | StatusCode::RANGE_NOT_SATISFIABLE => {
+                    state.location = None;
+                    Ok(false)
+                }
+                _ => Err(Failure::Fatal(t.unexpected(&what, response).await)),
+            };
+        }
+        // Chunked: PATCH from the offset, then close with an empty PUT.
+        let len = data.len() as u64;
+        while state.offset < len {
+            let chunk = self.chunk.load(Ordering::Relaxed) as u64;
+            let start = state.offset;
+            let end = (start + chunk).min(len);
+            let piece = data.slice(start as usize..end as usize);
+            let url = state.location.clone().expect("session open");
+            state.sent += end - start;
+            t.count_upload(end - start);
+            let response = self
+                .in_session(state, &what, &|c| {
+                    c.patch(url.clone())
+                        .header(CONTENT_TYPE, "application/octet-stream")
+                        .header("Content-Range", format!("{start}-{}", end - 1))
+                        .header(CONTENT_LENGTH, (end - start).to_string())
+                        .body(progress_body(piece.clone(), progress.clone()))
+                })
+                .await?;
+            match response.status() {
+                StatusCode::ACCEPTED | StatusCode::NO_CONTENT => {
+                    state.location = Some(self.location(&what, &response)?);
+                    state.offset = response
+                        .headers()
+                        .get(RANGE)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(range_end)
+                        .filter(|e| *e > start)
+                        .unwrap_or(end);
+                }
+                StatusCode::PAYLOAD_TOO_LARGE => {
+                    let smaller = (chunk as usize / 2).max(MIN_CHUNK);
+                    if smaller == chunk as usize {
+                        return Err(Failure::Fatal(t.unexpected(&what, response).await));
+                    }
+                    self.chunk.store(smaller, Ordering::Relaxed);
+                    t.reporter().warn(&format!(
+                        "{what}: the registry refused a {chunk}-byte chunk (413); using {smaller}-byte chunks"
+                    ));
+                    state.resync = true;
+                    return Ok(false);
+                }
+                StatusCode::RANGE_NOT_SATISFIABLE => {
+                    state.resync = true;
+                    return Ok(false);
+                }
+                StatusCode::NOT_FOUND => {
+                    state.location = None;
+                    return Ok(false);
+                }
+                _ => return Err(Failure::Fatal(t.unexpected(&what, response).await)),
+            }
+        }
+        let mut url = state.location.clone().expect("session open");
+        url.query_pairs_mut().append_pair("digest", &blob.digest);
+        let response = self
+            .in_session(state, &what, &|c| {
+                c.put(url.clone()).header(CONTENT_LENGTH, "0")
+            })
+            .await?;
+        match response.status() {
+            StatusCode::CREATED => Ok(true),
+            StatusCode::NOT_FOUND | StatusCode::RANGE_NOT_SATISFIABLE => {
+                state.location = None;
+                Ok(false)
+            }
+            _ => Err(Failure::Fatal(t.unexpected(&what, response).await)),
+        }
+    }
+
+    async fn upload(
+        &self,
+        repo: &str,
+        blob: &LocalBlob,
+        session: Option<reqwest::Url>,
+        progress: Arc<dyn Progress>,
+    ) -> Result<u64, RegistryError> {
+        let data = Bytes::from(
+            std::fs::read(&blob.path).map_err(|e| RegistryError::Request {
+                op: format!("reading blob {}", blob.path.display()),
+                reference: blob.digest.clone(),
+                message: e.to_string(),
+                hint: Some("the OCI layout is incomplete; rebuild it".into()),
+            })?,
+        );
+        let mut state = Upload {
+            location: session,
+            offset: 0,
+            resync: false,
+            sent: 0,
+        };
+        let what = format!("upload blob {} to {repo}", short(&blob.digest));
+        let mut failures = 0;
+        // Protocol detours (413, lost sessions) are bounded too, so a broken registry cannot
+        // keep us looping.
+        let mut steps = 0;
+        loop {
+            steps += 1;
+            if steps > 64 {
+                return Err(RegistryError::GaveUp {
+                    op: what,
+                    registry: self.transport.registry.clone(),
+                    attempts: steps,
+                    last: "the upload made no progress".into(),
+                });
+            }
+            match self
+                .upload_step(repo, blob, &data, &mut state, &progress)
+                .await
+            {
+                Ok(true) => {
+                    progress.finish();
+                    return Ok(state.sent);
+                }
+                Ok(false) => {}
+                Err(Failure::Fatal(e)) => return Err(e),
+                Err(Failure::Transient { cause, retry_after }) => {
+                    if failures >= self.transport.policy.retries {
+                        return Err(RegistryError::GaveUp {
+                            op: what,
+                            registry: self.transport.registry.clone(),
+                            attempts: failures + 1,
+                            last: cause,
+                        });
+                    }
+                    self.transport
+                        .back_off(&what, failures, &cause, retry_after)
+                        .await;
+                    failures += 1;
+                }
+            }
+        }
+    }
+
+    async fn push_blob(
+        &self,
+        repo: &str,
+        blob: &LocalBlob,
+        mount_from: &[String],
+        overall: &dyn Progress,
+    ) -> Result<BlobResult, RegistryError> {
+        if let Some(size) = self.blob_size(repo, &blob.digest).await? {
+            if size == blob.size || size == 0 {
+                overall.advance(blob.size);
+                return Ok(BlobResult::Present);
+            }
+        }
+        let mut session = None;
+        for from in mount_from.iter().filter(|f| f.as_str() != repo) {
+            match self.mount(repo, &blob.digest, from).await? {
+                None => {
+                    overall.advance(blob.size);
+                    return Ok(BlobResult::Mounted);
+                }
+                Some(location) => session = Some(location),
+            }
+        }
+        let progress: Arc<dyn Progress> = Arc::from(self.transport.reporter().progress(
+            "Pushing",
+            &format!("blob {} to {repo}", short(&blob.digest)),
+            Some(blob.size),
+        ));
+        let sent = self.upload(repo, blob, session, progress).await?;
+        overall.advance(blob.size);
+        Ok(BlobResult::Uploaded(sent))
+    }
+
+    /// Pushes `manifest` and its blobs to `repo` at `reference` (a tag, or the manifest's
+    /// digest). Blobs the repository has are skipped; blobs in `mount_from` repositories (same
+    /// registry) are mounted.
+    pub async fn push(
+        &self,
+        repo: &str,
+        manifest: &LocalManifest,
+        reference: &str,
+        mount_from: &[String],
+        force: bool,
+    ) -> Result<PushOutcome, RegistryError> {
+        let t = &self.transport;
+        t.want_scope(repo, "pull,push");
+        for from in mount_from {
+            t.want_scope(from, "pull");
+        }
+        let shown = self.reference(repo, reference);
+        let mut outcome = PushOutcome {
+            reference: shown.clone(),
+            digest: manifest.digest.clone(),
+            media_type: manifest.media_type.clone(),
+            tag: TagChange::Untagged,
+            blobs_uploaded: 0,
+            blobs_mounted: 0,
+            blobs_present: 0,
+            bytes_uploaded: 0,
+        };
+        if is_digest(reference) {
+            if self.manifest_digest(repo, reference).await?.is_some() {
+                return Ok(outcome);
+            }
+        } else {
+            outcome.tag = self
+                .check_tag(repo, reference, &manifest.digest, force)
+                .await?;
+            if outcome.tag == TagChange::Unchanged {
+                t.reporter().status(
+                    "Unchanged",
+                    &format!("{shown} is already {}", manifest.digest),
+                );
+                return Ok(outcome);
+            }
+        }
+
+        let total: u64 = manifest.blobs.iter().map(|b| b.size).sum();
+        let overall: Box<dyn Progress> = if manifest.blobs.is_empty() {
+            Box::new(crate::report::NoProgress)
+        } else {
+            t.reporter().progress(
+                "Pushing",
+                &format!("{shown} ({} blobs)", manifest.blobs.len()),
+                Some(total),
+            )
+        };
+        let results: Vec<Result<BlobResult, RegistryError>> =
+            futures_util::stream::iter(manifest.blobs.iter())
+                .map(|b| self.push_blob(repo, b, mount_from, &*overall))
+                .buffer_unordered(CONCURRENT_BLOBS)
+                .collect()
+                .await;
+        overall.finish();
+        for r in results {
+            match r? {
+                BlobResult::Present => outcome.blobs_present += 1,
+                BlobResult::Mounted => outcome.blobs_mounted += 1,
+                BlobResult::Uploaded(n) => {
+                    outcome.blobs_uploaded += 1;
+                    outcome.bytes_uploaded += n;
+                }
+            }
+        }
+        // Every blob must be there before the manifest names it.
+        for b in &manifest.blobs {
+            match self.blob_size(repo, &b.digest).await? {
+                Some(_) => {}
+                None => {
+                    return Err(RegistryError::Request {
+                        op: format!("confirming blob {} in {repo}", short(&b.digest)),
+                        reference: shown,
+                        message: "the registry does not have it after the upload".into(),
+                        hint: Some("the manifest was not pushed; retry the push".into()),
+                    })
+                }
+            }
+        }
+
+        let url = t.url(&format!("/v2/{repo}/manifests/{reference}"))?;
+        let what = format!("PUT manifest {shown}");
+        let body = Bytes::from(manifest.bytes.clone());
+        let response = t
+            .send(&what, &|c| {
+                c.put(url.clone())
+                    .header(CONTENT_TYPE, manifest.media_type.as_str())
+                    .body(body.clone())
+            })
+            .await?;
+        if response.status() != StatusCode::CREATED {
+            return Err(t.unexpected(&what, response).await);
+        }
+        if let Some(d) = response
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+        {
+            if d != manifest.digest {
+                return Err(RegistryError::DigestMismatch {
+                    reference: shown,
+                    expected: manifest.digest.trim_start_matches("sha256:").into(),
+                    actual: d.trim_start_matches("sha256:").into(),
+                });
+            }
+        }
+        t.reporter()
+            .status("Pushed", &format!("{shown}@{}", manifest.digest));
+        Ok(outcome)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        assert_eq!(range_end("0-0"), Some(0));
+        assert_eq!(range_end("0-1023"), Some(1024));
+        assert_eq!(range_end("bytes=0-9"), Some(10));
+        assert_eq!(range_end("garbage"), None);
+    }
+
+    #[test]
+    fn tag_change_json() {
+        let v = serde_json::to_value(TagChange::Moved("sha256:ab".into())).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"status": "moved", "previous": "sha256:ab"})
+        );
+        let v = serde_json::to_value(TagChange::Created).unwrap();
+        assert_eq!(v, serde_json::json!({"status": "created"}));
+    }
+}
