@@ -44,6 +44,10 @@ impl std::error::Error for UserError {}
 
 /// The hint for the first error in `err`'s chain that has one.
 pub fn hint_for(err: &anyhow::Error) -> Option<String> {
+    // A UserError attached with `.context(...)` is found by anyhow's downcast, not the chain's.
+    if let Some(e) = err.downcast_ref::<UserError>() {
+        return Some(e.hint.clone());
+    }
     for cause in err.chain() {
         if let Some(e) = cause.downcast_ref::<config::ConfigError>() {
             if let Some(h) = &e.hint {

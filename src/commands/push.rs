@@ -85,6 +85,15 @@ fn index_target(settings: &Settings) -> Result<Target> {
     ))
 }
 
+fn open_layout(dir: &std::path::Path) -> Result<Layout> {
+    Layout::open(dir).map_err(|e| {
+        anyhow::Error::new(e).context(crate::UserError::new(
+            format!("no OCI layout at {}", dir.display()),
+            "build the images first: etcdimg build --arch <arch> for each arch, or use all-push, which builds them",
+        ))
+    })
+}
+
 /// One per-arch image read from the layout, ready to push.
 struct ArchImage {
     arch: Arch,
@@ -372,7 +381,7 @@ fn plan_index(
     options: &PushOptions,
     reporter: Arc<dyn Reporter>,
 ) -> Result<IndexPlan> {
-    let layout = Layout::open(&options.build.output)?;
+    let layout = open_layout(&options.build.output)?;
     let images = settings
         .arches
         .iter()

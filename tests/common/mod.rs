@@ -120,12 +120,30 @@ pub fn http_mirror(dir: &Path) -> Server {
 
 /// Debian's docker-registry (distribution 2.8) with filesystem storage, on 127.0.0.1.
 pub fn registry() -> Server {
+    registry_with(None, None)
+}
+
+/// Like [`registry`], optionally behind TLS (`(cert, key)` PEM files) and htpasswd basic auth.
+pub fn registry_with(tls: Option<(&Path, &Path)>, htpasswd: Option<&Path>) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let config = format!(
+    let mut config = format!(
         "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
         dir.path().join("data").display()
     );
+    if let Some((cert, key)) = tls {
+        config.push_str(&format!(
+            "  tls:\n    certificate: {}\n    key: {}\n",
+            cert.display(),
+            key.display()
+        ));
+    }
+    if let Some(path) = htpasswd {
+        config.push_str(&format!(
+            "auth:\n  htpasswd:\n    realm: etcdimg-test\n    path: {}\n",
+            path.display()
+        ));
+    }
     std::fs::write(dir.path().join("config.yml"), config).unwrap();
     let child = Command::new("docker-registry")
         .arg("serve")
@@ -415,4 +433,189 @@ pub fn http_response(status: &str, headers: &[(&str, String)], body: &[u8]) -> V
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(body);
     out
+}
+
+/// One request as the fault proxy saw it.
+#[derive(Debug, Clone)]
+pub struct ProxyRequest {
+    /// Request number, from 0.
+    pub n: usize,
+    pub method: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    /// Body bytes received from the client.
+    pub body_len: usize,
+}
+
+impl ProxyRequest {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn content_length(&self) -> usize {
+        self.header("content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// The first byte of a chunked upload's `Content-Range: start-end`, or 0.
+    pub fn range_start(&self) -> usize {
+        self.header("content-range")
+            .and_then(|v| v.split('-').next())
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    pub fn is_blob_upload(&self) -> bool {
+        self.path.contains("/blobs/uploads/")
+    }
+}
+
+/// What the proxy does with a request.
+pub enum Fault {
+    Forward,
+    /// Answer this instead of the registry.
+    Respond(Vec<u8>),
+    /// Read this many body bytes, then close the connection without answering.
+    Cut(usize),
+}
+
+/// A threaded HTTP/1.1 proxy in front of a real registry that injects faults the registry
+/// will not produce by itself, and logs every request (what "uploaded zero bytes" counts).
+/// Each response closes its connection.
+pub struct FaultProxy {
+    pub port: u16,
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<ProxyRequest>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl FaultProxy {
+    pub fn start<F>(upstream: u16, decide: F) -> FaultProxy
+    where
+        F: Fn(&ProxyRequest) -> Fault + Send + Sync + 'static,
+    {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        use std::sync::{Arc, Mutex};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let counter = Arc::new(AtomicUsize::new(0));
+        let decide = Arc::new(decide);
+        let (log2, stop2) = (log.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop2.load(Ordering::Relaxed) {
+                let Ok((stream, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(2));
+                    continue;
+                };
+                let (log, decide, counter) = (log2.clone(), decide.clone(), counter.clone());
+                std::thread::spawn(move || {
+                    let _ = proxy_connection(stream, upstream, &*decide, &log, &counter);
+                });
+            }
+        });
+        FaultProxy { port, log, stop }
+    }
+
+    pub fn requests(&self) -> Vec<ProxyRequest> {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+fn proxy_connection(
+    mut client: TcpStream,
+    upstream: u16,
+    decide: &(dyn Fn(&ProxyRequest) -> Fault + Send + Sync),
+    log: &std::sync::Mutex<Vec<ProxyRequest>>,
+    counter: &std::sync::atomic::AtomicUsize,
+) -> std::io::Result<()> {
+    client.set_nonblocking(false)?;
+    client.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 65536];
+    let head_end = loop {
+        if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break p + 4;
+        }
+        let k = client.read(&mut chunk)?;
+        if k == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..k]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let request_line = lines.next().unwrap_or("").to_string();
+    let mut parts = request_line.split_whitespace();
+    let method = parts.next().unwrap_or("").to_string();
+    let path = parts.next().unwrap_or("/").to_string();
+    let headers: Vec<(String, String)> = lines
+        .filter(|l| !l.is_empty())
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    let length: usize = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0);
+    let mut req = ProxyRequest {
+        n: counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst),
+        method,
+        path,
+        headers,
+        body_len: 0,
+    };
+    let fault = decide(&req);
+    let mut body = buf[head_end..].to_vec();
+    let limit = match fault {
+        Fault::Cut(n) => n.min(length),
+        _ => length,
+    };
+    while body.len() < limit {
+        let k = client.read(&mut chunk)?;
+        if k == 0 {
+            break;
+        }
+        body.extend_from_slice(&chunk[..k]);
+    }
+    req.body_len = body.len().min(length);
+    log.lock().unwrap().push(req.clone());
+    match fault {
+        Fault::Cut(_) => {
+            let _ = client.shutdown(std::net::Shutdown::Both);
+            Ok(())
+        }
+        Fault::Respond(bytes) => {
+            client.write_all(&bytes)?;
+            client.flush()
+        }
+        Fault::Forward => {
+            let mut up = TcpStream::connect(("127.0.0.1", upstream))?;
+            let mut out = format!("{request_line}\r\n");
+            for (k, v) in &req.headers {
+                if !k.eq_ignore_ascii_case("connection") {
+                    out.push_str(&format!("{k}: {v}\r\n"));
+                }
+            }
+            out.push_str("Connection: close\r\n\r\n");
+            up.write_all(out.as_bytes())?;
+            up.write_all(&body)?;
+            let mut response = Vec::new();
+            up.read_to_end(&mut response)?;
+            client.write_all(&response)?;
+            client.flush()
+        }
+    }
 }
