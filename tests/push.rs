@@ -477,7 +477,7 @@ fn push_with_basic_auth_over_tls_and_never_a_password_in_output() {
     let pki = tempfile::tempdir().unwrap();
     let password = "Pa55-w0rd-etcdimg";
     let (ca, cert, key, htpasswd) = tls_and_htpasswd(pki.path(), "releaser", password);
-    let registry = registry_with(Some((&cert, &key)), Some(&htpasswd));
+    let registry = registry_with(Some((&cert, &key)), Some(&htpasswd_auth(&htpasswd)));
     let host = format!("127.0.0.1:{}", registry.port);
     let mirror = http_mirror(&fx.join("mirror"));
     let mut sb = Sandbox::new();
@@ -902,4 +902,296 @@ fn an_existing_tag_is_not_moved_without_force() {
         &format!("docker://{host}/etcd:3.5.1-0-linux-amd64"),
     ]);
     assert_eq!(now["Digest"], moved["images"][0]["digest"]);
+}
+
+/// One request to the test token service.
+#[derive(Debug, Clone)]
+struct TokenRequest {
+    method: String,
+    /// The user of a valid basic-auth header.
+    user: Option<String>,
+    refresh_token: Option<String>,
+    scopes: Vec<String>,
+    granted: bool,
+}
+
+/// A token service for the real registry's `auth: token` mode: it checks basic credentials
+/// (GET) or an identity token (POST, OAuth2 refresh-token grant), and issues RS256 JWTs signed
+/// with openssl, carrying the scopes asked for (anonymous callers get pull only).
+struct TokenService {
+    server: FaultProxy,
+    log: std::sync::Arc<std::sync::Mutex<Vec<TokenRequest>>>,
+    cert: PathBuf,
+}
+
+const SERVICE: &str = "etcdimg-test-registry";
+const ISSUER: &str = "etcdimg-test-issuer";
+
+fn b64url(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn token_service(dir: &Path, user: &str, password: &str, identity: &str) -> TokenService {
+    use base64::Engine;
+    use std::sync::{Arc, Mutex};
+    let key = dir.join("token.key");
+    let cert = dir.join("token.crt");
+    run(Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .args(["-subj", "/CN=etcdimg token issuer", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert));
+    let der = run(Command::new("openssl")
+        .args(["x509", "-outform", "DER", "-in"])
+        .arg(&cert))
+    .stdout;
+    let x5c = base64::engine::general_purpose::STANDARD.encode(der);
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let (log2, user, password, identity) = (
+        log.clone(),
+        user.to_string(),
+        password.to_string(),
+        identity.to_string(),
+    );
+    let server = FaultProxy::start(0, move |r| {
+        let (r, log, key, x5c) = (r.clone(), log2.clone(), key.clone(), x5c.clone());
+        let (user, password, identity) = (user.clone(), password.clone(), identity.clone());
+        Fault::Answer(Box::new(move |body| {
+            let query = r.path.split_once('?').map(|(_, q)| q).unwrap_or("");
+            let form = if r.method == "POST" {
+                form_pairs(&String::from_utf8_lossy(body))
+            } else {
+                form_pairs(query)
+            };
+            let get = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+            let scopes: Vec<String> = form
+                .iter()
+                .filter(|(k, _)| k == "scope")
+                .flat_map(|(_, v)| v.split(' ').map(String::from).collect::<Vec<_>>())
+                .filter(|s| !s.is_empty())
+                .collect();
+            let basic = r
+                .header("authorization")
+                .and_then(|h| h.strip_prefix("Basic "))
+                .map(|b| {
+                    String::from_utf8(base64::engine::general_purpose::STANDARD.decode(b).unwrap())
+                        .unwrap()
+                });
+            let mut req = TokenRequest {
+                method: r.method.clone(),
+                user: None,
+                refresh_token: get("refresh_token"),
+                scopes: scopes.clone(),
+                granted: false,
+            };
+            let who = if r.method == "POST" {
+                (get("grant_type").as_deref() == Some("refresh_token")
+                    && req.refresh_token.as_deref() == Some(identity.as_str()))
+                .then(|| user.clone())
+            } else {
+                match &basic {
+                    Some(b) if *b == format!("{user}:{password}") => Some(user.clone()),
+                    Some(_) => None,
+                    None => Some(String::new()), // anonymous
+                }
+            };
+            let Some(who) = who else {
+                log.lock().unwrap().push(req);
+                return http_response("401 Unauthorized", &[("Content-Length", "0".into())], b"");
+            };
+            req.user = (!who.is_empty()).then(|| who.clone());
+            req.granted = true;
+            log.lock().unwrap().push(req);
+            let access: Vec<Value> = scopes
+                .iter()
+                .filter_map(|s| {
+                    let mut parts = s.splitn(3, ':');
+                    let (kind, name, actions) = (parts.next()?, parts.next()?, parts.next()?);
+                    let actions: Vec<&str> = actions
+                        .split(',')
+                        .filter(|a| !who.is_empty() || *a == "pull")
+                        .collect();
+                    Some(serde_json::json!({"type": kind, "name": name, "actions": actions}))
+                })
+                .collect();
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs();
+            let header = serde_json::json!({"alg": "RS256", "typ": "JWT", "x5c": [x5c]});
+            let claims = serde_json::json!({
+                "iss": ISSUER, "sub": who, "aud": SERVICE, "exp": now + 300, "nbf": now - 10,
+                "iat": now - 10, "jti": format!("{now}-{}", r.n), "access": access,
+            });
+            let input = format!(
+                "{}.{}",
+                b64url(header.to_string().as_bytes()),
+                b64url(claims.to_string().as_bytes())
+            );
+            let mut sign = Command::new("openssl")
+                .args(["dgst", "-sha256", "-sign"])
+                .arg(&key)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            use std::io::Write;
+            sign.stdin
+                .take()
+                .unwrap()
+                .write_all(input.as_bytes())
+                .unwrap();
+            let signature = sign.wait_with_output().unwrap().stdout;
+            let jwt = format!("{input}.{}", b64url(&signature));
+            let body = serde_json::json!({"token": jwt, "access_token": jwt, "expires_in": 300})
+                .to_string();
+            http_response(
+                "200 OK",
+                &[
+                    ("Content-Type", "application/json".into()),
+                    ("Content-Length", body.len().to_string()),
+                ],
+                body.as_bytes(),
+            )
+        }))
+    });
+    TokenService { server, log, cert }
+}
+
+#[test]
+fn bearer_tokens_with_scopes_and_identity_tokens_on_a_token_auth_registry() {
+    let t = "bearer_tokens_with_scopes_and_identity_tokens_on_a_token_auth_registry";
+    let Some(fx) = fixtures(t) else { return };
+    if !tools(t, &["docker-registry", "skopeo", "python3", "openssl"]) {
+        return;
+    }
+    use base64::Engine;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let pki = tempfile::tempdir().unwrap();
+    let (password, identity) = ("t0ken-flow-pw", "idt-9f8e7d6c5b");
+    let tokens = token_service(pki.path(), "releaser", password, identity);
+    let realm = format!("http://127.0.0.1:{}/token", tokens.server.port);
+    let registry = registry_with(
+        None,
+        Some(&token_auth(&realm, SERVICE, ISSUER, &tokens.cert)),
+    );
+    let host = format!("127.0.0.1:{}", registry.port);
+    // The base, pushed by skopeo through the same token service.
+    run(Command::new("skopeo")
+        .args(["copy", "--all", "--quiet", "--dest-tls-verify=false"])
+        .args(["--dest-creds", &format!("releaser:{password}")])
+        .arg(format!("oci:{}:1.35", fx.join("busybox-oci").display()))
+        .arg(format!("docker://{host}/library/busybox:1.35")));
+    let mirror = http_mirror(&fx.join("mirror"));
+    let mut sb = Sandbox::new();
+    project(
+        &mut sb,
+        mirror.port,
+        &format!("{host}/k8s"),
+        &format!("{host}/library/busybox:1.35"),
+        &format!("insecure_registries = [\"{host}\"]"),
+    );
+    tokens.log.lock().unwrap().clear();
+
+    // Username and password: GET tokens with basic auth, one token covering the target and
+    // the mount source, so that the base layer is mounted (a token without pull on
+    // library/busybox would make the registry refuse the mount).
+    let cfg = docker_config(
+        &sb.path().join("docker"),
+        &format!(
+            r#"{{"auths": {{"{host}": {{"auth": "{}"}}}}}}"#,
+            b64(&format!("releaser:{password}"))
+        ),
+    );
+    sb.set("DOCKER_CONFIG", cfg.display().to_string());
+    let out = sb.etcdimg(&["push", "--arch", "amd64", "--json", "-v"]);
+    assert_success(&out);
+    let r = json(&out);
+    assert_eq!(r["images"][0]["blobs_mounted"], 1, "{r}");
+    assert!(!format!("{}{}", stdout(&out), stderr(&out)).contains(password));
+    let log = tokens.log.lock().unwrap().clone();
+    assert!(
+        log.iter().any(|q| q.method == "GET"
+            && q.user.as_deref() == Some("releaser")
+            && q.scopes
+                .contains(&"repository:k8s/etcd:pull,push".to_string())
+            && q.scopes
+                .contains(&"repository:library/busybox:pull".to_string())),
+        "{log:#?}"
+    );
+
+    // An identity token: exchanged with the OAuth2 refresh-token grant (POST), never shown.
+    tokens.log.lock().unwrap().clear();
+    let cfg = docker_config(
+        &sb.path().join("docker-idt"),
+        &format!(
+            r#"{{"auths": {{"{host}": {{"auth": "{}", "identitytoken": "{identity}"}}}}}}"#,
+            b64("<token>:")
+        ),
+    );
+    sb.set("DOCKER_CONFIG", cfg.display().to_string());
+    let out = sb.etcdimg(&["push", "--arch", "amd64", "--json", "-v", "--revision", "1"]);
+    assert_success(&out);
+    assert!(!format!("{}{}", stdout(&out), stderr(&out)).contains(identity));
+    let log = tokens.log.lock().unwrap().clone();
+    assert!(
+        log.iter().any(|q| q.method == "POST"
+            && q.granted
+            && q.refresh_token.as_deref() == Some(identity)
+            && q.scopes
+                .contains(&"repository:k8s/etcd:pull,push".to_string())),
+        "{log:#?}"
+    );
+    let v = skopeo_json(&[
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        "--creds",
+        &format!("releaser:{password}"),
+        &format!("docker://{host}/k8s/etcd:3.5.1-1-linux-amd64"),
+    ]);
+    assert_eq!(v["schemaVersion"], 2);
+
+    // A refused password: a clear error naming the user, never the password.
+    let bad = "not-the-pw-123";
+    let cfg = docker_config(
+        &sb.path().join("docker-bad"),
+        &format!(
+            r#"{{"auths": {{"{host}": {{"auth": "{}"}}}}}}"#,
+            b64(&format!("releaser:{bad}"))
+        ),
+    );
+    sb.set("DOCKER_CONFIG", cfg.display().to_string());
+    // Pulling the base is refused first, with a hint about the credentials...
+    let out = sb.etcdimg(&["push", "--arch", "amd64", "-v", "--revision", "2"]);
+    assert!(!out.status.success());
+    let all = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(all.contains("refused the credentials"), "{all}");
+    assert!(
+        !all.contains(bad) && !all.contains(&b64(&format!("releaser:{bad}"))),
+        "{all}"
+    );
+    // ... and with a local base, the push itself is refused: named user, no password.
+    let local_base = format!("oci:{}:1.35", fx.join("busybox-oci").display());
+    let out = sb.etcdimg(&[
+        "push",
+        "--arch",
+        "amd64",
+        "-v",
+        "--revision",
+        "2",
+        "--base-image",
+        &local_base,
+    ]);
+    assert!(!out.status.success());
+    let all = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(all.contains("refused user `releaser`"), "{all}");
+    assert!(
+        !all.contains(bad) && !all.contains(&b64(&format!("releaser:{bad}"))),
+        "{all}"
+    );
 }

@@ -219,7 +219,15 @@ fn request_error(
 ) -> RegistryError {
     let message = err.to_string();
     let lower = message.to_lowercase();
-    let hint = if !insecure
+    let hint = if lower.contains("not authorized")
+        || lower.contains("unauthorized")
+        || lower.contains("401")
+        || lower.contains("403")
+    {
+        Some(format!(
+            "`{registry}` refused the credentials for it in the docker config (or anonymous access, if there are none): check DOCKER_CONFIG / ~/.docker/config.json (docker login {registry})"
+        ))
+    } else if !insecure
         && (lower.contains("http")
             || lower.contains("tls")
             || lower.contains("certificate")
@@ -379,7 +387,14 @@ async fn base_from_registry(
         .iter()
         .any(|h| h == &registry || h == reference.registry());
     let client = client(options)?;
-    let auth = RegistryAuth::Anonymous;
+    // The docker config's username/password, if any (a private base); oci-client has no
+    // identity-token exchange, so such a registry is read anonymously.
+    let auth = match auth::lookup(&registry)? {
+        Some(auth::Credential::Basic { username, password }) => {
+            RegistryAuth::Basic(username, password)
+        }
+        _ => RegistryAuth::Anonymous,
+    };
     let err = |op: &str, e: oci_client::errors::OciDistributionError| {
         request_error(op, name, &registry, insecure, e)
     };

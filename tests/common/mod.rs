@@ -123,8 +123,9 @@ pub fn registry() -> Server {
     registry_with(None, None)
 }
 
-/// Like [`registry`], optionally behind TLS (`(cert, key)` PEM files) and htpasswd basic auth.
-pub fn registry_with(tls: Option<(&Path, &Path)>, htpasswd: Option<&Path>) -> Server {
+/// Like [`registry`], optionally behind TLS (`(cert, key)` PEM files) and with an `auth:`
+/// section (see [`htpasswd_auth`], [`token_auth`]).
+pub fn registry_with(tls: Option<(&Path, &Path)>, auth: Option<&str>) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let mut config = format!(
@@ -138,11 +139,8 @@ pub fn registry_with(tls: Option<(&Path, &Path)>, htpasswd: Option<&Path>) -> Se
             key.display()
         ));
     }
-    if let Some(path) = htpasswd {
-        config.push_str(&format!(
-            "auth:\n  htpasswd:\n    realm: etcdimg-test\n    path: {}\n",
-            path.display()
-        ));
+    if let Some(auth) = auth {
+        config.push_str(auth);
     }
     std::fs::write(dir.path().join("config.yml"), config).unwrap();
     let child = Command::new("docker-registry")
@@ -158,6 +156,23 @@ pub fn registry_with(tls: Option<(&Path, &Path)>, htpasswd: Option<&Path>) -> Se
         port,
         _dir: Some(dir),
     }
+}
+
+/// The `auth:` section for htpasswd basic auth.
+pub fn htpasswd_auth(path: &Path) -> String {
+    format!(
+        "auth:\n  htpasswd:\n    realm: etcdimg-test\n    path: {}\n",
+        path.display()
+    )
+}
+
+/// The `auth:` section for the bearer-token flow: tokens from `realm`, signed by the key of
+/// `cert` (which the registry trusts as its root bundle).
+pub fn token_auth(realm: &str, service: &str, issuer: &str, cert: &Path) -> String {
+    format!(
+        "auth:\n  token:\n    realm: {realm}\n    service: {service}\n    issuer: {issuer}\n    rootcertbundle: {}\n",
+        cert.display()
+    )
 }
 
 /// Copies the fixture busybox layout into `registry` with skopeo; returns the reference.
@@ -474,9 +489,15 @@ impl ProxyRequest {
     }
 }
 
+/// Makes a response from a request body.
+pub type Answer = Box<dyn FnOnce(&[u8]) -> Vec<u8> + Send>;
+
 /// What the proxy does with a request.
 pub enum Fault {
     Forward,
+    /// Read the whole body, then answer with what this returns (a server of our own, for
+    /// things like a token service).
+    Answer(Answer),
     /// Answer this instead of the registry.
     Respond(Vec<u8>),
     /// Read this many body bytes, then close the connection without answering.
@@ -601,6 +622,10 @@ fn proxy_connection(
             client.write_all(&bytes)?;
             client.flush()
         }
+        Fault::Answer(answer) => {
+            client.write_all(&answer(&body))?;
+            client.flush()
+        }
         Fault::Forward => {
             let mut up = TcpStream::connect(("127.0.0.1", upstream))?;
             let mut out = format!("{request_line}\r\n");
@@ -618,4 +643,33 @@ fn proxy_connection(
             client.flush()
         }
     }
+}
+
+/// Decodes `application/x-www-form-urlencoded` pairs (a query string or a form body).
+pub fn form_pairs(text: &str) -> Vec<(String, String)> {
+    fn decode(s: &str) -> String {
+        let bytes = s.as_bytes();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < bytes.len() {
+            match bytes[i] {
+                b'+' => out.push(b' '),
+                b'%' if i + 2 < bytes.len() => {
+                    let h = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("00");
+                    out.push(u8::from_str_radix(h, 16).unwrap_or(b'?'));
+                    i += 2;
+                }
+                b => out.push(b),
+            }
+            i += 1;
+        }
+        String::from_utf8_lossy(&out).into_owned()
+    }
+    text.split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (decode(k), decode(v))
+        })
+        .collect()
 }
