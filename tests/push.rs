@@ -826,6 +826,16 @@ fn push_survives_faults_and_never_leaves_a_manifest_without_blobs() {
         "{err}"
     );
     assert!(err.contains("running and reachable"), "{err}");
+
+    // A plain-HTTP registry not declared insecure: refused, never silently downgraded.
+    let out = sb.etcdimg(&["push", "--arch", "amd64", "--push-registry", &direct]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("--insecure-registry {direct}")),
+        "{err}"
+    );
+    assert!(tags(registry.port, "etcd").is_empty());
 }
 
 #[test]

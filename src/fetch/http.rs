@@ -62,7 +62,9 @@ impl RetryPolicy {
 
 #[derive(Clone)]
 pub struct Http {
-    client: reqwest::Client,
+    /// Built on first use: loading the system's TLS roots costs tens of milliseconds, and a
+    /// warm build downloads nothing.
+    client: std::sync::Arc<std::sync::OnceLock<reqwest::Client>>,
     /// Retries after the first attempt.
     pub retries: u32,
     pub base_delay: Duration,
@@ -82,17 +84,24 @@ impl Http {
             retries,
             base_delay,
         } = RetryPolicy::from_env();
-        let client = reqwest::Client::builder()
+        Ok(Http {
+            client: Default::default(),
+            retries,
+            base_delay,
+        })
+    }
+
+    fn client(&self) -> Result<&reqwest::Client, FetchError> {
+        if let Some(c) = self.client.get() {
+            return Ok(c);
+        }
+        let built = reqwest::Client::builder()
             .user_agent(concat!("etcdimg/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(Duration::from_secs(10))
             .read_timeout(Duration::from_secs(60))
             .build()
             .map_err(|e| FetchError::Client(e.to_string()))?;
-        Ok(Http {
-            client,
-            retries,
-            base_delay,
-        })
+        Ok(self.client.get_or_init(|| built))
     }
 
     fn delay(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
@@ -119,7 +128,7 @@ impl Http {
                     self.retries
                 ));
             }
-            match self.client.get(url).send().await {
+            match self.client()?.get(url).send().await {
                 Ok(resp) => {
                     let status = resp.status();
                     if status.is_success() {
@@ -195,7 +204,7 @@ impl Http {
         sink: &mut PendingBlob,
         progress: &dyn crate::report::Progress,
     ) -> Result<Attempt, FetchError> {
-        let mut request = self.client.get(url);
+        let mut request = self.client()?.get(url);
         let have = sink.written;
         if have > 0 {
             request = request.header(RANGE, format!("bytes={have}-"));
