@@ -12,13 +12,18 @@
 #   qemu-user-static                   run foreign-arch binaries (etcd --version for arm64 etc.)
 #   busybox-static (per arch)          the base image fixture, downloaded with `apt-get download`
 #   pigz, hyperfine                    benchmark rivals and timing
-#   rust targets (musl)                static `migrate` for the image
+#   gcc-<triple>, libc6-dev-<arch>-cross  link the static gnu `migrate` for ppc64le, s390x and arm
+#   patch                              apply patches/<V>/*.patch before cross-compiling etcd
+#   rust targets                       static `migrate` for every image arch (musl for amd64/arm64,
+#                                      gnu + crt-static for ppc64le, s390x, armv7)
 set -euo pipefail
 
 export DEBIAN_FRONTEND=noninteractive
 need_apt=()
 for pkg in golang-go golang-etcd-server-dev etcd-server etcd-client docker-registry skopeo umoci \
-    qemu-user-static busybox-static pigz hyperfine openssl apache2-utils; do
+    qemu-user-static busybox-static pigz hyperfine openssl apache2-utils patch \
+    gcc-powerpc64le-linux-gnu libc6-dev-ppc64el-cross gcc-s390x-linux-gnu libc6-dev-s390x-cross \
+    gcc-arm-linux-gnueabihf libc6-dev-armhf-cross; do
     status=$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)
     [ "$status" = "install ok installed" ] || need_apt+=("$pkg")
 done
@@ -49,7 +54,8 @@ fi
 
 if command -v rustup >/dev/null 2>&1; then
     installed=$(rustup target list --installed)
-    for target in x86_64-unknown-linux-musl aarch64-unknown-linux-musl; do
+    for target in x86_64-unknown-linux-musl aarch64-unknown-linux-musl \
+        powerpc64le-unknown-linux-gnu s390x-unknown-linux-gnu armv7-unknown-linux-gnueabihf; do
         grep -qx "$target" <<<"$installed" || rustup target add "$target"
     done
 fi

@@ -86,6 +86,10 @@ pub struct OverrideArgs {
     /// Base URL of etcd release folders, e.g. a mirror (env ETCD_RELEASE_URL).
     #[arg(long, value_name = "URL")]
     pub release_url: Option<String>,
+    /// How arches with source = "build" compile etcd: auto (go if installed, else docker), go
+    /// or docker (env ETCDIMG_BUILDER; images.toml build.builder).
+    #[arg(long, value_name = "BUILDER")]
+    pub builder: Option<String>,
 }
 
 #[derive(Debug, Args)]

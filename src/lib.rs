@@ -10,6 +10,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod fetch;
+pub mod gobuild;
 pub mod migrate_build;
 pub mod oci;
 pub mod platform;
@@ -60,6 +61,11 @@ pub fn hint_for(err: &anyhow::Error) -> Option<String> {
             }
         }
         if let Some(e) = cause.downcast_ref::<registry::RegistryError>() {
+            if let Some(h) = e.hint() {
+                return Some(h);
+            }
+        }
+        if let Some(e) = cause.downcast_ref::<gobuild::GoBuildError>() {
             if let Some(h) = e.hint() {
                 return Some(h);
             }

@@ -139,6 +139,18 @@ impl Cmd {
         }
     }
 
+    /// Runs to completion, capturing stdout and stderr, whatever the exit status (for tools
+    /// whose failure output is on stdout).
+    pub fn output_any(&self) -> Result<Output, ProcessError> {
+        self.command()
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|source| ProcessError::Spawn {
+                cmdline: self.to_string(),
+                source,
+            })
+    }
+
     /// Runs with stderr passed through to ours (for long tools with their own progress).
     pub fn run_inherit_stderr(&self) -> Result<(), ProcessError> {
         let status = self

@@ -39,6 +39,8 @@ pub struct Settings {
     pins: BTreeMap<(Version, Arch), String>,
     /// SOURCE_DATE_EPOCH, or 0: the mtime of every file and the `created` time.
     pub source_date_epoch: u64,
+    /// How arches with `source = "build"` are compiled.
+    pub gobuild: crate::gobuild::GoBuildSettings,
 }
 
 impl Settings {
@@ -450,7 +452,10 @@ pub fn resolve(
         config_dir.join(doc.migrate.source_dir.as_deref().unwrap_or("migrate"));
     let ca_cert = doc.image.ca_cert.as_ref().map(|c| config_dir.join(c));
 
+    let gobuild = resolve_gobuild(&r, overrides, &config_dir)?;
+
     Ok(Settings {
+        gobuild,
         config_path: loaded.path.clone(),
         config_dir,
         latest,
@@ -471,6 +476,72 @@ pub fn resolve(
         sources,
         pins,
         source_date_epoch,
+    })
+}
+
+fn resolve_gobuild(
+    r: &Resolver<'_>,
+    overrides: &OverrideArgs,
+    config_dir: &Path,
+) -> Result<crate::gobuild::GoBuildSettings, ConfigError> {
+    use crate::gobuild::{self, BuilderChoice, SourceSpec};
+    let loaded = r.loaded;
+    let build = &loaded.doc.build;
+    let builder = match r.pick(
+        overrides.builder.as_deref().map(|v| ("--builder", v)),
+        Some("ETCDIMG_BUILDER"),
+        build.builder.as_ref(),
+    ) {
+        Some((v, origin)) => v
+            .parse::<BuilderChoice>()
+            .map_err(|m| r.error(&origin, "build.builder", m))?,
+        None => BuilderChoice::Auto,
+    };
+    let golang_version = build
+        .golang_version
+        .as_ref()
+        .map(|v| v.get_ref().trim().to_string())
+        .unwrap_or_else(|| gobuild::DEFAULT_GOLANG_VERSION.into());
+    let source_repo = build
+        .source_repo
+        .as_ref()
+        .map(|v| v.get_ref().trim().to_string())
+        .unwrap_or_else(|| gobuild::DEFAULT_SOURCE_REPO.into());
+    let patches_dir = config_dir.join(build.patches_dir.as_deref().unwrap_or("patches"));
+    let mut sources = BTreeMap::new();
+    for (key, entry) in &build.source {
+        let k = format!("build.source.\"{}\"", key.get_ref());
+        let version =
+            config::parse_version(key.get_ref()).map_err(|m| loaded.error_at(key.span(), &k, m))?;
+        let spec = match (&entry.git, &entry.url, &entry.dir) {
+            (Some(repo), None, None) => SourceSpec::Git { repo: repo.clone() },
+            (None, Some(url), None) => SourceSpec::Url {
+                url: url.clone(),
+                sha256: entry.sha256.clone(),
+            },
+            (None, None, Some(dir)) => SourceSpec::Dir {
+                path: config_dir.join(dir),
+                gopath: entry.gopath.as_ref().map(|g| config_dir.join(g)),
+            },
+            _ => {
+                return Err(loaded.error_at(
+                    key.span(),
+                    &k,
+                    "give exactly one of `git`, `url` or `dir`",
+                ))
+            }
+        };
+        if entry.gopath.is_some() && entry.dir.is_none() {
+            return Err(loaded.error_at(key.span(), &k, "`gopath` goes with `dir`"));
+        }
+        sources.insert(version, spec);
+    }
+    Ok(crate::gobuild::GoBuildSettings {
+        builder,
+        golang_version,
+        source_repo,
+        patches_dir,
+        sources,
     })
 }
 

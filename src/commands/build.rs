@@ -19,6 +19,7 @@ use serde::Serialize;
 
 use crate::binary::{self, VersionCheck};
 use crate::fetch::{self, cache::Cache, extract, http::Http};
+use crate::gobuild;
 use crate::migrate_build;
 use crate::oci::image::{self, AddedLayer, ImageSpec};
 use crate::oci::layer::{self, Body, Entry, LayerDigests};
@@ -67,6 +68,8 @@ pub struct BuildReport {
     pub layers: Vec<LayerReport>,
     pub total_size: u64,
     pub tarballs: Vec<TarballReport>,
+    /// Versions compiled from source (or taken from the build cache) for this arch.
+    pub compiles: Vec<gobuild::CompileReport>,
     pub docker_archive: Option<String>,
     pub seconds: f64,
 }
@@ -221,12 +224,7 @@ pub async fn build(
     reporter: Arc<dyn Reporter>,
 ) -> Result<BuildReport> {
     let started = Instant::now();
-    if settings.source_for(arch) == crate::config::Source::Build {
-        anyhow::bail!(crate::UserError::new(
-            format!("arch `{arch}` has source = \"build\" (cross-compile etcd from source), which this etcdimg cannot do yet"),
-            format!("set `[arch.{arch}] source = \"release\"` in images.toml to use the official release tarballs"),
-        ));
-    }
+    let from_source = settings.source_for(arch) == crate::config::Source::Build;
     let mode = settings.binary_mode;
     let mtime = settings.source_date_epoch;
 
@@ -236,29 +234,60 @@ pub async fn build(
         .await
         .with_context(|| format!("resolving the base image `{base_ref}` for {arch}"))?;
 
-    // 3. fetch (concurrently; the network is the limit, not the CPU)
-    let http = Http::new()?;
-    let fetches = settings.bundled.iter().map(|version| {
-        let http = &http;
-        let reporter = &*reporter;
-        async move {
-            fetch::release(
-                http,
-                cache,
-                &settings.release_url,
+    // 3. fetch (concurrently; the network is the limit, not the CPU), or compile from source
+    //    (in sequence: each `go build` already uses every core)
+    let mut compiled: Vec<gobuild::BuiltEtcd> = Vec::new();
+    let mut tarballs: Vec<fetch::VerifiedTarball> = Vec::new();
+    if from_source {
+        let builder =
+            gobuild::Builder::detect(settings.gobuild.builder, &settings.gobuild.golang_version)
+                .with_context(|| format!("choosing how to compile etcd for {arch}"))?;
+        for version in &settings.bundled {
+            let built = gobuild::build_etcd(
+                &settings.gobuild,
+                &builder,
                 version,
                 arch,
-                settings.pin_for(version, arch),
-                reporter,
+                cache,
+                reporter.clone(),
             )
             .await
-            .with_context(|| format!("fetching etcd {version} for {arch}"))
+            .with_context(|| format!("building etcd {version} for {arch} from source"))?;
+            if !built.report.compiled {
+                reporter.status(
+                    "Cached",
+                    &format!(
+                        "etcd {version} for {arch} (compiled earlier, key {})",
+                        &built.report.key[..12]
+                    ),
+                );
+            }
+            compiled.push(built);
         }
-    });
-    let tarballs: Vec<fetch::VerifiedTarball> = futures_util::future::join_all(fetches)
-        .await
-        .into_iter()
-        .collect::<Result<_>>()?;
+    } else {
+        let http = Http::new()?;
+        let fetches = settings.bundled.iter().map(|version| {
+            let http = &http;
+            let reporter = &*reporter;
+            async move {
+                fetch::release(
+                    http,
+                    cache,
+                    &settings.release_url,
+                    version,
+                    arch,
+                    settings.pin_for(version, arch),
+                    reporter,
+                )
+                .await
+                .with_context(|| format!("fetching etcd {version} for {arch}"))
+            }
+        });
+        tarballs = futures_util::future::join_all(fetches)
+            .await
+            .into_iter()
+            .collect::<Result<_>>()?;
+    }
     let tarball_reports: Vec<TarballReport> = tarballs
         .iter()
         .map(|t| TarballReport {
@@ -335,6 +364,45 @@ pub async fn build(
                 make: LayerInput::Etcd {
                     version,
                     binaries,
+                    latest,
+                },
+            },
+        ));
+    }
+    // Compiled versions were verified before they entered the build cache.
+    for built in &compiled {
+        let latest = built.version == settings.latest;
+        let content = format!(
+            "etcd {}{}",
+            built.version,
+            if latest {
+                " (default etcd, etcdctl)"
+            } else {
+                ""
+            }
+        );
+        let key = layer_key(&[
+            "etcd-built",
+            &built.report.key,
+            &built.version.to_string(),
+            arch.name(),
+            &latest.to_string(),
+            &mode_text,
+            &mtime_text,
+        ]);
+        if let Some(d) = cached_layer(cache, &key).filter(|_| options.reuse_layers) {
+            layers.push(Some((d, content, true)));
+            continue;
+        }
+        layers.push(None);
+        jobs.push((
+            layers.len() - 1,
+            LayerJob {
+                content,
+                key,
+                make: LayerInput::Etcd {
+                    version: built.version.clone(),
+                    binaries: built.binaries.clone(),
                     latest,
                 },
             },
@@ -581,6 +649,7 @@ pub async fn build(
         layers: layer_reports,
         total_size,
         tarballs: tarball_reports,
+        compiles: compiled.iter().map(|c| c.report.clone()).collect(),
         docker_archive: options.docker_archive.as_deref().map(display_path),
         seconds: started.elapsed().as_secs_f64(),
     })

@@ -56,6 +56,41 @@ pub struct ImagesToml {
     pub arch: BTreeMap<Spanned<String>, ArchSection>,
     #[serde(default)]
     pub migrate: MigrateSection,
+    #[serde(default)]
+    pub build: BuildSection,
+}
+
+/// How etcd is cross-compiled for arches with `source = "build"`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct BuildSection {
+    /// `auto` (default: go if installed, else docker), `go` or `docker`.
+    pub builder: Option<Spanned<String>>,
+    /// The `golang:<version>` image tag the docker builder uses.
+    pub golang_version: Option<Spanned<String>>,
+    /// The git repository cloned at `v<V>` when a version has no other source.
+    pub source_repo: Option<Spanned<String>>,
+    /// Directory of `<V>/*.patch`, relative to this file (default `patches`).
+    pub patches_dir: Option<String>,
+    /// Per-version source overrides, keyed by version.
+    #[serde(default)]
+    pub source: BTreeMap<Spanned<String>, SourceEntry>,
+}
+
+/// Where one version's source comes from: exactly one of `git`, `url`, `dir`.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SourceEntry {
+    /// A git repository, cloned (shallow) at tag `v<V>`.
+    pub git: Option<String>,
+    /// A source tarball (`.tar.gz`), with its top directory stripped.
+    pub url: Option<String>,
+    /// The tarball's sha256 (recommended with `url`).
+    pub sha256: Option<String>,
+    /// A local source tree (offline builds), relative to this file; used read-only.
+    pub dir: Option<String>,
+    /// With `dir`: a GOPATH holding the source's dependencies; builds in GOPATH mode.
+    pub gopath: Option<String>,
 }
 
 #[derive(Debug, Deserialize, Default)]

@@ -185,13 +185,19 @@ struct TokenResponse {
 /// Asks the token service named in `challenge` for a token covering `scopes`.
 ///
 /// With an identity token this is docker's OAuth2 refresh-token grant (POST); otherwise a GET,
-/// with basic auth when there are credentials, anonymous when not.
+/// with basic auth when there are credentials, anonymous when not. Credentials go to a
+/// plain-HTTP realm only when the registry itself was declared insecure. 429, 5xx and resets
+/// are retried like registry requests.
+#[allow(clippy::too_many_arguments)]
 pub async fn fetch_token(
     client: &reqwest::Client,
     registry: &str,
     challenge: &Challenge,
     scopes: &[String],
     credential: Option<&Credential>,
+    insecure: bool,
+    policy: &crate::fetch::http::RetryPolicy,
+    reporter: &dyn crate::report::Reporter,
 ) -> Result<String, RegistryError> {
     let auth_err = |message: String, hint: &str| RegistryError::Auth {
         registry: registry.into(),
@@ -210,29 +216,42 @@ pub async fn fetch_token(
             "the registry's auth configuration is broken; ask its operator",
         )
     })?;
+    let shown = {
+        let mut u = url.clone();
+        u.set_query(None);
+        crate::fetch::http::redact_url(u.as_str())
+    };
+    if url.scheme() != "https" && credential.is_some() && !insecure {
+        return Err(auth_err(
+            format!("the token service {shown} is plain HTTP; credentials are not sent over it"),
+            "use an HTTPS token service, or declare the registry with --insecure-registry if plain HTTP is intended",
+        ));
+    }
     let service = challenge.params.get("service").cloned().unwrap_or_default();
-    let request = match credential {
+    let scope = scopes.join(" ");
+    {
+        let mut q = url.query_pairs_mut();
+        if !service.is_empty() {
+            q.append_pair("service", &service);
+        }
+        for s in scopes {
+            q.append_pair("scope", s);
+        }
+    }
+    let make = || match credential {
         Some(Credential::IdentityToken(token)) => {
-            let mut form: Vec<(&str, &str)> = vec![
+            let form: Vec<(&str, &str)> = vec![
                 ("grant_type", "refresh_token"),
                 ("client_id", "etcdimg"),
                 ("refresh_token", token.as_str()),
                 ("service", service.as_str()),
+                ("scope", scope.as_str()),
             ];
-            let scope = scopes.join(" ");
-            form.push(("scope", scope.as_str()));
-            client.post(url.clone()).form(&form)
+            let mut plain = url.clone();
+            plain.set_query(None);
+            client.post(plain).form(&form)
         }
         other => {
-            {
-                let mut q = url.query_pairs_mut();
-                if !service.is_empty() {
-                    q.append_pair("service", &service);
-                }
-                for s in scopes {
-                    q.append_pair("scope", s);
-                }
-            }
             let mut r = client.get(url.clone());
             if let Some(h) = other.and_then(Credential::basic_header) {
                 r = r.header(reqwest::header::AUTHORIZATION, h);
@@ -240,17 +259,43 @@ pub async fn fetch_token(
             r
         }
     };
-    url.set_query(None);
-    let shown = crate::fetch::http::redact_url(url.as_str());
-    let response = request.send().await.map_err(|e| {
-        auth_err(
-            format!(
-                "token service {shown}: {}",
-                crate::fetch::http::error_chain(&e)
-            ),
-            "is the token service reachable from here?",
-        )
-    })?;
+    let mut attempt = 0;
+    let response = loop {
+        let (cause, after) = match make().send().await {
+            Ok(r) if crate::fetch::http::is_transient(r.status()) => {
+                (r.status().to_string(), crate::fetch::http::retry_after(&r))
+            }
+            Ok(r) => break r,
+            Err(e) if e.is_connect() || attempt >= policy.retries => {
+                return Err(auth_err(
+                    format!(
+                        "token service {shown}: {}",
+                        crate::fetch::http::error_chain(&e)
+                    ),
+                    "is the token service reachable from here?",
+                ))
+            }
+            Err(e) => (crate::fetch::http::error_chain(&e), None),
+        };
+        if attempt >= policy.retries {
+            return Err(auth_err(
+                format!(
+                    "token service {shown} answered {cause} {} times",
+                    attempt + 1
+                ),
+                "retry later, or ask the registry's operator",
+            ));
+        }
+        let delay = policy.delay(attempt, after);
+        reporter.warn(&format!(
+            "token service {shown}: {cause}; retrying in {:.1}s ({}/{})",
+            delay.as_secs_f64(),
+            attempt + 1,
+            policy.retries
+        ));
+        tokio::time::sleep(delay).await;
+        attempt += 1;
+    };
     let status = response.status();
     if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
         return Err(auth_err(

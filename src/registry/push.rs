@@ -287,6 +287,14 @@ impl Pusher {
         }
     }
 
+    /// Cancels an upload session (best effort: the registry purges stale ones anyway).
+    async fn abandon(&self, location: &reqwest::Url) {
+        let _ = self
+            .transport
+            .attempt("cancel an upload session", &|c| c.delete(location.clone()))
+            .await;
+    }
+
     async fn start_upload(&self, repo: &str) -> Result<reqwest::Url, RegistryError> {
         let url = self.transport.url(&format!("/v2/{repo}/blobs/uploads/"))?;
         let what = format!("start an upload in {repo}");
@@ -333,32 +341,34 @@ impl Pusher {
             return Ok(false);
         };
         if state.resync {
-            state.resync = false;
+            // Ask the registry how much of the upload it holds. The flag is cleared only once
+            // it has answered: sending at a stale offset would corrupt the upload.
             let response = t.attempt(&what, &|c| c.get(location.clone())).await?;
-            match response.status() {
-                StatusCode::NO_CONTENT | StatusCode::OK => {
-                    let end = response
-                        .headers()
-                        .get(RANGE)
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(range_end)
-                        .unwrap_or(0);
-                    if let Ok(l) = self.location(&what, &response) {
-                        state.location = Some(l);
-                    }
-                    if end > 0 {
-                        t.reporter().warn(&format!(
-                            "{what}: resuming at byte {end} of {}, where the registry's copy ends",
-                            blob.size
-                        ));
-                    }
-                    state.offset = end.min(data.len() as u64);
-                }
-                _ => {
-                    // The registry lost or invalidated the session: start over.
-                    state.location = None;
-                }
+            state.resync = false;
+            let end = match response.status() {
+                StatusCode::NO_CONTENT | StatusCode::OK => response
+                    .headers()
+                    .get(RANGE)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(range_end)
+                    .unwrap_or(0),
+                _ => 0,
+            };
+            if end == 0 || end > data.len() as u64 {
+                // Nothing held (or `0-0`, which distribution also says for one byte), or a
+                // session the registry lost: a fresh session is the only unambiguous start.
+                state.location = None;
+                return Ok(false);
             }
+            if let Ok(l) = self.location(&what, &response) {
+                state.location = Some(l);
+            }
+            t.reporter().warn(&format!(
+                "{what}: resuming at byte {end} of {}, where the registry's copy ends",
+                blob.size
+            ));
+            // Resuming is chunked: the monolithic branch only ever starts at byte 0.
+            state.offset = end;
             return Ok(false);
         }
         progress.set_position(state.offset);
@@ -436,11 +446,8 @@ impl Pusher {
                     state.resync = true;
                     return Ok(false);
                 }
-                StatusCode::RANGE_NOT_SATISFIABLE => {
-                    state.resync = true;
-                    return Ok(false);
-                }
-                StatusCode::NOT_FOUND => {
+                StatusCode::RANGE_NOT_SATISFIABLE | StatusCode::NOT_FOUND => {
+                    // The registry disagrees about the offset, or lost the session: start over.
                     state.location = None;
                     return Ok(false);
                 }
@@ -541,8 +548,12 @@ impl Pusher {
                 return Ok(BlobResult::Present);
             }
         }
-        let mut session = None;
+        let mut session: Option<reqwest::Url> = None;
         for from in mount_from.iter().filter(|f| f.as_str() != repo) {
+            if let Some(previous) = session.take() {
+                // A failed mount opened an upload session; close it rather than leave it.
+                self.abandon(&previous).await;
+            }
             match self.mount(repo, &blob.digest, from).await? {
                 None => {
                     overall.advance(blob.size);

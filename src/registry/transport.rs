@@ -38,11 +38,41 @@ impl From<RegistryError> for Failure {
     }
 }
 
-#[derive(Clone)]
+/// What we send as `Authorization`. Never formatted.
+#[derive(Clone, PartialEq, Eq)]
 enum Authorization {
     Anonymous,
-    /// An `Authorization` header value (basic or bearer). Never formatted.
-    Header(String),
+    Basic(String),
+    /// A bearer token, the scopes it was issued for, and the challenge that named its service.
+    Bearer {
+        header: String,
+        scopes: BTreeSet<String>,
+        challenge: Challenge,
+    },
+}
+
+impl Authorization {
+    fn header(&self) -> Option<&str> {
+        match self {
+            Authorization::Anonymous => None,
+            Authorization::Basic(h) => Some(h),
+            Authorization::Bearer { header, .. } => Some(header),
+        }
+    }
+}
+
+/// Does a token issued for `have` cover scope `want` (`repository:NAME:ACTIONS`)?
+pub fn covers(have: &BTreeSet<String>, want: &str) -> bool {
+    let Some((resource, actions)) = want.rsplit_once(':') else {
+        return have.contains(want);
+    };
+    let granted: BTreeSet<&str> = have
+        .iter()
+        .filter_map(|h| h.rsplit_once(':'))
+        .filter(|(r, _)| *r == resource)
+        .flat_map(|(_, a)| a.split(','))
+        .collect();
+    actions.split(',').all(|a| granted.contains(a))
 }
 
 pub struct Transport {
@@ -61,6 +91,9 @@ pub struct Transport {
     reporter: Arc<dyn Reporter>,
     /// Request body bytes sent to blob upload endpoints (what "uploaded nothing" counts).
     pub uploaded_bytes: AtomicU64,
+    /// Set once the registry has answered: a refused connection is then a restart (transient),
+    /// before it the registry is unreachable (fatal, fast).
+    reached: std::sync::atomic::AtomicBool,
 }
 
 /// Builds the HTTP client: system roots plus `ca_cert`.
@@ -123,6 +156,7 @@ impl Transport {
             policy: RetryPolicy::from_env(),
             reporter,
             uploaded_bytes: AtomicU64::new(0),
+            reached: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -190,21 +224,17 @@ impl Transport {
         }
     }
 
-    /// Obtains authorization after a 401, following its challenge.
+    /// Obtains authorization after a 401, following its challenge. `sent` is what the refused
+    /// request carried.
     async fn authenticate(
         &self,
         response: &Response,
         sent: &Authorization,
     ) -> Result<(), RegistryError> {
         let _guard = self.token_lock.lock().await;
-        {
-            // Another request may have refreshed it while we waited.
-            let current = self.authorization.lock().expect("auth lock").clone();
-            if let (Authorization::Header(a), Authorization::Header(b)) = (&current, sent) {
-                if a != b {
-                    return Ok(());
-                }
-            }
+        if *self.authorization.lock().expect("auth lock") != *sent {
+            // Another request refreshed it while we waited: retry with that.
+            return Ok(());
         }
         let header = response
             .headers()
@@ -215,30 +245,16 @@ impl Transport {
             scheme: "basic".into(),
             params: Default::default(),
         });
-        let who = self
-            .credential
-            .as_ref()
-            .map(Credential::describe)
-            .unwrap_or_else(|| "anonymous access".into());
-        let refused = |message: String| {
-            RegistryError::Auth {
-            registry: self.registry.clone(),
-            message,
-            hint: format!(
-                "log in to {} (credentials are read from $DOCKER_CONFIG/config.json or ~/.docker/config.json: auths, credsStore, credHelpers) with an account that may push here",
-                self.registry
-            ),
-        }
-        };
+        let who = self.who();
         let value = match challenge.scheme.as_str() {
             "basic" => {
-                if matches!(sent, Authorization::Header(_)) {
-                    return Err(refused(format!("the registry refused {who} (401)")));
+                if matches!(sent, Authorization::Basic(_)) {
+                    return Err(self.refused(format!("the registry refused {who} (401)")));
                 }
                 match self.credential.as_ref().and_then(Credential::basic_header) {
-                    Some(h) => h,
+                    Some(h) => Authorization::Basic(h),
                     None => {
-                        return Err(refused(format!(
+                        return Err(self.refused(format!(
                             "the registry wants a username and password and there are none for `{}` in the docker config",
                             self.registry
                         )))
@@ -246,44 +262,96 @@ impl Transport {
                 }
             }
             "bearer" => {
-                if matches!(sent, Authorization::Header(h) if h.starts_with("Bearer "))
-                    && !challenge
-                        .params
-                        .get("error")
-                        .is_some_and(|e| e == "invalid_token")
-                {
-                    // A fresh token was refused: retrying would loop.
-                    return Err(refused(format!(
-                        "the registry refused the token issued for {who} (401): it lacks the scopes {}",
-                        self.scope_list().join(" ")
-                    )));
-                }
-                let mut scopes = self.scope_list();
+                let mut wanted: BTreeSet<String> = self.scope_list().into_iter().collect();
                 if let Some(s) = challenge.params.get("scope") {
-                    for s in s.split(' ') {
-                        if !scopes.iter().any(|have| have == s) {
-                            scopes.push(s.to_string());
-                        }
+                    wanted.extend(s.split(' ').filter(|s| !s.is_empty()).map(String::from));
+                }
+                if let Authorization::Bearer { scopes, .. } = sent {
+                    if wanted.iter().all(|w| covers(scopes, w)) {
+                        // A token that covers everything asked was refused: retrying would loop.
+                        return Err(self.refused(format!(
+                            "the registry refused the token issued for {who} (401): it does not grant {}",
+                            wanted.iter().cloned().collect::<Vec<_>>().join(" ")
+                        )));
                     }
                 }
-                let token = auth::fetch_token(
-                    &self.client,
-                    &self.registry,
-                    &challenge,
-                    &scopes,
-                    self.credential.as_ref(),
-                )
-                .await?;
-                format!("Bearer {token}")
+                self.token(&challenge, wanted).await?
             }
             other => {
-                return Err(refused(format!(
+                return Err(self.refused(format!(
                     "the registry asks for `{other}` authentication, which etcdimg does not speak"
                 )))
             }
         };
-        *self.authorization.lock().expect("auth lock") = Authorization::Header(value);
+        *self.authorization.lock().expect("auth lock") = value;
         Ok(())
+    }
+
+    async fn token(
+        &self,
+        challenge: &Challenge,
+        scopes: BTreeSet<String>,
+    ) -> Result<Authorization, RegistryError> {
+        let list: Vec<String> = scopes.iter().cloned().collect();
+        let token = auth::fetch_token(
+            &self.client,
+            &self.registry,
+            challenge,
+            &list,
+            self.credential.as_ref(),
+            self.insecure,
+            &self.policy,
+            &*self.reporter,
+        )
+        .await?;
+        Ok(Authorization::Bearer {
+            header: format!("Bearer {token}"),
+            scopes,
+            challenge: challenge.clone(),
+        })
+    }
+
+    /// Before a request: a bearer token that does not cover the scopes wanted now (a new
+    /// repository, a mount source) is replaced, instead of waiting for the registry's 401.
+    async fn ensure_scopes(&self) -> Result<(), RegistryError> {
+        let current = self.authorization.lock().expect("auth lock").clone();
+        let Authorization::Bearer {
+            scopes, challenge, ..
+        } = &current
+        else {
+            return Ok(());
+        };
+        let wanted: BTreeSet<String> = self.scope_list().into_iter().collect();
+        if wanted.iter().all(|w| covers(scopes, w)) {
+            return Ok(());
+        }
+        let _guard = self.token_lock.lock().await;
+        if *self.authorization.lock().expect("auth lock") != current {
+            return Ok(());
+        }
+        let mut all = scopes.clone();
+        all.extend(wanted);
+        let fresh = self.token(challenge, all).await?;
+        *self.authorization.lock().expect("auth lock") = fresh;
+        Ok(())
+    }
+
+    fn who(&self) -> String {
+        self.credential
+            .as_ref()
+            .map(Credential::describe)
+            .unwrap_or_else(|| "anonymous access".into())
+    }
+
+    fn refused(&self, message: String) -> RegistryError {
+        RegistryError::Auth {
+            registry: self.registry.clone(),
+            message,
+            hint: format!(
+                "log in to {} (credentials are read from $DOCKER_CONFIG/config.json or ~/.docker/config.json: auths, credsStore, credHelpers) with an account that may push here",
+                self.registry
+            ),
+        }
     }
 
     fn scope_list(&self) -> Vec<String> {
@@ -297,20 +365,39 @@ impl Transport {
 
     /// One attempt (plus re-authentication on 401): the response, whatever its status,
     /// except 429/5xx, which come back as transient failures.
+    ///
+    /// `Authorization` goes only to the registry itself (same scheme, host and port): an upload
+    /// `Location` on another host (a CDN) never sees the credentials.
     pub async fn attempt(
         &self,
         what: &str,
         make: &(dyn Fn(&reqwest::Client) -> reqwest::RequestBuilder + Sync),
     ) -> Result<Response, Failure> {
-        for _ in 0..3 {
+        self.ensure_scopes().await?;
+        for _ in 0..4 {
             let sent = self.authorization.lock().expect("auth lock").clone();
-            let mut request = make(&self.client);
-            if let Authorization::Header(h) = &sent {
-                request = request.header(AUTHORIZATION, h);
+            let mut request = make(&self.client).build().map_err(|e| {
+                Failure::Fatal(RegistryError::Request {
+                    op: what.into(),
+                    reference: self.registry.clone(),
+                    message: error_chain(&e),
+                    hint: None,
+                })
+            })?;
+            if let Some(h) = sent.header() {
+                if same_origin(request.url(), &self.base) {
+                    let value = reqwest::header::HeaderValue::from_str(h).map_err(|_| {
+                        Failure::Fatal(
+                            self.refused("the credential is not a valid header value".into()),
+                        )
+                    })?;
+                    request.headers_mut().insert(AUTHORIZATION, value);
+                }
             }
-            let response = match request.send().await {
+            let response = match self.client.execute(request).await {
                 Ok(r) => r,
-                Err(e) if e.is_connect() || e.is_builder() => {
+                Err(e) if e.is_builder() => return Err(Failure::Fatal(self.unreachable(what, &e))),
+                Err(e) if e.is_connect() && !self.reached.load(Ordering::Relaxed) => {
                     return Err(Failure::Fatal(self.unreachable(what, &e)))
                 }
                 Err(e) => {
@@ -320,6 +407,7 @@ impl Transport {
                     })
                 }
             };
+            self.reached.store(true, Ordering::Relaxed);
             let status = response.status();
             if status == StatusCode::UNAUTHORIZED {
                 self.authenticate(&response, &sent).await?;
@@ -402,6 +490,12 @@ impl Transport {
     }
 }
 
+fn same_origin(a: &reqwest::Url, b: &reqwest::Url) -> bool {
+    a.scheme() == b.scheme()
+        && a.host_str() == b.host_str()
+        && a.port_or_known_default() == b.port_or_known_default()
+}
+
 /// `: CODE message` from a distribution error body, or a short text snippet.
 pub async fn error_detail(response: Response) -> String {
     let bytes = response.bytes().await.unwrap_or_default();
@@ -430,5 +524,32 @@ pub async fn error_detail(response: Response) -> String {
         String::new()
     } else {
         format!(": {}", text.chars().take(200).collect::<String>())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scope_coverage_is_by_resource_and_action() {
+        let have: BTreeSet<String> = ["repository:k8s/etcd:pull,push".to_string()].into();
+        assert!(covers(&have, "repository:k8s/etcd:pull"));
+        assert!(covers(&have, "repository:k8s/etcd:push,pull"));
+        assert!(!covers(&have, "repository:library/busybox:pull"));
+        assert!(!covers(&have, "repository:k8s/etcd:delete"));
+        let origin = |s: &str| reqwest::Url::parse(s).unwrap();
+        assert!(same_origin(
+            &origin("https://r.io/v2/x"),
+            &origin("https://r.io:443/")
+        ));
+        assert!(!same_origin(
+            &origin("http://r.io/v2/x"),
+            &origin("https://r.io/")
+        ));
+        assert!(!same_origin(
+            &origin("https://cdn.r.io/x"),
+            &origin("https://r.io/")
+        ));
     }
 }

@@ -1,0 +1,786 @@
+//! Cross-compiles etcd from source for arches with `source = "build"`, without Docker unless
+//! asked: a local Go toolchain (`--builder go`) or a `golang:<version>` container
+//! (`--builder docker`), detected with `which` when not chosen.
+//!
+//! 1. recipe: what each etcd version needs: import path, GOPATH or module mode, the packages
+//!    for etcd/etcdctl/etcdutl, where GitSHA is stamped. Upstream moved its build script
+//!    (./build, ./build.sh, scripts/build.sh) and its module layout; the recipe follows the
+//!    version instead of calling whichever script is there.
+//! 2. source: `source::prepare`: git clone, tarball or local dir
+//! 3. patches: `patch::apply` on private copies, handed to `go build -overlay`
+//! 4. key: (version, arch, GOARM, Go version or image, mode, flags, patches, source); a hit in
+//!    the cache compiles nothing
+//! 5. compile: one `go build` per binary, in sequence (each already uses every core)
+//! 6. verify: ELF machine/class/endianness, and under qemu-user `--version` must report the
+//!    version and `linux/<goarch>`; only then do the binaries enter the cache
+
+pub mod patch;
+pub mod source;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use semver::Version;
+use serde::{Deserialize, Serialize};
+
+use crate::binary;
+use crate::fetch::cache::{sha256_hex, Cache};
+use crate::fetch::extract::Binary;
+use crate::platform::Arch;
+use crate::process::{Cmd, ProcessError};
+use crate::report::Reporter;
+pub use source::SourceSpec;
+
+/// Bumped when the way binaries are built changes, so that old cache entries are not reused.
+const FORMAT: &str = "etcdimg-gobuild-v1";
+pub const DEFAULT_GOLANG_VERSION: &str = "1.20.13";
+pub const DEFAULT_SOURCE_REPO: &str = "https://github.com/etcd-io/etcd";
+
+#[derive(Debug, thiserror::Error)]
+pub enum GoBuildError {
+    #[error("no Go builder: neither `go` nor `docker` is on PATH")]
+    NoBuilder,
+    #[error("`{0}` is not on PATH (--builder {0})")]
+    Missing(&'static str),
+    #[error("etcd {version} cannot be built from this source: {message}")]
+    Unsupported { version: Version, message: String },
+    #[error("the source directory `{0}` does not exist")]
+    NoSourceDir(PathBuf),
+    #[error("{what}: {message}")]
+    Fetch { what: String, message: String },
+    #[error("the source tarball {url} has sha256 {actual}, expected {expected}")]
+    SourceDigest {
+        url: String,
+        expected: String,
+        actual: String,
+    },
+    #[error(transparent)]
+    Patch(#[from] patch::PatchError),
+    #[error("compiling {binary} {version} for {arch} failed: {source}")]
+    Compile {
+        binary: String,
+        version: Version,
+        arch: Arch,
+        source: ProcessError,
+    },
+    #[error("the {builder} builder produced no `{binary}` for etcd {version}")]
+    NoOutput {
+        builder: String,
+        binary: String,
+        version: Version,
+    },
+    #[error("the {binary} built for etcd {version}/{arch} failed its check: {source}")]
+    Check {
+        binary: String,
+        version: Version,
+        arch: Arch,
+        source: binary::BinaryError,
+    },
+    #[error("reading `{path}`: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Cache(#[from] crate::fetch::cache::CacheError),
+}
+
+impl GoBuildError {
+    pub fn hint(&self) -> Option<String> {
+        Some(match self {
+            GoBuildError::NoBuilder => "install Go (Debian: apt-get install golang-go; or https://go.dev/dl) for --builder go, or Docker for --builder docker; or set the arch's source to \"release\" in images.toml".into(),
+            GoBuildError::Missing("go") => "install Go (Debian: apt-get install golang-go), or use --builder docker".into(),
+            GoBuildError::Missing(_) => "install Docker, or use --builder go with a local Go toolchain".into(),
+            GoBuildError::Unsupported { .. } => "see the [build.source.\"<V>\"] keys in the README's images.toml reference".into(),
+            GoBuildError::NoSourceDir(_) => "fix [build.source.\"<V>\"] dir/gopath in images.toml".into(),
+            GoBuildError::Fetch { .. } => "without network access, point [build.source.\"<V>\"] at a local `dir` (offline build)".into(),
+            GoBuildError::SourceDigest { .. } => "the tarball changed or the pin is wrong; check [build.source.\"<V>\"] sha256".into(),
+            GoBuildError::Patch(_) => "fix or remove the patch under patches/<V>/ (files apply in name order with `patch -p1`)".into(),
+            GoBuildError::Compile { .. } => "the Go compiler's output is above; a newer Go may be needed for this etcd version (golang_version / a newer local Go)".into(),
+            GoBuildError::Check { .. } => "the compiled binary is not what it should be; check the patches and the Go toolchain".into(),
+            _ => return None,
+        })
+    }
+}
+
+/// Which builder to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum BuilderChoice {
+    #[default]
+    Auto,
+    Go,
+    Docker,
+}
+
+impl std::str::FromStr for BuilderChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(BuilderChoice::Auto),
+            "go" => Ok(BuilderChoice::Go),
+            "docker" => Ok(BuilderChoice::Docker),
+            other => Err(format!(
+                "unknown builder `{other}`, expected `auto`, `go` or `docker`"
+            )),
+        }
+    }
+}
+
+/// The cross-build settings, resolved from images.toml, env and flags.
+#[derive(Debug, Clone)]
+pub struct GoBuildSettings {
+    pub builder: BuilderChoice,
+    pub golang_version: String,
+    pub source_repo: String,
+    pub patches_dir: PathBuf,
+    pub sources: BTreeMap<Version, SourceSpec>,
+}
+
+impl GoBuildSettings {
+    pub fn source_for(&self, version: &Version) -> SourceSpec {
+        self.sources
+            .get(version)
+            .cloned()
+            .unwrap_or_else(|| SourceSpec::Git {
+                repo: self.source_repo.clone(),
+            })
+    }
+}
+
+/// A resolved builder.
+#[derive(Debug, Clone)]
+pub enum Builder {
+    Go { go: PathBuf, version: String },
+    Docker { docker: PathBuf, image: String },
+}
+
+impl Builder {
+    pub fn detect(choice: BuilderChoice, golang_version: &str) -> Result<Builder, GoBuildError> {
+        let go = || -> Result<Builder, GoBuildError> {
+            let go = which::which("go").map_err(|_| GoBuildError::Missing("go"))?;
+            let version = Cmd::new(&go)
+                .args(["env", "GOVERSION"])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+                .map_err(|e| GoBuildError::Compile {
+                    binary: "go env GOVERSION".into(),
+                    version: Version::new(0, 0, 0),
+                    arch: Arch::Amd64,
+                    source: e,
+                })?;
+            Ok(Builder::Go { go, version })
+        };
+        let docker = || -> Result<Builder, GoBuildError> {
+            let docker = which::which("docker").map_err(|_| GoBuildError::Missing("docker"))?;
+            Ok(Builder::Docker {
+                docker,
+                image: format!("golang:{golang_version}"),
+            })
+        };
+        match choice {
+            BuilderChoice::Go => go(),
+            BuilderChoice::Docker => docker(),
+            BuilderChoice::Auto => go()
+                .or_else(|_| docker())
+                .map_err(|_| GoBuildError::NoBuilder),
+        }
+    }
+
+    /// What goes into the cache key: the toolchain's identity.
+    pub fn identity(&self) -> String {
+        match self {
+            Builder::Go { version, .. } => format!("go {version}"),
+            Builder::Docker { image, .. } => format!("docker {image}"),
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Builder::Go { .. } => "go",
+            Builder::Docker { .. } => "docker",
+        }
+    }
+}
+
+/// How one binary is built.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub name: &'static str,
+    /// Module mode: the directory (relative to the source root) to run `go build .` in.
+    pub module_dir: &'static str,
+    /// GOPATH mode: the import path to build.
+    pub package: String,
+}
+
+/// What a version needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recipe {
+    pub import_path: &'static str,
+    /// The package whose `GitSHA` is stamped with `-X`.
+    pub version_pkg: &'static str,
+    pub gopath_mode: bool,
+    pub module_mode: bool,
+    pub targets: Vec<Target>,
+}
+
+pub fn recipe(version: &Version) -> Result<Recipe, GoBuildError> {
+    let (major, minor) = (version.major, version.minor);
+    if major != 3 {
+        return Err(GoBuildError::Unsupported {
+            version: version.clone(),
+            message: "only etcd 3.x is built from source".into(),
+        });
+    }
+    Ok(match minor {
+        // github.com/coreos/etcd with vendored dependencies; GOPATH only.
+        0..=3 => {
+            let ip = "github.com/coreos/etcd";
+            Recipe {
+                import_path: ip,
+                version_pkg: "github.com/coreos/etcd/version",
+                gopath_mode: true,
+                module_mode: false,
+                targets: vec![
+                    Target {
+                        name: "etcd",
+                        module_dir: ".",
+                        package: ip.into(),
+                    },
+                    Target {
+                        name: "etcdctl",
+                        module_dir: "etcdctl",
+                        package: format!("{ip}/etcdctl"),
+                    },
+                ],
+            }
+        }
+        // go.etcd.io/etcd, one module (go.mod at the root); GOPATH mode works too (Debian).
+        4 => {
+            let ip = "go.etcd.io/etcd";
+            Recipe {
+                import_path: ip,
+                version_pkg: "go.etcd.io/etcd/version",
+                gopath_mode: true,
+                module_mode: true,
+                targets: vec![
+                    Target {
+                        name: "etcd",
+                        module_dir: ".",
+                        package: ip.into(),
+                    },
+                    Target {
+                        name: "etcdctl",
+                        module_dir: "etcdctl",
+                        package: format!("{ip}/etcdctl"),
+                    },
+                ],
+            }
+        }
+        // 3.5+: one module per binary (server/, etcdctl/, etcdutl/); module mode only.
+        _ => Recipe {
+            import_path: "go.etcd.io/etcd",
+            version_pkg: "go.etcd.io/etcd/api/v3/version",
+            gopath_mode: false,
+            module_mode: true,
+            targets: vec![
+                Target {
+                    name: "etcd",
+                    module_dir: "server",
+                    package: "go.etcd.io/etcd/server/v3".into(),
+                },
+                Target {
+                    name: "etcdctl",
+                    module_dir: "etcdctl",
+                    package: "go.etcd.io/etcd/etcdctl/v3".into(),
+                },
+                Target {
+                    name: "etcdutl",
+                    module_dir: "etcdutl",
+                    package: "go.etcd.io/etcd/etcdutl/v3".into(),
+                },
+            ],
+        },
+    })
+}
+
+/// The `go build` flags, identical for both builders.
+pub fn go_flags(recipe: &Recipe, git_sha: &str) -> Vec<String> {
+    vec![
+        "-trimpath".into(),
+        "-ldflags".into(),
+        format!("-X {}.GitSHA={git_sha}", recipe.version_pkg),
+    ]
+}
+
+/// The environment every compile gets.
+pub fn go_env(arch: Arch, gopath: Option<&str>) -> Vec<(String, String)> {
+    let mut env = vec![
+        ("GOOS".to_string(), "linux".to_string()),
+        ("GOARCH".to_string(), arch.name().to_string()),
+        ("CGO_ENABLED".to_string(), "0".to_string()),
+        (
+            "GO111MODULE".to_string(),
+            if gopath.is_some() { "off" } else { "on" }.to_string(),
+        ),
+        ("GOFLAGS".to_string(), String::new()),
+    ];
+    if arch == Arch::Arm {
+        env.push(("GOARM".to_string(), "7".to_string()));
+    }
+    if let Some(g) = gopath {
+        env.push(("GOPATH".to_string(), g.to_string()));
+    }
+    env
+}
+
+/// Everything one compile needs, independent of the builder.
+pub struct Job<'a> {
+    pub recipe: &'a Recipe,
+    pub target: &'a Target,
+    pub arch: Arch,
+    pub root: &'a Path,
+    pub gopath: Option<&'a Path>,
+    pub overlay: Option<&'a Path>,
+    pub out_dir: &'a Path,
+    pub git_sha: &'a str,
+}
+
+/// The command for one compile. Pure: the docker test checks exactly this.
+pub fn command(builder: &Builder, job: &Job<'_>) -> Cmd {
+    let flags = go_flags(job.recipe, job.git_sha);
+    let package = |gopath_mode: bool| {
+        if gopath_mode {
+            job.target.package.clone()
+        } else {
+            ".".to_string()
+        }
+    };
+    match builder {
+        Builder::Go { go, .. } => {
+            let gopath_mode = job.gopath.is_some();
+            let mut cmd = Cmd::new(go).arg("build").args(&flags);
+            if let Some(o) = job.overlay {
+                cmd = cmd.arg("-overlay").arg(o);
+            }
+            cmd = cmd
+                .arg("-o")
+                .arg(job.out_dir.join(job.target.name))
+                .arg(package(gopath_mode));
+            for (k, v) in go_env(job.arch, job.gopath.map(|g| g.to_str().unwrap_or_default())) {
+                cmd = cmd.env(k, v);
+            }
+            cmd.current_dir(&if gopath_mode {
+                job.root.to_path_buf()
+            } else {
+                job.root.join(job.target.module_dir)
+            })
+        }
+        Builder::Docker { docker, image } => {
+            // The source is mounted read-only where the import path says (GOPATH mode: the whole
+            // GOPATH), the output dir and the overlay files read-write / read-only.
+            let gopath_mode = job.gopath.is_some();
+            let mut cmd = Cmd::new(docker).args(["run", "--rm"]);
+            let (workdir, container_gopath) = match job.gopath {
+                Some(g) => {
+                    cmd = cmd.arg("-v").arg(format!("{}:/gopath:ro", g.display()));
+                    let rel = job.root.strip_prefix(g).unwrap_or(job.root);
+                    (Path::new("/gopath").join(rel), Some("/gopath"))
+                }
+                None => {
+                    cmd = cmd.arg("-v").arg(format!("{}:/src:ro", job.root.display()));
+                    (Path::new("/src").join(job.target.module_dir), None)
+                }
+            };
+            cmd = cmd.arg("-v").arg(format!("{}:/out", job.out_dir.display()));
+            if let Some(o) = job.overlay {
+                let dir = o.parent().unwrap_or(o);
+                cmd = cmd.arg("-v").arg(format!("{}:/overlay:ro", dir.display()));
+            }
+            for (k, v) in go_env(job.arch, container_gopath) {
+                cmd = cmd.arg("-e").arg(format!("{k}={v}"));
+            }
+            cmd = cmd
+                .arg("-w")
+                .arg(&workdir)
+                .arg(image)
+                .args(["go", "build"])
+                .args(&flags);
+            if job.overlay.is_some() {
+                cmd = cmd.args(["-overlay", "/overlay/overlay-docker.json"]);
+            }
+            cmd.arg("-o")
+                .arg(format!("/out/{}", job.target.name))
+                .arg(package(gopath_mode))
+        }
+    }
+}
+
+/// Writes the overlay files for the patched sources: `overlay.json` with host paths and
+/// `overlay-docker.json` with the paths the docker builder mounts.
+fn write_overlay(
+    patched: &patch::Patched,
+    root: &Path,
+    gopath: Option<&Path>,
+    work: &Path,
+) -> Result<PathBuf, GoBuildError> {
+    let mut host = serde_json::Map::new();
+    let mut docker = serde_json::Map::new();
+    for (rel, file) in &patched.files {
+        let original = root.join(rel);
+        let container_original = match gopath {
+            Some(g) => Path::new("/gopath").join(original.strip_prefix(g).unwrap_or(&original)),
+            None => Path::new("/src").join(rel),
+        };
+        let (h, d) = match file {
+            Some(f) => (
+                serde_json::Value::String(f.display().to_string()),
+                serde_json::Value::String(
+                    Path::new("/overlay")
+                        .join(f.strip_prefix(work).unwrap_or(f))
+                        .display()
+                        .to_string(),
+                ),
+            ),
+            None => (
+                serde_json::Value::String(String::new()),
+                serde_json::Value::String(String::new()),
+            ),
+        };
+        host.insert(original.display().to_string(), h);
+        docker.insert(container_original.display().to_string(), d);
+    }
+    let path = work.join("overlay.json");
+    let write = |p: &Path, m: serde_json::Map<String, serde_json::Value>| {
+        std::fs::write(p, serde_json::json!({ "Replace": m }).to_string()).map_err(|source| {
+            GoBuildError::Io {
+                path: p.to_path_buf(),
+                source,
+            }
+        })
+    };
+    write(&path, host)?;
+    write(&work.join("overlay-docker.json"), docker)?;
+    Ok(path)
+}
+
+/// What a compile (or cache hit) reports.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CompileReport {
+    pub version: String,
+    pub arch: String,
+    pub builder: String,
+    pub toolchain: String,
+    pub goarm: Option<String>,
+    pub mode: String,
+    pub flags: Vec<String>,
+    pub source: String,
+    pub patches: Vec<String>,
+    pub key: String,
+    /// False when the cache had the binaries (nothing compiled).
+    pub compiled: bool,
+    pub seconds: f64,
+}
+
+/// Built (or cached) binaries for one version and arch.
+pub struct BuiltEtcd {
+    pub version: Version,
+    pub binaries: Vec<Binary>,
+    pub report: CompileReport,
+}
+
+#[derive(Serialize, Deserialize)]
+struct CacheRecord {
+    /// binary name -> hex digest of its blob.
+    binaries: BTreeMap<String, String>,
+    report: CompileReport,
+}
+
+fn load_cached(cache: &Cache, key: &str) -> Option<(Vec<Binary>, CompileReport)> {
+    let record: CacheRecord = serde_json::from_str(&cache.get_ref("gobuild", key)?).ok()?;
+    let mut binaries = Vec::new();
+    for (name, hex) in &record.binaries {
+        let bytes = std::fs::read(cache.get(hex)?).ok()?;
+        if sha256_hex(&bytes) != *hex {
+            return None;
+        }
+        binaries.push(Binary {
+            name: name.clone(),
+            bytes,
+        });
+    }
+    Some((binaries, record.report))
+}
+
+/// Builds (or takes from the cache) etcd `version` for `arch`.
+pub async fn build_etcd(
+    settings: &GoBuildSettings,
+    builder: &Builder,
+    version: &Version,
+    arch: Arch,
+    cache: &Cache,
+    reporter: Arc<dyn Reporter>,
+) -> Result<BuiltEtcd, GoBuildError> {
+    let started = Instant::now();
+    let recipe = recipe(version)?;
+    let spec = settings.source_for(version);
+    let gopath_mode = matches!(
+        &spec,
+        SourceSpec::Dir {
+            gopath: Some(_),
+            ..
+        }
+    );
+    if gopath_mode && !recipe.gopath_mode {
+        return Err(GoBuildError::Unsupported {
+            version: version.clone(),
+            message: "etcd 3.5 and later are several Go modules and cannot build in GOPATH mode; drop `gopath`".into(),
+        });
+    }
+    if !gopath_mode && !recipe.module_mode {
+        return Err(GoBuildError::Unsupported {
+            version: version.clone(),
+            message: format!("etcd before 3.4 builds in GOPATH mode only: set [build.source.\"{version}\"] dir = \"<GOPATH>/src/{}\" and gopath = \"<GOPATH>\"", recipe.import_path),
+        });
+    }
+    let prepared = source::prepare(&spec, version, cache, &*reporter).await?;
+    if let Some(g) = &prepared.gopath {
+        let expected = g.join("src").join(recipe.import_path);
+        if prepared.root != expected {
+            return Err(GoBuildError::Unsupported {
+                version: version.clone(),
+                message: format!(
+                    "in GOPATH mode the source must be at {} (its import path), not {}",
+                    expected.display(),
+                    prepared.root.display()
+                ),
+            });
+        }
+    }
+    let patches = patch::list(&settings.patches_dir, &version.to_string())?;
+    let git_sha = prepared
+        .commit
+        .as_deref()
+        .map(|c| c[..c.len().min(8)].to_string())
+        .unwrap_or_else(|| "GitNotFound".into());
+    let flags = go_flags(&recipe, &git_sha);
+    let goarm = (arch == Arch::Arm).then(|| "7".to_string());
+    let mode = if gopath_mode { "gopath" } else { "module" };
+    let key = sha256_hex(
+        [
+            FORMAT,
+            &version.to_string(),
+            arch.name(),
+            goarm.as_deref().unwrap_or(""),
+            &builder.identity(),
+            mode,
+            &flags.join(" "),
+            &patches.digest,
+            &prepared.identity,
+        ]
+        .join("\n")
+        .as_bytes(),
+    );
+    if let Some((binaries, mut report)) = load_cached(cache, &key) {
+        report.compiled = false;
+        report.seconds = started.elapsed().as_secs_f64();
+        return Ok(BuiltEtcd {
+            version: version.clone(),
+            binaries,
+            report,
+        });
+    }
+
+    let work = tempfile::Builder::new()
+        .prefix("gobuild-")
+        .tempdir_in({
+            let t = cache.root().join("tmp");
+            std::fs::create_dir_all(&t).map_err(|source| GoBuildError::Io {
+                path: t.clone(),
+                source,
+            })?;
+            t
+        })
+        .map_err(|source| GoBuildError::Io {
+            path: cache.root().join("tmp"),
+            source,
+        })?;
+    let overlay = if patches.files.is_empty() {
+        None
+    } else {
+        reporter.status(
+            "Patching",
+            &format!(
+                "etcd {version}: {} patch(es) from {}",
+                patches.files.len(),
+                settings.patches_dir.join(version.to_string()).display()
+            ),
+        );
+        let patched = patch::apply(&patches, &prepared.root, &version.to_string(), work.path())?;
+        Some(write_overlay(
+            &patched,
+            &prepared.root,
+            prepared.gopath.as_deref(),
+            work.path(),
+        )?)
+    };
+    let out_dir = work.path().join("out");
+    std::fs::create_dir_all(&out_dir).map_err(|source| GoBuildError::Io {
+        path: out_dir.clone(),
+        source,
+    })?;
+    let mut binaries = Vec::new();
+    for target in &recipe.targets {
+        if !gopath_mode && !prepared.root.join(target.module_dir).is_dir() {
+            if target.name == "etcdutl" {
+                continue;
+            }
+            return Err(GoBuildError::Unsupported {
+                version: version.clone(),
+                message: format!("the source has no `{}` directory", target.module_dir),
+            });
+        }
+        let job = Job {
+            recipe: &recipe,
+            target,
+            arch,
+            root: &prepared.root,
+            gopath: prepared.gopath.as_deref(),
+            overlay: overlay.as_deref(),
+            out_dir: &out_dir,
+            git_sha: &git_sha,
+        };
+        let cmd = command(builder, &job);
+        reporter.status(
+            "Compiling",
+            &format!(
+                "{} {version} for {arch} ({}, {})",
+                target.name,
+                builder.identity(),
+                mode
+            ),
+        );
+        let r = reporter.clone();
+        let compile = tokio::task::spawn_blocking(move || cmd.output());
+        compile
+            .await
+            .map_err(|e| GoBuildError::Io {
+                path: out_dir.clone(),
+                source: std::io::Error::other(e.to_string()),
+            })?
+            .map_err(|source| GoBuildError::Compile {
+                binary: target.name.into(),
+                version: version.clone(),
+                arch,
+                source,
+            })?;
+        drop(r);
+        let path = out_dir.join(target.name);
+        let bytes = std::fs::read(&path).map_err(|_| GoBuildError::NoOutput {
+            builder: builder.name().into(),
+            binary: target.name.into(),
+            version: version.clone(),
+        })?;
+        binaries.push(Binary {
+            name: target.name.into(),
+            bytes,
+        });
+    }
+
+    // Verify before anything enters the cache.
+    for b in &binaries {
+        let check = |source| GoBuildError::Check {
+            binary: b.name.clone(),
+            version: version.clone(),
+            arch,
+            source,
+        };
+        binary::check_elf(&b.name, &b.bytes, arch).map_err(check)?;
+        if binary::check_version(&b.name, &b.bytes, arch, version).map_err(check)?
+            == binary::VersionCheck::Skipped
+        {
+            reporter.warn(&format!(
+                "cannot run {arch} binaries here (install qemu-user-static); checked the built `{}` {version} by ELF header only",
+                b.name
+            ));
+        }
+    }
+    let report = CompileReport {
+        version: version.to_string(),
+        arch: arch.to_string(),
+        builder: builder.name().into(),
+        toolchain: builder.identity(),
+        goarm,
+        mode: mode.into(),
+        flags,
+        source: spec.to_string(),
+        patches: patches
+            .files
+            .iter()
+            .map(|p| {
+                p.file_name()
+                    .unwrap_or_default()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect(),
+        key: key.clone(),
+        compiled: true,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    let mut record = CacheRecord {
+        binaries: BTreeMap::new(),
+        report: report.clone(),
+    };
+    for b in &binaries {
+        record
+            .binaries
+            .insert(b.name.clone(), cache.put_bytes(&b.bytes)?);
+    }
+    cache.put_ref(
+        "gobuild",
+        &key,
+        &serde_json::to_string(&record).expect("serialisable"),
+    )?;
+    Ok(BuiltEtcd {
+        version: version.clone(),
+        binaries,
+        report,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(s: &str) -> Version {
+        Version::parse(s).unwrap()
+    }
+
+    #[test]
+    fn recipes_follow_the_version() {
+        let r = recipe(&v("3.3.25")).unwrap();
+        assert_eq!(r.import_path, "github.com/coreos/etcd");
+        assert!(r.gopath_mode && !r.module_mode);
+        let r = recipe(&v("3.4.23")).unwrap();
+        assert_eq!(r.targets[1].package, "go.etcd.io/etcd/etcdctl");
+        assert_eq!(r.version_pkg, "go.etcd.io/etcd/version");
+        let r = recipe(&v("3.6.0")).unwrap();
+        assert_eq!(r.targets[0].module_dir, "server");
+        assert_eq!(r.version_pkg, "go.etcd.io/etcd/api/v3/version");
+        assert_eq!(r.targets.len(), 3);
+        assert!(recipe(&v("2.3.7")).is_err());
+    }
+
+    #[test]
+    fn arm_gets_goarm_7_and_gopath_mode_turns_modules_off() {
+        let env = go_env(Arch::Arm, None);
+        assert!(env.contains(&("GOARM".into(), "7".into())));
+        assert!(env.contains(&("GO111MODULE".into(), "on".into())));
+        let env = go_env(Arch::Ppc64le, Some("/usr/share/gocode"));
+        assert!(!env.iter().any(|(k, _)| k == "GOARM"));
+        assert!(env.contains(&("GO111MODULE".into(), "off".into())));
+        assert!(env.contains(&("CGO_ENABLED".into(), "0".into())));
+    }
+}
