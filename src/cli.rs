@@ -50,6 +50,9 @@ pub struct GlobalArgs {
 pub enum Command {
     /// Build the image for one arch into an OCI layout (the Makefile's `make build`).
     Build(BuildArgs),
+    /// Build every arch in images.toml into one OCI layout, with an image index under the plain
+    /// tag (the Makefile's `make all-build`).
+    AllBuild(AllBuildArgs),
     /// Build if needed, then push one arch's image to `{push_registry}/{image}:{tag}-linux-{arch}`
     /// (or `{image}-{arch}:{tag}` with naming = "legacy") (the Makefile's `make push`).
     Push(PushArgs),
@@ -161,6 +164,14 @@ pub struct PushManifestArgs {
     pub output: PathBuf,
     #[command(flatten)]
     pub push: PushFlags,
+}
+
+#[derive(Debug, Args)]
+pub struct AllBuildArgs {
+    #[command(flatten)]
+    pub overrides: OverrideArgs,
+    #[command(flatten)]
+    pub image: ImageArgs,
 }
 
 #[derive(Debug, Args)]

@@ -130,6 +130,32 @@ fn print_push(
 async fn run(cli: Cli) -> Result<()> {
     let g = &cli.global;
     match &cli.command {
+        Command::AllBuild(args) => {
+            let settings = resolve(g, &args.overrides)?;
+            let cache = Cache::open(g.cache_dir.as_deref())?;
+            let options = build_options(&settings, &args.image, None);
+            let reporter: Arc<dyn etcdimg::report::Reporter> = Arc::new(ui::Ui::new());
+            let report = build::all_build(&settings, &options, &cache, reporter.clone()).await?;
+            if g.json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                reporter.status(
+                    "Finished",
+                    &format!(
+                        "{} arches in {:.2}s ({} compiled): {}",
+                        report.images.len(),
+                        report.seconds,
+                        report.compiled,
+                        report.platforms.join(", ")
+                    ),
+                );
+                println!(
+                    "{}:{}@{}",
+                    report.layout, report.reference, report.index_digest
+                );
+            }
+            Ok(())
+        }
         Command::Push(args) => {
             let settings = resolve(g, &args.overrides)?;
             let arch = settings::selected_arch(&settings, &args.arch)?;

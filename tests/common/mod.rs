@@ -216,6 +216,13 @@ impl Sandbox {
             ),
             ("ETCDIMG_NO_PROGRESS".to_string(), "1".to_string()),
             ("ETCDIMG_HTTP_RETRY_DELAY_MS".to_string(), "20".to_string()),
+            // HOME moves into the sandbox; Go's compile cache stays shared between tests (it
+            // is keyed by content, and cross-compiling etcd cold takes a minute per arch).
+            (
+                "GOCACHE".to_string(),
+                std::env::var("GOCACHE")
+                    .unwrap_or_else(|_| repo_root().join("target/go-build").display().to_string()),
+            ),
         ];
         Sandbox { dir, env }
     }
