@@ -9,7 +9,6 @@
 //! 4. index: checked (every arch, config platforms), per-arch manifests confirmed in the index
 //!    repository (copied by digest under legacy naming), then the index, by tag
 
-use std::collections::BTreeMap;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -239,15 +238,7 @@ fn built_index(
             config: i.config.clone(),
         })
         .collect();
-    let mut annotations = BTreeMap::new();
-    annotations.insert(
-        "org.opencontainers.image.version".to_string(),
-        settings.tag(),
-    );
-    annotations.insert(
-        "org.opencontainers.image.created".to_string(),
-        oci::image::rfc3339(settings.source_date_epoch),
-    );
+    let annotations = index::annotations(&settings.tag(), settings.source_date_epoch);
     index::build(format, &settings.arches, &entries, &annotations)
         .context("refusing to push an index that does not match images.toml")
 }

@@ -630,7 +630,7 @@ pub async fn build_etcd(
         path: out_dir.clone(),
         source,
     })?;
-    let mut binaries = Vec::new();
+    let mut checks = Vec::new();
     for target in &recipe.targets {
         if !gopath_mode && !prepared.root.join(target.module_dir).is_dir() {
             if target.name == "etcdutl" {
@@ -661,9 +661,7 @@ pub async fn build_etcd(
                 mode
             ),
         );
-        let r = reporter.clone();
-        let compile = tokio::task::spawn_blocking(move || cmd.output());
-        compile
+        tokio::task::spawn_blocking(move || cmd.output())
             .await
             .map_err(|e| GoBuildError::Io {
                 path: out_dir.clone(),
@@ -675,36 +673,39 @@ pub async fn build_etcd(
                 arch,
                 source,
             })?;
-        drop(r);
         let path = out_dir.join(target.name);
         let bytes = std::fs::read(&path).map_err(|_| GoBuildError::NoOutput {
             builder: builder.name().into(),
             binary: target.name.into(),
             version: version.clone(),
         })?;
-        binaries.push(Binary {
-            name: target.name.into(),
-            bytes,
-        });
+        // Check this binary (ELF header, `--version` under qemu) while the next one compiles.
+        let (name, v, r) = (target.name.to_string(), version.clone(), reporter.clone());
+        checks.push(tokio::task::spawn_blocking(move || {
+            let check = |source| GoBuildError::Check {
+                binary: name.clone(),
+                version: v.clone(),
+                arch,
+                source,
+            };
+            binary::check_elf(&name, &bytes, arch).map_err(check)?;
+            if binary::check_version(&name, &bytes, arch, &v).map_err(check)?
+                == binary::VersionCheck::Skipped
+            {
+                r.warn(&format!(
+                    "cannot run {arch} binaries here (install qemu-user-static); checked the built `{name}` {v} by ELF header only"
+                ));
+            }
+            Ok::<Binary, GoBuildError>(Binary { name, bytes })
+        }));
     }
-
-    // Verify before anything enters the cache.
-    for b in &binaries {
-        let check = |source| GoBuildError::Check {
-            binary: b.name.clone(),
-            version: version.clone(),
-            arch,
-            source,
-        };
-        binary::check_elf(&b.name, &b.bytes, arch).map_err(check)?;
-        if binary::check_version(&b.name, &b.bytes, arch, version).map_err(check)?
-            == binary::VersionCheck::Skipped
-        {
-            reporter.warn(&format!(
-                "cannot run {arch} binaries here (install qemu-user-static); checked the built `{}` {version} by ELF header only",
-                b.name
-            ));
-        }
+    // Verified before anything enters the cache.
+    let mut binaries = Vec::new();
+    for c in checks {
+        binaries.push(c.await.map_err(|e| GoBuildError::Io {
+            path: out_dir.clone(),
+            source: std::io::Error::other(e.to_string()),
+        })??);
     }
     let report = CompileReport {
         version: version.to_string(),

@@ -145,6 +145,20 @@ pub fn to_docker_manifest(oci_manifest: &[u8]) -> Result<Vec<u8>, IndexError> {
     Ok(canonical_json(&m))
 }
 
+/// The annotations every index of ours carries: the tag and the build time.
+pub fn annotations(tag: &str, source_date_epoch: u64) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (
+            "org.opencontainers.image.version".to_string(),
+            tag.to_string(),
+        ),
+        (
+            "org.opencontainers.image.created".to_string(),
+            super::image::rfc3339(source_date_epoch),
+        ),
+    ])
+}
+
 /// Checks `entries` against `wanted` and builds the index, entries in `wanted`'s order.
 pub fn build(
     format: ManifestFormat,
