@@ -58,7 +58,7 @@ compiled=$(python3 -c "import json; print(json.load(open('$work/cold.json'))['co
 plain="cd $gopath/src/go.etcd.io/etcd && for p in go.etcd.io/etcd go.etcd.io/etcd/etcdctl; do GOPATH=$gopath GO111MODULE=off CGO_ENABLED=0 GOOS=linux GOARCH=ppc64le GOFLAGS= go build -trimpath -ldflags '-X go.etcd.io/etcd/version.GitSHA=GitNotFound' -o $work/plain/\$(basename \$p) \$p; done"
 mkdir -p "$work/plain"
 hyperfine --style basic --export-json "$work/warm.json" --runs "$WARM_RUNS" --warmup 1 \
-    -n "all-build (warm)" "$bin all-build" \
+    --prepare "true" -n "all-build (warm)" "$bin all-build" \
     --prepare "rm -rf $work/cache/refs/gobuild" -n "etcdimg build --arch ppc64le (warm GOCACHE)" "$bin build --arch ppc64le" \
     --prepare "true" -n "go build etcd+etcdctl ppc64le (warm GOCACHE)" "bash -c \"$plain\"" >&2
 hyperfine --style basic --export-json "$work/coldc.json" --runs "$RUNS" \

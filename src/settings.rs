@@ -514,10 +514,14 @@ fn resolve_gobuild(
         let version =
             config::parse_version(key.get_ref()).map_err(|m| loaded.error_at(key.span(), &k, m))?;
         let spec = match (&entry.git, &entry.url, &entry.dir) {
-            (Some(repo), None, None) => SourceSpec::Git { repo: repo.clone() },
+            (Some(repo), None, None) => SourceSpec::Git {
+                repo: repo.clone(),
+                gopath: entry.gopath.as_ref().map(|g| config_dir.join(g)),
+            },
             (None, Some(url), None) => SourceSpec::Url {
                 url: url.clone(),
                 sha256: entry.sha256.clone(),
+                gopath: entry.gopath.as_ref().map(|g| config_dir.join(g)),
             },
             (None, None, Some(dir)) => SourceSpec::Dir {
                 path: config_dir.join(dir),
@@ -531,9 +535,6 @@ fn resolve_gobuild(
                 ))
             }
         };
-        if entry.gopath.is_some() && entry.dir.is_none() {
-            return Err(loaded.error_at(key.span(), &k, "`gopath` goes with `dir`"));
-        }
         sources.insert(version, spec);
     }
     Ok(crate::gobuild::GoBuildSettings {

@@ -571,3 +571,118 @@ fn a_missing_rust_target_names_the_rustup_command() {
         "{err}"
     );
 }
+
+/// Rewrites the `[build.source."3.4.23"]` table of the sandbox's images.toml.
+fn set_source(sb: &Sandbox, table: &str) {
+    let path = sb.path().join("images.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let head = text
+        .split("[build.source.\"3.4.23\"]")
+        .next()
+        .unwrap()
+        .to_string();
+    std::fs::write(&path, format!("{head}[build.source.\"3.4.23\"]\n{table}\n")).unwrap();
+}
+
+#[test]
+fn git_and_tarball_sources_build_offline_against_a_dependencies_gopath() {
+    let t = "git_and_tarball_sources_build_offline_against_a_dependencies_gopath";
+    let Some(fx) = ready(
+        t,
+        &[
+            "go",
+            "git",
+            "tar",
+            "python3",
+            "umoci",
+            "qemu-aarch64-static",
+        ],
+    ) else {
+        return;
+    };
+    let mut sb = Sandbox::new();
+    project(&mut sb, &fx, None, &["arm64"], &[], "");
+
+    // A git repository holding Debian's etcd source, tagged v3.4.23, cloned over file://.
+    let repo = sb.path().join("etcd-repo");
+    run(Command::new("cp").args(["-a", SOURCE]).arg(&repo));
+    let git = |args: &[&str]| {
+        run(Command::new("git")
+            .args(["-c", "user.name=t", "-c", "user.email=t@example.invalid"])
+            .arg("-C")
+            .arg(&repo)
+            .args(args))
+    };
+    git(&["init", "-q"]);
+    git(&["add", "-A"]);
+    git(&["commit", "-q", "-m", "etcd 3.4.23 from Debian"]);
+    git(&["tag", "v3.4.23"]);
+    let commit = stdout(&git(&["rev-parse", "HEAD"])).trim().to_string();
+    set_source(
+        &sb,
+        &format!("git = \"file://{}\"\ngopath = \"{GOPATH}\"", repo.display()),
+    );
+    let out = sb.etcdimg(&["build", "--arch", "arm64", "--json"]);
+    assert_success(&out);
+    let r = json(&out);
+    assert_eq!(
+        r["compiles"][0]["source"],
+        format!("git file://{}", repo.display())
+    );
+    assert_eq!(r["compiles"][0]["mode"], "gopath");
+    let rootfs = unpack(
+        &sb.path().join("oci"),
+        "3.4.23-0-linux-arm64",
+        &sb.path().join("u-git"),
+    );
+    let v = run(Command::new(qemu("arm64"))
+        .arg(rootfs.join("usr/local/bin/etcd"))
+        .arg("--version"));
+    assert!(
+        stdout(&v).contains(&format!("Git SHA: {}", &commit[..7])),
+        "the clone's commit is stamped: {}",
+        stdout(&v)
+    );
+
+    // The same source as a tarball on a loopback server, pinned by sha256.
+    let served = sb.path().join("served");
+    std::fs::create_dir_all(&served).unwrap();
+    run(Command::new("tar")
+        .arg("-czf")
+        .arg(served.join("etcd-3.4.23.tar.gz"))
+        .arg("-C")
+        .arg(Path::new(SOURCE).parent().unwrap())
+        .arg("--transform=s,^etcd,etcd-3.4.23,")
+        .arg("etcd"));
+    let digest = {
+        use sha2::{Digest, Sha256};
+        hex::encode(Sha256::digest(
+            std::fs::read(served.join("etcd-3.4.23.tar.gz")).unwrap(),
+        ))
+    };
+    let server = http_mirror(&served);
+    let url = format!("http://127.0.0.1:{}/etcd-3.4.23.tar.gz", server.port);
+    set_source(
+        &sb,
+        &format!(
+            "url = \"{url}\"\nsha256 = \"{}\"\ngopath = \"{GOPATH}\"",
+            "0".repeat(64)
+        ),
+    );
+    let out = sb.etcdimg(&["build", "--arch", "arm64"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("has sha256 {digest}, expected {}", "0".repeat(64))),
+        "{err}"
+    );
+    set_source(
+        &sb,
+        &format!("url = \"{url}\"\nsha256 = \"{digest}\"\ngopath = \"{GOPATH}\""),
+    );
+    let out = sb.etcdimg(&["build", "--arch", "arm64", "--json"]);
+    assert_success(&out);
+    let r = json(&out);
+    assert_eq!(r["compiles"][0]["source"], url);
+    assert_eq!(r["compiles"][0]["compiled"], true);
+}

@@ -89,7 +89,8 @@ pub struct SourceEntry {
     pub sha256: Option<String>,
     /// A local source tree (offline builds), relative to this file; used read-only.
     pub dir: Option<String>,
-    /// With `dir`: a GOPATH holding the source's dependencies; builds in GOPATH mode.
+    /// A GOPATH holding the source's dependencies: builds in GOPATH mode (with `dir`, the source
+    /// must sit in it at its import path; a clone or tarball is put in a GOPATH of its own).
     pub gopath: Option<String>,
 }
 

@@ -145,6 +145,7 @@ impl GoBuildSettings {
             .cloned()
             .unwrap_or_else(|| SourceSpec::Git {
                 repo: self.source_repo.clone(),
+                gopath: None,
             })
     }
 }
@@ -341,25 +342,33 @@ pub struct Job<'a> {
     pub target: &'a Target,
     pub arch: Arch,
     pub root: &'a Path,
-    pub gopath: Option<&'a Path>,
+    /// GOPATH mode: the GOPATH entries (the first holds `root`); empty in module mode.
+    pub gopath: &'a [PathBuf],
     pub overlay: Option<&'a Path>,
     pub out_dir: &'a Path,
     pub git_sha: &'a str,
 }
 
+/// Where the docker builder mounts GOPATH entry `i`.
+fn container_gopath(i: usize) -> String {
+    if i == 0 {
+        "/gopath".into()
+    } else {
+        format!("/gopath{i}")
+    }
+}
+
 /// The command for one compile. Pure: the docker test checks exactly this.
 pub fn command(builder: &Builder, job: &Job<'_>) -> Cmd {
     let flags = go_flags(job.recipe, job.git_sha);
-    let package = |gopath_mode: bool| {
-        if gopath_mode {
-            job.target.package.clone()
-        } else {
-            ".".to_string()
-        }
+    let gopath_mode = !job.gopath.is_empty();
+    let package = if gopath_mode {
+        job.target.package.clone()
+    } else {
+        ".".to_string()
     };
     match builder {
         Builder::Go { go, .. } => {
-            let gopath_mode = job.gopath.is_some();
             let mut cmd = Cmd::new(go).arg("build").args(&flags);
             if let Some(o) = job.overlay {
                 cmd = cmd.arg("-overlay").arg(o);
@@ -367,8 +376,11 @@ pub fn command(builder: &Builder, job: &Job<'_>) -> Cmd {
             cmd = cmd
                 .arg("-o")
                 .arg(job.out_dir.join(job.target.name))
-                .arg(package(gopath_mode));
-            for (k, v) in go_env(job.arch, job.gopath.map(|g| g.to_str().unwrap_or_default())) {
+                .arg(package);
+            let gopath = std::env::join_paths(job.gopath)
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            for (k, v) in go_env(job.arch, gopath_mode.then_some(gopath.as_str())) {
                 cmd = cmd.env(k, v);
             }
             cmd.current_dir(&if gopath_mode {
@@ -378,27 +390,29 @@ pub fn command(builder: &Builder, job: &Job<'_>) -> Cmd {
             })
         }
         Builder::Docker { docker, image } => {
-            // The source is mounted read-only where the import path says (GOPATH mode: the whole
-            // GOPATH), the output dir and the overlay files read-write / read-only.
-            let gopath_mode = job.gopath.is_some();
+            // The source is mounted read-only where the import path says (GOPATH mode: every
+            // GOPATH entry), the output dir read-write, the overlay files read-only.
             let mut cmd = Cmd::new(docker).args(["run", "--rm"]);
-            let (workdir, container_gopath) = match job.gopath {
-                Some(g) => {
-                    cmd = cmd.arg("-v").arg(format!("{}:/gopath:ro", g.display()));
-                    let rel = job.root.strip_prefix(g).unwrap_or(job.root);
-                    (Path::new("/gopath").join(rel), Some("/gopath"))
+            let workdir = if gopath_mode {
+                for (i, g) in job.gopath.iter().enumerate() {
+                    cmd = cmd
+                        .arg("-v")
+                        .arg(format!("{}:{}:ro", g.display(), container_gopath(i)));
                 }
-                None => {
-                    cmd = cmd.arg("-v").arg(format!("{}:/src:ro", job.root.display()));
-                    (Path::new("/src").join(job.target.module_dir), None)
-                }
+                let rel = job.root.strip_prefix(&job.gopath[0]).unwrap_or(job.root);
+                Path::new("/gopath").join(rel)
+            } else {
+                cmd = cmd.arg("-v").arg(format!("{}:/src:ro", job.root.display()));
+                Path::new("/src").join(job.target.module_dir)
             };
             cmd = cmd.arg("-v").arg(format!("{}:/out", job.out_dir.display()));
             if let Some(o) = job.overlay {
                 let dir = o.parent().unwrap_or(o);
                 cmd = cmd.arg("-v").arg(format!("{}:/overlay:ro", dir.display()));
             }
-            for (k, v) in go_env(job.arch, container_gopath) {
+            let container: Vec<String> = (0..job.gopath.len()).map(container_gopath).collect();
+            let joined = container.join(":");
+            for (k, v) in go_env(job.arch, gopath_mode.then_some(joined.as_str())) {
                 cmd = cmd.arg("-e").arg(format!("{k}={v}"));
             }
             cmd = cmd
@@ -412,7 +426,7 @@ pub fn command(builder: &Builder, job: &Job<'_>) -> Cmd {
             }
             cmd.arg("-o")
                 .arg(format!("/out/{}", job.target.name))
-                .arg(package(gopath_mode))
+                .arg(package)
         }
     }
 }
@@ -425,6 +439,7 @@ fn write_overlay(
     gopath: Option<&Path>,
     work: &Path,
 ) -> Result<PathBuf, GoBuildError> {
+    // `gopath` is the first GOPATH entry (the one holding `root`), mounted at /gopath.
     let mut host = serde_json::Map::new();
     let mut docker = serde_json::Map::new();
     for (rel, file) in &patched.files {
@@ -525,13 +540,7 @@ pub async fn build_etcd(
     let started = Instant::now();
     let recipe = recipe(version)?;
     let spec = settings.source_for(version);
-    let gopath_mode = matches!(
-        &spec,
-        SourceSpec::Dir {
-            gopath: Some(_),
-            ..
-        }
-    );
+    let gopath_mode = spec.gopath().is_some();
     if gopath_mode && !recipe.gopath_mode {
         return Err(GoBuildError::Unsupported {
             version: version.clone(),
@@ -544,8 +553,8 @@ pub async fn build_etcd(
             message: format!("etcd before 3.4 builds in GOPATH mode only: set [build.source.\"{version}\"] dir = \"<GOPATH>/src/{}\" and gopath = \"<GOPATH>\"", recipe.import_path),
         });
     }
-    let prepared = source::prepare(&spec, version, cache, &*reporter).await?;
-    if let Some(g) = &prepared.gopath {
+    let prepared = source::prepare(&spec, version, recipe.import_path, cache, &*reporter).await?;
+    if let Some(g) = prepared.gopath.first() {
         let expected = g.join("src").join(recipe.import_path);
         if prepared.root != expected {
             return Err(GoBuildError::Unsupported {
@@ -562,7 +571,7 @@ pub async fn build_etcd(
     let git_sha = prepared
         .commit
         .as_deref()
-        .map(|c| c[..c.len().min(8)].to_string())
+        .map(|c| c[..c.len().min(7)].to_string())
         .unwrap_or_else(|| "GitNotFound".into());
     let flags = go_flags(&recipe, &git_sha);
     let goarm = (arch == Arch::Arm).then(|| "7".to_string());
@@ -621,7 +630,7 @@ pub async fn build_etcd(
         Some(write_overlay(
             &patched,
             &prepared.root,
-            prepared.gopath.as_deref(),
+            prepared.gopath.first().map(PathBuf::as_path),
             work.path(),
         )?)
     };
@@ -646,7 +655,7 @@ pub async fn build_etcd(
             target,
             arch,
             root: &prepared.root,
-            gopath: prepared.gopath.as_deref(),
+            gopath: &prepared.gopath,
             overlay: overlay.as_deref(),
             out_dir: &out_dir,
             git_sha: &git_sha,

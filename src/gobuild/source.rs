@@ -19,12 +19,15 @@ use crate::report::Reporter;
 /// Where a version's source comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SourceSpec {
+    /// `gopath`: a GOPATH of dependencies; the clone joins it (GOPATH mode).
     Git {
         repo: String,
+        gopath: Option<PathBuf>,
     },
     Url {
         url: String,
         sha256: Option<String>,
+        gopath: Option<PathBuf>,
     },
     Dir {
         path: PathBuf,
@@ -35,7 +38,7 @@ pub enum SourceSpec {
 impl std::fmt::Display for SourceSpec {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            SourceSpec::Git { repo } => write!(f, "git {repo}"),
+            SourceSpec::Git { repo, .. } => write!(f, "git {repo}"),
             SourceSpec::Url { url, .. } => write!(f, "{}", crate::fetch::http::redact_url(url)),
             SourceSpec::Dir { path, gopath: None } => write!(f, "dir {}", path.display()),
             SourceSpec::Dir {
@@ -46,11 +49,23 @@ impl std::fmt::Display for SourceSpec {
     }
 }
 
+impl SourceSpec {
+    /// The dependencies' GOPATH, if this source builds in GOPATH mode.
+    pub fn gopath(&self) -> Option<&Path> {
+        match self {
+            SourceSpec::Git { gopath, .. }
+            | SourceSpec::Url { gopath, .. }
+            | SourceSpec::Dir { gopath, .. } => gopath.as_deref(),
+        }
+    }
+}
+
 /// A source tree ready to build.
 #[derive(Debug, Clone)]
 pub struct Prepared {
     pub root: PathBuf,
-    pub gopath: Option<PathBuf>,
+    /// GOPATH mode: the GOPATH entries, the first one holding `root` at its import path.
+    pub gopath: Vec<PathBuf>,
     /// What identifies the contents: a commit, a tarball digest, or a fingerprint of the tree.
     pub identity: String,
     /// The commit, when known (upstream's builds stamp its short form as GitSHA).
@@ -112,25 +127,37 @@ pub fn fingerprint(dir: &Path) -> Result<String, GoBuildError> {
 }
 
 /// Makes the source for `version` available.
+///
+/// Clones and tarballs are stored GOPATH-shaped (`sources/<key>/src/<import path>`), so that
+/// with a dependencies GOPATH they build in GOPATH mode with `GOPATH=<key dir>:<deps>`.
 pub async fn prepare(
     spec: &SourceSpec,
     version: &Version,
+    import_path: &str,
     cache: &Cache,
     reporter: &dyn Reporter,
 ) -> Result<Prepared, GoBuildError> {
-    match spec {
-        SourceSpec::Dir { path, gopath } => {
-            if !path.is_dir() {
-                return Err(GoBuildError::NoSourceDir(path.clone()));
-            }
-            let mut identity = fingerprint(path)?;
-            if let Some(g) = gopath {
+    let deps = |identity: String| -> Result<(Vec<PathBuf>, String), GoBuildError> {
+        match spec.gopath() {
+            Some(g) => {
                 if !g.join("src").is_dir() {
                     return Err(GoBuildError::NoSourceDir(g.join("src")));
                 }
-                identity =
-                    sha256_hex(format!("{identity}\n{}", fingerprint(&g.join("src"))?).as_bytes());
+                let f = fingerprint(&g.join("src"))?;
+                Ok((
+                    vec![g.to_path_buf()],
+                    sha256_hex(format!("{identity}\n{f}").as_bytes()),
+                ))
             }
+            None => Ok((Vec::new(), identity)),
+        }
+    };
+    match spec {
+        SourceSpec::Dir { path, .. } => {
+            if !path.is_dir() {
+                return Err(GoBuildError::NoSourceDir(path.clone()));
+            }
+            let (gopath, identity) = deps(fingerprint(path)?)?;
             let commit = Cmd::new("git")
                 .arg("-C")
                 .arg(path)
@@ -141,12 +168,12 @@ pub async fn prepare(
                 .filter(|c| c.len() >= 7);
             Ok(Prepared {
                 root: path.clone(),
-                gopath: gopath.clone(),
+                gopath,
                 identity,
                 commit,
             })
         }
-        SourceSpec::Git { repo } => {
+        SourceSpec::Git { repo, .. } => {
             let tag = format!("v{version}");
             let key = sha256_hex(format!("git\n{repo}\n{tag}").as_bytes());
             let dir = cache.root().join("sources").join(&key[..32]);
@@ -156,7 +183,7 @@ pub async fn prepare(
                 Cmd::new("git")
                     .args(["clone", "--quiet", "--depth", "1", "--branch", &tag])
                     .arg(repo)
-                    .arg(&tmp)
+                    .arg(tmp.join("src").join(import_path))
                     .env("GIT_TERMINAL_PROMPT", "0")
                     .output()
                     .map_err(|e| GoBuildError::Fetch {
@@ -165,9 +192,10 @@ pub async fn prepare(
                     })?;
                 finish(&tmp, &dir)?;
             }
+            let root = dir.join("src").join(import_path);
             let commit = Cmd::new("git")
                 .arg("-C")
-                .arg(&dir)
+                .arg(&root)
                 .args(["rev-parse", "HEAD"])
                 .output()
                 .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
@@ -175,14 +203,18 @@ pub async fn prepare(
                     what: format!("reading the commit of {}", dir.display()),
                     message: e.to_string(),
                 })?;
+            let (mut gopath, identity) = deps(format!("git:{commit}"))?;
+            if !gopath.is_empty() {
+                gopath.insert(0, dir);
+            }
             Ok(Prepared {
-                root: dir,
-                gopath: None,
-                identity: format!("git:{commit}"),
+                root,
+                gopath,
+                identity,
                 commit: Some(commit),
             })
         }
-        SourceSpec::Url { url, sha256 } => {
+        SourceSpec::Url { url, sha256, .. } => {
             let key =
                 sha256_hex(format!("url\n{url}\n{}", sha256.as_deref().unwrap_or("")).as_bytes());
             let dir = cache.root().join("sources").join(&key[..32]);
@@ -218,18 +250,25 @@ pub async fn prepare(
                     }
                 }
                 let tmp = staging(cache, &key)?;
-                unpack(&bytes, &tmp).map_err(|e| GoBuildError::Fetch {
-                    what: format!("unpacking {}", crate::fetch::http::redact_url(url)),
-                    message: e,
+                unpack(&bytes, &tmp.join("src").join(import_path)).map_err(|e| {
+                    GoBuildError::Fetch {
+                        what: format!("unpacking {}", crate::fetch::http::redact_url(url)),
+                        message: e,
+                    }
                 })?;
                 std::fs::write(tmp.join(COMPLETE), &actual).map_err(io(&tmp))?;
                 finish_written(&tmp, &dir)?;
             }
             let actual = std::fs::read_to_string(&digest_file).map_err(io(&digest_file))?;
+            let (mut gopath, identity) = deps(format!("url:{}", actual.trim()))?;
+            let root = dir.join("src").join(import_path);
+            if !gopath.is_empty() {
+                gopath.insert(0, dir);
+            }
             Ok(Prepared {
-                root: dir,
-                gopath: None,
-                identity: format!("url:{}", actual.trim()),
+                root,
+                gopath,
+                identity,
                 commit: None,
             })
         }
