@@ -55,15 +55,35 @@ start=$(date +%s.%N)
 cold=$(python3 -c "print($(date +%s.%N) - $start)")
 compiled=$(python3 -c "import json; print(json.load(open('$work/cold.json'))['compiled'])")
 
-plain="cd $gopath/src/go.etcd.io/etcd && for p in go.etcd.io/etcd go.etcd.io/etcd/etcdctl; do GOPATH=$gopath GO111MODULE=off CGO_ENABLED=0 GOOS=linux GOARCH=ppc64le GOFLAGS= go build -trimpath -ldflags '-X go.etcd.io/etcd/version.GitSHA=GitNotFound' -o $work/plain/\$(basename \$p) \$p; done"
+# Fresh output files each run: `go build -o` skips relinking when the existing file is already
+# the right build, which etcdimg (writing into a fresh directory) never benefits from.
+plain="rm -rf $work/plain && mkdir -p $work/plain && cd $gopath/src/go.etcd.io/etcd && for p in go.etcd.io/etcd go.etcd.io/etcd/etcdctl; do GOPATH=$gopath GO111MODULE=off CGO_ENABLED=0 GOOS=linux GOARCH=ppc64le GOFLAGS= go build -trimpath -ldflags '-X go.etcd.io/etcd/version.GitSHA=GitNotFound' -o $work/plain/\$(basename \$p) \$p; done"
 mkdir -p "$work/plain"
 hyperfine --style basic --export-json "$work/warm.json" --runs "$WARM_RUNS" --warmup 1 \
     --prepare "true" -n "all-build (warm)" "$bin all-build" \
     --prepare "rm -rf $work/cache/refs/gobuild" -n "etcdimg build --arch ppc64le (warm GOCACHE)" "$bin build --arch ppc64le" \
     --prepare "true" -n "go build etcd+etcdctl ppc64le (warm GOCACHE)" "bash -c \"$plain\"" >&2
-hyperfine --style basic --export-json "$work/coldc.json" --runs "$RUNS" \
-    --prepare "rm -rf $work/cache/refs/gobuild $work/gocache" -n "etcdimg build --arch ppc64le (cold GOCACHE)" "$bin build --arch ppc64le" \
-    --prepare "rm -rf $work/gocache" -n "go build etcd+etcdctl ppc64le (cold GOCACHE)" "bash -c \"$plain\"" >&2
+# Cold runs alternate between the two tools (one hyperfine call per run), so that drift over
+# the minutes this takes does not favour either.
+for i in $(seq "$RUNS"); do
+    hyperfine --style basic --export-json "$work/coldc-go-$i.json" --runs 1 \
+        --prepare "rm -rf $work/gocache" -n "go build etcd+etcdctl ppc64le (cold GOCACHE)" "bash -c \"$plain\"" >&2
+    hyperfine --style basic --export-json "$work/coldc-us-$i.json" --runs 1 \
+        --prepare "rm -rf $work/cache/refs/gobuild $work/gocache" -n "etcdimg build --arch ppc64le (cold GOCACHE)" "$bin build --arch ppc64le" >&2
+done
+python3 - "$work" "$RUNS" >"$work/coldc.json" <<'PY'
+import json, sys
+work, runs = sys.argv[1], int(sys.argv[2])
+out = {}
+for tool in ("go", "us"):
+    times = []
+    for i in range(1, runs + 1):
+        r = json.load(open(f"{work}/coldc-{tool}-{i}.json"))["results"][0]
+        name = r["command"]
+        times += r["times"]
+    out[name] = {"command": name, "mean": sum(times) / len(times), "min": min(times), "max": max(times)}
+print(json.dumps({"results": list(out.values())}))
+PY
 
 python3 - "$work/warm.json" "$work/coldc.json" "$cold" "$compiled" "$RUNS" "$WARM_RUNS" <<'PY'
 import json, re, subprocess, sys, datetime
