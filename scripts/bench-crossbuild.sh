@@ -57,17 +57,27 @@ compiled=$(python3 -c "import json; print(json.load(open('$work/cold.json'))['co
 
 # Fresh output files each run: `go build -o` skips relinking when the existing file is already
 # the right build, which etcdimg (writing into a fresh directory) never benefits from.
-plain="rm -rf $work/plain && mkdir -p $work/plain && cd $gopath/src/go.etcd.io/etcd && for p in go.etcd.io/etcd go.etcd.io/etcd/etcdctl; do GOPATH=$gopath GO111MODULE=off CGO_ENABLED=0 GOOS=linux GOARCH=ppc64le GOFLAGS= go build -trimpath -ldflags '-X go.etcd.io/etcd/version.GitSHA=GitNotFound' -o $work/plain/\$(basename \$p) \$p; done"
+cat >"$work/plain.sh" <<SH
+set -e
+rm -rf $work/plain && mkdir -p $work/plain
+cd $gopath/src/go.etcd.io/etcd
+for p in go.etcd.io/etcd go.etcd.io/etcd/etcdctl; do
+    GOPATH=$gopath GO111MODULE=off CGO_ENABLED=0 GOOS=linux GOARCH=ppc64le GOFLAGS= \
+        go build -trimpath -ldflags '-X go.etcd.io/etcd/version.GitSHA=GitNotFound' -o $work/plain/\$(basename \$p) \$p
+done
+test -x $work/plain/etcd && test -x $work/plain/etcdctl
+SH
+plain="bash $work/plain.sh"
 mkdir -p "$work/plain"
 hyperfine --style basic --export-json "$work/warm.json" --runs "$WARM_RUNS" --warmup 1 \
     --prepare "true" -n "all-build (warm)" "$bin all-build" \
     --prepare "rm -rf $work/cache/refs/gobuild" -n "etcdimg build --arch ppc64le (warm GOCACHE)" "$bin build --arch ppc64le" \
-    --prepare "true" -n "go build etcd+etcdctl ppc64le (warm GOCACHE)" "bash -c \"$plain\"" >&2
+    --prepare "true" -n "go build etcd+etcdctl ppc64le (warm GOCACHE)" "$plain" >&2
 # Cold runs alternate between the two tools (one hyperfine call per run), so that drift over
 # the minutes this takes does not favour either.
 for i in $(seq "$RUNS"); do
     hyperfine --style basic --export-json "$work/coldc-go-$i.json" --runs 1 \
-        --prepare "rm -rf $work/gocache" -n "go build etcd+etcdctl ppc64le (cold GOCACHE)" "bash -c \"$plain\"" >&2
+        --prepare "rm -rf $work/gocache" -n "go build etcd+etcdctl ppc64le (cold GOCACHE)" "$plain" >&2
     hyperfine --style basic --export-json "$work/coldc-us-$i.json" --runs 1 \
         --prepare "rm -rf $work/cache/refs/gobuild $work/gocache" -n "etcdimg build --arch ppc64le (cold GOCACHE)" "$bin build --arch ppc64le" >&2
 done

@@ -686,3 +686,41 @@ fn git_and_tarball_sources_build_offline_against_a_dependencies_gopath() {
     assert_eq!(r["compiles"][0]["source"], url);
     assert_eq!(r["compiles"][0]["compiled"], true);
 }
+
+#[test]
+fn an_interrupted_cross_build_leaves_no_cache_entry() {
+    let t = "an_interrupted_cross_build_leaves_no_cache_entry";
+    let Some(fx) = ready(t, &["go"]) else { return };
+    let mut sb = Sandbox::new();
+    project(&mut sb, &fx, None, &["s390x"], &[], "");
+    // Start a build and kill -9 it as soon as it starts compiling.
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_etcdimg"));
+    cmd.args(["build", "--arch", "s390x"])
+        .current_dir(sb.path())
+        .env("HOME", sb.path())
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null());
+    for (k, v) in &sb.env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let mut seen = String::new();
+    for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)) {
+        let line = line.unwrap();
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.contains("Compiling etcd 3.4.23") {
+            child.kill().unwrap();
+            break;
+        }
+    }
+    child.wait().unwrap();
+    assert!(seen.contains("Compiling etcd 3.4.23"), "{seen}");
+    assert_eq!(gobuild_refs(&sb), 0, "no build cache entry after the kill");
+    // A rerun completes and records the entry.
+    let out = sb.etcdimg(&["build", "--arch", "s390x", "--json"]);
+    assert_success(&out);
+    assert_eq!(json(&out)["compiles"][0]["compiled"], true);
+    assert_eq!(gobuild_refs(&sb), 1);
+}
