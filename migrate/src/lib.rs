@@ -8,14 +8,16 @@
 
 pub mod binaries;
 pub mod datadir;
+pub mod lock;
 pub mod options;
+pub mod plan;
 pub mod version;
 
 use std::fmt;
 
 use datadir::{DataDir, DataDirError};
 use options::Options;
-use version::{Storage, VersionPair};
+use version::VersionPair;
 
 /// Distinct exit codes, so that a supervisor can tell refusals apart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,6 +47,12 @@ pub enum MigrateError {
     MissingBinary { binary: String, why: String },
     #[error("migration from {current} to {target} is not supported yet by this migrate; the data directory was not changed")]
     NotSupportedYet { current: String, target: String },
+    #[error(transparent)]
+    Plan(#[from] plan::PlanError),
+    #[error("the data directory `{dir}` is in use by a running etcd (it holds a lock on `{file}`); stop it before migrating")]
+    InUse { dir: String, file: String },
+    #[error("checking whether `{dir}` is in use: {source}")]
+    LockProbe { dir: String, source: std::io::Error },
     #[error("replacing `{path}`: {source}")]
     Binaries {
         path: String,
@@ -62,6 +70,20 @@ impl MigrateError {
             MigrateError::MissingBinary { .. } => ExitCode::MissingBinary,
             MigrateError::NotSupportedYet { .. } => ExitCode::NotSupportedYet,
             MigrateError::Binaries { .. } => ExitCode::Failure,
+            MigrateError::Plan(plan::PlanError::DowngradeTooFar { .. }) => {
+                ExitCode::DowngradeTooFar
+            }
+            MigrateError::Plan(plan::PlanError::MissingMinor { .. }) => ExitCode::TargetNotBundled,
+            MigrateError::Plan(plan::PlanError::StorageChange { .. }) => ExitCode::NotSupportedYet,
+            MigrateError::Plan(plan::PlanError::MajorChange { from, to }) => {
+                if to < from {
+                    ExitCode::DowngradeTooFar
+                } else {
+                    ExitCode::NotSupportedYet
+                }
+            }
+            MigrateError::InUse { .. } => ExitCode::DataDirInUse,
+            MigrateError::LockProbe { .. } => ExitCode::Failure,
         }
     }
 
@@ -75,6 +97,10 @@ impl MigrateError {
                 "migrate never guesses the version of existing data; write version.txt by hand (e.g. `3.4.23/etcd3`) after checking which etcd wrote it".into(),
             ),
             MigrateError::TargetNotBundled { .. } => Some("set TARGET_VERSION to one of the bundled versions".into()),
+            MigrateError::Plan(plan::PlanError::DowngradeTooFar { .. }) => Some("roll back one minor at a time with the image of each minor, or restore a backup".into()),
+            MigrateError::Plan(plan::PlanError::MissingMinor { .. }) => Some("use an image that bundles every minor version between the data's and the target".into()),
+            MigrateError::MissingBinary { .. } => Some("the image is incomplete: every bundled version needs etcd-<V> and etcdctl-<V> in --bin-dir".into()),
+            MigrateError::InUse { .. } => Some("migrate runs before etcd starts; stop the etcd that uses this data directory (or wait for it to exit) and run again".into()),
             _ => None,
         }
     }
@@ -89,6 +115,8 @@ pub enum Outcome {
     UpToDate,
     /// Same minor, other patch: only version.txt changes (no server run needed).
     PatchChange,
+    /// `--dry-run` of a migration that runs etcd: the plan only.
+    Planned,
 }
 
 impl fmt::Display for Outcome {
@@ -97,6 +125,7 @@ impl fmt::Display for Outcome {
             Outcome::Initialized => "initialized",
             Outcome::UpToDate => "up-to-date",
             Outcome::PatchChange => "patch-change",
+            Outcome::Planned => "planned",
         })
     }
 }
@@ -206,20 +235,43 @@ pub fn migrate_if_needed(options: &Options) -> Result<Report, MigrateError> {
         log("data directory is already at the target version; nothing to do");
         return Ok(report(Some(&current), Outcome::UpToDate, Vec::new()));
     }
-    if current.storage == target.storage
-        && current.major_minor_equals(&target.version)
-        && target.storage == Storage::Etcd3
-    {
-        // A patch release reads and writes the same data format: no server run needed.
-        let step = format!("patch change {current} -> {target}: write version.txt");
-        if !options.dry_run {
-            data_dir.write_version(target)?;
-            log(&format!("wrote version.txt = {target}"));
+    // Every refusal is decided before anything changes.
+    let steps = plan::plan(&current, target, &options.bundled_versions)?;
+    for step in &steps {
+        for binary in plan::binaries_for(step, &options.bundled_versions, &options.bin_dir) {
+            if !binary.is_file() {
+                return Err(MigrateError::MissingBinary {
+                    binary: binary.display().to_string(),
+                    why: step.to_string(),
+                });
+            }
         }
-        return Ok(report(Some(&current), Outcome::PatchChange, vec![step]));
     }
-    Err(MigrateError::NotSupportedYet {
-        current: current.to_string(),
-        target: target.to_string(),
-    })
+    if let Some(file) =
+        lock::held_by_live_etcd(&options.data_dir).map_err(|source| MigrateError::LockProbe {
+            dir: options.data_dir.display().to_string(),
+            source,
+        })?
+    {
+        return Err(MigrateError::InUse {
+            dir: options.data_dir.display().to_string(),
+            file: file.display().to_string(),
+        });
+    }
+    let described: Vec<String> = steps.iter().map(|s| s.to_string()).collect();
+    match steps.as_slice() {
+        [plan::Step::PatchChange { .. }] => {
+            // A patch release reads and writes the same data format: no server run needed.
+            if !options.dry_run {
+                data_dir.write_version(target)?;
+                log(&format!("wrote version.txt = {target}"));
+            }
+            Ok(report(Some(&current), Outcome::PatchChange, described))
+        }
+        _ if options.dry_run => Ok(report(Some(&current), Outcome::Planned, described)),
+        _ => Err(MigrateError::NotSupportedYet {
+            current: current.to_string(),
+            target: target.to_string(),
+        }),
+    }
 }

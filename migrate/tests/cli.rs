@@ -294,3 +294,166 @@ fn wrapper_script_keeps_the_env_contract() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stdout).contains("DATA_DIRECTORY variable unset"));
 }
+
+#[test]
+fn plan_refusals_and_dry_run_plans() {
+    type Case<'a> = (&'a str, &'a [&'a str], &'a str, &'a str, i32, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            "downgrade of two minors",
+            &["3.3.17", "3.4.23", "3.5.1"],
+            "3.5.1/etcd3",
+            "3.3.17",
+            13,
+            "previous minor of 3.x only",
+        ),
+        (
+            "a minor missing between data and target",
+            &["3.3.17", "3.5.1"],
+            "3.3.17/etcd3",
+            "3.5.1",
+            12,
+            "needs a bundled etcd 3.4.x",
+        ),
+        (
+            "etcd2 data to etcd3 (not in this migrate yet)",
+            &["2.3.7", "3.0.17"],
+            "2.3.7/etcd2",
+            "3.0.17",
+            3,
+            "changes the storage",
+        ),
+    ];
+    for (name, bundled, version_txt, target, code, message) in cases {
+        let bins = bin_dir_with(bundled);
+        let data = tempfile::tempdir().unwrap();
+        fs::write(data.path().join("keep.db"), b"user data").unwrap();
+        fs::write(data.path().join("version.txt"), version_txt).unwrap();
+        let before = snapshot(data.path());
+        let out = migrate(
+            bins.path(),
+            &[("DO_NOT_MOVE_BINARIES", "true")],
+            &[
+                "--data-dir",
+                data.path().to_str().unwrap(),
+                "--target-version",
+                target,
+                "--target-storage",
+                "etcd3",
+            ],
+        );
+        assert_eq!(out.status.code(), Some(code), "{name}: {}", stderr(&out));
+        assert!(stderr(&out).contains(message), "{name}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("hint:") || code == 3,
+            "{name}: {}",
+            stderr(&out)
+        );
+        assert_eq!(snapshot(data.path()), before, "{name}: untouched");
+    }
+
+    // A step whose binary is missing: refused before anything runs.
+    let bins = bin_dir_with(&["3.4.23", "3.5.1"]);
+    fs::remove_file(bins.path().join("etcdctl-3.5.1")).unwrap();
+    let data = tempfile::tempdir().unwrap();
+    fs::write(data.path().join("version.txt"), "3.4.23/etcd3").unwrap();
+    let before = snapshot(data.path());
+    let args = [
+        "--data-dir",
+        data.path().to_str().unwrap(),
+        "--target-version",
+        "3.5.1",
+        "--target-storage",
+        "etcd3",
+    ];
+    let out = migrate(bins.path(), &[("DO_NOT_MOVE_BINARIES", "true")], &args);
+    assert_eq!(out.status.code(), Some(16), "{}", stderr(&out));
+    assert!(stderr(&out).contains("etcdctl-3.5.1"), "{}", stderr(&out));
+    assert_eq!(snapshot(data.path()), before);
+
+    // The dry-run plan of an upgrade through every minor.
+    let bins = bin_dir_with(&["3.3.17", "3.4.23", "3.5.1"]);
+    let data = tempfile::tempdir().unwrap();
+    fs::write(data.path().join("version.txt"), "3.3.17/etcd3").unwrap();
+    let before = snapshot(data.path());
+    let mut dry = args.to_vec();
+    dry[1] = data.path().to_str().unwrap();
+    dry.push("--dry-run");
+    let out = migrate(bins.path(), &[], &dry);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("1. upgrade 3.3.17 -> 3.4.23"), "{text}");
+    assert!(text.contains("2. upgrade 3.4.23 -> 3.5.1"), "{text}");
+    assert_eq!(snapshot(data.path()), before);
+    assert!(!bins.path().join("etcd").exists());
+}
+
+/// A free port on 127.0.0.1.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn a_data_dir_held_by_a_live_etcd_is_refused() {
+    let etcd = Path::new("/usr/bin/etcd");
+    if !etcd.is_file() {
+        if std::env::var("ETCDIMG_TEST_REQUIRE").as_deref() == Ok("all") {
+            panic!("/usr/bin/etcd missing (Debian etcd-server); run scripts/install-deps.sh");
+        }
+        eprintln!("skipping: /usr/bin/etcd missing");
+        return;
+    }
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().join("etcd");
+    let (client, peer) = (free_port(), free_port());
+    let mut child = Command::new(etcd)
+        .arg("--data-dir")
+        .arg(&dir)
+        .args(["--name", "default"])
+        .arg(format!("--listen-client-urls=http://127.0.0.1:{client}"))
+        .arg(format!("--advertise-client-urls=http://127.0.0.1:{client}"))
+        .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer}"))
+        .arg(format!(
+            "--initial-advertise-peer-urls=http://127.0.0.1:{peer}"
+        ))
+        .arg(format!("--initial-cluster=default=http://127.0.0.1:{peer}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", client)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "etcd did not start");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    fs::write(dir.join("version.txt"), "3.4.23/etcd3").unwrap();
+    let bins = bin_dir_with(&["3.4.23", "3.5.1"]);
+    let args = [
+        "--data-dir",
+        dir.to_str().unwrap(),
+        "--target-version",
+        "3.5.1",
+        "--target-storage",
+        "etcd3",
+    ];
+    let out = migrate(bins.path(), &[("DO_NOT_MOVE_BINARIES", "true")], &args);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(out.status.code(), Some(15), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("in use by a running etcd"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        fs::read_to_string(dir.join("version.txt")).unwrap(),
+        "3.4.23/etcd3"
+    );
+    // With etcd gone the same run gets past the lock check.
+    let out = migrate(bins.path(), &[("DO_NOT_MOVE_BINARIES", "true")], &args);
+    assert_ne!(out.status.code(), Some(15), "{}", stderr(&out));
+}

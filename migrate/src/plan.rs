@@ -1,0 +1,255 @@
+//! From (version.txt, bundled versions, target) to the steps that get there, or a refusal.
+//!
+//! Everything that can be refused is refused here, before anything runs, so that a refusal
+//! never leaves a half-done data directory: a downgrade of more than one minor, a target or an
+//! intermediate minor that is not bundled, a missing binary for a step.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use semver::Version;
+
+use crate::version::{Storage, VersionPair};
+
+/// One step of a migration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Same minor, another patch: the data format is the same; only version.txt changes.
+    PatchChange { to: VersionPair },
+    /// One minor up: etcd-`to` opens the data written by etcd-`from` (fingerprinted before and
+    /// after), then version.txt records `to`.
+    Upgrade { from: Version, to: Version },
+    /// One 3.x minor down: a snapshot taken by etcd-`from`, restored with `to`'s tool into a new
+    /// directory, verified, then swapped in.
+    Rollback { from: Version, to: Version },
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Step::PatchChange { to } => write!(f, "patch change: write version.txt = {to}"),
+            Step::Upgrade { from, to } => write!(
+                f,
+                "upgrade {from} -> {to}: start etcd-{to} on the data, compare fingerprints, stop, write version.txt = {to}/etcd3"
+            ),
+            Step::Rollback { from, to } => write!(
+                f,
+                "rollback {from} -> {to}: snapshot with etcd-{from}, restore with {to}'s tool beside the data dir, verify, swap, write version.txt = {to}/etcd3"
+            ),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    #[error("downgrading from {from} to {to} is not supported: a rollback goes to the previous minor of 3.x only (3.y to 3.(y-1)), and from 3.0 to 2.3.7")]
+    DowngradeTooFar { from: Version, to: Version },
+    #[error("upgrading from {from} to {to} needs a bundled etcd {major}.{minor}.x (upgrades go one minor version at a time); bundled: {bundled}")]
+    MissingMinor {
+        from: Version,
+        to: Version,
+        major: u64,
+        minor: u64,
+        bundled: String,
+    },
+    #[error("{from} to {to} changes the storage between etcd2 and etcd3, which this migrate does not do yet")]
+    StorageChange { from: VersionPair, to: VersionPair },
+    #[error("{from} to {to} crosses a major version, which etcd does not support")]
+    MajorChange { from: Version, to: Version },
+}
+
+/// The highest bundled version with `major.minor`.
+fn bundled_minor(bundled: &[Version], major: u64, minor: u64) -> Option<Version> {
+    bundled
+        .iter()
+        .filter(|v| v.major == major && v.minor == minor)
+        .max()
+        .cloned()
+}
+
+/// The steps from `current` to `target` through `bundled` (the versions in the image).
+pub fn plan(
+    current: &VersionPair,
+    target: &VersionPair,
+    bundled: &[Version],
+) -> Result<Vec<Step>, PlanError> {
+    if current == target {
+        return Ok(Vec::new());
+    }
+    if current.storage != target.storage || target.storage != Storage::Etcd3 {
+        return Err(PlanError::StorageChange {
+            from: current.clone(),
+            to: target.clone(),
+        });
+    }
+    let (from, to) = (&current.version, &target.version);
+    if from.major != to.major {
+        return Err(PlanError::MajorChange {
+            from: from.clone(),
+            to: to.clone(),
+        });
+    }
+    if from.minor == to.minor {
+        return Ok(vec![Step::PatchChange { to: target.clone() }]);
+    }
+    if to < from {
+        if to.minor + 1 == from.minor && to.major == 3 {
+            return Ok(vec![Step::Rollback {
+                from: from.clone(),
+                to: to.clone(),
+            }]);
+        }
+        return Err(PlanError::DowngradeTooFar {
+            from: from.clone(),
+            to: to.clone(),
+        });
+    }
+    let mut steps = Vec::new();
+    let mut at = from.clone();
+    for minor in from.minor + 1..=to.minor {
+        let next = if minor == to.minor {
+            to.clone()
+        } else {
+            bundled_minor(bundled, to.major, minor).ok_or_else(|| PlanError::MissingMinor {
+                from: from.clone(),
+                to: to.clone(),
+                major: to.major,
+                minor,
+                bundled: bundled
+                    .iter()
+                    .map(|v| v.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })?
+        };
+        steps.push(Step::Upgrade {
+            from: at.clone(),
+            to: next.clone(),
+        });
+        at = next;
+    }
+    Ok(steps)
+}
+
+/// The bundled binaries a step runs, as paths under `bin_dir`. The old side of an upgrade may
+/// be any bundled patch of its minor (they all read that minor's data).
+pub fn binaries_for(step: &Step, bundled: &[Version], bin_dir: &Path) -> Vec<PathBuf> {
+    let pair = |v: &Version| {
+        vec![
+            bin_dir.join(format!("etcd-{v}")),
+            bin_dir.join(format!("etcdctl-{v}")),
+        ]
+    };
+    match step {
+        Step::PatchChange { .. } => Vec::new(),
+        Step::Upgrade { from, to } => {
+            let old =
+                bundled_minor(bundled, from.major, from.minor).unwrap_or_else(|| from.clone());
+            let mut out = pair(&old);
+            out.extend(pair(to));
+            out
+        }
+        Step::Rollback { from, to } => {
+            let mut out = pair(from);
+            out.extend(pair(to));
+            out
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(s: &str) -> Version {
+        Version::parse(s).unwrap()
+    }
+
+    fn p(s: &str) -> VersionPair {
+        VersionPair::parse(s).unwrap()
+    }
+
+    #[test]
+    fn upgrades_go_one_minor_at_a_time_through_bundled_versions() {
+        let bundled = [v("3.3.17"), v("3.4.20"), v("3.4.23"), v("3.5.1")];
+        let steps = plan(&p("3.3.10/etcd3"), &p("3.5.1/etcd3"), &bundled).unwrap();
+        assert_eq!(
+            steps,
+            [
+                Step::Upgrade {
+                    from: v("3.3.10"),
+                    to: v("3.4.23")
+                },
+                Step::Upgrade {
+                    from: v("3.4.23"),
+                    to: v("3.5.1")
+                },
+            ]
+        );
+        assert_eq!(
+            plan(&p("3.4.20/etcd3"), &p("3.4.23/etcd3"), &bundled).unwrap(),
+            [Step::PatchChange {
+                to: p("3.4.23/etcd3")
+            }]
+        );
+        assert!(plan(&p("3.5.1/etcd3"), &p("3.5.1/etcd3"), &bundled)
+            .unwrap()
+            .is_empty());
+    }
+
+    #[test]
+    fn a_missing_intermediate_minor_is_refused() {
+        let err = plan(
+            &p("3.3.10/etcd3"),
+            &p("3.5.1/etcd3"),
+            &[v("3.3.10"), v("3.5.1")],
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, PlanError::MissingMinor { minor: 4, .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn rollbacks_go_back_one_minor_only() {
+        let bundled = [v("3.3.17"), v("3.4.23"), v("3.5.1")];
+        assert_eq!(
+            plan(&p("3.5.1/etcd3"), &p("3.4.23/etcd3"), &bundled).unwrap(),
+            [Step::Rollback {
+                from: v("3.5.1"),
+                to: v("3.4.23")
+            }]
+        );
+        let err = plan(&p("3.5.1/etcd3"), &p("3.3.17/etcd3"), &bundled).unwrap_err();
+        assert!(matches!(err, PlanError::DowngradeTooFar { .. }), "{err}");
+        assert!(matches!(
+            plan(&p("3.4.23/etcd3"), &p("2.3.7/etcd2"), &bundled).unwrap_err(),
+            PlanError::StorageChange { .. }
+        ));
+    }
+
+    #[test]
+    fn binaries_per_step() {
+        let bin = Path::new("/b");
+        let bundled = [v("3.4.23"), v("3.5.1")];
+        let need = binaries_for(
+            &Step::Upgrade {
+                from: v("3.4.20"),
+                to: v("3.5.1"),
+            },
+            &bundled,
+            bin,
+        );
+        assert_eq!(
+            need,
+            [
+                "/b/etcd-3.4.23",
+                "/b/etcdctl-3.4.23",
+                "/b/etcd-3.5.1",
+                "/b/etcdctl-3.5.1"
+            ]
+            .map(PathBuf::from)
+        );
+    }
+}
