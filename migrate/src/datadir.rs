@@ -102,6 +102,11 @@ impl DataDir {
     }
 }
 
+/// fsyncs a directory (after a rename in it).
+pub fn fsync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
 /// temp file (mode before umask), write, fsync, rename over `path`, fsync the directory.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), DataDirError> {
     let dir = path.parent().unwrap_or(Path::new("."));

@@ -8,9 +8,12 @@
 
 pub mod binaries;
 pub mod datadir;
+pub mod engine;
+pub mod fingerprint;
 pub mod lock;
 pub mod options;
 pub mod plan;
+pub mod server;
 pub mod version;
 
 use std::fmt;
@@ -49,6 +52,19 @@ pub enum MigrateError {
     NotSupportedYet { current: String, target: String },
     #[error(transparent)]
     Plan(#[from] plan::PlanError),
+    #[error(transparent)]
+    Server(#[from] server::ServerError),
+    #[error("reading the keyspace: {0}")]
+    Fingerprint(#[from] fingerprint::FingerprintError),
+    #[error("{step}: the keyspace differs after the step ({differences}); the data dir was restored from its backup")]
+    FingerprintMismatch { step: String, differences: String },
+    #[error("`{path}`: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("the journal `{path}` of an interrupted run is unusable: {message}")]
+    Journal { path: String, message: String },
     #[error("the data directory `{dir}` is in use by a running etcd (it holds a lock on `{file}`); stop it before migrating")]
     InUse { dir: String, file: String },
     #[error("checking whether `{dir}` is in use: {source}")]
@@ -83,6 +99,11 @@ impl MigrateError {
                 }
             }
             MigrateError::InUse { .. } => ExitCode::DataDirInUse,
+            MigrateError::Server(_)
+            | MigrateError::Fingerprint(_)
+            | MigrateError::FingerprintMismatch { .. }
+            | MigrateError::Io { .. }
+            | MigrateError::Journal { .. } => ExitCode::Failure,
             MigrateError::LockProbe { .. } => ExitCode::Failure,
         }
     }
@@ -117,6 +138,8 @@ pub enum Outcome {
     PatchChange,
     /// `--dry-run` of a migration that runs etcd: the plan only.
     Planned,
+    /// One or more upgrade steps ran, each with identical fingerprints.
+    Upgraded,
 }
 
 impl fmt::Display for Outcome {
@@ -126,6 +149,7 @@ impl fmt::Display for Outcome {
             Outcome::UpToDate => "up-to-date",
             Outcome::PatchChange => "patch-change",
             Outcome::Planned => "planned",
+            Outcome::Upgraded => "upgraded",
         })
     }
 }
@@ -138,34 +162,24 @@ pub struct Report {
     pub outcome: Outcome,
     pub dry_run: bool,
     pub steps: Vec<String>,
+    /// Per executed step: its description and the before/after fingerprints.
+    pub fingerprints: Vec<(String, fingerprint::Fingerprint, fingerprint::Fingerprint)>,
 }
 
 impl Report {
     pub fn to_json(&self) -> String {
-        fn s(v: &str) -> String {
-            let mut out = String::from("\"");
-            for c in v.chars() {
-                match c {
-                    '"' => out.push_str("\\\""),
-                    '\\' => out.push_str("\\\\"),
-                    '\n' => out.push_str("\\n"),
-                    c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-                    c => out.push(c),
-                }
-            }
-            out.push('"');
-            out
-        }
-        let steps: Vec<String> = self.steps.iter().map(|x| s(x)).collect();
-        format!(
-            "{{\"data_dir\":{},\"from\":{},\"to\":{},\"outcome\":{},\"dry_run\":{},\"steps\":[{}]}}",
-            s(&self.data_dir),
-            self.from.as_deref().map(s).unwrap_or_else(|| "null".into()),
-            s(&self.to),
-            s(&self.outcome.to_string()),
-            self.dry_run,
-            steps.join(",")
-        )
+        serde_json::json!({
+            "data_dir": self.data_dir,
+            "from": self.from,
+            "to": self.to,
+            "outcome": self.outcome.to_string(),
+            "dry_run": self.dry_run,
+            "steps": self.steps,
+            "fingerprints": self.fingerprints.iter().map(|(step, before, after)| serde_json::json!({
+                "step": step, "before": before.to_json(), "after": after.to_json(),
+            })).collect::<Vec<_>>(),
+        })
+        .to_string()
     }
 }
 
@@ -201,12 +215,34 @@ pub fn migrate_if_needed(options: &Options) -> Result<Report, MigrateError> {
         outcome,
         dry_run: options.dry_run,
         steps,
+        fingerprints: Vec::new(),
     };
 
     log(&format!(
         "starting migration of `{}` to {target}",
         options.data_dir.display()
     ));
+    if data_dir.exists() {
+        // Never touch a data dir a live etcd is using, not even to recover.
+        if let Some(file) = lock::held_by_live_etcd(&options.data_dir).map_err(|source| {
+            MigrateError::LockProbe {
+                dir: options.data_dir.display().to_string(),
+                source,
+            }
+        })? {
+            return Err(MigrateError::InUse {
+                dir: options.data_dir.display().to_string(),
+                file: file.display().to_string(),
+            });
+        }
+        if options.dry_run {
+            if engine::Sidecar::for_dir(&options.data_dir).journal.exists() {
+                log("an interrupted step would be recovered first");
+            }
+        } else {
+            engine::recover(options, &data_dir)?;
+        }
+    }
     if data_dir.is_empty()? {
         let step = format!("initialize empty data directory: write version.txt = {target}");
         if options.dry_run {
@@ -269,9 +305,25 @@ pub fn migrate_if_needed(options: &Options) -> Result<Report, MigrateError> {
             Ok(report(Some(&current), Outcome::PatchChange, described))
         }
         _ if options.dry_run => Ok(report(Some(&current), Outcome::Planned, described)),
-        _ => Err(MigrateError::NotSupportedYet {
-            current: current.to_string(),
-            target: target.to_string(),
-        }),
+        _ if steps
+            .iter()
+            .any(|s| !matches!(s, plan::Step::Upgrade { .. })) =>
+        {
+            Err(MigrateError::NotSupportedYet {
+                current: current.to_string(),
+                target: target.to_string(),
+            })
+        }
+        _ => {
+            let mut r = report(Some(&current), Outcome::Upgraded, described);
+            for step in &steps {
+                if let plan::Step::Upgrade { from, to } = step {
+                    let fps = engine::upgrade(options, &data_dir, from, to)?;
+                    r.fingerprints
+                        .push((step.to_string(), fps.before, fps.after));
+                }
+            }
+            Ok(r)
+        }
     }
 }

@@ -48,8 +48,26 @@ fn ofd_lock_held(path: &Path) -> io::Result<bool> {
     Ok(fl.l_type != libc::F_UNLCK as libc::c_short)
 }
 
-/// The first file of `data_dir` that a running etcd holds locked, if any.
+/// The first file of `data_dir` that a running etcd holds locked, if any, after a grace period
+/// of up to `LOCK_GRACE` for an etcd that is exiting (e.g. the child of a migrate that was just
+/// killed: the kernel delivers its PDEATHSIG asynchronously).
 pub fn held_by_live_etcd(data_dir: &Path) -> io::Result<Option<PathBuf>> {
+    let deadline = std::time::Instant::now() + LOCK_GRACE;
+    loop {
+        match probe(data_dir)? {
+            Some(p) if std::time::Instant::now() < deadline => {
+                let _ = p;
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            other => return Ok(other),
+        }
+    }
+}
+
+/// How long a held lock may take to go away before the data dir counts as in use.
+pub const LOCK_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
+fn probe(data_dir: &Path) -> io::Result<Option<PathBuf>> {
     let db = data_dir.join("member/snap/db");
     if flock_held(&db)? {
         return Ok(Some(db));

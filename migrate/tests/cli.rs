@@ -5,6 +5,8 @@ use std::fs;
 use std::path::Path;
 use std::process::{Command, Output};
 
+mod common;
+
 fn bin_dir_with(versions: &[&str]) -> tempfile::TempDir {
     let d = tempfile::tempdir().unwrap();
     for v in versions {
@@ -173,9 +175,9 @@ fn refusals_have_distinct_codes_and_touch_nothing() {
             "unrecognized storage",
         ),
         (
-            "not implemented yet",
-            Some("3.4.23/etcd3"),
-            &["--target-version", "3.5.1", "--target-storage", "etcd3"],
+            "rollback (not implemented yet)",
+            Some("3.5.1/etcd3"),
+            &["--target-version", "3.4.23", "--target-storage", "etcd3"],
             3,
             "not supported yet",
         ),
@@ -388,15 +390,6 @@ fn plan_refusals_and_dry_run_plans() {
     assert!(!bins.path().join("etcd").exists());
 }
 
-/// A free port on 127.0.0.1.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn a_data_dir_held_by_a_live_etcd_is_refused() {
     let etcd = Path::new("/usr/bin/etcd");
@@ -409,27 +402,7 @@ fn a_data_dir_held_by_a_live_etcd_is_refused() {
     }
     let data = tempfile::tempdir().unwrap();
     let dir = data.path().join("etcd");
-    let (client, peer) = (free_port(), free_port());
-    let mut child = Command::new(etcd)
-        .arg("--data-dir")
-        .arg(&dir)
-        .args(["--name", "default"])
-        .arg(format!("--listen-client-urls=http://127.0.0.1:{client}"))
-        .arg(format!("--advertise-client-urls=http://127.0.0.1:{client}"))
-        .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer}"))
-        .arg(format!(
-            "--initial-advertise-peer-urls=http://127.0.0.1:{peer}"
-        ))
-        .arg(format!("--initial-cluster=default=http://127.0.0.1:{peer}"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", client)).is_err() {
-        assert!(std::time::Instant::now() < deadline, "etcd did not start");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    let mut live = common::Etcd::start(etcd, &dir);
     fs::write(dir.join("version.txt"), "3.4.23/etcd3").unwrap();
     let bins = bin_dir_with(&["3.4.23", "3.5.1"]);
     let args = [
@@ -441,8 +414,8 @@ fn a_data_dir_held_by_a_live_etcd_is_refused() {
         "etcd3",
     ];
     let out = migrate(bins.path(), &[("DO_NOT_MOVE_BINARIES", "true")], &args);
-    let _ = child.kill();
-    let _ = child.wait();
+    let _ = live.child.kill();
+    let _ = live.child.wait();
     assert_eq!(out.status.code(), Some(15), "{}", stderr(&out));
     assert!(
         stderr(&out).contains("in use by a running etcd"),

@@ -1,0 +1,249 @@
+//! A fingerprint of the user keyspace, read through the bundled etcdctl (ETCDCTL_API=3): the key
+//! count, a sha256 over every key and value in key order, and the leases attached to keys with
+//! their granted and remaining TTLs. Reading only: nothing is written into the keyspace.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use base64::Engine;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+#[derive(Debug, thiserror::Error)]
+pub enum FingerprintError {
+    #[error("running `{cmd}`: {message}")]
+    Etcdctl { cmd: String, message: String },
+    #[error("unexpected etcdctl output for `{cmd}`: {message}")]
+    Output { cmd: String, message: String },
+}
+
+/// A lease as seen from the keys attached to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub granted_ttl: i64,
+    pub remaining_ttl: i64,
+    pub keys: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fingerprint {
+    pub keys: usize,
+    /// Hex sha256 over (key length, key, value length, value) for every key in order.
+    pub digest: String,
+    /// Lease id -> lease.
+    pub leases: BTreeMap<i64, Lease>,
+}
+
+/// How far a remaining TTL may drift between two fingerprints (time passes, and etcd refreshes
+/// leases on a leader change).
+pub const TTL_TOLERANCE_SECONDS: i64 = 120;
+
+impl Fingerprint {
+    pub fn summary(&self) -> String {
+        format!(
+            "{} keys, sha256 {}, {} leases",
+            self.keys,
+            &self.digest[..16],
+            self.leases.len()
+        )
+    }
+
+    /// What differs between `self` (before) and `after`, if anything.
+    pub fn differences(&self, after: &Fingerprint) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.keys != after.keys {
+            out.push(format!("key count {} -> {}", self.keys, after.keys));
+        }
+        if self.digest != after.digest {
+            out.push(format!(
+                "keys/values digest {} -> {}",
+                self.digest, after.digest
+            ));
+        }
+        for (id, before) in &self.leases {
+            match after.leases.get(id) {
+                None => out.push(format!("lease {id:x} is gone")),
+                Some(a) => {
+                    if a.granted_ttl != before.granted_ttl || a.keys != before.keys {
+                        out.push(format!(
+                            "lease {id:x}: granted TTL {} -> {}, keys {} -> {}",
+                            before.granted_ttl, a.granted_ttl, before.keys, a.keys
+                        ));
+                    }
+                    // A TTL never grows beyond the granted one; it may be refreshed up to it.
+                    if a.remaining_ttl < before.remaining_ttl - TTL_TOLERANCE_SECONDS {
+                        out.push(format!(
+                            "lease {id:x}: remaining TTL {} -> {}",
+                            before.remaining_ttl, a.remaining_ttl
+                        ));
+                    }
+                }
+            }
+        }
+        for id in after.leases.keys() {
+            if !self.leases.contains_key(id) {
+                out.push(format!("lease {id:x} appeared"));
+            }
+        }
+        out
+    }
+
+    pub fn to_json(&self) -> Value {
+        serde_json::json!({
+            "keys": self.keys,
+            "sha256": self.digest,
+            "leases": self.leases.iter().map(|(id, l)| serde_json::json!({
+                "id": format!("{id:x}"), "granted_ttl": l.granted_ttl,
+                "remaining_ttl": l.remaining_ttl, "keys": l.keys,
+            })).collect::<Vec<_>>(),
+        })
+    }
+
+    pub fn from_json(v: &Value) -> Option<Fingerprint> {
+        let mut leases = BTreeMap::new();
+        for l in v.get("leases")?.as_array()? {
+            let id = i64::from_str_radix(l.get("id")?.as_str()?, 16).ok()?;
+            leases.insert(
+                id,
+                Lease {
+                    granted_ttl: l.get("granted_ttl")?.as_i64()?,
+                    remaining_ttl: l.get("remaining_ttl")?.as_i64()?,
+                    keys: l.get("keys")?.as_u64()? as usize,
+                },
+            );
+        }
+        Some(Fingerprint {
+            keys: v.get("keys")?.as_u64()? as usize,
+            digest: v.get("sha256")?.as_str()?.to_string(),
+            leases,
+        })
+    }
+}
+
+fn etcdctl(etcdctl: &Path, endpoint: &str, args: &[&str]) -> Result<Value, FingerprintError> {
+    let cmd = format!("{} {}", etcdctl.display(), args.join(" "));
+    let out = Command::new(etcdctl)
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={endpoint}"))
+        .arg("--command-timeout=60s")
+        .args(args)
+        .args(["-w", "json"])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| FingerprintError::Etcdctl {
+            cmd: cmd.clone(),
+            message: e.to_string(),
+        })?;
+    if !out.status.success() {
+        return Err(FingerprintError::Etcdctl {
+            cmd,
+            message: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| FingerprintError::Output {
+        cmd,
+        message: e.to_string(),
+    })
+}
+
+fn b64(cmd: &str, v: Option<&Value>) -> Result<Vec<u8>, FingerprintError> {
+    let text = v.and_then(Value::as_str).unwrap_or("");
+    base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .map_err(|e| FingerprintError::Output {
+            cmd: cmd.into(),
+            message: format!("bad base64: {e}"),
+        })
+}
+
+/// Reads the whole keyspace of the etcd at `endpoint`.
+pub fn take(etcdctl_bin: &Path, endpoint: &str) -> Result<Fingerprint, FingerprintError> {
+    let all = etcdctl(etcdctl_bin, endpoint, &["get", "", "--prefix"])?;
+    let kvs = all
+        .get("kvs")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let mut entries = Vec::with_capacity(kvs.len());
+    let mut lease_ids: BTreeMap<i64, usize> = BTreeMap::new();
+    for kv in &kvs {
+        let key = b64("get", kv.get("key"))?;
+        let value = b64("get", kv.get("value"))?;
+        if let Some(lease) = kv.get("lease").and_then(Value::as_i64).filter(|l| *l != 0) {
+            *lease_ids.entry(lease).or_default() += 1;
+        }
+        entries.push((key, value));
+    }
+    entries.sort();
+    let mut h = Sha256::new();
+    for (k, v) in &entries {
+        h.update((k.len() as u64).to_be_bytes());
+        h.update(k);
+        h.update((v.len() as u64).to_be_bytes());
+        h.update(v);
+    }
+    let mut leases = BTreeMap::new();
+    for (id, keys) in lease_ids {
+        let hex = format!("{id:x}");
+        let l = etcdctl(etcdctl_bin, endpoint, &["lease", "timetolive", &hex])?;
+        leases.insert(
+            id,
+            Lease {
+                granted_ttl: l.get("granted-ttl").and_then(Value::as_i64).unwrap_or(-1),
+                remaining_ttl: l.get("ttl").and_then(Value::as_i64).unwrap_or(-1),
+                keys,
+            },
+        );
+    }
+    Ok(Fingerprint {
+        keys: entries.len(),
+        digest: hex_digest(h.finalize().as_slice()),
+        leases,
+    })
+}
+
+fn hex_digest(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fp(keys: usize, digest: &str, leases: &[(i64, i64, i64, usize)]) -> Fingerprint {
+        Fingerprint {
+            keys,
+            digest: digest.into(),
+            leases: leases
+                .iter()
+                .map(|(id, g, r, k)| {
+                    (
+                        *id,
+                        Lease {
+                            granted_ttl: *g,
+                            remaining_ttl: *r,
+                            keys: *k,
+                        },
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn differences_and_json_roundtrip() {
+        let a = fp(3, &"a".repeat(64), &[(7, 3600, 3500, 2)]);
+        assert!(a.differences(&a).is_empty());
+        assert!(a
+            .differences(&fp(3, &"a".repeat(64), &[(7, 3600, 3590, 2)]))
+            .is_empty());
+        assert_eq!(a.differences(&fp(2, &"b".repeat(64), &[])).len(), 3);
+        assert_eq!(
+            a.differences(&fp(3, &"a".repeat(64), &[(7, 3600, 100, 2)]))
+                .len(),
+            1
+        );
+        assert_eq!(Fingerprint::from_json(&a.to_json()), Some(a));
+    }
+}

@@ -1,0 +1,169 @@
+//! A bundled etcd run on the data directory for a migration step: bound to 127.0.0.1 on free
+//! ports (never the ports clients use), its output in a log file, and killed with us if we die
+//! (PR_SET_PDEATHSIG). Readiness is `GET /health`, which reads and never writes the keyspace.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot start `{bin}`: {source}")]
+    Spawn { bin: String, source: std::io::Error },
+    #[error("etcd {version} exited before it was ready ({status}); last log lines:\n{log}")]
+    Exited {
+        version: String,
+        status: String,
+        log: String,
+    },
+    #[error("etcd {version} was not ready after {seconds} s; last log lines:\n{log}")]
+    NotReady {
+        version: String,
+        seconds: u64,
+        log: String,
+    },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub struct Server {
+    child: Option<Child>,
+    pub version: String,
+    pub client_url: String,
+    log: PathBuf,
+}
+
+fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// One `GET /health` over HTTP/1.0: true when etcd answers `"health":"true"`.
+fn healthy(client_port: u16) -> bool {
+    let Ok(mut s) = TcpStream::connect_timeout(
+        &std::net::SocketAddr::from(([127, 0, 0, 1], client_port)),
+        Duration::from_millis(200),
+    ) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut body = String::new();
+    let _ = s.read_to_string(&mut body);
+    body.starts_with("HTTP/1.") && body.contains(" 200 ") && body.contains("\"health\":\"true\"")
+}
+
+impl Server {
+    /// Starts `bin` on `data_dir` as member `name` and waits until it is healthy.
+    pub fn start(
+        bin: &Path,
+        version: &str,
+        data_dir: &Path,
+        name: &str,
+        extra_args: &[String],
+        log_dir: &Path,
+        timeout: Duration,
+    ) -> Result<Server, ServerError> {
+        let (client, peer) = (free_port()?, free_port()?);
+        let client_url = format!("http://127.0.0.1:{client}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let log = log_dir.join(format!("etcd-{version}.log"));
+        let out = std::fs::File::create(&log)?;
+        let mut cmd = Command::new(bin);
+        cmd.arg("--name")
+            .arg(name)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .arg(format!("--listen-client-urls={client_url}"))
+            .arg(format!("--advertise-client-urls={client_url}"))
+            .arg(format!("--listen-peer-urls={peer_url}"))
+            .arg(format!("--initial-advertise-peer-urls={peer_url}"))
+            .arg(format!("--initial-cluster={name}={peer_url}"))
+            .args(extra_args)
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out);
+        // SAFETY: prctl is async-signal-safe; it only asks the kernel to kill the child when
+        // we die, so an interrupted migrate never leaves an etcd running on the data dir.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().map_err(|source| ServerError::Spawn {
+            bin: bin.display().to_string(),
+            source,
+        })?;
+        let mut server = Server {
+            child: Some(child),
+            version: version.into(),
+            client_url,
+            log,
+        };
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = server
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                server.child = None;
+                return Err(ServerError::Exited {
+                    version: version.into(),
+                    status: status.to_string(),
+                    log: tail(&server.log, 15),
+                });
+            }
+            if healthy(client) {
+                return Ok(server);
+            }
+            if Instant::now() > deadline {
+                let log = tail(&server.log, 15);
+                server.stop();
+                return Err(ServerError::NotReady {
+                    version: version.into(),
+                    seconds: timeout.as_secs(),
+                    log,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// SIGTERM, up to 15 s for a clean exit, then SIGKILL; always reaped.
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        // SAFETY: signalling our own child by pid.
+        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

