@@ -121,9 +121,13 @@ pub fn recover(options: &Options, data_dir: &DataDir) -> Result<(), MigrateError
     let journal = match fs::read_to_string(&side.journal) {
         Ok(text) => text,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            if side.backup.exists() {
-                log("removing an unfinished backup copy left by an interrupted run (the data dir was not touched)");
+            // Without a journal nothing irreversible happened: leftovers are copies.
+            let p = rollback_paths(&options.data_dir);
+            if side.backup.exists() || p.new.exists() || p.snapshot.exists() {
+                log("removing copies left by an interrupted run (the data dir was not touched)");
                 remove_tree(&side.backup)?;
+                remove_tree(&p.new)?;
+                let _ = fs::remove_file(&p.snapshot);
             }
             return Ok(());
         }
@@ -141,6 +145,11 @@ pub fn recover(options: &Options, data_dir: &DataDir) -> Result<(), MigrateError
             path: side.journal.display().to_string(),
             message: "no target version".into(),
         })?;
+    if record.get("step").and_then(Value::as_str) == Some("rollback") {
+        recover_rollback(options, &to)?;
+        fs::remove_file(&side.journal).map_err(io_err(&side.journal))?;
+        return Ok(());
+    }
     let done = data_dir.read_version()? == Some(VersionPair::new(to.clone(), Storage::Etcd3));
     if done {
         log(&format!(
@@ -271,5 +280,181 @@ pub fn upgrade(
         fsync_dir(parent).map_err(io_err(parent))?;
     }
     log(&format!("upgraded to {to}/etcd3; fingerprints identical"));
+    Ok(StepFingerprints { before, after })
+}
+
+/// Paths a rollback uses beside the data dir.
+struct RollbackPaths {
+    snapshot: PathBuf,
+    new: PathBuf,
+    old: PathBuf,
+}
+
+fn rollback_paths(data_dir: &Path) -> RollbackPaths {
+    let parent = data_dir.parent().unwrap_or(Path::new("."));
+    let name = data_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "data".into());
+    RollbackPaths {
+        snapshot: parent.join(format!(".{name}.migrate-snapshot.db")),
+        new: parent.join(format!(".{name}.migrate-new")),
+        old: parent.join(format!(".{name}.migrate-old")),
+    }
+}
+
+/// Finishes or undoes an interrupted rollback (called by [`recover`] for a rollback journal).
+fn recover_rollback(options: &Options, to: &Version) -> Result<(), MigrateError> {
+    let p = rollback_paths(&options.data_dir);
+    if !options.data_dir.exists() && p.old.exists() {
+        // Crashed between the two renames: the original goes back.
+        log("an interrupted rollback had moved the data dir aside; putting it back");
+        fs::rename(&p.old, &options.data_dir).map_err(io_err(&p.old))?;
+    }
+    let done = DataDir::new(&options.data_dir).read_version()?
+        == Some(VersionPair::new(to.clone(), Storage::Etcd3));
+    if done {
+        log(&format!(
+            "an interrupted rollback to {to} had finished; cleaning up"
+        ));
+    } else {
+        log(&format!(
+            "a rollback to {to} was interrupted before the swap; the data dir is the original, starting over"
+        ));
+    }
+    remove_tree(&p.old)?;
+    remove_tree(&p.new)?;
+    let _ = fs::remove_file(&p.snapshot);
+    Ok(())
+}
+
+/// The tool that restores a snapshot for `to`: etcdutl from 3.5, etcdctl before.
+fn restore_tool(options: &Options, to: &Version) -> PathBuf {
+    let etcdutl = bin(options, "etcdutl", to);
+    if etcdutl.is_file() {
+        etcdutl
+    } else {
+        bin(options, "etcdctl", to)
+    }
+}
+
+/// One 3.x minor down, from `from` (version.txt) to `to`: snapshot with the current minor's
+/// etcd, restore with the target's tool into a new directory beside the data dir (same mode and
+/// owner), verify it by fingerprint under etcd-`to`, then swap the directories. The original
+/// stays in place until the restored copy is verified, and aside until the swap is recorded.
+pub fn rollback(
+    options: &Options,
+    from: &Version,
+    to: &Version,
+) -> Result<StepFingerprints, MigrateError> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let side = Sidecar::for_dir(&options.data_dir);
+    let p = rollback_paths(&options.data_dir);
+    let logs = tempfile::Builder::new()
+        .prefix("migrate-logs-")
+        .tempdir()
+        .map_err(io_err(Path::new("/tmp")))?;
+    let current = runner_for(options, from);
+    remove_tree(&p.new)?;
+    let _ = fs::remove_file(&p.snapshot);
+
+    log(&format!(
+        "rollback {from} -> {to}: snapshot with etcd {current}"
+    ));
+    failpoint("rollback-before-old");
+    let mut server = Server::start(
+        &bin(options, "etcd", &current),
+        &current.to_string(),
+        &options.data_dir,
+        &options.name,
+        &options.etcd_server_extra_args,
+        logs.path(),
+        READY_TIMEOUT,
+    )?;
+    failpoint(&format!("running-{current}"));
+    let etcdctl = bin(options, "etcdctl", &current);
+    let before = fingerprint::take(&etcdctl, &server.client_url)?;
+    log(&format!("before: {}", before.summary()));
+    crate::fingerprint::snapshot_save(&etcdctl, &server.client_url, &p.snapshot)?;
+    server.stop();
+    failpoint("rollback-snapshot-saved");
+
+    let tool = restore_tool(options, to);
+    log(&format!("restoring with {}", tool.display()));
+    crate::fingerprint::snapshot_restore(
+        &tool,
+        &p.snapshot,
+        &p.new,
+        &options.name,
+        &options.initial_cluster,
+        &options.initial_advertise_peer_urls,
+    )?;
+    // The restored dir takes the original's mode and owner.
+    let meta = fs::metadata(&options.data_dir).map_err(io_err(&options.data_dir))?;
+    fs::set_permissions(
+        &p.new,
+        fs::Permissions::from_mode(meta.permissions().mode()),
+    )
+    .map_err(io_err(&p.new))?;
+    let c = std::ffi::CString::new(p.new.as_os_str().as_encoded_bytes()).expect("no NUL");
+    // SAFETY: chown on a path we just created; failure only matters when not root.
+    if unsafe { libc::chown(c.as_ptr(), meta.uid(), meta.gid()) } != 0
+        && meta.uid() != unsafe { libc::geteuid() }
+    {
+        return Err(io_err(&p.new)(io::Error::last_os_error()));
+    }
+    DataDir::new(&p.new).write_version(&VersionPair::new(to.clone(), Storage::Etcd3))?;
+    failpoint("rollback-restored");
+
+    let mut verify = Server::start(
+        &bin(options, "etcd", to),
+        &to.to_string(),
+        &p.new,
+        &options.name,
+        &options.etcd_server_extra_args,
+        logs.path(),
+        READY_TIMEOUT,
+    )
+    .inspect_err(|_| {
+        let _ = remove_tree(&p.new);
+    })?;
+    failpoint(&format!("running-{to}"));
+    let after = fingerprint::take(&bin(options, "etcdctl", to), &verify.client_url);
+    verify.stop();
+    let after = after?;
+    log(&format!("after: {}", after.summary()));
+    let diffs = before.differences(&after);
+    if !diffs.is_empty() {
+        remove_tree(&p.new)?;
+        let _ = fs::remove_file(&p.snapshot);
+        return Err(MigrateError::FingerprintMismatch {
+            step: format!("rollback {from} -> {to}"),
+            differences: diffs.join("; "),
+        });
+    }
+    failpoint("rollback-verified");
+
+    let record = serde_json::json!({
+        "step": "rollback", "from": from.to_string(), "to": to.to_string(),
+        "before": before.to_json(),
+    });
+    write_atomic(&side.journal, record.to_string().as_bytes(), 0o600)?;
+    failpoint("rollback-journal-written");
+    fs::rename(&options.data_dir, &p.old).map_err(io_err(&options.data_dir))?;
+    failpoint("rollback-original-aside");
+    fs::rename(&p.new, &options.data_dir).map_err(io_err(&p.new))?;
+    if let Some(parent) = options.data_dir.parent() {
+        fsync_dir(parent).map_err(io_err(parent))?;
+    }
+    failpoint("rollback-swapped");
+    fs::remove_file(&side.journal).map_err(io_err(&side.journal))?;
+    remove_tree(&p.old)?;
+    let _ = fs::remove_file(&p.snapshot);
+    if let Some(parent) = options.data_dir.parent() {
+        fsync_dir(parent).map_err(io_err(parent))?;
+    }
+    log(&format!(
+        "rolled back to {to}/etcd3; fingerprints identical"
+    ));
     Ok(StepFingerprints { before, after })
 }

@@ -203,6 +203,71 @@ pub fn take(etcdctl_bin: &Path, endpoint: &str) -> Result<Fingerprint, Fingerpri
     })
 }
 
+/// `etcdctl snapshot save` from the etcd at `endpoint` into `to`.
+pub fn snapshot_save(etcdctl: &Path, endpoint: &str, to: &Path) -> Result<(), FingerprintError> {
+    let cmd = format!("{} snapshot save {}", etcdctl.display(), to.display());
+    let out = Command::new(etcdctl)
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={endpoint}"))
+        .arg("--command-timeout=300s")
+        .args(["snapshot", "save"])
+        .arg(to)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| FingerprintError::Etcdctl {
+            cmd: cmd.clone(),
+            message: e.to_string(),
+        })?;
+    if !out.status.success() || !to.is_file() {
+        return Err(FingerprintError::Etcdctl {
+            cmd,
+            message: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// `snapshot restore` of `snapshot` into the new directory `data_dir`, as member `name`.
+pub fn snapshot_restore(
+    tool: &Path,
+    snapshot: &Path,
+    data_dir: &Path,
+    name: &str,
+    initial_cluster: &str,
+    advertise_peer_urls: &str,
+) -> Result<(), FingerprintError> {
+    let cmd = format!(
+        "{} snapshot restore {} --data-dir {}",
+        tool.display(),
+        snapshot.display(),
+        data_dir.display()
+    );
+    let out = Command::new(tool)
+        .env("ETCDCTL_API", "3")
+        .args(["snapshot", "restore"])
+        .arg(snapshot)
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg(format!("--name={name}"))
+        .arg(format!("--initial-cluster={initial_cluster}"))
+        .arg(format!(
+            "--initial-advertise-peer-urls={advertise_peer_urls}"
+        ))
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| FingerprintError::Etcdctl {
+            cmd: cmd.clone(),
+            message: e.to_string(),
+        })?;
+    if !out.status.success() {
+        return Err(FingerprintError::Etcdctl {
+            cmd,
+            message: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(())
+}
+
 fn hex_digest(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -140,6 +140,8 @@ pub enum Outcome {
     Planned,
     /// One or more upgrade steps ran, each with identical fingerprints.
     Upgraded,
+    /// A one-minor rollback ran, with identical fingerprints.
+    RolledBack,
 }
 
 impl fmt::Display for Outcome {
@@ -150,6 +152,7 @@ impl fmt::Display for Outcome {
             Outcome::PatchChange => "patch-change",
             Outcome::Planned => "planned",
             Outcome::Upgraded => "upgraded",
+            Outcome::RolledBack => "rolled-back",
         })
     }
 }
@@ -235,13 +238,15 @@ pub fn migrate_if_needed(options: &Options) -> Result<Report, MigrateError> {
                 file: file.display().to_string(),
             });
         }
-        if options.dry_run {
-            if engine::Sidecar::for_dir(&options.data_dir).journal.exists() {
-                log("an interrupted step would be recovered first");
-            }
-        } else {
-            engine::recover(options, &data_dir)?;
+    }
+    // An interrupted step is finished or undone first, even when the data dir itself is
+    // missing (a rollback interrupted between its two renames): it must never look empty.
+    if options.dry_run {
+        if engine::Sidecar::for_dir(&options.data_dir).journal.exists() {
+            log("an interrupted step would be recovered first");
         }
+    } else {
+        engine::recover(options, &data_dir)?;
     }
     if data_dir.is_empty()? {
         let step = format!("initialize empty data directory: write version.txt = {target}");
@@ -305,22 +310,28 @@ pub fn migrate_if_needed(options: &Options) -> Result<Report, MigrateError> {
             Ok(report(Some(&current), Outcome::PatchChange, described))
         }
         _ if options.dry_run => Ok(report(Some(&current), Outcome::Planned, described)),
-        _ if steps
-            .iter()
-            .any(|s| !matches!(s, plan::Step::Upgrade { .. })) =>
-        {
-            Err(MigrateError::NotSupportedYet {
-                current: current.to_string(),
-                target: target.to_string(),
-            })
+        [plan::Step::Rollback { from, to }] => {
+            let mut r = report(Some(&current), Outcome::RolledBack, described);
+            let fps = engine::rollback(options, from, to)?;
+            r.fingerprints
+                .push((steps[0].to_string(), fps.before, fps.after));
+            Ok(r)
         }
         _ => {
             let mut r = report(Some(&current), Outcome::Upgraded, described);
             for step in &steps {
-                if let plan::Step::Upgrade { from, to } = step {
-                    let fps = engine::upgrade(options, &data_dir, from, to)?;
-                    r.fingerprints
-                        .push((step.to_string(), fps.before, fps.after));
+                match step {
+                    plan::Step::Upgrade { from, to } => {
+                        let fps = engine::upgrade(options, &data_dir, from, to)?;
+                        r.fingerprints
+                            .push((step.to_string(), fps.before, fps.after));
+                    }
+                    other => {
+                        return Err(MigrateError::NotSupportedYet {
+                            current: current.to_string(),
+                            target: format!("{target} (step: {other})"),
+                        })
+                    }
                 }
             }
             Ok(r)

@@ -150,7 +150,9 @@ pub fn binaries_for(step: &Step, bundled: &[Version], bin_dir: &Path) -> Vec<Pat
             out
         }
         Step::Rollback { from, to } => {
-            let mut out = pair(from);
+            let current =
+                bundled_minor(bundled, from.major, from.minor).unwrap_or_else(|| from.clone());
+            let mut out = pair(&current);
             out.extend(pair(to));
             out
         }

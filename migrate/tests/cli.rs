@@ -175,13 +175,6 @@ fn refusals_have_distinct_codes_and_touch_nothing() {
             "unrecognized storage",
         ),
         (
-            "rollback (not implemented yet)",
-            Some("3.5.1/etcd3"),
-            &["--target-version", "3.4.23", "--target-storage", "etcd3"],
-            3,
-            "not supported yet",
-        ),
-        (
             "bad target version",
             Some("3.4.23/etcd3"),
             &["--target-version", "3.5", "--target-storage", "etcd3"],
