@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::Duration;
 
 use base64::Engine;
 use common::Etcd;
@@ -378,4 +379,108 @@ fn rollback_3_5_to_3_4_round_trips_and_survives_a_crash_at_every_failpoint() {
             .collect();
         assert!(left.is_empty(), "{stage}: leftovers {left:?}");
     }
+}
+
+/// Pids of processes whose command line mentions `needle` and whose program name starts with
+/// `program`.
+fn pids_with(program: &str, needle: &str) -> Vec<i32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let name = args
+            .first()
+            .map(|a| a.rsplit('/').next().unwrap_or("").to_string());
+        if name.is_some_and(|n| n.starts_with(program)) && args.iter().any(|a| a.contains(needle)) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+#[test]
+fn kill_9_at_random_moments_then_rerun_converges() {
+    let Some(fx) = fixtures_bin() else { return };
+    let bins = bin_dir(&fx, &["3.4.23", "3.5.1"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let pristine = tmp.path().join("pristine");
+    let etcd = Etcd::start(&fx.join("etcd-3.4.23"), &pristine);
+    let want = fill(&etcd, 500);
+    etcd.stop();
+    std::fs::write(pristine.join("version.txt"), "3.4.23/etcd3").unwrap();
+
+    // 20 seeds: even ones kill migrate itself, odd ones its etcd child, after a pseudo-random
+    // delay spread over the whole run (an upgrade here takes about 2-4 s).
+    let mut fired = 0;
+    for seed in 0u64..20 {
+        let case = tmp.path().join(format!("seed-{seed}"));
+        std::fs::create_dir(&case).unwrap();
+        let data = case.join("data");
+        copy_dir(&pristine, &data);
+        let delay = Duration::from_millis((seed * 7919 + 311) % 3000);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_migrate"))
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("DO_NOT_MOVE_BINARIES", "true")
+            .args(["--name", "default", "--bin-dir"])
+            .arg(bins.path())
+            .arg("--data-dir")
+            .arg(&data)
+            .args(["--target-version", "3.5.1", "--target-storage", "etcd3"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(delay);
+        let needle = data.display().to_string();
+        let victims = if seed % 2 == 0 {
+            vec![child.id() as i32]
+        } else {
+            pids_with("etcd", &needle)
+        };
+        for pid in &victims {
+            // SAFETY: SIGKILL to a process of this test.
+            unsafe { libc::kill(*pid, libc::SIGKILL) };
+        }
+        let status = child.wait().unwrap();
+        if !status.success() {
+            fired += 1;
+        }
+        let out = migrate(bins.path(), &data, "3.5.1", &[]);
+        assert!(
+            out.status.success(),
+            "seed {seed} ({delay:?}): rerun: {}",
+            stderr(&out)
+        );
+        assert_eq!(
+            std::fs::read_to_string(data.join("version.txt")).unwrap(),
+            "3.5.1/etcd3",
+            "seed {seed}"
+        );
+        let e = Etcd::start(&fx.join("etcd-3.5.1"), &data);
+        let read = read_all(&fx.join("etcdctl-3.5.1"), e.port);
+        e.stop();
+        assert!(
+            read == want,
+            "seed {seed}: {} keys read back, {} written",
+            read.len(),
+            want.len()
+        );
+        let left: Vec<_> = std::fs::read_dir(&case)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n != "data")
+            .collect();
+        assert!(left.is_empty(), "seed {seed}: leftovers {left:?}");
+    }
+    assert!(fired >= 10, "only {fired} of 20 kills interrupted a run");
 }
