@@ -161,16 +161,51 @@ fn copy_dir(from: &Path, to: &Path) {
     assert!(st.success());
 }
 
+/// A 3.4.23 data dir with `n` keys written by etcd 3.4.23, and what it must hold.
+fn pristine_3_4(fx: &Path, dir: &Path, n: usize) -> (PathBuf, BTreeMap<Vec<u8>, Vec<u8>>) {
+    let pristine = dir.join("pristine");
+    let etcd = Etcd::start(&fx.join("etcd-3.4.23"), &pristine);
+    let want = fill(&etcd, n);
+    etcd.stop();
+    std::fs::write(pristine.join("version.txt"), "3.4.23/etcd3").unwrap();
+    (pristine, want)
+}
+
+/// etcd `version` on `data` serves exactly `want`.
+fn assert_serves(
+    fx: &Path,
+    version: &str,
+    data: &Path,
+    want: &BTreeMap<Vec<u8>, Vec<u8>>,
+    ctx: &str,
+) {
+    let e = Etcd::start(&fx.join(format!("etcd-{version}")), data);
+    let read = read_all(&fx.join(format!("etcdctl-{version}")), e.port);
+    e.stop();
+    assert!(
+        read == *want,
+        "{ctx}: {} keys read back, {} written",
+        read.len(),
+        want.len()
+    );
+}
+
+/// Entries of `case` other than the data dir (journal, backup, snapshot, ...).
+fn leftovers(case: &Path) -> Vec<String> {
+    std::fs::read_dir(case)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "data")
+        .collect()
+}
+
 #[test]
 fn upgrade_3_4_to_3_5_keeps_every_key_and_survives_a_crash_at_every_failpoint() {
     let Some(fx) = fixtures_bin() else { return };
     let bins = bin_dir(&fx, &["3.4.23", "3.5.1"]);
     let tmp = tempfile::tempdir().unwrap();
-    let pristine = tmp.path().join("pristine");
-    let etcd = Etcd::start(&fx.join("etcd-3.4.23"), &pristine);
-    let want = fill(&etcd, 5000);
-    etcd.stop();
-    std::fs::write(pristine.join("version.txt"), "3.4.23/etcd3").unwrap();
+    let (pristine, want) = pristine_3_4(&fx, tmp.path(), 5000);
 
     // The straight run.
     let data = tmp.path().join("data");
@@ -190,15 +225,7 @@ fn upgrade_3_4_to_3_5_keeps_every_key_and_survives_a_crash_at_every_failpoint() 
     );
     let reference = fp["before"]["sha256"].clone();
     // Read back by etcd 3.5.1 itself: every key, every value.
-    let e = Etcd::start(&fx.join("etcd-3.5.1"), &data);
-    let read = read_all(&fx.join("etcdctl-3.5.1"), e.port);
-    e.stop();
-    assert!(
-        read == want,
-        "{} keys read back, {} written",
-        read.len(),
-        want.len()
-    );
+    assert_serves(&fx, "3.5.1", &data, &want, "after the round trips");
     let parent_entries = |dir: &Path| {
         let mut v: Vec<String> = std::fs::read_dir(dir)
             .unwrap()
@@ -284,11 +311,7 @@ fn rollback_3_5_to_3_4_round_trips_and_survives_a_crash_at_every_failpoint() {
     let bins = bin_dir(&fx, &["3.4.23", "3.5.1"]);
     let tmp = tempfile::tempdir().unwrap();
     // 3.5.1 data: written by 3.4.23, upgraded by migrate.
-    let pristine = tmp.path().join("pristine");
-    let etcd = Etcd::start(&fx.join("etcd-3.4.23"), &pristine);
-    let want = fill(&etcd, 5000);
-    etcd.stop();
-    std::fs::write(pristine.join("version.txt"), "3.4.23/etcd3").unwrap();
+    let (pristine, want) = pristine_3_4(&fx, tmp.path(), 5000);
     std::fs::set_permissions(&pristine, std::fs::Permissions::from_mode(0o700)).unwrap();
     let out = migrate(bins.path(), &pristine, "3.5.1", &[]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -320,15 +343,7 @@ fn rollback_3_5_to_3_4_round_trips_and_survives_a_crash_at_every_failpoint() {
         0o700,
         "the restored dir keeps the original's mode"
     );
-    let e = Etcd::start(&fx.join("etcd-3.4.23"), &data);
-    let read = read_all(&fx.join("etcdctl-3.4.23"), e.port);
-    e.stop();
-    assert!(
-        read == want,
-        "{} keys read back, {} written",
-        read.len(),
-        want.len()
-    );
+    assert_serves(&fx, "3.4.23", &data, &want, "after the round trips");
 
     // A crash at every stage of a rollback, then a rerun: it converges, nothing is lost.
     for stage in [
@@ -371,12 +386,7 @@ fn rollback_3_5_to_3_4_round_trips_and_survives_a_crash_at_every_failpoint() {
             "{stage}"
         );
         e.stop();
-        let left: Vec<_> = std::fs::read_dir(&case)
-            .unwrap()
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n != "data")
-            .collect();
+        let left = leftovers(&case);
         assert!(left.is_empty(), "{stage}: leftovers {left:?}");
     }
 }
@@ -411,11 +421,7 @@ fn kill_9_at_random_moments_then_rerun_converges() {
     let Some(fx) = fixtures_bin() else { return };
     let bins = bin_dir(&fx, &["3.4.23", "3.5.1"]);
     let tmp = tempfile::tempdir().unwrap();
-    let pristine = tmp.path().join("pristine");
-    let etcd = Etcd::start(&fx.join("etcd-3.4.23"), &pristine);
-    let want = fill(&etcd, 500);
-    etcd.stop();
-    std::fs::write(pristine.join("version.txt"), "3.4.23/etcd3").unwrap();
+    let (pristine, want) = pristine_3_4(&fx, tmp.path(), 500);
 
     // 20 seeds: even ones kill migrate itself, odd ones its etcd child, after a pseudo-random
     // delay spread over the whole run (an upgrade here takes about 2-4 s).
@@ -465,21 +471,8 @@ fn kill_9_at_random_moments_then_rerun_converges() {
             "3.5.1/etcd3",
             "seed {seed}"
         );
-        let e = Etcd::start(&fx.join("etcd-3.5.1"), &data);
-        let read = read_all(&fx.join("etcdctl-3.5.1"), e.port);
-        e.stop();
-        assert!(
-            read == want,
-            "seed {seed}: {} keys read back, {} written",
-            read.len(),
-            want.len()
-        );
-        let left: Vec<_> = std::fs::read_dir(&case)
-            .unwrap()
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n != "data")
-            .collect();
+        assert_serves(&fx, "3.5.1", &data, &want, &format!("seed {seed}"));
+        let left = leftovers(&case);
         assert!(left.is_empty(), "seed {seed}: leftovers {left:?}");
     }
     assert!(fired >= 10, "only {fired} of 20 kills interrupted a run");
