@@ -123,7 +123,9 @@ impl Fingerprint {
 
 fn etcdctl(etcdctl: &Path, endpoint: &str, args: &[&str]) -> Result<Value, FingerprintError> {
     let cmd = format!("{} {}", etcdctl.display(), args.join(" "));
-    let out = Command::new(etcdctl)
+    let mut command = Command::new(etcdctl);
+    crate::server::scrub_env(&mut command);
+    let out = command
         .env("ETCDCTL_API", "3")
         .arg(format!("--endpoints={endpoint}"))
         .arg("--command-timeout=60s")
@@ -206,7 +208,9 @@ pub fn take(etcdctl_bin: &Path, endpoint: &str) -> Result<Fingerprint, Fingerpri
 /// `etcdctl snapshot save` from the etcd at `endpoint` into `to`.
 pub fn snapshot_save(etcdctl: &Path, endpoint: &str, to: &Path) -> Result<(), FingerprintError> {
     let cmd = format!("{} snapshot save {}", etcdctl.display(), to.display());
-    let out = Command::new(etcdctl)
+    let mut command = Command::new(etcdctl);
+    crate::server::scrub_env(&mut command);
+    let out = command
         .env("ETCDCTL_API", "3")
         .arg(format!("--endpoints={endpoint}"))
         .arg("--command-timeout=300s")
@@ -242,7 +246,9 @@ pub fn snapshot_restore(
         snapshot.display(),
         data_dir.display()
     );
-    let out = Command::new(tool)
+    let mut command = Command::new(tool);
+    crate::server::scrub_env(&mut command);
+    let out = command
         .env("ETCDCTL_API", "3")
         .args(["snapshot", "restore"])
         .arg(snapshot)

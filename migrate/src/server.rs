@@ -36,6 +36,19 @@ pub struct Server {
     log: PathBuf,
 }
 
+/// etcd and etcdctl read `ETCD_*` / `ETCDCTL_*` variables as flags and refuse to start when one
+/// conflicts with a command-line flag (the wrapper's own ETCD_NAME did exactly that). The
+/// migration runs only get the flags migrate gives them; ETCD_UNSUPPORTED_ARCH is kept (etcd
+/// needs it on some arches).
+pub fn scrub_env(cmd: &mut Command) {
+    for (key, _) in std::env::vars_os() {
+        let k = key.to_string_lossy();
+        if (k.starts_with("ETCD_") && k != "ETCD_UNSUPPORTED_ARCH") || k.starts_with("ETCDCTL_") {
+            cmd.env_remove(&key);
+        }
+    }
+}
+
 fn free_port() -> std::io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
@@ -82,6 +95,7 @@ impl Server {
         let log = log_dir.join(format!("etcd-{version}.log"));
         let out = std::fs::File::create(&log)?;
         let mut cmd = Command::new(bin);
+        scrub_env(&mut cmd);
         cmd.arg("--name")
             .arg(name)
             .arg("--data-dir")

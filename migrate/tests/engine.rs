@@ -477,3 +477,144 @@ fn kill_9_at_random_moments_then_rerun_converges() {
     }
     assert!(fired >= 10, "only {fired} of 20 kills interrupted a run");
 }
+
+/// Every file under `dir`, with its bytes (what "untouched" compares).
+fn tree_bytes(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.insert(
+                    p.strip_prefix(dir).unwrap().display().to_string(),
+                    std::fs::read(&p).unwrap(),
+                );
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn the_wrapper_script_migrates_real_data_and_refusals_leave_it_byte_for_byte() {
+    let Some(fx) = fixtures_bin() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let (pristine, want) = pristine_3_4(&fx, tmp.path(), 300);
+    // The image's layout: real binaries, migrate and the wrapper in one bin dir.
+    let bin = tmp.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    for f in [
+        "etcd-3.4.23",
+        "etcdctl-3.4.23",
+        "etcd-3.5.1",
+        "etcdctl-3.5.1",
+    ] {
+        std::fs::copy(fx.join(f), bin.join(f)).unwrap();
+    }
+    std::fs::copy(env!("CARGO_BIN_EXE_migrate"), bin.join("migrate")).unwrap();
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("migrate-if-needed.sh"),
+        bin.join("migrate-if-needed.sh"),
+    )
+    .unwrap();
+    let data = tmp.path().join("data");
+    copy_dir(&pristine, &data);
+    let wrapper = |target: &str| {
+        Command::new("sh")
+            .arg(bin.join("migrate-if-needed.sh"))
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("HOSTNAME", "node")
+            .env("ETCD_NAME", "default")
+            .env("TARGET_VERSION", target)
+            .env("TARGET_STORAGE", "etcd3")
+            .env("DATA_DIRECTORY", &data)
+            .output()
+            .unwrap()
+    };
+    for target in ["3.5.1", "3.4.23"] {
+        let out = wrapper(target);
+        assert!(
+            out.status.success(),
+            "to {target}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            stderr(&out)
+        );
+        assert_eq!(
+            std::fs::read_to_string(data.join("version.txt")).unwrap(),
+            format!("{target}/etcd3")
+        );
+        let v = Command::new(bin.join("etcd"))
+            .arg("--version")
+            .output()
+            .unwrap();
+        assert!(
+            String::from_utf8_lossy(&v.stdout).contains(&format!("etcd Version: {target}")),
+            "the default etcd is {target}"
+        );
+        assert_serves(
+            &fx,
+            target,
+            &data,
+            &want,
+            &format!("after the wrapper to {target}"),
+        );
+    }
+
+    // Refusals on real data: the right code, and not one byte changed.
+    std::fs::write(bin.join("etcd-3.3.17"), b"old").unwrap();
+    std::fs::write(bin.join("etcdctl-3.3.17"), b"old").unwrap();
+    let real = tmp.path().join("real");
+    copy_dir(&data, &real);
+    std::fs::write(real.join("version.txt"), "3.5.1/etcd3").unwrap();
+    let bins_for = |remove: Option<&str>| {
+        let d = tempfile::tempdir().unwrap();
+        for e in std::fs::read_dir(&bin).unwrap().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if Some(name.as_str()) != remove && name.contains('-') && !name.ends_with(".sh") {
+                std::os::unix::fs::symlink(e.path(), d.path().join(&name)).unwrap();
+            }
+        }
+        d
+    };
+    let cases: [(&str, Option<&str>, &str, &str, i32); 5] = [
+        ("downgrade two minors", None, "3.3.17", "etcd3", 13),
+        ("target not bundled", None, "3.6.0", "etcd3", 12),
+        ("unknown storage", None, "3.5.1", "etcd4", 14),
+        ("missing binary", Some("etcdctl-3.4.23"), "3.4.23", "etcd3", 16),
+        ("malformed version.txt", None, "3.4.23", "etcd3", 10),
+    ];
+    for (name, remove, target, storage, code) in cases {
+        if name == "malformed version.txt" {
+            std::fs::write(real.join("version.txt"), "3.5/etcd3").unwrap();
+        }
+        let before = tree_bytes(&real);
+        let bins = bins_for(remove);
+        let out = Command::new(env!("CARGO_BIN_EXE_migrate"))
+            .env_clear()
+            .env("DO_NOT_MOVE_BINARIES", "true")
+            .args(["--name", "default", "--bin-dir"])
+            .arg(bins.path())
+            .arg("--data-dir")
+            .arg(&real)
+            .args(["--target-version", target, "--target-storage", storage])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(code), "{name}: {}", stderr(&out));
+        assert!(tree_bytes(&real) == before, "{name}: the data dir changed");
+        assert!(leftovers_in(tmp.path()).is_empty(), "{name}");
+    }
+}
+
+/// Sidecar files (journal, backup, ...) in `dir`.
+fn leftovers_in(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".migrate-"))
+        .collect()
+}
