@@ -584,7 +584,13 @@ fn the_wrapper_script_migrates_real_data_and_refusals_leave_it_byte_for_byte() {
         ("downgrade two minors", None, "3.3.17", "etcd3", 13),
         ("target not bundled", None, "3.6.0", "etcd3", 12),
         ("unknown storage", None, "3.5.1", "etcd4", 14),
-        ("missing binary", Some("etcdctl-3.4.23"), "3.4.23", "etcd3", 16),
+        (
+            "missing binary",
+            Some("etcdctl-3.4.23"),
+            "3.4.23",
+            "etcd3",
+            16,
+        ),
         ("malformed version.txt", None, "3.4.23", "etcd3", 10),
     ];
     for (name, remove, target, storage, code) in cases {
