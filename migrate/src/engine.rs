@@ -37,11 +37,16 @@ pub fn failpoint(stage: &str) {
     }
 }
 
-/// The journal and backup paths beside `data_dir`.
+/// The files a step keeps beside `data_dir` (same filesystem, so renames are atomic).
 pub struct Sidecar {
     pub journal: PathBuf,
+    /// Upgrade: the copy of the data taken before the new etcd opens it.
     pub backup: PathBuf,
     backup_tmp: PathBuf,
+    /// Rollback: the snapshot, the restored dir, and the original set aside during the swap.
+    snapshot: PathBuf,
+    new: PathBuf,
+    old: PathBuf,
 }
 
 impl Sidecar {
@@ -51,10 +56,14 @@ impl Sidecar {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "data".into());
+        let at = |suffix: &str| parent.join(format!(".{name}.migrate-{suffix}"));
         Sidecar {
-            journal: parent.join(format!(".{name}.migrate-journal")),
-            backup: parent.join(format!(".{name}.migrate-backup")),
-            backup_tmp: parent.join(format!(".{name}.migrate-backup.tmp")),
+            journal: at("journal"),
+            backup: at("backup"),
+            backup_tmp: at("backup.tmp"),
+            snapshot: at("snapshot.db"),
+            new: at("new"),
+            old: at("old"),
         }
     }
 }
@@ -122,12 +131,11 @@ pub fn recover(options: &Options, data_dir: &DataDir) -> Result<(), MigrateError
         Ok(text) => text,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             // Without a journal nothing irreversible happened: leftovers are copies.
-            let p = rollback_paths(&options.data_dir);
-            if side.backup.exists() || p.new.exists() || p.snapshot.exists() {
+            if side.backup.exists() || side.new.exists() || side.snapshot.exists() {
                 log("removing copies left by an interrupted run (the data dir was not touched)");
                 remove_tree(&side.backup)?;
-                remove_tree(&p.new)?;
-                let _ = fs::remove_file(&p.snapshot);
+                remove_tree(&side.new)?;
+                let _ = fs::remove_file(&side.snapshot);
             }
             return Ok(());
         }
@@ -283,29 +291,9 @@ pub fn upgrade(
     Ok(StepFingerprints { before, after })
 }
 
-/// Paths a rollback uses beside the data dir.
-struct RollbackPaths {
-    snapshot: PathBuf,
-    new: PathBuf,
-    old: PathBuf,
-}
-
-fn rollback_paths(data_dir: &Path) -> RollbackPaths {
-    let parent = data_dir.parent().unwrap_or(Path::new("."));
-    let name = data_dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "data".into());
-    RollbackPaths {
-        snapshot: parent.join(format!(".{name}.migrate-snapshot.db")),
-        new: parent.join(format!(".{name}.migrate-new")),
-        old: parent.join(format!(".{name}.migrate-old")),
-    }
-}
-
 /// Finishes or undoes an interrupted rollback (called by [`recover`] for a rollback journal).
 fn recover_rollback(options: &Options, to: &Version) -> Result<(), MigrateError> {
-    let p = rollback_paths(&options.data_dir);
+    let p = Sidecar::for_dir(&options.data_dir);
     if !options.data_dir.exists() && p.old.exists() {
         // Crashed between the two renames: the original goes back.
         log("an interrupted rollback had moved the data dir aside; putting it back");
@@ -349,7 +337,7 @@ pub fn rollback(
 ) -> Result<StepFingerprints, MigrateError> {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let side = Sidecar::for_dir(&options.data_dir);
-    let p = rollback_paths(&options.data_dir);
+    let p = &side;
     let logs = tempfile::Builder::new()
         .prefix("migrate-logs-")
         .tempdir()

@@ -44,6 +44,8 @@ pub enum GoBuildError {
     NoBuilder,
     #[error("`{0}` is not on PATH (--builder {0})")]
     Missing(&'static str),
+    #[error("the local Go toolchain does not work: {0}")]
+    Toolchain(ProcessError),
     #[error("etcd {version} cannot be built from this source: {message}")]
     Unsupported { version: Version, message: String },
     #[error("the source directory `{0}` does not exist")]
@@ -91,6 +93,7 @@ impl GoBuildError {
     pub fn hint(&self) -> Option<String> {
         Some(match self {
             GoBuildError::NoBuilder => "install Go (Debian: apt-get install golang-go; or https://go.dev/dl) for --builder go, or Docker for --builder docker; or set the arch's source to \"release\" in images.toml".into(),
+            GoBuildError::Toolchain(_) => "check `go env GOVERSION` by hand, or use --builder docker".into(),
             GoBuildError::Missing("go") => "install Go (Debian: apt-get install golang-go), or use --builder docker".into(),
             GoBuildError::Missing(_) => "install Docker, or use --builder go with a local Go toolchain".into(),
             GoBuildError::Unsupported { .. } => "see the [build.source.\"<V>\"] keys in the README's images.toml reference".into(),
@@ -165,12 +168,7 @@ impl Builder {
                 .args(["env", "GOVERSION"])
                 .output()
                 .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-                .map_err(|e| GoBuildError::Compile {
-                    binary: "go env GOVERSION".into(),
-                    version: Version::new(0, 0, 0),
-                    arch: Arch::Amd64,
-                    source: e,
-                })?;
+                .map_err(GoBuildError::Toolchain)?;
             Ok(Builder::Go { go, version })
         };
         let docker = || -> Result<Builder, GoBuildError> {
