@@ -23,7 +23,7 @@ use serde_json::Value;
 use crate::datadir::{fsync_dir, write_atomic, DataDir};
 
 use crate::fingerprint::{self, Fingerprint};
-use crate::server::Server;
+use crate::server::{Launch, Peers, Server};
 use crate::version::{Storage, VersionPair};
 use crate::{log, options::Options, MigrateError};
 
@@ -200,22 +200,70 @@ fn runner_for(options: &Options, v: &Version) -> Version {
         .unwrap_or_else(|| v.clone())
 }
 
+/// Starts the bundled etcd `version` on `dir` for a step and waits until it is healthy.
+fn start_etcd(
+    options: &Options,
+    version: &Version,
+    dir: &Path,
+    logs: &Path,
+) -> Result<Server, MigrateError> {
+    let peers = peers(options);
+    Ok(Server::start(&Launch {
+        bin: &bin(options, "etcd", version),
+        version: &version.to_string(),
+        data_dir: dir,
+        name: &options.name,
+        peers: &peers,
+        extra_args: &options.etcd_server_extra_args,
+        log_dir: logs,
+        timeout: READY_TIMEOUT,
+    })?)
+}
+
+pub fn peers(options: &Options) -> Peers {
+    Peers::from_initial_cluster(
+        &options.initial_cluster,
+        &options.listen_peer_urls,
+        &options.initial_advertise_peer_urls,
+    )
+}
+
+/// What differs between the fingerprints around a step. A single member is alone with its
+/// data (private ports), so the keyspace must be identical. A member of a live multi-member
+/// cluster catches up with writes the others took while it was stopped: there its revision
+/// may only move forward, and the keyspace is compared when it did not move.
+fn compare(options: &Options, before: &Fingerprint, after: &Fingerprint) -> Vec<String> {
+    if matches!(peers(options), Peers::Cluster { .. }) {
+        if after.revision < before.revision {
+            let mut diffs = before.differences(after);
+            diffs.insert(
+                0,
+                format!(
+                    "the member's revision went back from {} to {}",
+                    before.revision, after.revision
+                ),
+            );
+            return diffs;
+        }
+        if after.revision > before.revision {
+            log(&format!(
+                "the cluster moved from revision {} to {} during the step (the other members took writes); the member caught up, so the keyspace is not compared",
+                before.revision, after.revision
+            ));
+            return Vec::new();
+        }
+    }
+    before.differences(after)
+}
+
 fn run_and_fingerprint(
     options: &Options,
     version: &Version,
     logs: &Path,
 ) -> Result<Fingerprint, MigrateError> {
-    let mut server = Server::start(
-        &bin(options, "etcd", version),
-        &version.to_string(),
-        &options.data_dir,
-        &options.name,
-        &options.etcd_server_extra_args,
-        logs,
-        READY_TIMEOUT,
-    )?;
+    let mut server = start_etcd(options, version, &options.data_dir, logs)?;
     failpoint(&format!("running-{version}"));
-    let fp = fingerprint::take(&bin(options, "etcdctl", version), &server.client_url)?;
+    let fp = fingerprint::take(&bin(options, "etcdctl", version), &mut server)?;
     server.stop();
     Ok(fp)
 }
@@ -270,7 +318,7 @@ pub fn upgrade(
         }
     };
     log(&format!("after: {}", after.summary()));
-    let diffs = before.differences(&after);
+    let diffs = compare(options, &before, &after);
     if !diffs.is_empty() {
         restore_backup(&options.data_dir, &side)?;
         let _ = fs::remove_file(&side.journal);
@@ -350,20 +398,12 @@ pub fn rollback(
         "rollback {from} -> {to}: snapshot with etcd {current}"
     ));
     failpoint("rollback-before-old");
-    let mut server = Server::start(
-        &bin(options, "etcd", &current),
-        &current.to_string(),
-        &options.data_dir,
-        &options.name,
-        &options.etcd_server_extra_args,
-        logs.path(),
-        READY_TIMEOUT,
-    )?;
+    let mut server = start_etcd(options, &current, &options.data_dir, logs.path())?;
     failpoint(&format!("running-{current}"));
     let etcdctl = bin(options, "etcdctl", &current);
-    let before = fingerprint::take(&etcdctl, &server.client_url)?;
+    let before = fingerprint::take(&etcdctl, &mut server)?;
     log(&format!("before: {}", before.summary()));
-    crate::fingerprint::snapshot_save(&etcdctl, &server.client_url, &p.snapshot)?;
+    crate::fingerprint::snapshot_save(&etcdctl, &mut server, &p.snapshot)?;
     server.stop();
     failpoint("rollback-snapshot-saved");
 
@@ -394,24 +434,15 @@ pub fn rollback(
     DataDir::new(&p.new).write_version(&VersionPair::new(to.clone(), Storage::Etcd3))?;
     failpoint("rollback-restored");
 
-    let mut verify = Server::start(
-        &bin(options, "etcd", to),
-        &to.to_string(),
-        &p.new,
-        &options.name,
-        &options.etcd_server_extra_args,
-        logs.path(),
-        READY_TIMEOUT,
-    )
-    .inspect_err(|_| {
+    let mut verify = start_etcd(options, to, &p.new, logs.path()).inspect_err(|_| {
         let _ = remove_tree(&p.new);
     })?;
     failpoint(&format!("running-{to}"));
-    let after = fingerprint::take(&bin(options, "etcdctl", to), &verify.client_url);
+    let after = fingerprint::take(&bin(options, "etcdctl", to), &mut verify);
     verify.stop();
     let after = after?;
     log(&format!("after: {}", after.summary()));
-    let diffs = before.differences(&after);
+    let diffs = compare(options, &before, &after);
     if !diffs.is_empty() {
         remove_tree(&p.new)?;
         let _ = fs::remove_file(&p.snapshot);
@@ -445,4 +476,58 @@ pub fn rollback(
         "rolled back to {to}/etcd3; fingerprints identical"
     ));
     Ok(StepFingerprints { before, after })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// The reference's "backup" and "copy file" unit cases, for the copy an upgrade keeps.
+    #[test]
+    fn backup_copy_keeps_bytes_and_modes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("data-dir");
+        fs::create_dir_all(data.join("member/wal")).unwrap();
+        fs::set_permissions(&data, fs::Permissions::from_mode(0o750)).unwrap();
+        fs::write(data.join("empty.txt"), b"").unwrap();
+        fs::write(data.join("member/wal/0.wal"), vec![7u8; 100_000]).unwrap();
+        fs::set_permissions(
+            data.join("member/wal/0.wal"),
+            fs::Permissions::from_mode(0o600),
+        )
+        .unwrap();
+        let side = Sidecar::for_dir(&data);
+        copy_tree(&data, &side.backup).unwrap();
+        assert_eq!(side.backup, tmp.path().join(".data-dir.migrate-backup"));
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode(&side.backup), 0o750);
+        assert_eq!(fs::read(side.backup.join("empty.txt")).unwrap(), b"");
+        assert_eq!(
+            fs::read(side.backup.join("member/wal/0.wal")).unwrap(),
+            vec![7u8; 100_000]
+        );
+        assert_eq!(mode(&side.backup.join("member/wal/0.wal")), 0o600);
+        // A second copy onto an existing backup is refused, never merged.
+        assert!(copy_tree(&data, &side.backup).is_err());
+    }
+
+    #[test]
+    fn peers_follow_initial_cluster() {
+        let one = Peers::from_initial_cluster("a=http://x:2380", "http://x:2380", "http://x:2380");
+        assert_eq!(one, Peers::Alone);
+        // One member with two peer URLs is still one member.
+        let same = Peers::from_initial_cluster(
+            "a=http://x:2380,a=http://y:2380",
+            "http://x:2380",
+            "http://x:2380",
+        );
+        assert_eq!(same, Peers::Alone);
+        let three = Peers::from_initial_cluster(
+            "a=https://x:1,b=https://x:2,c=https://x:3",
+            "https://x:1",
+            "https://x:1",
+        );
+        assert!(matches!(three, Peers::Cluster { .. }));
+    }
 }

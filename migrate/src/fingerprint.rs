@@ -5,10 +5,13 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+
+use crate::server::Server;
 
 #[derive(Debug, thiserror::Error)]
 pub enum FingerprintError {
@@ -28,12 +31,19 @@ pub struct Lease {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fingerprint {
+    /// The store revision the keyspace was read at (0 in journals of older runs).
+    pub revision: i64,
     pub keys: usize,
     /// Hex sha256 over (key length, key, value length, value) for every key in order.
     pub digest: String,
     /// Lease id -> lease.
     pub leases: BTreeMap<i64, Lease>,
 }
+
+/// The longest an etcdctl read may take (its own --command-timeout is 60 s).
+const TOOL_TIMEOUT: Duration = Duration::from_secs(90);
+/// Snapshot save and restore of a large keyspace.
+const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// How far a remaining TTL may drift between two fingerprints (time passes, and etcd refreshes
 /// leases on a leader change).
@@ -42,7 +52,8 @@ pub const TTL_TOLERANCE_SECONDS: i64 = 120;
 impl Fingerprint {
     pub fn summary(&self) -> String {
         format!(
-            "{} keys, sha256 {}, {} leases",
+            "revision {}, {} keys, sha256 {}, {} leases",
+            self.revision,
             self.keys,
             &self.digest[..16],
             self.leases.len()
@@ -91,6 +102,7 @@ impl Fingerprint {
 
     pub fn to_json(&self) -> Value {
         serde_json::json!({
+            "revision": self.revision,
             "keys": self.keys,
             "sha256": self.digest,
             "leases": self.leases.iter().map(|(id, l)| serde_json::json!({
@@ -114,6 +126,7 @@ impl Fingerprint {
             );
         }
         Some(Fingerprint {
+            revision: v.get("revision").and_then(Value::as_i64).unwrap_or(0),
             keys: v.get("keys")?.as_u64()? as usize,
             digest: v.get("sha256")?.as_str()?.to_string(),
             leases,
@@ -121,29 +134,113 @@ impl Fingerprint {
     }
 }
 
-fn etcdctl(etcdctl: &Path, endpoint: &str, args: &[&str]) -> Result<Value, FingerprintError> {
-    let cmd = format!("{} {}", etcdctl.display(), args.join(" "));
-    let mut command = Command::new(etcdctl);
+/// Runs an etcd tool (`ETCDCTL_API=3`, the environment scrubbed) and returns its stdout. The
+/// tool dies with us (PR_SET_PDEATHSIG) and is killed after `timeout`: etcdctl's own
+/// `--command-timeout` does not bound every command (`lease timetolive` against an etcd that
+/// died mid-call was seen waiting for 20 minutes). With `server`, the tool is also stopped as
+/// soon as that etcd exits.
+pub fn run_tool(
+    bin: &Path,
+    args: &[std::ffi::OsString],
+    timeout: Duration,
+    mut server: Option<&mut Server>,
+) -> Result<Vec<u8>, FingerprintError> {
+    use std::io::Read;
+    use std::os::unix::process::CommandExt;
+    let cmd = format!(
+        "{} {}",
+        bin.display(),
+        args.iter()
+            .map(|a| a.to_string_lossy())
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    let fail = |message: String| FingerprintError::Etcdctl {
+        cmd: cmd.clone(),
+        message,
+    };
+    let mut command = Command::new(bin);
     crate::server::scrub_env(&mut command);
-    let out = command
+    command
         .env("ETCDCTL_API", "3")
-        .arg(format!("--endpoints={endpoint}"))
-        .arg("--command-timeout=60s")
         .args(args)
-        .args(["-w", "json"])
         .stdin(Stdio::null())
-        .output()
-        .map_err(|e| FingerprintError::Etcdctl {
-            cmd: cmd.clone(),
-            message: e.to_string(),
-        })?;
-    if !out.status.success() {
-        return Err(FingerprintError::Etcdctl {
-            cmd,
-            message: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: prctl is async-signal-safe; it only asks the kernel to kill the tool with us.
+    unsafe {
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
         });
     }
-    serde_json::from_slice(&out.stdout).map_err(|e| FingerprintError::Output {
+    let mut child = command.spawn().map_err(|e| fail(e.to_string()))?;
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let stdout = drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let stderr = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = server.as_deref_mut().and_then(Server::exited) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(fail(format!(
+                "etcd {} exited while it ran ({status}); killed",
+                server.map(|s| s.version.clone()).unwrap_or_default()
+            )));
+        }
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(fail(format!(
+                    "did not finish within {} s; killed",
+                    timeout.as_secs()
+                )));
+            }
+            Err(e) => return Err(fail(e.to_string())),
+        }
+    };
+    let out = stdout.join().unwrap_or_default();
+    let err = stderr.join().unwrap_or_default();
+    if !status.success() {
+        return Err(fail(format!(
+            "{status}: {}",
+            String::from_utf8_lossy(&err).trim()
+        )));
+    }
+    Ok(out)
+}
+
+fn etcdctl(etcdctl: &Path, server: &mut Server, args: &[&str]) -> Result<Value, FingerprintError> {
+    let cmd = format!("{} {}", etcdctl.display(), args.join(" "));
+    let mut full: Vec<std::ffi::OsString> = vec![
+        format!("--endpoints={}", server.client_url).into(),
+        "--command-timeout=60s".into(),
+    ];
+    full.extend(args.iter().map(Into::into));
+    full.extend(["-w".into(), "json".into()]);
+    let out = run_tool(etcdctl, &full, TOOL_TIMEOUT, Some(server))?;
+    serde_json::from_slice(&out).map_err(|e| FingerprintError::Output {
         cmd,
         message: e.to_string(),
     })
@@ -159,9 +256,9 @@ fn b64(cmd: &str, v: Option<&Value>) -> Result<Vec<u8>, FingerprintError> {
         })
 }
 
-/// Reads the whole keyspace of the etcd at `endpoint`.
-pub fn take(etcdctl_bin: &Path, endpoint: &str) -> Result<Fingerprint, FingerprintError> {
-    let all = etcdctl(etcdctl_bin, endpoint, &["get", "", "--prefix"])?;
+/// Reads the whole keyspace served by `server`.
+pub fn take(etcdctl_bin: &Path, server: &mut Server) -> Result<Fingerprint, FingerprintError> {
+    let all = etcdctl(etcdctl_bin, server, &["get", "", "--prefix"])?;
     let kvs = all
         .get("kvs")
         .and_then(Value::as_array)
@@ -188,7 +285,7 @@ pub fn take(etcdctl_bin: &Path, endpoint: &str) -> Result<Fingerprint, Fingerpri
     let mut leases = BTreeMap::new();
     for (id, keys) in lease_ids {
         let hex = format!("{id:x}");
-        let l = etcdctl(etcdctl_bin, endpoint, &["lease", "timetolive", &hex])?;
+        let l = etcdctl(etcdctl_bin, server, &["lease", "timetolive", &hex])?;
         leases.insert(
             id,
             Lease {
@@ -198,7 +295,12 @@ pub fn take(etcdctl_bin: &Path, endpoint: &str) -> Result<Fingerprint, Fingerpri
             },
         );
     }
+    let revision = all
+        .pointer("/header/revision")
+        .and_then(Value::as_i64)
+        .unwrap_or(0);
     Ok(Fingerprint {
+        revision,
         keys: entries.len(),
         digest: hex_digest(h.finalize().as_slice()),
         leases,
@@ -206,26 +308,23 @@ pub fn take(etcdctl_bin: &Path, endpoint: &str) -> Result<Fingerprint, Fingerpri
 }
 
 /// `etcdctl snapshot save` from the etcd at `endpoint` into `to`.
-pub fn snapshot_save(etcdctl: &Path, endpoint: &str, to: &Path) -> Result<(), FingerprintError> {
-    let cmd = format!("{} snapshot save {}", etcdctl.display(), to.display());
-    let mut command = Command::new(etcdctl);
-    crate::server::scrub_env(&mut command);
-    let out = command
-        .env("ETCDCTL_API", "3")
-        .arg(format!("--endpoints={endpoint}"))
-        .arg("--command-timeout=300s")
-        .args(["snapshot", "save"])
-        .arg(to)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| FingerprintError::Etcdctl {
-            cmd: cmd.clone(),
-            message: e.to_string(),
-        })?;
-    if !out.status.success() || !to.is_file() {
+pub fn snapshot_save(
+    etcdctl: &Path,
+    server: &mut Server,
+    to: &Path,
+) -> Result<(), FingerprintError> {
+    let args = [
+        format!("--endpoints={}", server.client_url).into(),
+        "--command-timeout=300s".into(),
+        "snapshot".into(),
+        "save".into(),
+        to.as_os_str().to_owned(),
+    ];
+    run_tool(etcdctl, &args, SNAPSHOT_TIMEOUT, Some(server))?;
+    if !to.is_file() {
         return Err(FingerprintError::Etcdctl {
-            cmd,
-            message: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            cmd: format!("{} snapshot save {}", etcdctl.display(), to.display()),
+            message: "succeeded but wrote no snapshot".into(),
         });
     }
     Ok(())
@@ -240,37 +339,17 @@ pub fn snapshot_restore(
     initial_cluster: &str,
     advertise_peer_urls: &str,
 ) -> Result<(), FingerprintError> {
-    let cmd = format!(
-        "{} snapshot restore {} --data-dir {}",
-        tool.display(),
-        snapshot.display(),
-        data_dir.display()
-    );
-    let mut command = Command::new(tool);
-    crate::server::scrub_env(&mut command);
-    let out = command
-        .env("ETCDCTL_API", "3")
-        .args(["snapshot", "restore"])
-        .arg(snapshot)
-        .arg("--data-dir")
-        .arg(data_dir)
-        .arg(format!("--name={name}"))
-        .arg(format!("--initial-cluster={initial_cluster}"))
-        .arg(format!(
-            "--initial-advertise-peer-urls={advertise_peer_urls}"
-        ))
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| FingerprintError::Etcdctl {
-            cmd: cmd.clone(),
-            message: e.to_string(),
-        })?;
-    if !out.status.success() {
-        return Err(FingerprintError::Etcdctl {
-            cmd,
-            message: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        });
-    }
+    let args = [
+        "snapshot".into(),
+        "restore".into(),
+        snapshot.as_os_str().to_owned(),
+        "--data-dir".into(),
+        data_dir.as_os_str().to_owned(),
+        format!("--name={name}").into(),
+        format!("--initial-cluster={initial_cluster}").into(),
+        format!("--initial-advertise-peer-urls={advertise_peer_urls}").into(),
+    ];
+    run_tool(tool, &args, SNAPSHOT_TIMEOUT, None)?;
     Ok(())
 }
 
@@ -284,6 +363,7 @@ mod tests {
 
     fn fp(keys: usize, digest: &str, leases: &[(i64, i64, i64, usize)]) -> Fingerprint {
         Fingerprint {
+            revision: 9,
             keys,
             digest: digest.into(),
             leases: leases

@@ -36,6 +36,7 @@ pub enum ExitCode {
     UnknownStorage = 14,
     DataDirInUse = 15,
     MissingBinary = 16,
+    ClusterRollback = 17,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +51,12 @@ pub enum MigrateError {
     MissingBinary { binary: String, why: String },
     #[error("migration from {current} to {target} is not supported yet by this migrate; the data directory was not changed")]
     NotSupportedYet { current: String, target: String },
+    #[error("rolling back {from} -> {to} as one member of the cluster `{initial_cluster}` is not supported: a rollback restores a snapshot, which makes a new cluster")]
+    ClusterRollback {
+        from: String,
+        to: String,
+        initial_cluster: String,
+    },
     #[error(transparent)]
     Plan(#[from] plan::PlanError),
     #[error(transparent)]
@@ -99,6 +106,7 @@ impl MigrateError {
                 }
             }
             MigrateError::InUse { .. } => ExitCode::DataDirInUse,
+            MigrateError::ClusterRollback { .. } => ExitCode::ClusterRollback,
             MigrateError::Server(_)
             | MigrateError::Fingerprint(_)
             | MigrateError::FingerprintMismatch { .. }
@@ -121,6 +129,7 @@ impl MigrateError {
             MigrateError::Plan(plan::PlanError::DowngradeTooFar { .. }) => Some("roll back one minor at a time with the image of each minor, or restore a backup".into()),
             MigrateError::Plan(plan::PlanError::MissingMinor { .. }) => Some("use an image that bundles every minor version between the data's and the target".into()),
             MigrateError::MissingBinary { .. } => Some("the image is incomplete: every bundled version needs etcd-<V> and etcdctl-<V> in --bin-dir".into()),
+            MigrateError::ClusterRollback { .. } => Some("as with the original image, HA rollbacks are not supported: stop every member, roll back one member with a single-member --initial-cluster, then re-add the others as new members".into()),
             MigrateError::InUse { .. } => Some("migrate runs before etcd starts; stop the etcd that uses this data directory (or wait for it to exit) and run again".into()),
             _ => None,
         }
@@ -298,6 +307,15 @@ pub fn migrate_if_needed(options: &Options) -> Result<Report, MigrateError> {
             dir: options.data_dir.display().to_string(),
             file: file.display().to_string(),
         });
+    }
+    if let [plan::Step::Rollback { from, to }] = steps.as_slice() {
+        if matches!(engine::peers(options), server::Peers::Cluster { .. }) {
+            return Err(MigrateError::ClusterRollback {
+                from: from.to_string(),
+                to: to.to_string(),
+                initial_cluster: options.initial_cluster.clone(),
+            });
+        }
     }
     let described: Vec<String> = steps.iter().map(|s| s.to_string()).collect();
     match steps.as_slice() {

@@ -29,6 +29,60 @@ pub enum ServerError {
     Io(#[from] std::io::Error),
 }
 
+/// How the step's etcd meets its peers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Peers {
+    /// The data belongs to a single-member cluster: the peer port is a private loopback one,
+    /// and raft's timers are short (there is nobody to elect against, and with etcd's defaults
+    /// the first election alone takes 1-2 s of every start).
+    Alone,
+    /// A member of a multi-member cluster: the other members must reach it, so it listens on
+    /// the configured peer URLs and keeps etcd's timers (or those in the extra args).
+    Cluster {
+        initial_cluster: String,
+        listen_peer_urls: String,
+        initial_advertise_peer_urls: String,
+    },
+}
+
+impl Peers {
+    /// `Cluster` when `initial_cluster` names more than one member.
+    pub fn from_initial_cluster(
+        initial_cluster: &str,
+        listen_peer_urls: &str,
+        initial_advertise_peer_urls: &str,
+    ) -> Peers {
+        let mut names: Vec<&str> = initial_cluster
+            .split(',')
+            .filter_map(|m| m.split_once('=').map(|(n, _)| n.trim()))
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        if names.len() > 1 {
+            Peers::Cluster {
+                initial_cluster: initial_cluster.into(),
+                listen_peer_urls: listen_peer_urls.into(),
+                initial_advertise_peer_urls: initial_advertise_peer_urls.into(),
+            }
+        } else {
+            Peers::Alone
+        }
+    }
+}
+
+/// What to start: one bundled etcd on one data dir.
+pub struct Launch<'a> {
+    pub bin: &'a Path,
+    pub version: &'a str,
+    pub data_dir: &'a Path,
+    pub name: &'a str,
+    pub peers: &'a Peers,
+    /// `--etcd-server-extra-args`; they come last, so they override migrate's own flags.
+    pub extra_args: &'a [String],
+    pub log_dir: &'a Path,
+    pub timeout: Duration,
+}
+
 pub struct Server {
     child: Option<Child>,
     pub version: String,
@@ -79,19 +133,20 @@ fn healthy(client_port: u16) -> bool {
 }
 
 impl Server {
-    /// Starts `bin` on `data_dir` as member `name` and waits until it is healthy.
-    pub fn start(
-        bin: &Path,
-        version: &str,
-        data_dir: &Path,
-        name: &str,
-        extra_args: &[String],
-        log_dir: &Path,
-        timeout: Duration,
-    ) -> Result<Server, ServerError> {
-        let (client, peer) = (free_port()?, free_port()?);
+    /// Starts the etcd of `launch` and waits until it is healthy.
+    pub fn start(launch: &Launch) -> Result<Server, ServerError> {
+        let Launch {
+            bin,
+            version,
+            data_dir,
+            name,
+            peers,
+            extra_args,
+            log_dir,
+            timeout,
+        } = *launch;
+        let client = free_port()?;
         let client_url = format!("http://127.0.0.1:{client}");
-        let peer_url = format!("http://127.0.0.1:{peer}");
         let log = log_dir.join(format!("etcd-{version}.log"));
         let out = std::fs::File::create(&log)?;
         let mut cmd = Command::new(bin);
@@ -101,11 +156,28 @@ impl Server {
             .arg("--data-dir")
             .arg(data_dir)
             .arg(format!("--listen-client-urls={client_url}"))
-            .arg(format!("--advertise-client-urls={client_url}"))
-            .arg(format!("--listen-peer-urls={peer_url}"))
-            .arg(format!("--initial-advertise-peer-urls={peer_url}"))
-            .arg(format!("--initial-cluster={name}={peer_url}"))
-            .args(extra_args)
+            .arg(format!("--advertise-client-urls={client_url}"));
+        match peers {
+            Peers::Alone => {
+                let peer_url = format!("http://127.0.0.1:{}", free_port()?);
+                cmd.arg(format!("--listen-peer-urls={peer_url}"))
+                    .arg(format!("--initial-advertise-peer-urls={peer_url}"))
+                    .arg(format!("--initial-cluster={name}={peer_url}"))
+                    .args(["--heartbeat-interval=10", "--election-timeout=100"]);
+            }
+            Peers::Cluster {
+                initial_cluster,
+                listen_peer_urls,
+                initial_advertise_peer_urls,
+            } => {
+                cmd.arg(format!("--listen-peer-urls={listen_peer_urls}"))
+                    .arg(format!(
+                        "--initial-advertise-peer-urls={initial_advertise_peer_urls}"
+                    ))
+                    .arg(format!("--initial-cluster={initial_cluster}"));
+            }
+        }
+        cmd.args(extra_args)
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out);
@@ -155,6 +227,13 @@ impl Server {
             }
             std::thread::sleep(Duration::from_millis(25));
         }
+    }
+
+    /// The exit status, once the etcd has exited (reaped; later calls return None).
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        let status = self.child.as_mut()?.try_wait().ok().flatten()?;
+        self.child = None;
+        Some(status)
     }
 
     /// SIGTERM, up to 15 s for a clean exit, then SIGKILL; always reaped.

@@ -8,42 +8,9 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use base64::Engine;
-use common::Etcd;
+use common::{bin_dir, fixtures_bin, read_all, tree_bytes, Etcd};
 
 mod common;
-
-fn fixtures_bin() -> Option<PathBuf> {
-    let dir = std::env::var_os("ETCDIMG_TEST_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/fixtures"))
-        .join("bin");
-    if dir.join("etcd-3.4.23").is_file() && dir.join("etcd-3.5.1").is_file() {
-        return Some(dir);
-    }
-    if std::env::var("ETCDIMG_TEST_REQUIRE").as_deref() == Ok("all") {
-        panic!(
-            "fixtures missing at {} (run scripts/fixtures.sh)",
-            dir.display()
-        );
-    }
-    eprintln!("skipping: fixtures missing at {}", dir.display());
-    None
-}
-
-/// A bin dir holding only the versions under test (migrate discovers bundled versions there).
-fn bin_dir(fixtures: &Path, versions: &[&str]) -> tempfile::TempDir {
-    let d = tempfile::tempdir().unwrap();
-    for v in versions {
-        for name in ["etcd", "etcdctl"] {
-            std::os::unix::fs::symlink(
-                fixtures.join(format!("{name}-{v}")),
-                d.path().join(format!("{name}-{v}")),
-            )
-            .unwrap();
-        }
-    }
-    d
-}
 
 fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
@@ -93,35 +60,6 @@ fn fill(etcd: &Etcd, n: usize) -> BTreeMap<Vec<u8>, Vec<u8>> {
         want.insert(key, value);
     }
     want
-}
-
-/// Every key and value, read with etcdctl (not migrate's code).
-fn read_all(etcdctl: &Path, port: u16) -> BTreeMap<Vec<u8>, Vec<u8>> {
-    let out = Command::new(etcdctl)
-        .env("ETCDCTL_API", "3")
-        .arg(format!("--endpoints=http://127.0.0.1:{port}"))
-        .args(["get", "", "--prefix", "-w", "json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let d = |x: &serde_json::Value| {
-        base64::engine::general_purpose::STANDARD
-            .decode(x.as_str().unwrap_or(""))
-            .unwrap()
-    };
-    v["kvs"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|kv| (d(&kv["key"]), d(&kv["value"])))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 fn migrate(bins: &Path, data: &Path, target: &str, env: &[(&str, &str)]) -> Output {
@@ -423,15 +361,25 @@ fn kill_9_at_random_moments_then_rerun_converges() {
     let tmp = tempfile::tempdir().unwrap();
     let (pristine, want) = pristine_3_4(&fx, tmp.path(), 500);
 
+    // How long an uninterrupted upgrade of this data takes here, so that the kills below are
+    // spread over the whole run.
+    let calibrate = tmp.path().join("calibrate");
+    copy_dir(&pristine, &calibrate);
+    let started = std::time::Instant::now();
+    let out = migrate(bins.path(), &calibrate, "3.5.1", &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let span = (started.elapsed().as_millis() as u64).max(50);
+    std::fs::remove_dir_all(&calibrate).unwrap();
+
     // 20 seeds: even ones kill migrate itself, odd ones its etcd child, after a pseudo-random
-    // delay spread over the whole run (an upgrade here takes about 2-4 s).
+    // delay spread over the whole run.
     let mut fired = 0;
     for seed in 0u64..20 {
         let case = tmp.path().join(format!("seed-{seed}"));
         std::fs::create_dir(&case).unwrap();
         let data = case.join("data");
         copy_dir(&pristine, &data);
-        let delay = Duration::from_millis((seed * 7919 + 311) % 3000);
+        let delay = Duration::from_millis((seed * 7919 + 311) % span);
         let mut child = Command::new(env!("CARGO_BIN_EXE_migrate"))
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -479,25 +427,6 @@ fn kill_9_at_random_moments_then_rerun_converges() {
 }
 
 /// Every file under `dir`, with its bytes (what "untouched" compares).
-fn tree_bytes(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.insert(
-                    p.strip_prefix(dir).unwrap().display().to_string(),
-                    std::fs::read(&p).unwrap(),
-                );
-            }
-        }
-    }
-    out
-}
-
 #[test]
 fn the_wrapper_script_migrates_real_data_and_refusals_leave_it_byte_for_byte() {
     let Some(fx) = fixtures_bin() else { return };

@@ -1,10 +1,13 @@
 //! Shared by the migrate integration tests: a real etcd on loopback ports.
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+
+use base64::Engine;
 use std::time::{Duration, Instant};
 
 pub fn free_port() -> u16 {
@@ -21,33 +24,60 @@ pub struct Etcd {
 }
 
 impl Etcd {
+    /// A single-member etcd on free loopback ports, ready.
     pub fn start(bin: &Path, data: &Path) -> Etcd {
         let (port, peer) = (free_port(), free_port());
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let e = Etcd::spawn_member(
+            bin,
+            data,
+            "default",
+            port,
+            &peer_url,
+            &format!("default={peer_url}"),
+            &[],
+        );
+        e.wait_ready();
+        e
+    }
+
+    /// One member of a cluster, not waited for (a new cluster needs a quorum to be ready).
+    pub fn spawn_member(
+        bin: &Path,
+        data: &Path,
+        name: &str,
+        port: u16,
+        peer_url: &str,
+        initial_cluster: &str,
+        extra: &[String],
+    ) -> Etcd {
         let child = Command::new(bin)
             .arg("--data-dir")
             .arg(data)
-            .args(["--name", "default"])
+            .args(["--name", name])
             .arg(format!("--listen-client-urls=http://127.0.0.1:{port}"))
             .arg(format!("--advertise-client-urls=http://127.0.0.1:{port}"))
-            .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer}"))
-            .arg(format!(
-                "--initial-advertise-peer-urls=http://127.0.0.1:{peer}"
-            ))
-            .arg(format!("--initial-cluster=default=http://127.0.0.1:{peer}"))
+            .arg(format!("--listen-peer-urls={peer_url}"))
+            .arg(format!("--initial-advertise-peer-urls={peer_url}"))
+            .arg(format!("--initial-cluster={initial_cluster}"))
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let e = Etcd { child, port };
+        Etcd { child, port }
+    }
+
+    /// Waits until a read through the gateway succeeds (30 s at most).
+    pub fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !e
+        while !self
             .post("/v3/kv/range", r#"{"key":"AA=="}"#)
             .contains("header")
         {
             assert!(Instant::now() < deadline, "etcd did not start");
             std::thread::sleep(Duration::from_millis(50));
         }
-        e
     }
 
     /// One JSON request to the gRPC gateway.
@@ -72,4 +102,91 @@ impl Etcd {
         unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
         let _ = self.child.wait();
     }
+}
+
+pub fn fixtures_bin() -> Option<PathBuf> {
+    let dir = std::env::var_os("ETCDIMG_TEST_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/fixtures"))
+        .join("bin");
+    if dir.join("etcd-3.4.23").is_file() && dir.join("etcd-3.5.1").is_file() {
+        return Some(dir);
+    }
+    if std::env::var("ETCDIMG_TEST_REQUIRE").as_deref() == Ok("all") {
+        panic!(
+            "fixtures missing at {} (run scripts/fixtures.sh)",
+            dir.display()
+        );
+    }
+    eprintln!("skipping: fixtures missing at {}", dir.display());
+    None
+}
+
+/// A bin dir holding only the versions under test (migrate discovers bundled versions there).
+pub fn bin_dir(fixtures: &Path, versions: &[&str]) -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    for v in versions {
+        for name in ["etcd", "etcdctl"] {
+            std::os::unix::fs::symlink(
+                fixtures.join(format!("{name}-{v}")),
+                d.path().join(format!("{name}-{v}")),
+            )
+            .unwrap();
+        }
+    }
+    d
+}
+
+/// Fails the test with the command's stderr unless it succeeded.
+pub fn assert_success(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Every key and value, read with etcdctl (not migrate's code).
+pub fn read_all(etcdctl: &Path, port: u16) -> BTreeMap<Vec<u8>, Vec<u8>> {
+    let out = Command::new(etcdctl)
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints=http://127.0.0.1:{port}"))
+        .args(["get", "", "--prefix", "-w", "json"])
+        .output()
+        .unwrap();
+    assert_success(&out);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let d = |x: &serde_json::Value| {
+        base64::engine::general_purpose::STANDARD
+            .decode(x.as_str().unwrap_or(""))
+            .unwrap()
+    };
+    v["kvs"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|kv| (d(&kv["key"]), d(&kv["value"])))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Every file under `dir` with its bytes (for byte-for-byte "nothing changed" checks).
+pub fn tree_bytes(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.insert(
+                    p.strip_prefix(dir).unwrap().display().to_string(),
+                    std::fs::read(&p).unwrap(),
+                );
+            }
+        }
+    }
+    out
 }
