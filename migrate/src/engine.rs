@@ -123,6 +123,36 @@ fn restore_backup(data_dir: &Path, side: &Sidecar) -> Result<(), MigrateError> {
     remove_tree(&discard)
 }
 
+/// Copies the data dir to the backup beside it (temp name, fsync, rename); `{stage}-backup-copied`
+/// is the failpoint between the copy and the rename.
+pub(crate) fn take_backup(
+    options: &Options,
+    side: &Sidecar,
+    stage: &str,
+) -> Result<(), MigrateError> {
+    remove_tree(&side.backup_tmp)?;
+    copy_tree(&options.data_dir, &side.backup_tmp)?;
+    failpoint(&format!("{stage}-backup-copied"));
+    fs::rename(&side.backup_tmp, &side.backup).map_err(io_err(&side.backup))
+}
+
+/// A failed step: the backup goes back over the data dir, and the journal goes.
+pub(crate) fn abandon(options: &Options, side: &Sidecar) -> Result<(), MigrateError> {
+    restore_backup(&options.data_dir, side)?;
+    let _ = fs::remove_file(&side.journal);
+    Ok(())
+}
+
+/// A recorded step: the journal, then the backup, go.
+pub(crate) fn finish(options: &Options, side: &Sidecar) -> Result<(), MigrateError> {
+    fs::remove_file(&side.journal).map_err(io_err(&side.journal))?;
+    remove_tree(&side.backup)?;
+    if let Some(parent) = options.data_dir.parent() {
+        fsync_dir(parent).map_err(io_err(parent))?;
+    }
+    Ok(())
+}
+
 /// Finishes or undoes a step interrupted by a crash, before anything else runs.
 pub fn recover(options: &Options, data_dir: &DataDir) -> Result<(), MigrateError> {
     let side = Sidecar::for_dir(&options.data_dir);
@@ -185,7 +215,7 @@ pub fn recover(options: &Options, data_dir: &DataDir) -> Result<(), MigrateError
     Ok(())
 }
 
-fn bin(options: &Options, name: &str, v: &Version) -> PathBuf {
+pub(crate) fn bin(options: &Options, name: &str, v: &Version) -> PathBuf {
     options.bin_dir.join(format!("{name}-{v}"))
 }
 
@@ -200,21 +230,28 @@ fn runner_for(options: &Options, v: &Version) -> Version {
         .unwrap_or_else(|| v.clone())
 }
 
-/// Starts the bundled etcd `version` on `dir` for a step and waits until it is healthy.
-fn start_etcd(
+/// Starts the bundled etcd `version` on `dir` for a step (with `flags`, before the user's extra
+/// args) and waits until it is healthy.
+pub(crate) fn start_etcd(
     options: &Options,
     version: &Version,
     dir: &Path,
     logs: &Path,
+    flags: &[&str],
 ) -> Result<Server, MigrateError> {
     let peers = peers(options);
+    let extra_args: Vec<String> = flags
+        .iter()
+        .map(|f| f.to_string())
+        .chain(options.etcd_server_extra_args.iter().cloned())
+        .collect();
     Ok(Server::start(&Launch {
         bin: &bin(options, "etcd", version),
         version: &version.to_string(),
         data_dir: dir,
         name: &options.name,
         peers: &peers,
-        extra_args: &options.etcd_server_extra_args,
+        extra_args: &extra_args,
         log_dir: logs,
         timeout: READY_TIMEOUT,
     })?)
@@ -261,7 +298,7 @@ fn run_and_fingerprint(
     version: &Version,
     logs: &Path,
 ) -> Result<Fingerprint, MigrateError> {
-    let mut server = start_etcd(options, version, &options.data_dir, logs)?;
+    let mut server = start_etcd(options, version, &options.data_dir, logs, &[])?;
     failpoint(&format!("running-{version}"));
     let fp = fingerprint::take(&bin(options, "etcdctl", version), &mut server)?;
     server.stop();
@@ -295,10 +332,7 @@ pub fn upgrade(
     let before = run_and_fingerprint(options, &old, logs.path())?;
     log(&format!("before: {}", before.summary()));
     failpoint("upgrade-before-backup");
-    remove_tree(&side.backup_tmp)?;
-    copy_tree(&options.data_dir, &side.backup_tmp)?;
-    failpoint("upgrade-backup-copied");
-    fs::rename(&side.backup_tmp, &side.backup).map_err(io_err(&side.backup))?;
+    take_backup(options, &side, "upgrade")?;
     let record = serde_json::json!({
         "step": "upgrade", "from": from.to_string(), "to": to.to_string(),
         "before": before.to_json(), "backup": side.backup.display().to_string(),
@@ -312,16 +346,14 @@ pub fn upgrade(
             log(&format!(
                 "etcd {to} failed; restoring the data dir from its backup"
             ));
-            restore_backup(&options.data_dir, &side)?;
-            let _ = fs::remove_file(&side.journal);
+            abandon(options, &side)?;
             return Err(e);
         }
     };
     log(&format!("after: {}", after.summary()));
     let diffs = compare(options, &before, &after);
     if !diffs.is_empty() {
-        restore_backup(&options.data_dir, &side)?;
-        let _ = fs::remove_file(&side.journal);
+        abandon(options, &side)?;
         return Err(MigrateError::FingerprintMismatch {
             step: format!("upgrade {from} -> {to}"),
             differences: diffs.join("; "),
@@ -330,11 +362,7 @@ pub fn upgrade(
     failpoint("upgrade-before-version");
     data_dir.write_version(&VersionPair::new(to.clone(), Storage::Etcd3))?;
     failpoint("upgrade-version-written");
-    fs::remove_file(&side.journal).map_err(io_err(&side.journal))?;
-    remove_tree(&side.backup)?;
-    if let Some(parent) = options.data_dir.parent() {
-        fsync_dir(parent).map_err(io_err(parent))?;
-    }
+    finish(options, &side)?;
     log(&format!("upgraded to {to}/etcd3; fingerprints identical"));
     Ok(StepFingerprints { before, after })
 }
@@ -398,7 +426,7 @@ pub fn rollback(
         "rollback {from} -> {to}: snapshot with etcd {current}"
     ));
     failpoint("rollback-before-old");
-    let mut server = start_etcd(options, &current, &options.data_dir, logs.path())?;
+    let mut server = start_etcd(options, &current, &options.data_dir, logs.path(), &[])?;
     failpoint(&format!("running-{current}"));
     let etcdctl = bin(options, "etcdctl", &current);
     let before = fingerprint::take(&etcdctl, &mut server)?;
@@ -434,7 +462,7 @@ pub fn rollback(
     DataDir::new(&p.new).write_version(&VersionPair::new(to.clone(), Storage::Etcd3))?;
     failpoint("rollback-restored");
 
-    let mut verify = start_etcd(options, to, &p.new, logs.path()).inspect_err(|_| {
+    let mut verify = start_etcd(options, to, &p.new, logs.path(), &[]).inspect_err(|_| {
         let _ = remove_tree(&p.new);
     })?;
     failpoint(&format!("running-{to}"));

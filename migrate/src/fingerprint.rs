@@ -274,14 +274,8 @@ pub fn take(etcdctl_bin: &Path, server: &mut Server) -> Result<Fingerprint, Fing
         }
         entries.push((key, value));
     }
-    entries.sort();
-    let mut h = Sha256::new();
-    for (k, v) in &entries {
-        h.update((k.len() as u64).to_be_bytes());
-        h.update(k);
-        h.update((v.len() as u64).to_be_bytes());
-        h.update(v);
-    }
+    let keys = entries.len();
+    let digest = digest(entries);
     let mut leases = BTreeMap::new();
     for (id, keys) in lease_ids {
         let hex = format!("{id:x}");
@@ -301,8 +295,8 @@ pub fn take(etcdctl_bin: &Path, server: &mut Server) -> Result<Fingerprint, Fing
         .unwrap_or(0);
     Ok(Fingerprint {
         revision,
-        keys: entries.len(),
-        digest: hex_digest(h.finalize().as_slice()),
+        keys,
+        digest,
         leases,
     })
 }
@@ -351,6 +345,19 @@ pub fn snapshot_restore(
     ];
     run_tool(tool, &args, SNAPSHOT_TIMEOUT, None)?;
     Ok(())
+}
+
+/// The keyspace digest: sha256 over (key length, key, value length, value) in key order.
+pub fn digest(mut entries: Vec<(Vec<u8>, Vec<u8>)>) -> String {
+    entries.sort();
+    let mut h = Sha256::new();
+    for (k, v) in &entries {
+        h.update((k.len() as u64).to_be_bytes());
+        h.update(k);
+        h.update((v.len() as u64).to_be_bytes());
+        h.update(v);
+    }
+    hex_digest(h.finalize().as_slice())
 }
 
 fn hex_digest(bytes: &[u8]) -> String {

@@ -9,6 +9,7 @@
 pub mod binaries;
 pub mod datadir;
 pub mod engine;
+pub mod etcd2;
 pub mod fingerprint;
 pub mod lock;
 pub mod options;
@@ -37,6 +38,7 @@ pub enum ExitCode {
     DataDirInUse = 15,
     MissingBinary = 16,
     ClusterRollback = 17,
+    NoEtcd2Converter = 18,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -98,6 +100,7 @@ impl MigrateError {
             }
             MigrateError::Plan(plan::PlanError::MissingMinor { .. }) => ExitCode::TargetNotBundled,
             MigrateError::Plan(plan::PlanError::StorageChange { .. }) => ExitCode::NotSupportedYet,
+            MigrateError::Plan(plan::PlanError::NoConverter { .. }) => ExitCode::NoEtcd2Converter,
             MigrateError::Plan(plan::PlanError::MajorChange { from, to }) => {
                 if to < from {
                     ExitCode::DowngradeTooFar
@@ -128,6 +131,7 @@ impl MigrateError {
             MigrateError::TargetNotBundled { .. } => Some("set TARGET_VERSION to one of the bundled versions".into()),
             MigrateError::Plan(plan::PlanError::DowngradeTooFar { .. }) => Some("roll back one minor at a time with the image of each minor, or restore a backup".into()),
             MigrateError::Plan(plan::PlanError::MissingMinor { .. }) => Some("use an image that bundles every minor version between the data's and the target".into()),
+            MigrateError::Plan(plan::PlanError::NoConverter { .. }) => Some("use an image that bundles an etcd 3.0-3.4 (e.g. 3.4.23) to convert the etcd2 data, then this one".into()),
             MigrateError::MissingBinary { .. } => Some("the image is incomplete: every bundled version needs etcd-<V> and etcdctl-<V> in --bin-dir".into()),
             MigrateError::ClusterRollback { .. } => Some("as with the original image, HA rollbacks are not supported: stop every member, roll back one member with a single-member --initial-cluster, then re-add the others as new members".into()),
             MigrateError::InUse { .. } => Some("migrate runs before etcd starts; stop the etcd that uses this data directory (or wait for it to exit) and run again".into()),
@@ -318,41 +322,37 @@ pub fn migrate_if_needed(options: &Options) -> Result<Report, MigrateError> {
         }
     }
     let described: Vec<String> = steps.iter().map(|s| s.to_string()).collect();
-    match steps.as_slice() {
-        [plan::Step::PatchChange { .. }] => {
-            // A patch release reads and writes the same data format: no server run needed.
-            if !options.dry_run {
-                data_dir.write_version(target)?;
-                log(&format!("wrote version.txt = {target}"));
-            }
-            Ok(report(Some(&current), Outcome::PatchChange, described))
-        }
-        _ if options.dry_run => Ok(report(Some(&current), Outcome::Planned, described)),
-        [plan::Step::Rollback { from, to }] => {
-            let mut r = report(Some(&current), Outcome::RolledBack, described);
-            let fps = engine::rollback(options, from, to)?;
-            r.fingerprints
-                .push((steps[0].to_string(), fps.before, fps.after));
-            Ok(r)
-        }
-        _ => {
-            let mut r = report(Some(&current), Outcome::Upgraded, described);
-            for step in &steps {
-                match step {
-                    plan::Step::Upgrade { from, to } => {
-                        let fps = engine::upgrade(options, &data_dir, from, to)?;
-                        r.fingerprints
-                            .push((step.to_string(), fps.before, fps.after));
-                    }
-                    other => {
-                        return Err(MigrateError::NotSupportedYet {
-                            current: current.to_string(),
-                            target: format!("{target} (step: {other})"),
-                        })
-                    }
-                }
-            }
-            Ok(r)
-        }
+    if options.dry_run {
+        let outcome = match steps.as_slice() {
+            [plan::Step::PatchChange { .. }] => Outcome::PatchChange,
+            _ => Outcome::Planned,
+        };
+        return Ok(report(Some(&current), outcome, described));
     }
+    let mut r = report(Some(&current), Outcome::PatchChange, described);
+    for step in &steps {
+        let fps = match step {
+            plan::Step::PatchChange { to } => {
+                // A patch release reads and writes the same data format: no server run needed.
+                data_dir.write_version(to)?;
+                log(&format!("wrote version.txt = {to}"));
+                continue;
+            }
+            plan::Step::Upgrade { from, to } => {
+                r.outcome = Outcome::Upgraded;
+                engine::upgrade(options, &data_dir, from, to)?
+            }
+            plan::Step::Convert { from, via } => {
+                r.outcome = Outcome::Upgraded;
+                etcd2::convert(options, &data_dir, from, via)?
+            }
+            plan::Step::Rollback { from, to } => {
+                r.outcome = Outcome::RolledBack;
+                engine::rollback(options, from, to)?
+            }
+        };
+        r.fingerprints
+            .push((step.to_string(), fps.before, fps.after));
+    }
+    Ok(r)
 }

@@ -50,6 +50,9 @@ pub struct Flags {
     /// Keys under this prefix get a 1h lease after an etcd2→etcd3 upgrade [env: TTL_KEYS_DIRECTORY; default: <prefix>/events].
     #[arg(long)]
     pub ttl_keys_directory: Option<String>,
+    /// Lease given to the keys under --ttl-keys-directory after an etcd2→etcd3 upgrade: seconds, or a duration such as 1h, 90m, 3600s (the original attachlease's --lease-duration).
+    #[arg(long, default_value = "1h", value_parser = parse_duration_seconds)]
+    pub lease_duration: i64,
     /// Extra flags for the temporary etcd, split on whitespace (e.g. peer TLS flags).
     #[arg(long, env = "ETCD_CREDS", default_value = "")]
     pub etcd_server_extra_args: String,
@@ -81,6 +84,8 @@ pub struct Options {
     pub target: VersionPair,
     pub etcd_data_prefix: String,
     pub ttl_keys_directory: String,
+    /// Seconds.
+    pub lease_duration: i64,
     pub etcd_server_extra_args: Vec<String>,
     pub bundled_versions: Vec<Version>,
     pub bin_dir: PathBuf,
@@ -120,6 +125,48 @@ pub fn fallback_to_env_with_default(
     env(name)
         .filter(|v| !v.is_empty())
         .unwrap_or_else(|| default.to_string())
+}
+
+/// `3600`, `3600s`, `90m`, `1h` or a sum such as `1h30m` -> seconds (at least 1).
+pub fn parse_duration_seconds(text: &str) -> Result<i64, String> {
+    let text = text.trim();
+    if let Ok(n) = text.parse::<i64>() {
+        return if n > 0 {
+            Ok(n)
+        } else {
+            Err(format!("`{text}` must be positive"))
+        };
+    }
+    let (mut total, mut number) = (0i64, String::new());
+    for c in text.chars() {
+        if c.is_ascii_digit() {
+            number.push(c);
+            continue;
+        }
+        let unit = match c {
+            'h' => 3600,
+            'm' => 60,
+            's' => 1,
+            _ => {
+                return Err(format!(
+                    "`{text}`: expected seconds or a duration like 1h, 90m, 3600s"
+                ))
+            }
+        };
+        let n: i64 = number
+            .parse()
+            .map_err(|_| format!("`{text}`: a number must come before `{c}`"))?;
+        total = total
+            .checked_add(n.checked_mul(unit).ok_or("duration too long")?)
+            .ok_or("duration too long")?;
+        number.clear();
+    }
+    if !number.is_empty() || total <= 0 {
+        return Err(format!(
+            "`{text}`: expected seconds or a duration like 1h, 90m, 3600s"
+        ));
+    }
+    Ok(total)
 }
 
 /// Parses a comma (or space) separated list of strict semver versions.
@@ -271,6 +318,7 @@ impl Flags {
             target: VersionPair::new(version, storage),
             etcd_data_prefix: prefix,
             ttl_keys_directory,
+            lease_duration: self.lease_duration,
             etcd_server_extra_args: self
                 .etcd_server_extra_args
                 .split_whitespace()
@@ -329,6 +377,7 @@ mod tests {
             etcd_data_prefix: "/registry".into(),
             bundled_versions: Some("3.4.23, 3.5.1".into()),
             bin_dir: "/usr/local/bin".into(),
+            lease_duration: 3600,
             ..Default::default()
         }
     }
@@ -386,6 +435,22 @@ mod tests {
             flags().resolve(&env_of(&[])).unwrap_err(),
             OptionsError::NoName
         );
+    }
+
+    #[test]
+    fn lease_durations() {
+        for (text, want) in [
+            ("1h", 3600),
+            ("3600", 3600),
+            ("90m", 5400),
+            ("1h30m", 5400),
+            ("45s", 45),
+        ] {
+            assert_eq!(parse_duration_seconds(text), Ok(want), "{text}");
+        }
+        for bad in ["", "0", "-5", "h", "1d", "10x", "1h5"] {
+            assert!(parse_duration_seconds(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -19,6 +19,10 @@ pub enum Step {
     /// One minor up: etcd-`to` opens the data written by etcd-`from` (fingerprinted before and
     /// after), then version.txt records `to`.
     Upgrade { from: Version, to: Version },
+    /// etcd2 storage to etcd3: `etcdctl-<via> migrate` converts the v2 keys (etcdctl has
+    /// `migrate` up to 3.4), etcd-`via` then attaches a lease to every key under the TTL keys
+    /// prefix, and version.txt records `via`/etcd3.
+    Convert { from: VersionPair, via: Version },
     /// One 3.x minor down: a snapshot taken by etcd-`from`, restored with `to`'s tool into a new
     /// directory, verified, then swapped in.
     Rollback { from: Version, to: Version },
@@ -31,6 +35,10 @@ impl fmt::Display for Step {
             Step::Upgrade { from, to } => write!(
                 f,
                 "upgrade {from} -> {to}: start etcd-{to} on the data, compare fingerprints, stop, write version.txt = {to}/etcd3"
+            ),
+            Step::Convert { from, via } => write!(
+                f,
+                "etcd2 -> etcd3: read the v2 keys with etcd-{via}, convert them with `etcdctl-{via} migrate`, attach a lease to the TTL keys, compare, write version.txt = {via}/etcd3 (from {from})"
             ),
             Step::Rollback { from, to } => write!(
                 f,
@@ -54,6 +62,13 @@ pub enum PlanError {
     },
     #[error("{from} to {to} changes the storage between etcd2 and etcd3, which this migrate does not do yet")]
     StorageChange { from: VersionPair, to: VersionPair },
+    #[error("{from} to {to} converts etcd2 storage, which needs a bundled etcd 3.0 to 3.4 (their etcdctl has `migrate`; 3.5 removed it) no older than {from_version}; bundled: {bundled}")]
+    NoConverter {
+        from: String,
+        to: String,
+        from_version: String,
+        bundled: String,
+    },
     #[error("{from} to {to} crosses a major version, which etcd does not support")]
     MajorChange { from: Version, to: Version },
 }
@@ -75,6 +90,9 @@ pub fn plan(
 ) -> Result<Vec<Step>, PlanError> {
     if current == target {
         return Ok(Vec::new());
+    }
+    if current.storage == Storage::Etcd2 && target.storage == Storage::Etcd3 {
+        return plan_etcd2_to_etcd3(current, target, bundled);
     }
     if current.storage != target.storage || target.storage != Storage::Etcd3 {
         return Err(PlanError::StorageChange {
@@ -131,6 +149,48 @@ pub fn plan(
     Ok(steps)
 }
 
+/// Whether etcdctl of `v` still has `migrate` (the v2 to v3 converter): 3.0 to 3.4.
+fn has_v2_migrate(v: &Version) -> bool {
+    v.major == 3 && v.minor <= 4
+}
+
+/// etcd2 to etcd3: convert with the target itself when its etcdctl can (as the original did,
+/// rule B), else with the newest bundled 3.0-3.4; then upgrade minor by minor to the target.
+fn plan_etcd2_to_etcd3(
+    current: &VersionPair,
+    target: &VersionPair,
+    bundled: &[Version],
+) -> Result<Vec<Step>, PlanError> {
+    let via = if has_v2_migrate(&target.version) {
+        Some(target.version.clone())
+    } else {
+        bundled.iter().filter(|v| has_v2_migrate(v)).max().cloned()
+    };
+    let older = |v: &Version| (v.major, v.minor) < (current.version.major, current.version.minor);
+    let via = via
+        .filter(|v| !older(v))
+        .ok_or_else(|| PlanError::NoConverter {
+            from: current.to_string(),
+            to: target.to_string(),
+            from_version: current.version.to_string(),
+            bundled: bundled
+                .iter()
+                .map(|v| v.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+        })?;
+    let mut steps = vec![Step::Convert {
+        from: current.clone(),
+        via: via.clone(),
+    }];
+    steps.extend(plan(
+        &VersionPair::new(via, Storage::Etcd3),
+        target,
+        bundled,
+    )?);
+    Ok(steps)
+}
+
 /// The bundled binaries a step runs, as paths under `bin_dir`. The old side of an upgrade may
 /// be any bundled patch of its minor (they all read that minor's data).
 pub fn binaries_for(step: &Step, bundled: &[Version], bin_dir: &Path) -> Vec<PathBuf> {
@@ -142,6 +202,7 @@ pub fn binaries_for(step: &Step, bundled: &[Version], bin_dir: &Path) -> Vec<Pat
     };
     match step {
         Step::PatchChange { .. } => Vec::new(),
+        Step::Convert { via, .. } => pair(via),
         Step::Upgrade { from, to } => {
             let old =
                 bundled_minor(bundled, from.major, from.minor).unwrap_or_else(|| from.clone());
@@ -252,6 +313,64 @@ mod tests {
                 "/b/etcdctl-3.5.1"
             ]
             .map(PathBuf::from)
+        );
+    }
+
+    #[test]
+    fn etcd2_converts_with_an_etcdctl_that_has_migrate_then_upgrades() {
+        let bundled = [v("3.4.23"), v("3.5.0"), v("3.5.1")];
+        // The target can convert itself (the original's rule B).
+        assert_eq!(
+            plan(&p("3.4.23/etcd2"), &p("3.4.23/etcd3"), &bundled).unwrap(),
+            vec![Step::Convert {
+                from: p("3.4.23/etcd2"),
+                via: v("3.4.23")
+            }]
+        );
+        assert_eq!(
+            plan(&p("2.2.1/etcd2"), &p("3.4.23/etcd3"), &bundled).unwrap()[0],
+            Step::Convert {
+                from: p("2.2.1/etcd2"),
+                via: v("3.4.23")
+            }
+        );
+        // 3.5 has no `etcdctl migrate`: convert with 3.4, then upgrade.
+        assert_eq!(
+            plan(&p("3.4.23/etcd2"), &p("3.5.1/etcd3"), &bundled).unwrap(),
+            vec![
+                Step::Convert {
+                    from: p("3.4.23/etcd2"),
+                    via: v("3.4.23")
+                },
+                Step::Upgrade {
+                    from: v("3.4.23"),
+                    to: v("3.5.1")
+                }
+            ]
+        );
+        // Nothing bundled can convert, or only something older than the data.
+        for (cur, bundled) in [
+            ("3.4.23/etcd2", vec![v("3.5.0"), v("3.5.1")]),
+            ("3.4.23/etcd2", vec![v("3.3.17"), v("3.5.1")]),
+        ] {
+            assert!(matches!(
+                plan(&p(cur), &p("3.5.1/etcd3"), &bundled),
+                Err(PlanError::NoConverter { .. })
+            ));
+        }
+        assert_eq!(
+            binaries_for(
+                &Step::Convert {
+                    from: p("2.2.1/etcd2"),
+                    via: v("3.4.23")
+                },
+                &bundled,
+                Path::new("/b")
+            ),
+            vec![
+                PathBuf::from("/b/etcd-3.4.23"),
+                PathBuf::from("/b/etcdctl-3.4.23")
+            ]
         );
     }
 }

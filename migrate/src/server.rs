@@ -87,6 +87,7 @@ pub struct Server {
     child: Option<Child>,
     pub version: String,
     pub client_url: String,
+    pub port: u16,
     log: PathBuf,
 }
 
@@ -113,23 +114,38 @@ fn tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-/// One `GET /health` over HTTP/1.0: true when etcd answers `"health":"true"`.
-fn healthy(client_port: u16) -> bool {
-    let Ok(mut s) = TcpStream::connect_timeout(
-        &std::net::SocketAddr::from(([127, 0, 0, 1], client_port)),
+/// One HTTP/1.0 request to the etcd on 127.0.0.1:`port`: (status, body). `None` when it could
+/// not connect or the answer is not HTTP.
+pub fn http(port: u16, method: &str, path: &str, body: Option<&str>) -> Option<(u16, String)> {
+    let mut s = TcpStream::connect_timeout(
+        &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
         Duration::from_millis(200),
-    ) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    if s.write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
-        .is_err()
-    {
-        return false;
-    }
-    let mut body = String::new();
-    let _ = s.read_to_string(&mut body);
-    body.starts_with("HTTP/1.") && body.contains(" 200 ") && body.contains("\"health\":\"true\"")
+    )
+    .ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(60))).ok()?;
+    let body = body.unwrap_or("");
+    let req = format!(
+        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).ok()?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).ok()?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let status = head
+        .strip_prefix("HTTP/1.")?
+        .get(2..)?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some((status, body.to_string()))
+}
+
+/// `GET /health`: true when etcd answers `"health":"true"`.
+fn healthy(client_port: u16) -> bool {
+    matches!(http(client_port, "GET", "/health", None), Some((200, body)) if body.contains("\"health\":\"true\""))
 }
 
 impl Server {
@@ -197,6 +213,7 @@ impl Server {
             child: Some(child),
             version: version.into(),
             client_url,
+            port: client,
             log,
         };
         let deadline = Instant::now() + timeout;

@@ -311,12 +311,12 @@ fn plan_refusals_and_dry_run_plans() {
             "needs a bundled etcd 3.4.x",
         ),
         (
-            "etcd2 data to etcd3 (not in this migrate yet)",
-            &["2.3.7", "3.0.17"],
-            "2.3.7/etcd2",
-            "3.0.17",
-            3,
-            "changes the storage",
+            "etcd2 data newer than every bundled converter (3.0-3.4)",
+            &["3.3.17", "3.5.1"],
+            "3.4.23/etcd2",
+            "3.5.1",
+            18,
+            "etcdctl has `migrate`",
         ),
     ];
     for (name, bundled, version_txt, target, code, message) in cases {

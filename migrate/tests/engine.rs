@@ -8,7 +8,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use base64::Engine;
-use common::{bin_dir, fixtures_bin, read_all, tree_bytes, Etcd};
+use common::{bin_dir, copy_dir, fixtures_bin, leftovers, read_all, tree_bytes, Etcd};
 
 mod common;
 
@@ -89,16 +89,6 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-fn copy_dir(from: &Path, to: &Path) {
-    let st = Command::new("cp")
-        .arg("-a")
-        .arg(from)
-        .arg(to)
-        .status()
-        .unwrap();
-    assert!(st.success());
-}
-
 /// A 3.4.23 data dir with `n` keys written by etcd 3.4.23, and what it must hold.
 fn pristine_3_4(fx: &Path, dir: &Path, n: usize) -> (PathBuf, BTreeMap<Vec<u8>, Vec<u8>>) {
     let pristine = dir.join("pristine");
@@ -126,16 +116,6 @@ fn assert_serves(
         read.len(),
         want.len()
     );
-}
-
-/// Entries of `case` other than the data dir (journal, backup, snapshot, ...).
-fn leftovers(case: &Path) -> Vec<String> {
-    std::fs::read_dir(case)
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n != "data")
-        .collect()
 }
 
 #[test]
@@ -194,28 +174,11 @@ fn upgrade_3_4_to_3_5_keeps_every_key_and_survives_a_crash_at_every_failpoint() 
         std::fs::create_dir(&case).unwrap();
         let data = case.join("data");
         copy_dir(&pristine, &data);
-        let out = migrate(
-            bins.path(),
+        let out = common::crash_then_rerun(
+            &|env| migrate(bins.path(), &data, "3.5.1", env),
             &data,
+            stage,
             "3.5.1",
-            &[("ETCDIMG_MIGRATE_FAILPOINT", stage)],
-        );
-        assert!(
-            !out.status.success(),
-            "{stage}: the failpoint did not fire: {}",
-            stderr(&out)
-        );
-        assert!(
-            stderr(&out).contains(&format!("failpoint `{stage}`")),
-            "{stage}: {}",
-            stderr(&out)
-        );
-        let out = migrate(bins.path(), &data, "3.5.1", &[]);
-        assert!(out.status.success(), "{stage}: rerun: {}", stderr(&out));
-        assert_eq!(
-            std::fs::read_to_string(data.join("version.txt")).unwrap(),
-            "3.5.1/etcd3",
-            "{stage}"
         );
         let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         if report["outcome"] == "upgraded" {

@@ -190,3 +190,59 @@ pub fn tree_bytes(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     }
     out
 }
+
+/// Entries of `case` other than the data dir (journal, backup, snapshot, ...).
+pub fn leftovers(case: &Path) -> Vec<String> {
+    std::fs::read_dir(case)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "data")
+        .collect()
+}
+
+/// `cp -a from to`.
+pub fn copy_dir(from: &Path, to: &Path) {
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+/// A migrate run given extra environment variables.
+pub type RunWithEnv<'a> = dyn Fn(&[(&str, &str)]) -> std::process::Output + 'a;
+
+/// Runs migrate (`run`, given extra env) with the failpoint `stage`, checks that it fired, then
+/// reruns it and checks that the rerun reached `target`/etcd3. Returns the rerun's output.
+pub fn crash_then_rerun(
+    run: &RunWithEnv,
+    data: &Path,
+    stage: &str,
+    target: &str,
+) -> std::process::Output {
+    let out = run(&[("ETCDIMG_MIGRATE_FAILPOINT", stage)]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success(),
+        "{stage}: the failpoint did not fire: {err}"
+    );
+    assert!(
+        err.contains(&format!("failpoint `{stage}`")),
+        "{stage}: {err}"
+    );
+    let out = run(&[]);
+    assert!(
+        out.status.success(),
+        "{stage}: rerun: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(data.join("version.txt")).unwrap(),
+        format!("{target}/etcd3"),
+        "{stage}"
+    );
+    out
+}
