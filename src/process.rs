@@ -122,16 +122,28 @@ impl Cmd {
         c
     }
 
+    /// Captures the output. A binary this process has just written can be "busy" for a moment
+    /// (ETXTBSY): a fork by another thread while it was open for writing holds a copy of the
+    /// write descriptor until that child execs. That passes; so a few retries, then the error.
+    fn captured(&self) -> std::io::Result<Output> {
+        let mut attempt = 0;
+        loop {
+            match self.command().stdin(Stdio::null()).output() {
+                Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && attempt < 20 => {
+                    attempt += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(10 * attempt));
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Runs to completion, capturing stdout and stderr; a non-zero exit is an error.
     pub fn output(&self) -> Result<Output, ProcessError> {
-        let out = self
-            .command()
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|source| ProcessError::Spawn {
-                cmdline: self.to_string(),
-                source,
-            })?;
+        let out = self.captured().map_err(|source| ProcessError::Spawn {
+            cmdline: self.to_string(),
+            source,
+        })?;
         if out.status.success() {
             Ok(out)
         } else {
@@ -142,13 +154,10 @@ impl Cmd {
     /// Runs to completion, capturing stdout and stderr, whatever the exit status (for tools
     /// whose failure output is on stdout).
     pub fn output_any(&self) -> Result<Output, ProcessError> {
-        self.command()
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|source| ProcessError::Spawn {
-                cmdline: self.to_string(),
-                source,
-            })
+        self.captured().map_err(|source| ProcessError::Spawn {
+            cmdline: self.to_string(),
+            source,
+        })
     }
 
     /// Runs with stderr passed through to ours (for long tools with their own progress).
