@@ -6,6 +6,9 @@ use std::fmt;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
+/// Linux's "Text file busy" (`io::ErrorKind::ExecutableFileBusy` needs a newer MSRV).
+const ETXTBSY: i32 = 26;
+
 /// How much of stderr a failure shows.
 const STDERR_TAIL_BYTES: usize = 2000;
 
@@ -129,7 +132,7 @@ impl Cmd {
         let mut attempt = 0;
         loop {
             match self.command().stdin(Stdio::null()).output() {
-                Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && attempt < 20 => {
+                Err(e) if e.raw_os_error() == Some(ETXTBSY) && attempt < 20 => {
                     attempt += 1;
                     std::thread::sleep(std::time::Duration::from_millis(10 * attempt));
                 }
