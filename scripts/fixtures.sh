@@ -88,6 +88,15 @@ for arch in amd64 arm64; do
     rm -rf "$stage"
 done
 
+# etcd-v2-dump: reads an etcd2 data dir with etcd's own snap/wal/v2store packages (the etcd2
+# rollback tests read migrate's output with it; Debian ships no etcd-dump-logs).
+if [ ! -x "$out/bin/etcd-v2-dump" ] || [ "$root/scripts/etcd-v2-dump/main.go" -nt "$out/bin/etcd-v2-dump" ]; then
+    log "building etcd-v2-dump from Debian's etcd source"
+    (cd "$root/scripts/etcd-v2-dump" && GOPATH=/usr/share/gocode GO111MODULE=off CGO_ENABLED=0 \
+        go build -trimpath -o "$out/bin/etcd-v2-dump.tmp" .)
+    mv "$out/bin/etcd-v2-dump.tmp" "$out/bin/etcd-v2-dump"
+fi
+
 # SHA256SUMS per release folder, as upstream publishes them (`sha256sum *.tar.gz`).
 for dir in "$out"/mirror/v*; do
     (cd "$dir" && sha256sum -- *.tar.gz >SHA256SUMS.tmp && mv SHA256SUMS.tmp SHA256SUMS)

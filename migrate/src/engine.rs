@@ -45,7 +45,7 @@ pub struct Sidecar {
     backup_tmp: PathBuf,
     /// Rollback: the snapshot, the restored dir, and the original set aside during the swap.
     snapshot: PathBuf,
-    new: PathBuf,
+    pub(crate) new: PathBuf,
     old: PathBuf,
 }
 
@@ -68,7 +68,7 @@ impl Sidecar {
     }
 }
 
-fn io_err(path: &Path) -> impl FnOnce(io::Error) -> MigrateError + '_ {
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(io::Error) -> MigrateError + '_ {
     move |source| MigrateError::Io {
         path: path.display().to_string(),
         source,
@@ -101,7 +101,7 @@ fn copy_tree(src: &Path, dst: &Path) -> Result<(), MigrateError> {
     fsync_dir(dst).map_err(io_err(dst))
 }
 
-fn remove_tree(path: &Path) -> Result<(), MigrateError> {
+pub(crate) fn remove_tree(path: &Path) -> Result<(), MigrateError> {
     match fs::remove_dir_all(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -121,6 +121,17 @@ fn restore_backup(data_dir: &Path, side: &Sidecar) -> Result<(), MigrateError> {
         fsync_dir(parent).map_err(io_err(parent))?;
     }
     remove_tree(&discard)
+}
+
+/// A private directory for the logs of a step's etcd runs (removed when dropped).
+pub(crate) fn log_dir() -> Result<tempfile::TempDir, MigrateError> {
+    tempfile::Builder::new()
+        .prefix("migrate-logs-")
+        .tempdir()
+        .map_err(|source| MigrateError::Io {
+            path: std::env::temp_dir().display().to_string(),
+            source,
+        })
 }
 
 /// Copies the data dir to the backup beside it (temp name, fsync, rename); `{stage}-backup-copied`
@@ -184,7 +195,11 @@ pub fn recover(options: &Options, data_dir: &DataDir) -> Result<(), MigrateError
             message: "no target version".into(),
         })?;
     if record.get("step").and_then(Value::as_str) == Some("rollback") {
-        recover_rollback(options, &to)?;
+        let storage = match record.get("storage").and_then(Value::as_str) {
+            Some("etcd2") => Storage::Etcd2,
+            _ => Storage::Etcd3,
+        };
+        recover_rollback(options, &VersionPair::new(to, storage))?;
         fs::remove_file(&side.journal).map_err(io_err(&side.journal))?;
         return Ok(());
     }
@@ -220,7 +235,7 @@ pub(crate) fn bin(options: &Options, name: &str, v: &Version) -> PathBuf {
 }
 
 /// The bundled version that runs `v`'s minor (the highest bundled patch of it).
-fn runner_for(options: &Options, v: &Version) -> Version {
+pub(crate) fn runner_for(options: &Options, v: &Version) -> Version {
     options
         .bundled_versions
         .iter()
@@ -320,10 +335,7 @@ pub fn upgrade(
     to: &Version,
 ) -> Result<StepFingerprints, MigrateError> {
     let side = Sidecar::for_dir(&options.data_dir);
-    let logs = tempfile::Builder::new()
-        .prefix("migrate-logs-")
-        .tempdir()
-        .map_err(io_err(Path::new("/tmp")))?;
+    let logs = log_dir()?;
     let old = runner_for(options, from);
     log(&format!(
         "upgrade {from} -> {to}: reading the keyspace with etcd {old}"
@@ -367,16 +379,41 @@ pub fn upgrade(
     Ok(StepFingerprints { before, after })
 }
 
+/// Puts the verified new directory in place of the data dir: the journal `record` first, then
+/// two renames (the original aside, the new one in), then the journal and the original go.
+/// A crash anywhere is finished or undone by [`recover`].
+pub(crate) fn swap_in(
+    options: &Options,
+    side: &Sidecar,
+    record: &Value,
+) -> Result<(), MigrateError> {
+    write_atomic(&side.journal, record.to_string().as_bytes(), 0o600)?;
+    failpoint("rollback-journal-written");
+    fs::rename(&options.data_dir, &side.old).map_err(io_err(&options.data_dir))?;
+    failpoint("rollback-original-aside");
+    fs::rename(&side.new, &options.data_dir).map_err(io_err(&side.new))?;
+    if let Some(parent) = options.data_dir.parent() {
+        fsync_dir(parent).map_err(io_err(parent))?;
+    }
+    failpoint("rollback-swapped");
+    fs::remove_file(&side.journal).map_err(io_err(&side.journal))?;
+    remove_tree(&side.old)?;
+    let _ = fs::remove_file(&side.snapshot);
+    if let Some(parent) = options.data_dir.parent() {
+        fsync_dir(parent).map_err(io_err(parent))?;
+    }
+    Ok(())
+}
+
 /// Finishes or undoes an interrupted rollback (called by [`recover`] for a rollback journal).
-fn recover_rollback(options: &Options, to: &Version) -> Result<(), MigrateError> {
+fn recover_rollback(options: &Options, to: &VersionPair) -> Result<(), MigrateError> {
     let p = Sidecar::for_dir(&options.data_dir);
     if !options.data_dir.exists() && p.old.exists() {
         // Crashed between the two renames: the original goes back.
         log("an interrupted rollback had moved the data dir aside; putting it back");
         fs::rename(&p.old, &options.data_dir).map_err(io_err(&p.old))?;
     }
-    let done = DataDir::new(&options.data_dir).read_version()?
-        == Some(VersionPair::new(to.clone(), Storage::Etcd3));
+    let done = DataDir::new(&options.data_dir).read_version()?.as_ref() == Some(to);
     if done {
         log(&format!(
             "an interrupted rollback to {to} had finished; cleaning up"
@@ -414,10 +451,7 @@ pub fn rollback(
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let side = Sidecar::for_dir(&options.data_dir);
     let p = &side;
-    let logs = tempfile::Builder::new()
-        .prefix("migrate-logs-")
-        .tempdir()
-        .map_err(io_err(Path::new("/tmp")))?;
+    let logs = log_dir()?;
     let current = runner_for(options, from);
     remove_tree(&p.new)?;
     let _ = fs::remove_file(&p.snapshot);
@@ -485,21 +519,7 @@ pub fn rollback(
         "step": "rollback", "from": from.to_string(), "to": to.to_string(),
         "before": before.to_json(),
     });
-    write_atomic(&side.journal, record.to_string().as_bytes(), 0o600)?;
-    failpoint("rollback-journal-written");
-    fs::rename(&options.data_dir, &p.old).map_err(io_err(&options.data_dir))?;
-    failpoint("rollback-original-aside");
-    fs::rename(&p.new, &options.data_dir).map_err(io_err(&p.new))?;
-    if let Some(parent) = options.data_dir.parent() {
-        fsync_dir(parent).map_err(io_err(parent))?;
-    }
-    failpoint("rollback-swapped");
-    fs::remove_file(&side.journal).map_err(io_err(&side.journal))?;
-    remove_tree(&p.old)?;
-    let _ = fs::remove_file(&p.snapshot);
-    if let Some(parent) = options.data_dir.parent() {
-        fsync_dir(parent).map_err(io_err(parent))?;
-    }
+    swap_in(options, &side, &record)?;
     log(&format!(
         "rolled back to {to}/etcd3; fingerprints identical"
     ));

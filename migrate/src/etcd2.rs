@@ -273,13 +273,7 @@ pub fn convert(
     via: &Version,
 ) -> Result<StepFingerprints, MigrateError> {
     let side = Sidecar::for_dir(&options.data_dir);
-    let logs = tempfile::Builder::new()
-        .prefix("migrate-logs-")
-        .tempdir()
-        .map_err(|source| MigrateError::Io {
-            path: std::env::temp_dir().display().to_string(),
-            source,
-        })?;
+    let logs = engine::log_dir()?;
     log(&format!(
         "etcd2 -> etcd3 from {from} with etcd {via}: backing up the data dir"
     ));

@@ -256,26 +256,46 @@ fn b64(cmd: &str, v: Option<&Value>) -> Result<Vec<u8>, FingerprintError> {
         })
 }
 
-/// Reads the whole keyspace served by `server`.
-pub fn take(etcdctl_bin: &Path, server: &mut Server) -> Result<Fingerprint, FingerprintError> {
+/// One key as read through etcdctl.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Kv {
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+    /// 0: no lease.
+    pub lease: i64,
+    pub mod_revision: i64,
+}
+
+/// The whole keyspace served by `server`, with the fingerprint of it.
+pub fn read(
+    etcdctl_bin: &Path,
+    server: &mut Server,
+) -> Result<(Fingerprint, Vec<Kv>), FingerprintError> {
     let all = etcdctl(etcdctl_bin, server, &["get", "", "--prefix"])?;
-    let kvs = all
+    let raw = all
         .get("kvs")
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
-    let mut entries = Vec::with_capacity(kvs.len());
+    let mut kvs = Vec::with_capacity(raw.len());
     let mut lease_ids: BTreeMap<i64, usize> = BTreeMap::new();
-    for kv in &kvs {
-        let key = b64("get", kv.get("key"))?;
-        let value = b64("get", kv.get("value"))?;
-        if let Some(lease) = kv.get("lease").and_then(Value::as_i64).filter(|l| *l != 0) {
+    for kv in &raw {
+        let lease = kv.get("lease").and_then(Value::as_i64).unwrap_or(0);
+        if lease != 0 {
             *lease_ids.entry(lease).or_default() += 1;
         }
-        entries.push((key, value));
+        kvs.push(Kv {
+            key: b64("get", kv.get("key"))?,
+            value: b64("get", kv.get("value"))?,
+            lease,
+            mod_revision: kv.get("mod_revision").and_then(Value::as_i64).unwrap_or(0),
+        });
     }
-    let keys = entries.len();
-    let digest = digest(entries);
+    let digest = digest(
+        kvs.iter()
+            .map(|kv| (kv.key.clone(), kv.value.clone()))
+            .collect(),
+    );
     let mut leases = BTreeMap::new();
     for (id, keys) in lease_ids {
         let hex = format!("{id:x}");
@@ -293,12 +313,27 @@ pub fn take(etcdctl_bin: &Path, server: &mut Server) -> Result<Fingerprint, Fing
         .pointer("/header/revision")
         .and_then(Value::as_i64)
         .unwrap_or(0);
-    Ok(Fingerprint {
+    let fp = Fingerprint {
         revision,
-        keys,
+        keys: kvs.len(),
         digest,
         leases,
-    })
+    };
+    Ok((fp, kvs))
+}
+
+/// The fingerprint of the whole keyspace served by `server`.
+pub fn take(etcdctl_bin: &Path, server: &mut Server) -> Result<Fingerprint, FingerprintError> {
+    read(etcdctl_bin, server).map(|(fp, _)| fp)
+}
+
+/// `etcdctl <args> -w json` against `server` (member list, endpoint status, ...).
+pub fn query(
+    etcdctl_bin: &Path,
+    server: &mut Server,
+    args: &[&str],
+) -> Result<Value, FingerprintError> {
+    etcdctl(etcdctl_bin, server, args)
 }
 
 /// `etcdctl snapshot save` from the etcd at `endpoint` into `to`.

@@ -14,7 +14,10 @@ pub mod fingerprint;
 pub mod lock;
 pub mod options;
 pub mod plan;
+pub mod raftlog;
 pub mod server;
+pub mod v2rollback;
+pub mod v2store;
 pub mod version;
 
 use std::fmt;
@@ -39,6 +42,8 @@ pub enum ExitCode {
     MissingBinary = 16,
     ClusterRollback = 17,
     NoEtcd2Converter = 18,
+    NotRepresentableInV2 = 19,
+    DamagedDataDir = 20,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +64,12 @@ pub enum MigrateError {
         to: String,
         initial_cluster: String,
     },
+    #[error(
+        "the keyspace cannot be rolled back to etcd2: {key}: {why}; the data dir was not changed"
+    )]
+    NotRepresentableInV2 { key: String, why: String },
+    #[error("the data directory `{dir}` is damaged: {message}; nothing was changed")]
+    DamagedDataDir { dir: String, message: String },
     #[error(transparent)]
     Plan(#[from] plan::PlanError),
     #[error(transparent)]
@@ -110,6 +121,8 @@ impl MigrateError {
             }
             MigrateError::InUse { .. } => ExitCode::DataDirInUse,
             MigrateError::ClusterRollback { .. } => ExitCode::ClusterRollback,
+            MigrateError::NotRepresentableInV2 { .. } => ExitCode::NotRepresentableInV2,
+            MigrateError::DamagedDataDir { .. } => ExitCode::DamagedDataDir,
             MigrateError::Server(_)
             | MigrateError::Fingerprint(_)
             | MigrateError::FingerprintMismatch { .. }
@@ -133,6 +146,8 @@ impl MigrateError {
             MigrateError::Plan(plan::PlanError::MissingMinor { .. }) => Some("use an image that bundles every minor version between the data's and the target".into()),
             MigrateError::Plan(plan::PlanError::NoConverter { .. }) => Some("use an image that bundles an etcd 3.0-3.4 (e.g. 3.4.23) to convert the etcd2 data, then this one".into()),
             MigrateError::MissingBinary { .. } => Some("the image is incomplete: every bundled version needs etcd-<V> and etcdctl-<V> in --bin-dir".into()),
+            MigrateError::NotRepresentableInV2 { .. } => Some("the v2 store holds UTF-8 strings at clean paths (Kubernetes must have stored JSON, --storage-media-type=application/json); keep etcd3 storage, or rewrite those keys first".into()),
+            MigrateError::DamagedDataDir { .. } => Some("start this etcd version on the data once (it repairs a torn WAL tail) or restore a backup, then run migrate again".into()),
             MigrateError::ClusterRollback { .. } => Some("as with the original image, HA rollbacks are not supported: stop every member, roll back one member with a single-member --initial-cluster, then re-add the others as new members".into()),
             MigrateError::InUse { .. } => Some("migrate runs before etcd starts; stop the etcd that uses this data directory (or wait for it to exit) and run again".into()),
             _ => None,
@@ -312,11 +327,13 @@ pub fn migrate_if_needed(options: &Options) -> Result<Report, MigrateError> {
             file: file.display().to_string(),
         });
     }
-    if let [plan::Step::Rollback { from, to }] = steps.as_slice() {
+    if let [plan::Step::Rollback { from, .. } | plan::Step::RollbackToEtcd2 { from, .. }] =
+        steps.as_slice()
+    {
         if matches!(engine::peers(options), server::Peers::Cluster { .. }) {
             return Err(MigrateError::ClusterRollback {
                 from: from.to_string(),
-                to: to.to_string(),
+                to: target.to_string(),
                 initial_cluster: options.initial_cluster.clone(),
             });
         }
@@ -349,6 +366,10 @@ pub fn migrate_if_needed(options: &Options) -> Result<Report, MigrateError> {
             plan::Step::Rollback { from, to } => {
                 r.outcome = Outcome::RolledBack;
                 engine::rollback(options, from, to)?
+            }
+            plan::Step::RollbackToEtcd2 { from, to } => {
+                r.outcome = Outcome::RolledBack;
+                v2rollback::rollback(options, from, to)?
             }
         };
         r.fingerprints

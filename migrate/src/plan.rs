@@ -23,6 +23,10 @@ pub enum Step {
     /// `migrate` up to 3.4), etcd-`via` then attaches a lease to every key under the TTL keys
     /// prefix, and version.txt records `via`/etcd3.
     Convert { from: VersionPair, via: Version },
+    /// etcd 3.0 to 2.2/2.3 (etcd2 storage): the v3 keyspace, read through etcd-`from`, becomes
+    /// a v2 store in a new snapshot and WAL (same member and cluster ids) beside the data dir,
+    /// verified, then swapped in.
+    RollbackToEtcd2 { from: Version, to: VersionPair },
     /// One 3.x minor down: a snapshot taken by etcd-`from`, restored with `to`'s tool into a new
     /// directory, verified, then swapped in.
     Rollback { from: Version, to: Version },
@@ -40,6 +44,10 @@ impl fmt::Display for Step {
                 f,
                 "etcd2 -> etcd3: read the v2 keys with etcd-{via}, convert them with `etcdctl-{via} migrate`, attach a lease to the TTL keys, compare, write version.txt = {via}/etcd3 (from {from})"
             ),
+            Step::RollbackToEtcd2 { from, to } => write!(
+                f,
+                "rollback {from} -> {to}: read the v3 keyspace with etcd-{from}, write a v2 snapshot and WAL beside the data dir, verify, swap, write version.txt = {to}"
+            ),
             Step::Rollback { from, to } => write!(
                 f,
                 "rollback {from} -> {to}: snapshot with etcd-{from}, restore with {to}'s tool beside the data dir, verify, swap, write version.txt = {to}/etcd3"
@@ -50,7 +58,7 @@ impl fmt::Display for Step {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PlanError {
-    #[error("downgrading from {from} to {to} is not supported: a rollback goes to the previous minor of 3.x only (3.y to 3.(y-1)), and from 3.0 to 2.3.7")]
+    #[error("downgrading from {from} to {to} is not supported: a rollback goes to the previous minor of 3.x only (3.y to 3.(y-1)), and from 3.0.x to etcd2 storage at 2.2.x or 2.3.x")]
     DowngradeTooFar { from: Version, to: Version },
     #[error("upgrading from {from} to {to} needs a bundled etcd {major}.{minor}.x (upgrades go one minor version at a time); bundled: {bundled}")]
     MissingMinor {
@@ -93,6 +101,20 @@ pub fn plan(
     }
     if current.storage == Storage::Etcd2 && target.storage == Storage::Etcd3 {
         return plan_etcd2_to_etcd3(current, target, bundled);
+    }
+    if current.storage == Storage::Etcd3 && target.storage == Storage::Etcd2 {
+        let (from, to) = (&current.version, &target.version);
+        // The original supported 3.0.x -> 2.2.x; 2.3.x reads the same data (the 2.2 WAL).
+        if (from.major, from.minor) == (3, 0) && to.major == 2 && (to.minor == 2 || to.minor == 3) {
+            return Ok(vec![Step::RollbackToEtcd2 {
+                from: from.clone(),
+                to: target.clone(),
+            }]);
+        }
+        return Err(PlanError::DowngradeTooFar {
+            from: from.clone(),
+            to: to.clone(),
+        });
     }
     if current.storage != target.storage || target.storage != Storage::Etcd3 {
         return Err(PlanError::StorageChange {
@@ -203,6 +225,9 @@ pub fn binaries_for(step: &Step, bundled: &[Version], bin_dir: &Path) -> Vec<Pat
     match step {
         Step::PatchChange { .. } => Vec::new(),
         Step::Convert { via, .. } => pair(via),
+        Step::RollbackToEtcd2 { from, .. } => {
+            pair(&bundled_minor(bundled, from.major, from.minor).unwrap_or_else(|| from.clone()))
+        }
         Step::Upgrade { from, to } => {
             let old =
                 bundled_minor(bundled, from.major, from.minor).unwrap_or_else(|| from.clone());
@@ -286,9 +311,10 @@ mod tests {
         );
         let err = plan(&p("3.5.1/etcd3"), &p("3.3.17/etcd3"), &bundled).unwrap_err();
         assert!(matches!(err, PlanError::DowngradeTooFar { .. }), "{err}");
+        // etcd2 is reached from 3.0 only.
         assert!(matches!(
             plan(&p("3.4.23/etcd3"), &p("2.3.7/etcd2"), &bundled).unwrap_err(),
-            PlanError::StorageChange { .. }
+            PlanError::DowngradeTooFar { .. }
         ));
     }
 
@@ -314,6 +340,28 @@ mod tests {
             ]
             .map(PathBuf::from)
         );
+    }
+
+    #[test]
+    fn rollback_to_etcd2_only_from_3_0_to_2_2_or_2_3() {
+        let bundled = [v("2.2.1"), v("3.0.17"), v("3.1.12")];
+        assert_eq!(
+            plan(&p("3.0.17/etcd3"), &p("2.2.1/etcd2"), &bundled).unwrap(),
+            vec![Step::RollbackToEtcd2 {
+                from: v("3.0.17"),
+                to: p("2.2.1/etcd2")
+            }]
+        );
+        assert!(plan(&p("3.0.17/etcd3"), &p("2.3.7/etcd2"), &bundled).is_ok());
+        for (cur, tgt) in [
+            ("3.1.12/etcd3", "2.2.1/etcd2"),
+            ("3.0.17/etcd3", "2.1.0/etcd2"),
+        ] {
+            assert!(matches!(
+                plan(&p(cur), &p(tgt), &bundled),
+                Err(PlanError::DowngradeTooFar { .. })
+            ));
+        }
     }
 
     #[test]

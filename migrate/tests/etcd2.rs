@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::{bin_dir, copy_dir, fixtures_bin, free_port, leftovers, read_all, tree_bytes, Etcd};
+use common::{bin_dir, copy_dir, fixtures_bin, leftovers, read_all, tree_bytes, Etcd};
 
 mod common;
 
@@ -15,18 +15,12 @@ const PREFIX: &str = "/registry/events/";
 /// A 3.4.23 data dir holding only v2 keys, version.txt `3.4.23/etcd2`, and the keys it holds.
 fn pristine_v2(fx: &Path, dir: &Path) -> (PathBuf, BTreeMap<Vec<u8>, Vec<u8>>) {
     let data = dir.join("pristine");
-    let (port, peer) = (free_port(), free_port());
-    let peer_url = format!("http://127.0.0.1:{peer}");
-    let etcd = Etcd::spawn_member(
+    let etcd = Etcd::start_with(
         &fx.join("etcd-3.4.23"),
         &data,
-        "default",
-        port,
-        &peer_url,
-        &format!("default={peer_url}"),
         &["--enable-v2=true".to_string()],
     );
-    etcd.wait_ready();
+    let port = etcd.port;
     let mut want = BTreeMap::new();
     let set = |key: &str, value: &str, ttl: Option<u32>| {
         let mut cmd = Command::new(fx.join("etcdctl-3.4.23"));
@@ -65,7 +59,8 @@ fn pristine_v2(fx: &Path, dir: &Path) -> (PathBuf, BTreeMap<Vec<u8>, Vec<u8>>) {
     (data, want)
 }
 
-fn migrate(bins: &Path, data: &Path, target: &str, env: &[(&str, &str)]) -> Output {
+/// migrate on `data` with the bundled binaries in `bins`, `args` and extra `env`.
+fn run(bins: &Path, data: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_migrate"));
     cmd.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -74,11 +69,20 @@ fn migrate(bins: &Path, data: &Path, target: &str, env: &[(&str, &str)]) -> Outp
         .arg(bins)
         .arg("--data-dir")
         .arg(data)
-        .args(["--target-version", target, "--target-storage", "etcd3"]);
+        .args(args);
     for (k, v) in env {
         cmd.env(k, v);
     }
     cmd.output().unwrap()
+}
+
+fn migrate(bins: &Path, data: &Path, target: &str, env: &[(&str, &str)]) -> Output {
+    run(
+        bins,
+        data,
+        &["--target-version", target, "--target-storage", "etcd3"],
+        env,
+    )
 }
 
 fn stderr(o: &Output) -> String {
@@ -268,4 +272,365 @@ fn etcd2_refusals_and_crashes_leave_the_data_safe() {
             leftovers(&case)
         );
     }
+}
+
+/// A v3 data dir written by etcd 3.4.23 and labelled `3.0.17/etcd3`, the keys it serves, the
+/// leased keys, and its member and cluster ids (hex). No etcd 3.0 can be installed here: the
+/// bin dir's etcd-3.0.17/etcdctl-3.0.17 are 3.4.23, which serves the same v3 API; the rollback
+/// reads the keyspace only through that API. `--snapshot-count=10` makes etcd write v2 snap
+/// files and WAL snapshot records, as a long-running 3.0 member has.
+struct V3Data {
+    dir: PathBuf,
+    want: BTreeMap<String, String>,
+    leased: Vec<String>,
+    member: String,
+    cluster: String,
+}
+
+fn pristine_v3_as_3_0(fx: &Path, dir: &Path) -> V3Data {
+    let data = dir.join("pristine-v3");
+    let etcd = Etcd::start_with(
+        &fx.join("etcd-3.4.23"),
+        &data,
+        &["--snapshot-count=10".to_string()],
+    );
+    let port = etcd.port;
+    let ctl = |args: &[&str]| -> String {
+        let out = Command::new(fx.join("etcdctl-3.4.23"))
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints=http://127.0.0.1:{port}"))
+            .args(args)
+            .output()
+            .unwrap();
+        common::assert_success(&out);
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let lease = ctl(&["lease", "grant", "600"]);
+    let lease = lease.split_whitespace().nth(1).unwrap().to_string();
+    let mut want = BTreeMap::new();
+    let mut leased = Vec::new();
+    for i in 0..20 {
+        let k = format!("/registry/pods/ns-{}/pod-{i}", i % 4);
+        ctl(&["put", &k, "first"]);
+        ctl(&["put", &k, &format!("{{\"kind\":\"Pod\",\"n\":{i}}}")]);
+        want.insert(k, format!("{{\"kind\":\"Pod\",\"n\":{i}}}"));
+    }
+    for i in 0..6 {
+        let k = format!("{PREFIX}ev-{i}");
+        ctl(&[
+            "put",
+            &k,
+            &format!("event {i}"),
+            &format!("--lease={lease}"),
+        ]);
+        want.insert(k.clone(), format!("event {i}"));
+        leased.push(k);
+    }
+    ctl(&["put", "/registry/ключ/日本", "значение ✓"]);
+    want.insert("/registry/ключ/日本".into(), "значение ✓".into());
+    ctl(&["put", "/registry/deleted", "x"]);
+    ctl(&["del", "/registry/deleted"]);
+    let status: serde_json::Value =
+        serde_json::from_str(&ctl(&["endpoint", "status", "-w", "json"])).unwrap();
+    let header = &status[0]["Status"]["header"];
+    let member = format!("{:x}", header["member_id"].as_u64().unwrap());
+    let cluster = format!("{:x}", header["cluster_id"].as_u64().unwrap());
+    etcd.stop();
+    std::fs::write(data.join("version.txt"), "3.0.17/etcd3").unwrap();
+    V3Data {
+        dir: data,
+        want,
+        leased,
+        member,
+        cluster,
+    }
+}
+
+/// A bin dir whose etcd-3.0.17 and etcdctl-3.0.17 are the 3.4.23 binaries (see above).
+fn bin_dir_3_0(fx: &Path) -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    for name in ["etcd", "etcdctl"] {
+        std::os::unix::fs::symlink(
+            fx.join(format!("{name}-3.4.23")),
+            d.path().join(format!("{name}-3.0.17")),
+        )
+        .unwrap();
+    }
+    d
+}
+
+fn rollback(bins: &Path, data: &Path, env: &[(&str, &str)]) -> Output {
+    let args = [
+        "--bundled-versions",
+        "2.2.1,3.0.17",
+        "--target-version",
+        "2.2.1",
+        "--target-storage",
+        "etcd2",
+    ];
+    run(bins, data, &args, env)
+}
+
+/// Reads the rolled-back dir with etcd's own code (etcd-v2-dump), and checks the member, the
+/// cluster, the raft position, the cluster version, every key and the TTLs.
+fn assert_v2_dump(fx: &Path, data: &Path, v3: &V3Data) {
+    let out = Command::new(fx.join("etcd-v2-dump"))
+        .arg(data)
+        .output()
+        .unwrap();
+    common::assert_success(&out);
+    let d: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(d["node_id"], v3.member.as_str(), "{d}");
+    assert_eq!(d["cluster_id"], v3.cluster.as_str(), "{d}");
+    assert_eq!(d["cluster_version"], "2.2.0");
+    assert_eq!(d["hardstate"]["commit"], d["snapshot_index"]);
+    assert_eq!(d["entries"], 0);
+    assert_eq!(
+        d["voters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| format!("{:x}", v.as_u64().unwrap()))
+            .collect::<Vec<_>>(),
+        vec![v3.member.clone()]
+    );
+    let keys = d["keys"].as_object().unwrap();
+    let got: BTreeMap<String, String> = keys
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.strip_prefix("/1").unwrap().to_string(),
+                v["value"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(got, v3.want);
+    for (k, v) in keys {
+        let ttl = v["ttl"].as_i64().unwrap();
+        if v3.leased.iter().any(|l| format!("/1{l}") == *k) {
+            assert!((400..=600).contains(&ttl), "{k}: ttl {ttl}");
+        } else {
+            assert_eq!(ttl, 0, "{k} has no lease, so no TTL");
+        }
+    }
+    assert!(
+        !data.join("member/snap/db").exists(),
+        "the v3 backend must be gone"
+    );
+}
+
+#[test]
+fn etcd3_to_etcd2_rollback_is_read_back_by_real_etcd() {
+    let Some(fx) = fixtures_bin() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let v3 = pristine_v3_as_3_0(&fx, tmp.path());
+    let bins = bin_dir_3_0(&fx);
+
+    let case = tmp.path().join("straight");
+    std::fs::create_dir(&case).unwrap();
+    let data = case.join("data");
+    copy_dir(&v3.dir, &data);
+    let out = rollback(bins.path(), &data, &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read_to_string(data.join("version.txt")).unwrap(),
+        "2.2.1/etcd2"
+    );
+    assert!(leftovers(&case).is_empty(), "{:?}", leftovers(&case));
+    assert_v2_dump(&fx, &data, &v3);
+
+    // Real etcd serves it through the v2 API. etcd 2.2/2.3 read only the snap and WAL; etcd
+    // 3.4 also wants the v3 backend of the snapshot (`<index>.snap.db`, else it stops with
+    // "failed to find database snapshot file"), so this copy gets an empty one, taken from a
+    // fresh etcd: every key it then serves comes from the v2 snapshot migrate wrote.
+    let empty = tmp.path().join("empty");
+    Etcd::start(&fx.join("etcd-3.4.23"), &empty).stop();
+    let serve = tmp.path().join("serve");
+    copy_dir(&data, &serve);
+    let dump: serde_json::Value = serde_json::from_slice(
+        &Command::new(fx.join("etcd-v2-dump"))
+            .arg(&data)
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let index = dump["snapshot_index"].as_u64().unwrap();
+    std::fs::copy(
+        empty.join("member/snap/db"),
+        serve.join(format!("member/snap/{index:016x}.snap.db")),
+    )
+    .unwrap();
+    let etcd = Etcd::start_with(
+        &fx.join("etcd-3.4.23"),
+        &serve,
+        &["--enable-v2=true".to_string()],
+    );
+    let get = |path: &str| -> serde_json::Value {
+        let r = etcd.post_method("GET", path, "");
+        serde_json::from_str(r.split("\r\n\r\n").nth(1).unwrap_or("")).unwrap_or_default()
+    };
+    let tree = get("/v2/keys/?recursive=true&sorted=true");
+    let members = get("/v2/members");
+    etcd.stop();
+    let mut served = BTreeMap::new();
+    let mut stack = vec![&tree["node"]];
+    while let Some(n) = stack.pop() {
+        if n["dir"].as_bool() == Some(true) {
+            stack.extend(n["nodes"].as_array().into_iter().flatten());
+        } else {
+            let key = n["key"].as_str().unwrap().to_string();
+            let ttl = n["ttl"].as_i64().unwrap_or(0);
+            assert_eq!(ttl > 0, v3.leased.contains(&key), "{key}: ttl {ttl}");
+            served.insert(key, n["value"].as_str().unwrap().to_string());
+        }
+    }
+    assert_eq!(
+        served, v3.want,
+        "etcd 3.4.23 --enable-v2 serves the rolled-back keys"
+    );
+    assert_eq!(members["members"][0]["id"], v3.member.as_str(), "{members}");
+}
+
+#[test]
+fn etcd2_rollback_refusals_damaged_inputs_and_crashes_leave_the_data_safe() {
+    let Some(fx) = fixtures_bin() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let v3 = pristine_v3_as_3_0(&fx, tmp.path());
+    let bins = bin_dir_3_0(&fx);
+    let original = tree_bytes(&v3.dir);
+    let fresh = |name: &str| -> PathBuf {
+        let case = tmp.path().join(name);
+        std::fs::create_dir(&case).unwrap();
+        let data = case.join("data");
+        copy_dir(&v3.dir, &data);
+        data
+    };
+    let wal = |data: &Path| -> PathBuf {
+        let mut w: Vec<PathBuf> = std::fs::read_dir(data.join("member/wal"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "wal"))
+            .collect();
+        w.sort();
+        w.remove(0)
+    };
+    // The second record of the first WAL file (the first is the 16-byte CRC record).
+    let second = |bytes: &[u8]| -> (usize, usize) {
+        let word = u64::from_le_bytes(bytes[16..24].try_into().unwrap());
+        (24, (word & 0x00ff_ffff_ffff_ffff) as usize)
+    };
+    type Damage = Box<dyn Fn(&Path)>;
+    let damages: Vec<(&str, Damage, &str)> = vec![
+        (
+            "truncated-wal",
+            Box::new(move |data: &Path| {
+                let f = wal(data);
+                let bytes = std::fs::read(&f).unwrap();
+                let (start, len) = second(&bytes);
+                std::fs::write(&f, &bytes[..start + len / 2]).unwrap();
+            }),
+            "truncated",
+        ),
+        (
+            "crc-mismatch",
+            Box::new(move |data: &Path| {
+                let f = wal(data);
+                let mut bytes = std::fs::read(&f).unwrap();
+                let (start, len) = second(&bytes);
+                bytes[start + len - 1] ^= 0x01;
+                std::fs::write(&f, &bytes).unwrap();
+            }),
+            "CRC mismatch",
+        ),
+        (
+            "missing-snap",
+            Box::new(|data: &Path| {
+                let mut snaps: Vec<PathBuf> = std::fs::read_dir(data.join("member/snap"))
+                    .unwrap()
+                    .flatten()
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|x| x == "snap"))
+                    .collect();
+                snaps.sort();
+                std::fs::remove_file(snaps.pop().expect("etcd wrote snap files")).unwrap();
+            }),
+            "has no snap file",
+        ),
+    ];
+    for (name, damage, message) in &damages {
+        let data = fresh(name);
+        damage(&data);
+        let before = tree_bytes(&data);
+        let out = rollback(bins.path(), &data, &[]);
+        assert_eq!(out.status.code(), Some(20), "{name}: {}", stderr(&out));
+        assert!(stderr(&out).contains(message), "{name}: {}", stderr(&out));
+        assert!(tree_bytes(&data) == before, "{name}: the data dir changed");
+        assert!(leftovers(data.parent().unwrap()).is_empty(), "{name}");
+    }
+
+    // A value the v2 store cannot hold (not UTF-8): exit 19, untouched.
+    let data = fresh("binary-value");
+    {
+        let etcd = Etcd::start(&fx.join("etcd-3.4.23"), &data);
+        let r = etcd.post(
+            "/v3/kv/put",
+            r#"{"key":"L3JlZ2lzdHJ5L2Jpbg==","value":"/4A="}"#,
+        );
+        assert!(r.contains("header"), "{r}");
+        etcd.stop();
+    }
+    let before = tree_bytes(&data);
+    let out = rollback(bins.path(), &data, &[]);
+    assert_eq!(out.status.code(), Some(19), "{}", stderr(&out));
+    assert!(stderr(&out).contains("/registry/bin"), "{}", stderr(&out));
+    assert!(
+        tree_bytes(&data) == before,
+        "a refusal changed the data dir"
+    );
+
+    // From 3.1 to etcd2: too far (13), untouched.
+    let data = fresh("from-3.1");
+    std::fs::write(data.join("version.txt"), "3.1.12/etcd3").unwrap();
+    let before = tree_bytes(&data);
+    let out = rollback(bins.path(), &data, &[]);
+    assert_eq!(out.status.code(), Some(13), "{}", stderr(&out));
+    assert!(tree_bytes(&data) == before);
+
+    // A crash at every stage: the rerun converges, read back by etcd's own code.
+    for stage in [
+        "etcd2-rollback-before-old",
+        "etcd2-rollback-backup-copied",
+        "running-3.0.17",
+        "etcd2-rollback-read",
+        "etcd2-rollback-written",
+        "etcd2-rollback-verified",
+        "rollback-journal-written",
+        "rollback-original-aside",
+        "rollback-swapped",
+    ] {
+        let data = fresh(stage);
+        let out = rollback(bins.path(), &data, &[("ETCDIMG_MIGRATE_FAILPOINT", stage)]);
+        assert!(!out.status.success(), "{stage}: the failpoint did not fire");
+        assert!(
+            stderr(&out).contains(&format!("failpoint `{stage}`")),
+            "{stage}: {}",
+            stderr(&out)
+        );
+        let out = rollback(bins.path(), &data, &[]);
+        assert!(out.status.success(), "{stage}: rerun: {}", stderr(&out));
+        assert_eq!(
+            std::fs::read_to_string(data.join("version.txt")).unwrap(),
+            "2.2.1/etcd2",
+            "{stage}"
+        );
+        assert_v2_dump(&fx, &data, &v3);
+        assert!(
+            leftovers(data.parent().unwrap()).is_empty(),
+            "{stage}: {:?}",
+            leftovers(data.parent().unwrap())
+        );
+    }
+    assert!(tree_bytes(&v3.dir) == original);
 }

@@ -26,6 +26,11 @@ pub struct Etcd {
 impl Etcd {
     /// A single-member etcd on free loopback ports, ready.
     pub fn start(bin: &Path, data: &Path) -> Etcd {
+        Etcd::start_with(bin, data, &[])
+    }
+
+    /// [`Etcd::start`] with extra flags.
+    pub fn start_with(bin: &Path, data: &Path, extra: &[String]) -> Etcd {
         let (port, peer) = (free_port(), free_port());
         let peer_url = format!("http://127.0.0.1:{peer}");
         let e = Etcd::spawn_member(
@@ -35,7 +40,7 @@ impl Etcd {
             port,
             &peer_url,
             &format!("default={peer_url}"),
-            &[],
+            extra,
         );
         e.wait_ready();
         e
@@ -82,11 +87,16 @@ impl Etcd {
 
     /// One JSON request to the gRPC gateway.
     pub fn post(&self, path: &str, body: &str) -> String {
+        self.post_method("POST", path, body)
+    }
+
+    /// One request with `method`; the raw HTTP answer.
+    pub fn post_method(&self, method: &str, path: &str, body: &str) -> String {
         let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else {
             return String::new();
         };
         let req = format!(
-            "POST {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         );
         if s.write_all(req.as_bytes()).is_err() {
