@@ -50,6 +50,10 @@ pub struct GlobalArgs {
 pub enum Command {
     /// Build the image for one arch into an OCI layout (the Makefile's `make build`).
     Build(BuildArgs),
+    /// Test built images without a daemon (the Makefile's `make test`): unpack each into a temp
+    /// rootfs, check platform, env and modes, run every bundled etcd/etcdctl (qemu-user for
+    /// foreign arches) and a real migration; print a pass/fail table, exit 1 on any failure.
+    Test(TestArgs),
     /// Build every arch in images.toml into one OCI layout, with an image index under the plain
     /// tag (the Makefile's `make all-build`).
     AllBuild(AllBuildArgs),
@@ -153,6 +157,18 @@ pub struct PushArgs {
     pub image: ImageArgs,
     #[command(flatten)]
     pub push: PushFlags,
+}
+
+#[derive(Debug, Args)]
+pub struct TestArgs {
+    /// Arch to test [default: every arch in images.toml] (env ARCH).
+    #[arg(long, env = "ARCH")]
+    pub arch: Option<String>,
+    #[command(flatten)]
+    pub overrides: OverrideArgs,
+    /// OCI image layout holding the images.
+    #[arg(long, env = "ETCDIMG_OUTPUT", default_value = "_output/oci")]
+    pub output: PathBuf,
 }
 
 #[derive(Debug, Args)]

@@ -186,6 +186,37 @@ async fn run(cli: Cli) -> Result<()> {
             let report = push::all_push(&settings, &options, &cache, reporter.clone()).await?;
             print_push(&report, g.json, &*reporter)
         }
+        Command::Test(args) => {
+            let settings = resolve(g, &args.overrides)?;
+            let arches = match &args.arch {
+                Some(a) => vec![settings::selected_arch(&settings, a)?],
+                None => settings.arches.clone(),
+            };
+            let mut reports = Vec::new();
+            for arch in arches {
+                reports.push(etcdimg::commands::test::test_image(
+                    &settings,
+                    arch,
+                    &args.output,
+                )?);
+            }
+            if g.json {
+                println!("{}", serde_json::to_string_pretty(&reports)?);
+            } else {
+                for r in &reports {
+                    print!("{}", r.table());
+                }
+            }
+            if reports.iter().all(|r| r.passed()) {
+                Ok(())
+            } else {
+                let failed: usize = reports
+                    .iter()
+                    .map(|r| r.checks.iter().filter(|c| !c.ok).count())
+                    .sum();
+                anyhow::bail!("{failed} image checks failed (see the table)")
+            }
+        }
         Command::Build(args) => {
             let settings = resolve(g, &args.overrides)?;
             let arch = settings::selected_arch(&settings, &args.arch)?;

@@ -244,14 +244,7 @@ fn warm_build_reuses_every_layer_and_docker_archive_is_readable() {
     }
     let mirror = http_mirror(&fx.join("mirror"));
     let mut sb = Sandbox::new();
-    sb.set(
-        "ETCD_RELEASE_URL",
-        format!("http://127.0.0.1:{}", mirror.port),
-    )
-    .set(
-        "BASEIMAGE",
-        format!("oci:{}:1.35", fx.join("busybox-oci").display()),
-    );
+    sb.local_sources(&fx, &mirror);
     let out_dir = sb.path().join("out");
     let first = sb.etcdimg(&["build", "--json", "--output", out_dir.to_str().unwrap()]);
     assert_success(&first);

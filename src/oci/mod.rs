@@ -14,6 +14,7 @@ pub mod image;
 pub mod index;
 pub mod layer;
 pub mod layout;
+pub mod unpack;
 
 use std::str::FromStr;
 

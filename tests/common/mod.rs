@@ -227,6 +227,18 @@ impl Sandbox {
         Sandbox { dir, env }
     }
 
+    /// Releases from the loopback `mirror`, the base from the fixtures' busybox layout.
+    pub fn local_sources(&mut self, fx: &Path, mirror: &Server) -> &mut Sandbox {
+        self.set(
+            "ETCD_RELEASE_URL",
+            format!("http://127.0.0.1:{}", mirror.port),
+        )
+        .set(
+            "BASEIMAGE",
+            format!("oci:{}:1.35", fx.join("busybox-oci").display()),
+        )
+    }
+
     pub fn path(&self) -> &Path {
         self.dir.path()
     }

@@ -1,0 +1,298 @@
+//! `etcdimg test` on a real built image (fixture mirror + busybox base), and on copies of it
+//! broken one way each: the verb must pass the good one and fail exactly the broken check.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+use sha2::{Digest, Sha256};
+
+const REF: &str = "3.5.1-0-linux-amd64";
+
+/// Writes `bytes` as a blob of the layout; returns its digest.
+fn put_blob(layout: &Path, bytes: &[u8]) -> String {
+    let hex = format!("{:x}", Sha256::digest(bytes));
+    std::fs::write(layout.join("blobs/sha256").join(&hex), bytes).unwrap();
+    format!("sha256:{hex}")
+}
+
+fn read_blob(layout: &Path, digest: &str) -> Vec<u8> {
+    std::fs::read(
+        layout
+            .join("blobs/sha256")
+            .join(digest.trim_start_matches("sha256:")),
+    )
+    .unwrap()
+}
+
+/// Rewrites the image `REF` of the layout: `edit` changes its manifest and config JSON.
+fn edit_image(
+    layout: &Path,
+    edit: impl FnOnce(&Path, &mut serde_json::Value, &mut serde_json::Value),
+) {
+    let mut index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let entry = index["manifests"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == REF)
+        .unwrap();
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&read_blob(layout, entry["digest"].as_str().unwrap())).unwrap();
+    let mut config: serde_json::Value = serde_json::from_slice(&read_blob(
+        layout,
+        manifest["config"]["digest"].as_str().unwrap(),
+    ))
+    .unwrap();
+    edit(layout, &mut manifest, &mut config);
+    let config = serde_json::to_vec(&config).unwrap();
+    manifest["config"]["digest"] = put_blob(layout, &config).into();
+    manifest["config"]["size"] = config.len().into();
+    let manifest = serde_json::to_vec(&manifest).unwrap();
+    entry["digest"] = put_blob(layout, &manifest).into();
+    entry["size"] = manifest.len().into();
+    std::fs::write(
+        layout.join("index.json"),
+        serde_json::to_vec(&index).unwrap(),
+    )
+    .unwrap();
+}
+
+/// Adds an uncompressed layer holding `files` (path in the image, bytes, mode) on top.
+fn add_layer(layout: &Path, manifest: &mut serde_json::Value, files: &[(&str, Vec<u8>, u32)]) {
+    let mut b = tar::Builder::new(Vec::new());
+    for (path, data, mode) in files {
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(*mode);
+        h.set_size(data.len() as u64);
+        h.set_path(path).unwrap();
+        h.set_cksum();
+        b.append(&h, data.as_slice()).unwrap();
+    }
+    let tar = b.into_inner().unwrap();
+    let digest = put_blob(layout, &tar);
+    manifest["layers"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.layer.v1.tar",
+            "digest": digest,
+            "size": tar.len(),
+        }));
+}
+
+fn failing(out: &std::process::Output) -> Vec<String> {
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}\n{}", stdout(out), stderr(out)));
+    v[0]["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["ok"] == false)
+        .map(|c| c["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn test_verb_passes_a_good_image_and_fails_each_broken_one() {
+    let t = "test_verb_passes_a_good_image_and_fails_each_broken_one";
+    let Some(fx) = fixtures(t) else { return };
+    let mirror = http_mirror(&fx.join("mirror"));
+    let mut sb = Sandbox::new();
+    sb.local_sources(&fx, &mirror);
+    let good = sb.path().join("good");
+    assert_success(&sb.etcdimg(&[
+        "build",
+        "--arch",
+        "amd64",
+        "--output",
+        good.to_str().unwrap(),
+    ]));
+
+    let test = |layout: &Path| {
+        sb.etcdimg(&[
+            "test",
+            "--arch",
+            "amd64",
+            "--json",
+            "--output",
+            layout.to_str().unwrap(),
+        ])
+    };
+    let out = test(&good);
+    assert_success(&out);
+    assert_eq!(failing(&out), Vec::<String>::new());
+    let table = sb.etcdimg(&[
+        "test",
+        "--arch",
+        "amd64",
+        "--output",
+        good.to_str().unwrap(),
+    ]);
+    assert_success(&table);
+    assert!(
+        stdout(&table).contains("PASS  migration"),
+        "{}",
+        stdout(&table)
+    );
+
+    let old_etcd = std::fs::read(fx.join("bin/etcd-3.4.23")).unwrap();
+    type Break = Box<dyn Fn(&Path, &mut serde_json::Value, &mut serde_json::Value)>;
+    let cases: Vec<(&str, Break, Vec<&str>)> = vec![
+        (
+            "a binary reporting the wrong version",
+            Box::new(
+                move |l: &Path, m: &mut serde_json::Value, _: &mut serde_json::Value| {
+                    add_layer(
+                        l,
+                        m,
+                        &[("usr/local/bin/etcd-3.5.1", old_etcd.clone(), 0o555)],
+                    );
+                },
+            ),
+            vec!["etcd-3.5.1"],
+        ),
+        (
+            "a config with the wrong architecture",
+            Box::new(
+                |_: &Path, _: &mut serde_json::Value, c: &mut serde_json::Value| {
+                    c["architecture"] = "arm64".into();
+                },
+            ),
+            vec!["config platform"],
+        ),
+        (
+            "a missing etcdctl",
+            Box::new(
+                |l: &Path, m: &mut serde_json::Value, _: &mut serde_json::Value| {
+                    add_layer(
+                        l,
+                        m,
+                        &[("usr/local/bin/.wh.etcdctl-3.5.1", Vec::new(), 0o644)],
+                    );
+                },
+            ),
+            // migrate refuses to run a step without its etcdctl, so the migration fails too.
+            vec!["etcdctl-3.5.1", "migration"],
+        ),
+        (
+            "a migrate that exits 1",
+            Box::new(
+                |l: &Path, m: &mut serde_json::Value, _: &mut serde_json::Value| {
+                    add_layer(
+                        l,
+                        m,
+                        &[(
+                            "usr/local/bin/migrate",
+                            b"#!/bin/sh\nexit 1\n".to_vec(),
+                            0o555,
+                        )],
+                    );
+                },
+            ),
+            vec!["migration"],
+        ),
+    ];
+    for (what, damage, want) in cases {
+        let layout = sb.path().join(what.replace(' ', "-"));
+        run(std::process::Command::new("cp")
+            .arg("-a")
+            .arg(&good)
+            .arg(&layout));
+        edit_image(&layout, |l, m, c| damage(l, m, c));
+        let out = test(&layout);
+        assert_eq!(out.status.code(), Some(1), "{what}: {}", stderr(&out));
+        assert_eq!(failing(&out), want, "{what}");
+        assert!(
+            stderr(&out).contains("image checks failed"),
+            "{what}: {}",
+            stderr(&out)
+        );
+    }
+}
+
+/// A project images.toml for one foreign arch: `source` "release" (the fixture mirror) or
+/// "build" (Debian's etcd source, which has 3.4.23 only).
+fn foreign_project(sb: &mut Sandbox, fx: &Path, mirror: u16, arch: &str, source: &str) {
+    let (latest, bundled) = if source == "release" {
+        ("3.5.1", r#"["3.4.23", "3.5.1"]"#)
+    } else {
+        ("3.4.23", r#"["3.4.23"]"#)
+    };
+    let config = format!(
+        r#"[etcd]
+latest = "{latest}"
+bundled = {bundled}
+release_url = "http://127.0.0.1:{mirror}"
+
+[image]
+arches = ["{arch}"]
+base = "oci:{}:1.35"
+
+[arch.{arch}]
+source = "{source}"
+
+[migrate]
+source_dir = "{}"
+
+[build.source."3.4.23"]
+dir = "/usr/share/gocode/src/go.etcd.io/etcd"
+gopath = "/usr/share/gocode"
+"#,
+        fx.join("busybox-oci").display(),
+        repo_root().join("migrate").display()
+    );
+    let path = sb.path().join(format!("images-{arch}.toml"));
+    std::fs::write(&path, config).unwrap();
+    sb.set("ETCDIMG_CONFIG", path.display().to_string());
+}
+
+/// Foreign arches under qemu-user: an arm64 image from the release mirror (3.4.23 and 3.5.1;
+/// the migration runs the image's arm64 migrate and etcd) and a ppc64le image cross-built from
+/// Debian's source (3.4.23 only, so its migration initialises the data dir).
+#[test]
+fn test_verb_passes_arm64_and_ppc64le_images_under_qemu() {
+    let t = "test_verb_passes_arm64_and_ppc64le_images_under_qemu";
+    let Some(fx) = fixtures(t) else { return };
+    if !["qemu-aarch64-static", "qemu-ppc64le-static", "go"]
+        .iter()
+        .all(|q| require(t, q))
+    {
+        return;
+    }
+    let mirror = http_mirror(&fx.join("mirror"));
+    for (arch, source, migration) in [
+        ("arm64", "release", "3.4.23 -> 3.5.1"),
+        ("ppc64le", "build", "3.4.23 -> 3.4.23"),
+    ] {
+        let mut sb = Sandbox::new();
+        foreign_project(&mut sb, &fx, mirror.port, arch, source);
+        let out_dir = sb.path().join("oci");
+        let out = out_dir.to_str().unwrap();
+        assert_success(&sb.etcdimg(&["build", "--arch", arch, "--output", out]));
+        let res = sb.etcdimg(&["test", "--arch", arch, "--json", "--output", out]);
+        assert_success(&res);
+        assert_eq!(failing(&res), Vec::<String>::new(), "{arch}");
+        let v: serde_json::Value = serde_json::from_slice(&res.stdout).unwrap();
+        let checks = v[0]["checks"].as_array().unwrap();
+        let detail = |name: &str| {
+            checks
+                .iter()
+                .find(|c| c["name"] == name)
+                .map(|c| c["detail"].as_str().unwrap().to_string())
+                .unwrap_or_default()
+        };
+        assert!(
+            detail("migration").starts_with(migration),
+            "{arch}: {}",
+            detail("migration")
+        );
+        assert!(
+            detail("config platform").starts_with(&format!("linux/{arch}")),
+            "{arch}"
+        );
+    }
+}
