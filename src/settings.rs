@@ -137,6 +137,11 @@ impl<'a> Resolver<'a> {
         }
     }
 
+    /// The first of `vars` that is set (a Makefile variable may have had two names).
+    fn first_set<'s>(&self, vars: &[&'s str]) -> Option<&'s str> {
+        vars.iter().copied().find(|v| (self.env)(v).is_some())
+    }
+
     /// flag > env > file > default, with the origin of the winner.
     fn pick<'s>(
         &self,
@@ -235,7 +240,8 @@ pub fn resolve(
 
     let latest = match r.pick(
         flag("--etcd-version", &overrides.etcd_version),
-        Some("ETCD_VERSION"),
+        // LATEST_ETCD_VERSION is the Makefile's name; ETCD_VERSION the older one.
+        r.first_set(&["ETCD_VERSION", "LATEST_ETCD_VERSION"]),
         doc.etcd.latest.as_ref(),
     ) {
         Some((text, origin)) => {
@@ -497,10 +503,9 @@ fn resolve_gobuild(
             .map_err(|m| r.error(&origin, "build.builder", m))?,
         None => BuilderChoice::Auto,
     };
-    let golang_version = build
-        .golang_version
-        .as_ref()
-        .map(|v| v.get_ref().trim().to_string())
+    let golang_version = r
+        .pick(None, Some("GOLANG_VERSION"), build.golang_version.as_ref())
+        .map(|(v, _)| v.trim().to_string())
         .unwrap_or_else(|| gobuild::DEFAULT_GOLANG_VERSION.into());
     let source_repo = build
         .source_repo
@@ -695,6 +700,37 @@ arches = ["amd64", "arm64"]
         let err =
             resolve_with(GOOD, &[("ETCD_VERSION", "three")], OverrideArgs::default()).unwrap_err();
         assert_eq!(err.origin, "environment variable ETCD_VERSION");
+    }
+
+    #[test]
+    fn makefile_names_latest_etcd_version_and_golang_version_work() {
+        let s = resolve_with(
+            GOOD,
+            &[
+                ("LATEST_ETCD_VERSION", "3.5.0"),
+                ("BUNDLED_ETCD_VERSIONS", "3.4.23 3.5.0"),
+                ("GOLANG_VERSION", "1.19.9"),
+            ],
+            OverrideArgs::default(),
+        )
+        .unwrap();
+        assert_eq!(s.latest.to_string(), "3.5.0");
+        assert_eq!(s.gobuild.golang_version, "1.19.9");
+        // ETCD_VERSION wins over LATEST_ETCD_VERSION; a bad value names the one it came from.
+        let err = resolve_with(
+            GOOD,
+            &[("ETCD_VERSION", "3.5.1"), ("LATEST_ETCD_VERSION", "x")],
+            OverrideArgs::default(),
+        )
+        .map(|s| s.latest.to_string());
+        assert_eq!(err.unwrap(), "3.5.1");
+        let err = resolve_with(
+            GOOD,
+            &[("LATEST_ETCD_VERSION", "x")],
+            OverrideArgs::default(),
+        )
+        .unwrap_err();
+        assert_eq!(err.origin, "environment variable LATEST_ETCD_VERSION");
     }
 
     #[test]
