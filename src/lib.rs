@@ -16,6 +16,7 @@ pub mod oci;
 pub mod platform;
 pub mod process;
 pub mod registry;
+pub mod release;
 pub mod report;
 pub mod settings;
 

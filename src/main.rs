@@ -8,9 +8,11 @@ use std::sync::Arc;
 
 use anyhow::Result;
 use clap::Parser;
-use etcdimg::cli::{Cli, Command, GlobalArgs, ImageArgs, OverrideArgs, PushFlags};
+use etcdimg::cli::{Cli, Command, GlobalArgs, ImageArgs, OverrideArgs, PushFlags, ReportFlags};
 use etcdimg::commands::build::{self, BuildOptions};
+use etcdimg::commands::plan::{self, PlanOptions};
 use etcdimg::commands::push::{self, PushOptions, PushReport};
+use etcdimg::commands::report::ReportOptions;
 use etcdimg::fetch::cache::Cache;
 use etcdimg::registry::RegistryOptions;
 use etcdimg::settings::{self, Settings};
@@ -89,15 +91,32 @@ fn build_options(
     }
 }
 
-fn push_options(build: BuildOptions, flags: &PushFlags) -> Result<PushOptions> {
-    let format = flags.manifest_format.parse().map_err(|e: String| {
+fn push_options(
+    build: BuildOptions,
+    flags: &PushFlags,
+    report: Option<&ReportFlags>,
+) -> Result<PushOptions> {
+    let format = flags.format.manifest_format.parse().map_err(|e: String| {
         etcdimg::UserError::new(e, "pass --manifest-format oci or --manifest-format docker")
     })?;
     Ok(PushOptions {
         build,
         force: flags.force,
         format,
+        report: report.map(|r| ReportOptions {
+            dir: r.report_dir.clone(),
+            spdx: r.spdx,
+        }),
     })
+}
+
+fn layout_only(output: &Path) -> ImageArgs {
+    ImageArgs {
+        output: output.to_path_buf(),
+        migrate_binary: None,
+        no_layer_cache: false,
+        jobs: None,
+    }
 }
 
 fn print_push(
@@ -116,6 +135,18 @@ fn print_push(
     if let Some(index) = &report.index {
         println!("{}@{}", index.reference, index.digest);
         reporter.status("Finished", &push::summary(index));
+    }
+    if let Some(r) = &report.report {
+        reporter.status(
+            "Wrote",
+            &format!("the release report to {}", r.written.json),
+        );
+        if let Some(a) = &r.attached {
+            println!("{}", a.artifact);
+            let how = a.fallback_tag.as_deref().unwrap_or("the referrers API");
+            let verb = if a.changed { "Attached" } else { "Unchanged" };
+            reporter.status(verb, &format!("release report {} (via {how})", a.digest));
+        }
     }
     reporter.status(
         "Done",
@@ -160,20 +191,20 @@ async fn run(cli: Cli) -> Result<()> {
             let settings = resolve(g, &args.overrides)?;
             let arch = settings::selected_arch(&settings, &args.arch)?;
             let cache = Cache::open(g.cache_dir.as_deref())?;
-            let options = push_options(build_options(&settings, &args.image, None), &args.push)?;
+            let options = push_options(
+                build_options(&settings, &args.image, None),
+                &args.push,
+                None,
+            )?;
             let reporter: Arc<dyn etcdimg::report::Reporter> = Arc::new(ui::Ui::new());
             let report = push::push(&settings, arch, &options, &cache, reporter.clone()).await?;
             print_push(&report, g.json, &*reporter)
         }
         Command::PushManifest(args) => {
             let settings = resolve(g, &args.overrides)?;
-            let image = ImageArgs {
-                output: args.output.clone(),
-                migrate_binary: None,
-                no_layer_cache: false,
-                jobs: None,
-            };
-            let options = push_options(build_options(&settings, &image, None), &args.push)?;
+            let image = layout_only(&args.output);
+            let report = (!args.no_report).then_some(&args.report);
+            let options = push_options(build_options(&settings, &image, None), &args.push, report)?;
             let reporter: Arc<dyn etcdimg::report::Reporter> = Arc::new(ui::Ui::new());
             let report = push::push_manifest(&settings, &options, reporter.clone()).await?;
             print_push(&report, g.json, &*reporter)
@@ -181,10 +212,85 @@ async fn run(cli: Cli) -> Result<()> {
         Command::AllPush(args) => {
             let settings = resolve(g, &args.overrides)?;
             let cache = Cache::open(g.cache_dir.as_deref())?;
-            let options = push_options(build_options(&settings, &args.image, None), &args.push)?;
+            let report = (!args.no_report).then_some(&args.report);
+            let options = push_options(
+                build_options(&settings, &args.image, None),
+                &args.push,
+                report,
+            )?;
             let reporter: Arc<dyn etcdimg::report::Reporter> = Arc::new(ui::Ui::new());
             let report = push::all_push(&settings, &options, &cache, reporter.clone()).await?;
             print_push(&report, g.json, &*reporter)
+        }
+        Command::Plan(args) => {
+            let settings = resolve(g, &args.overrides)?;
+            let arch = match &args.arch {
+                Some(a) => Some(settings::selected_arch(&settings, a)?),
+                None => None,
+            };
+            let cache = Cache::open(g.cache_dir.as_deref())?;
+            let flags = PushFlags {
+                force: false,
+                format: args.format.clone(),
+            };
+            let report = ReportFlags {
+                spdx: args.spdx,
+                report_dir: Default::default(),
+            };
+            let report = (!args.no_report).then_some(&report);
+            let options = PlanOptions {
+                push: push_options(build_options(&settings, &args.image, None), &flags, report)?,
+                build: !args.no_build,
+                arch,
+            };
+            let reporter: Arc<dyn etcdimg::report::Reporter> = Arc::new(ui::Ui::new());
+            let plan = plan::plan(&settings, &options, &cache, reporter.clone()).await?;
+            if g.json {
+                println!("{}", serde_json::to_string_pretty(&plan)?);
+            } else {
+                print!("{}", plan::render(&plan));
+            }
+            Ok(())
+        }
+        Command::Report(args) => {
+            let settings = resolve(g, &args.overrides)?;
+            let flags = PushFlags {
+                force: false,
+                format: args.format.clone(),
+            };
+            let options = push_options(
+                build_options(&settings, &layout_only(&args.output), None),
+                &flags,
+                Some(&args.report),
+            )?;
+            let reporter: Arc<dyn etcdimg::report::Reporter> = Arc::new(ui::Ui::new());
+            let outcome =
+                etcdimg::commands::report::report(&settings, &options, args.push, reporter.clone())
+                    .await?;
+            if g.json {
+                println!("{}", serde_json::to_string_pretty(&outcome)?);
+            } else {
+                println!("{}", outcome.written.json);
+                if let Some(spdx) = &outcome.written.spdx {
+                    println!("{spdx}");
+                }
+                if let Some(a) = &outcome.attached {
+                    println!("{}", a.artifact);
+                    reporter.status(
+                        "Attached",
+                        &format!(
+                            "the release report to {} ({}{})",
+                            a.subject,
+                            a.method,
+                            a.fallback_tag
+                                .as_deref()
+                                .map(|t| format!(" {t}"))
+                                .unwrap_or_default()
+                        ),
+                    );
+                }
+            }
+            Ok(())
         }
         Command::Test(args) => {
             let settings = resolve(g, &args.overrides)?;

@@ -82,13 +82,7 @@ gopath = "{GOPATH}"
         fx.join("busybox-oci").display(),
         repo_root().join("migrate").display()
     );
-    let path = sb.path().join("images.toml");
-    std::fs::write(&path, config).unwrap();
-    sb.set("ETCDIMG_CONFIG", path.display().to_string());
-    sb.set(
-        "ETCDIMG_OUTPUT",
-        sb.path().join("oci").display().to_string(),
-    );
+    sb.use_config(&config);
 }
 
 fn unpack(layout: &Path, reference: &str, into: &Path) -> PathBuf {

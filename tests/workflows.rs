@@ -69,9 +69,12 @@ fn workflows_pass_actionlint_and_release_has_its_guards() {
         "secrets.REGISTRY_PASSWORD",
         "-- test --arch",
         "-- push --arch",
-        "push-manifest",
+        "-- plan --arch",
+        "push-manifest --spdx",
+        "-- report --spdx",
     ] {
         assert!(release.contains(needle), "release.yml lacks `{needle}`");
     }
     assert!(release.find("-- test --arch") < release.find("-- push --arch"));
+    assert!(release.find("-- plan --arch") < release.find("-- push --arch"));
 }

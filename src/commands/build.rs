@@ -27,6 +27,7 @@ use crate::oci::layout::Layout;
 use crate::oci::{self, docker_archive, gzip, MediaType};
 use crate::platform::Arch;
 use crate::registry::{self, RegistryOptions};
+use crate::release;
 use crate::report::Reporter;
 use crate::settings::Settings;
 
@@ -79,6 +80,8 @@ pub struct TarballReport {
     pub version: String,
     pub url: String,
     pub sha256: String,
+    /// True when this run downloaded it (false: from the cache).
+    pub downloaded: bool,
 }
 
 /// A layer to produce: its cache key and how to make it if the cache misses.
@@ -258,7 +261,7 @@ pub async fn build(
                     "Cached",
                     &format!(
                         "etcd {version} for {arch} (compiled earlier, key {})",
-                        &built.report.key[..12]
+                        &built.report.build.key[..12]
                     ),
                 );
             }
@@ -294,6 +297,7 @@ pub async fn build(
             version: t.version.to_string(),
             url: t.url.clone(),
             sha256: t.sha256.clone(),
+            downloaded: t.downloaded(),
         })
         .collect();
 
@@ -383,7 +387,7 @@ pub async fn build(
         );
         let key = layer_key(&[
             "etcd-built",
-            &built.report.key,
+            &built.report.build.key,
             &built.version.to_string(),
             arch.name(),
             &latest.to_string(),
@@ -429,6 +433,7 @@ pub async fn build(
     })
     .await??;
 
+    let migrate_sha256 = migrate.sha256.clone();
     let script_digest = fetch::cache::sha256_hex(migrate_build::WRAPPER_SCRIPT.as_bytes());
     let migrate_key = layer_key(&[
         "migrate",
@@ -584,12 +589,69 @@ pub async fn build(
     }
     layout.put_blob_bytes(&built.config)?;
     layout.put_blob_bytes(&built.manifest)?;
+    let mut layer_reports: Vec<LayerReport> = base
+        .layers
+        .iter()
+        .map(|l| LayerReport {
+            digest: l.descriptor.digest().to_string(),
+            size: l.descriptor.size(),
+            content: format!("base {}", base.name),
+            cached: true,
+        })
+        .collect();
+    layer_reports.extend(layers.iter().map(|(d, content, cached)| LayerReport {
+        digest: format!("sha256:{}", d.digest),
+        size: d.size,
+        content: content.clone(),
+        cached: *cached,
+    }));
+    let record = release::BuildRecord {
+        arch: arch.to_string(),
+        manifest_digest: format!("sha256:{}", built.manifest_digest),
+        config_digest: format!("sha256:{}", built.config_digest),
+        provenance: release::Provenance {
+            platform: oci::platform_string(&oci::platform_for(arch)),
+            base: release::Base {
+                name: base.name.clone(),
+                digest: format!("sha256:{}", base.manifest_digest),
+            },
+            upstream: tarball_reports
+                .iter()
+                .map(|t| release::Upstream {
+                    version: t.version.clone(),
+                    url: t.url.clone(),
+                    sha256: t.sha256.clone(),
+                })
+                .collect(),
+            compiles: compiled.iter().map(|c| c.report.build.clone()).collect(),
+            migrate_sha256: migrate_sha256.clone(),
+            compression: gzip::description(),
+            binary_mode: mode_text.clone(),
+            source_date_epoch: mtime,
+            layers: layer_reports
+                .iter()
+                .map(|l| release::Layer {
+                    digest: l.digest.clone(),
+                    size: l.size,
+                    content: l.content.clone(),
+                })
+                .collect(),
+        },
+    };
+    let record_hex = layout.put_blob_bytes(&oci::canonical_json(&record))?;
     let mut manifest_desc = oci::descriptor(
         MediaType::ImageManifest,
         &built.manifest_digest,
         built.manifest.len() as u64,
     );
     manifest_desc.set_platform(Some(oci::platform_for(arch)));
+    manifest_desc.set_annotations(Some(
+        [(
+            release::BUILD_RECORD_ANNOTATION.to_string(),
+            format!("sha256:{record_hex}"),
+        )]
+        .into(),
+    ));
     let reference = settings.layout_ref(arch);
     layout.set_ref(&reference, manifest_desc)?;
 
@@ -616,22 +678,6 @@ pub async fn build(
         .with_context(|| format!("writing the docker archive `{}`", archive.display()))?;
     }
 
-    let mut layer_reports: Vec<LayerReport> = base
-        .layers
-        .iter()
-        .map(|l| LayerReport {
-            digest: l.descriptor.digest().to_string(),
-            size: l.descriptor.size(),
-            content: format!("base {}", base.name),
-            cached: true,
-        })
-        .collect();
-    layer_reports.extend(layers.iter().map(|(d, content, cached)| LayerReport {
-        digest: format!("sha256:{}", d.digest),
-        size: d.size,
-        content: content.clone(),
-        cached: *cached,
-    }));
     let total_size = layer_reports.iter().map(|l| l.size).sum::<u64>()
         + built.config.len() as u64
         + built.manifest.len() as u64;

@@ -8,6 +8,8 @@
 //! 3. push: blobs (skip / mount / upload), then each per-arch manifest, by tag
 //! 4. index: checked (every arch, config platforms), per-arch manifests confirmed in the index
 //!    repository (copied by digest under legacy naming), then the index, by tag
+//! 5. report: the release report written and attached to the index (`commands/report.rs`);
+//!    assembled once before the first upload, so a missing build record stops the run early
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -19,6 +21,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::build::{self, BuildOptions};
+use super::report;
 use crate::fetch::cache::{sha256_hex, Cache};
 use crate::oci::index::{self, ManifestFormat};
 use crate::oci::layout::Layout;
@@ -27,6 +30,7 @@ use crate::platform::Arch;
 use crate::registry::push::{LocalBlob, LocalManifest, PushOutcome, Pusher, TagChange};
 use crate::registry::transport::Transport;
 use crate::registry::{auth, parse_base, BaseRef, RegistryError};
+use crate::release;
 use crate::report::Reporter;
 use crate::settings::Settings;
 
@@ -34,6 +38,8 @@ pub struct PushOptions {
     pub build: BuildOptions,
     pub force: bool,
     pub format: ManifestFormat,
+    /// Write the release report and attach it to the index (push-manifest, all-push).
+    pub report: Option<report::ReportOptions>,
 }
 
 #[derive(Debug, Serialize)]
@@ -50,17 +56,31 @@ pub struct PushReport {
     pub format: String,
     pub images: Vec<ImagePush>,
     pub index: Option<PushOutcome>,
+    /// The release report: where it was written and how it was attached.
+    pub report: Option<ReportRef>,
     /// Blob bytes sent over the whole run (retries included).
     pub bytes_uploaded: u64,
     pub seconds: f64,
 }
 
+#[derive(Debug, Serialize)]
+pub struct ReportRef {
+    pub written: report::Written,
+    pub attached: Option<report::Attached>,
+}
+
 /// `registry/repository:tag` split the way the registry sees it.
 #[derive(Debug, Clone)]
-struct Target {
-    registry: String,
-    repository: String,
-    tag: String,
+pub(crate) struct Target {
+    pub registry: String,
+    pub repository: String,
+    pub tag: String,
+}
+
+impl Target {
+    pub fn reference(&self) -> String {
+        format!("{}/{}:{}", self.registry, self.repository, self.tag)
+    }
 }
 
 fn target(image: &str) -> Result<Target> {
@@ -75,7 +95,7 @@ fn target(image: &str) -> Result<Target> {
     })
 }
 
-fn index_target(settings: &Settings) -> Result<Target> {
+pub(crate) fn index_target(settings: &Settings) -> Result<Target> {
     target(&format!(
         "{}/{}:{}",
         settings.push_registry,
@@ -84,7 +104,7 @@ fn index_target(settings: &Settings) -> Result<Target> {
     ))
 }
 
-fn open_layout(dir: &std::path::Path) -> Result<Layout> {
+pub(crate) fn open_layout(dir: &std::path::Path) -> Result<Layout> {
     Layout::open(dir).map_err(|e| {
         anyhow::Error::new(e).context(crate::UserError::new(
             format!("no OCI layout at {}", dir.display()),
@@ -94,16 +114,41 @@ fn open_layout(dir: &std::path::Path) -> Result<Layout> {
 }
 
 /// One per-arch image read from the layout, ready to push.
-struct ArchImage {
-    arch: Arch,
-    target: Target,
-    manifest: LocalManifest,
-    config: Value,
+pub(crate) struct ArchImage {
+    pub arch: Arch,
+    pub target: Target,
+    pub manifest: LocalManifest,
+    pub config: Value,
     /// Repositories on the push registry that may already hold some of its blobs.
-    mount_from: Vec<String>,
+    pub mount_from: Vec<String>,
+    /// The OCI manifest digest in the layout (the pushed one differs in Docker format).
+    pub layout_digest: String,
+    /// What each blob is (config, base, etcd V, migrate), for plans.
+    pub contents: Vec<String>,
+    /// The build record the build left in the layout, if any.
+    pub record: Option<release::BuildRecord>,
 }
 
-fn read_image(
+/// The build record named by a layout entry's annotation, if it has one.
+fn read_record(layout: &Layout, desc: &oci::Descriptor) -> Result<Option<release::BuildRecord>> {
+    let Some(digest) = desc
+        .annotations()
+        .as_ref()
+        .and_then(|a| a.get(release::BUILD_RECORD_ANNOTATION))
+    else {
+        return Ok(None);
+    };
+    let hex = digest.trim_start_matches("sha256:");
+    if !layout.blob_path(hex).exists() {
+        return Ok(None);
+    }
+    let bytes = layout.read_blob(hex)?;
+    Ok(Some(serde_json::from_slice(&bytes).with_context(|| {
+        format!("parsing the build record {digest}")
+    })?))
+}
+
+pub(crate) fn read_image(
     settings: &Settings,
     layout: &Layout,
     arch: Arch,
@@ -125,6 +170,25 @@ fn read_image(
         .with_context(|| format!("parsing the config of `{name}`"))?;
     let mut blobs = vec![m.config().clone()];
     blobs.extend(m.layers().iter().cloned());
+    let record = read_record(layout, &desc)?;
+    let contents = blobs
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            if i == 0 {
+                return "config".to_string();
+            }
+            record
+                .as_ref()
+                .and_then(|r| {
+                    r.provenance
+                        .layers
+                        .iter()
+                        .find(|l| l.digest == d.digest().to_string())
+                })
+                .map_or_else(|| "layer".to_string(), |l| l.content.clone())
+        })
+        .collect();
     let blobs = blobs
         .iter()
         .map(|d| LocalBlob {
@@ -159,10 +223,17 @@ fn read_image(
         },
         config,
         mount_from,
+        layout_digest: desc.digest().to_string(),
+        contents,
+        record,
     })
 }
 
-fn pusher(settings: &Settings, registry: &str, reporter: Arc<dyn Reporter>) -> Result<Pusher> {
+pub(crate) fn pusher(
+    settings: &Settings,
+    registry: &str,
+    reporter: Arc<dyn Reporter>,
+) -> Result<Pusher> {
     let insecure = settings.is_insecure(registry);
     let credential = auth::lookup(registry)?;
     let transport = Transport::new(
@@ -175,19 +246,22 @@ fn pusher(settings: &Settings, registry: &str, reporter: Arc<dyn Reporter>) -> R
     Ok(Pusher::new(Arc::new(transport)))
 }
 
-async fn build_all(
+pub(crate) async fn build_all(
     settings: &Settings,
     arches: &[Arch],
     options: &PushOptions,
     cache: &Cache,
     reporter: &Arc<dyn Reporter>,
-) -> Result<()> {
+) -> Result<Vec<build::BuildReport>> {
+    let mut reports = Vec::new();
     for arch in arches {
-        build::build(settings, *arch, &options.build, cache, reporter.clone())
-            .await
-            .with_context(|| format!("building the {arch} image to push"))?;
+        reports.push(
+            build::build(settings, *arch, &options.build, cache, reporter.clone())
+                .await
+                .with_context(|| format!("building the {arch} image to push"))?,
+        );
     }
-    Ok(())
+    Ok(reports)
 }
 
 /// Refuses, before anything is uploaded, a run that would move a tag without `--force`.
@@ -223,7 +297,7 @@ async fn push_images(pusher: &Pusher, images: &[ArchImage], force: bool) -> Resu
     Ok(pushed)
 }
 
-fn built_index(
+pub(crate) fn built_index(
     settings: &Settings,
     images: &[ArchImage],
     format: ManifestFormat,
@@ -321,11 +395,12 @@ async fn push_index(settings: &Settings, plan: &IndexPlan, force: bool) -> Resul
     Ok(outcome)
 }
 
-fn report(
+fn push_report(
     pusher: &Pusher,
     options: &PushOptions,
     images: Vec<ImagePush>,
     index: Option<PushOutcome>,
+    report: Option<ReportRef>,
     started: Instant,
 ) -> PushReport {
     PushReport {
@@ -333,6 +408,7 @@ fn report(
         format: options.format.to_string(),
         images,
         index,
+        report,
         bytes_uploaded: pusher
             .transport
             .uploaded_bytes
@@ -355,19 +431,19 @@ pub async fn push(
     let image = read_image(settings, &layout, arch, options.format)?;
     let pusher = pusher(settings, &image.target.registry, reporter)?;
     let images = push_images(&pusher, std::slice::from_ref(&image), options.force).await?;
-    Ok(report(&pusher, options, images, None, started))
+    Ok(push_report(&pusher, options, images, None, None, started))
 }
 
 /// Everything an index push needs, read from the layout and checked.
-struct IndexPlan {
-    layout: Layout,
-    images: Vec<ArchImage>,
-    built: index::BuiltIndex,
-    target: Target,
-    pusher: Pusher,
+pub(crate) struct IndexPlan {
+    pub layout: Layout,
+    pub images: Vec<ArchImage>,
+    pub built: index::BuiltIndex,
+    pub target: Target,
+    pub pusher: Pusher,
 }
 
-fn plan_index(
+pub(crate) fn plan_index(
     settings: &Settings,
     options: &PushOptions,
     reporter: Arc<dyn Reporter>,
@@ -398,12 +474,15 @@ pub async fn push_manifest(
 ) -> Result<PushReport> {
     let started = Instant::now();
     let p = plan_index(settings, options, reporter)?;
+    check_report(settings, &p, options)?;
     let outcome = push_index(settings, &p, options.force).await?;
-    Ok(report(
+    let report = attach_report(settings, &p, options).await?;
+    Ok(push_report(
         &p.pusher,
         options,
         Vec::new(),
         Some(outcome),
+        report,
         started,
     ))
 }
@@ -425,10 +504,46 @@ pub async fn all_push(
         .map(|i| (&i.target, i.manifest.digest.as_str()))
         .collect();
     planned.push((&p.target, p.built.digest.as_str()));
+    check_report(settings, &p, options)?;
     precheck_tags(&p.pusher, &planned, options.force).await?;
     let pushed = push_images(&p.pusher, &p.images, options.force).await?;
     let outcome = push_index(settings, &p, options.force).await?;
-    Ok(report(&p.pusher, options, pushed, Some(outcome), started))
+    let report = attach_report(settings, &p, options).await?;
+    Ok(push_report(
+        &p.pusher,
+        options,
+        pushed,
+        Some(outcome),
+        report,
+        started,
+    ))
+}
+
+/// Before anything is pushed: the release report can be assembled (every image has a build
+/// record that matches it), so a run never stops between the index and its report.
+fn check_report(settings: &Settings, plan: &IndexPlan, options: &PushOptions) -> Result<()> {
+    if options.report.is_some() {
+        report::assemble(settings, plan).context("nothing was pushed")?;
+    }
+    Ok(())
+}
+
+/// After the index: the release report, written and attached (unless `--no-report`).
+async fn attach_report(
+    settings: &Settings,
+    plan: &IndexPlan,
+    options: &PushOptions,
+) -> Result<Option<ReportRef>> {
+    let Some(report_options) = &options.report else {
+        return Ok(None);
+    };
+    let outcome = report::write_and_attach(settings, plan, report_options, true)
+        .await
+        .context("the index is pushed")?;
+    Ok(Some(ReportRef {
+        written: outcome.written,
+        attached: outcome.attached,
+    }))
 }
 
 /// A one-line summary of a push for the terminal.

@@ -83,6 +83,11 @@ pub struct VerifiedTarball {
 }
 
 impl VerifiedTarball {
+    /// True when this run downloaded it (false: it came from the cache).
+    pub fn downloaded(&self) -> bool {
+        self.fresh.is_some()
+    }
+
     /// Commits a fresh download (and its SHA256SUMS) to the cache.
     pub fn keep(mut self, cache: &Cache) -> Result<(), CacheError> {
         if let Some((pending, sums_key, sums_text)) = self.fresh.take() {

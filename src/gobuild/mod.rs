@@ -481,16 +481,10 @@ fn write_overlay(
 /// What a compile (or cache hit) reports.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CompileReport {
-    pub version: String,
+    /// What was compiled, how and from what (kept in the release report).
+    #[serde(flatten)]
+    pub build: crate::release::Compile,
     pub arch: String,
-    pub builder: String,
-    pub toolchain: String,
-    pub goarm: Option<String>,
-    pub mode: String,
-    pub flags: Vec<String>,
-    pub source: String,
-    pub patches: Vec<String>,
-    pub key: String,
     /// False when the cache had the binaries (nothing compiled).
     pub compiled: bool,
     pub seconds: f64,
@@ -715,25 +709,27 @@ pub async fn build_etcd(
         })??);
     }
     let report = CompileReport {
-        version: version.to_string(),
+        build: crate::release::Compile {
+            version: version.to_string(),
+            builder: builder.name().into(),
+            toolchain: builder.identity(),
+            goarm,
+            mode: mode.into(),
+            flags,
+            source: spec.to_string(),
+            patches: patches
+                .files
+                .iter()
+                .map(|p| {
+                    p.file_name()
+                        .unwrap_or_default()
+                        .to_string_lossy()
+                        .into_owned()
+                })
+                .collect(),
+            key: key.clone(),
+        },
         arch: arch.to_string(),
-        builder: builder.name().into(),
-        toolchain: builder.identity(),
-        goarm,
-        mode: mode.into(),
-        flags,
-        source: spec.to_string(),
-        patches: patches
-            .files
-            .iter()
-            .map(|p| {
-                p.file_name()
-                    .unwrap_or_default()
-                    .to_string_lossy()
-                    .into_owned()
-            })
-            .collect(),
-        key: key.clone(),
         compiled: true,
         seconds: started.elapsed().as_secs_f64(),
     };

@@ -79,6 +79,10 @@ pub struct PushOutcome {
     pub blobs_present: usize,
     /// Blob bytes sent, retries included.
     pub bytes_uploaded: u64,
+    /// The registry's `OCI-Subject` answer to a manifest with a subject: it indexed the
+    /// manifest for the referrers API.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oci_subject: Option<String>,
 }
 
 enum BlobResult {
@@ -98,6 +102,8 @@ struct Upload {
 /// Pushes into one registry through a [`Transport`].
 pub struct Pusher {
     pub transport: Arc<Transport>,
+    /// Token scopes: `pull` for a pusher that only looks (plan), `pull,push` otherwise.
+    actions: &'static str,
     chunked: AtomicBool,
     chunk: AtomicUsize,
 }
@@ -143,8 +149,17 @@ impl Pusher {
             .max(MIN_CHUNK);
         Pusher {
             transport,
+            actions: "pull,push",
             chunked: AtomicBool::new(false),
             chunk: AtomicUsize::new(chunk),
+        }
+    }
+
+    /// A pusher that only reads (HEAD/GET), asking for `pull` scopes only.
+    pub fn read_only(transport: Arc<Transport>) -> Pusher {
+        Pusher {
+            actions: "pull",
+            ..Pusher::new(transport)
         }
     }
 
@@ -153,28 +168,44 @@ impl Pusher {
         format!("{}/{repo}{sep}{reference}", self.transport.registry)
     }
 
+    /// HEAD or GET of a manifest; `None` on 404.
+    async fn manifest_request(
+        &self,
+        method: reqwest::Method,
+        repo: &str,
+        reference: &str,
+    ) -> Result<Option<(String, reqwest::Response)>, RegistryError> {
+        self.transport.want_scope(repo, self.actions);
+        let url = self
+            .transport
+            .url(&format!("/v2/{repo}/manifests/{reference}"))?;
+        let what = format!("{method} manifest {}", self.reference(repo, reference));
+        let response = self
+            .transport
+            .send(&what, &|c| {
+                c.request(method.clone(), url.clone())
+                    .header(ACCEPT, MANIFEST_ACCEPT)
+            })
+            .await?;
+        match response.status() {
+            StatusCode::OK => Ok(Some((what, response))),
+            StatusCode::NOT_FOUND => Ok(None),
+            _ => Err(self.transport.unexpected(&what, response).await),
+        }
+    }
+
     /// The digest `reference` (a tag or digest) points to in `repo`, if it exists.
     pub async fn manifest_digest(
         &self,
         repo: &str,
         reference: &str,
     ) -> Result<Option<String>, RegistryError> {
-        self.transport.want_scope(repo, "pull,push");
-        let url = self
-            .transport
-            .url(&format!("/v2/{repo}/manifests/{reference}"))?;
-        let what = format!("HEAD manifest {}", self.reference(repo, reference));
-        let response = self
-            .transport
-            .send(&what, &|c| {
-                c.head(url.clone()).header(ACCEPT, MANIFEST_ACCEPT)
-            })
-            .await?;
-        match response.status() {
-            StatusCode::OK => {}
-            StatusCode::NOT_FOUND => return Ok(None),
-            _ => return Err(self.transport.unexpected(&what, response).await),
-        }
+        let Some((_, response)) = self
+            .manifest_request(reqwest::Method::HEAD, repo, reference)
+            .await?
+        else {
+            return Ok(None);
+        };
         if let Some(d) = response
             .headers()
             .get("docker-content-digest")
@@ -183,26 +214,10 @@ impl Pusher {
             return Ok(Some(d.to_string()));
         }
         // Not every registry sends the digest on HEAD; hash the manifest itself.
-        let what = format!("GET manifest {}", self.reference(repo, reference));
-        let response = self
-            .transport
-            .send(&what, &|c| {
-                c.get(url.clone()).header(ACCEPT, MANIFEST_ACCEPT)
-            })
-            .await?;
-        if !response.status().is_success() {
-            return Err(self.transport.unexpected(&what, response).await);
-        }
-        let body = response.bytes().await.map_err(|e| RegistryError::Request {
-            op: what.clone(),
-            reference: self.transport.registry.clone(),
-            message: crate::fetch::http::error_chain(&e),
-            hint: None,
-        })?;
-        Ok(Some(format!(
-            "sha256:{}",
-            crate::fetch::cache::sha256_hex(&body)
-        )))
+        Ok(self
+            .get_manifest(repo, reference)
+            .await?
+            .map(|(_, body)| format!("sha256:{}", crate::fetch::cache::sha256_hex(&body))))
     }
 
     /// What pushing `digest` to `tag` would do; an error if it would move the tag without
@@ -226,8 +241,58 @@ impl Pusher {
         }
     }
 
+    /// The media type and bytes of the manifest `reference` points to in `repo`, if any.
+    pub async fn get_manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+    ) -> Result<Option<(String, Vec<u8>)>, RegistryError> {
+        let Some((what, response)) = self
+            .manifest_request(reqwest::Method::GET, repo, reference)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let media_type = response
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let body = response.bytes().await.map_err(|e| RegistryError::Request {
+            op: what,
+            reference: self.transport.registry.clone(),
+            message: crate::fetch::http::error_chain(&e),
+            hint: None,
+        })?;
+        Ok(Some((media_type, body.to_vec())))
+    }
+
+    /// Does the registry serve the referrers API (`GET /v2/<repo>/referrers/<digest>` answers
+    /// with an index)? A 404 means it does not, and clients use the fallback tag.
+    pub async fn has_referrers_api(&self, repo: &str, digest: &str) -> Result<bool, RegistryError> {
+        self.transport.want_scope(repo, self.actions);
+        let url = self
+            .transport
+            .url(&format!("/v2/{repo}/referrers/{digest}"))?;
+        let what = format!("GET referrers of {}", self.reference(repo, digest));
+        let response = self
+            .transport
+            .send(&what, &|c| {
+                c.get(url.clone())
+                    .header(ACCEPT, crate::oci::index::OCI_INDEX)
+            })
+            .await?;
+        let is_index = response
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with(crate::oci::index::OCI_INDEX));
+        Ok(response.status() == StatusCode::OK && is_index)
+    }
+
     /// The size of `digest` in `repo`, if the registry has it there.
-    async fn blob_size(&self, repo: &str, digest: &str) -> Result<Option<u64>, RegistryError> {
+    pub async fn blob_size(&self, repo: &str, digest: &str) -> Result<Option<u64>, RegistryError> {
         let url = self.transport.url(&format!("/v2/{repo}/blobs/{digest}"))?;
         let what = format!("HEAD blob {} in {repo}", short(digest));
         let response = self.transport.send(&what, &|c| c.head(url.clone())).await?;
@@ -598,6 +663,7 @@ impl Pusher {
             blobs_mounted: 0,
             blobs_present: 0,
             bytes_uploaded: 0,
+            oci_subject: None,
         };
         if is_digest(reference) {
             if self.manifest_digest(repo, reference).await?.is_some() {
@@ -671,6 +737,11 @@ impl Pusher {
         if response.status() != StatusCode::CREATED {
             return Err(t.unexpected(&what, response).await);
         }
+        outcome.oci_subject = response
+            .headers()
+            .get("oci-subject")
+            .and_then(|v| v.to_str().ok())
+            .map(String::from);
         if let Some(d) = response
             .headers()
             .get("docker-content-digest")
@@ -684,8 +755,12 @@ impl Pusher {
                 });
             }
         }
-        t.reporter()
-            .status("Pushed", &format!("{shown}@{}", manifest.digest));
+        let pushed = if is_digest(reference) {
+            shown
+        } else {
+            format!("{shown}@{}", manifest.digest)
+        };
+        t.reporter().status("Pushed", &pushed);
         Ok(outcome)
     }
 }

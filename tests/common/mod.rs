@@ -5,6 +5,8 @@
 //! by CI), where it panics instead.
 #![allow(dead_code)]
 
+pub mod world;
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -241,6 +243,15 @@ impl Sandbox {
 
     pub fn path(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// Writes `config` as the sandbox's images.toml and builds into `<sandbox>/oci`.
+    pub fn use_config(&mut self, config: &str) -> &mut Sandbox {
+        let path = self.path().join("images.toml");
+        std::fs::write(&path, config).unwrap();
+        let output = self.path().join("oci");
+        self.set("ETCDIMG_CONFIG", path.display().to_string())
+            .set("ETCDIMG_OUTPUT", output.display().to_string())
     }
 
     pub fn cache(&self) -> PathBuf {

@@ -1,0 +1,563 @@
+//! `etcdimg plan`: what a push would do, found out without writing to the registry.
+//!
+//! 1. local: build every arch (or, with `--no-build`, read the layout); a warm build is a cache
+//!    hit, so the digests computed here are the digests `all-push` sends. What the build had
+//!    to download or compile is reported (it is cached now; the push will not redo it).
+//! 2. tags: HEAD each tag the push would write: created, unchanged, or moved (old -> new).
+//! 3. blobs: for each image whose tag is not unchanged, HEAD each blob in the target
+//!    repository (skip), then in the repositories it could be mounted from (mount), else
+//!    upload; a blob an earlier image of the same run uploads counts once.
+//! 4. index and report: the index tag, the per-arch copies under legacy naming, and whether
+//!    the release report artifact is already attached.
+//!
+//! Only HEAD and GET requests, with `pull` scopes: a plan runs with read-only credentials.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use super::push::{self, ArchImage, PushOptions, Target};
+use super::report;
+use crate::fetch::cache::Cache;
+use crate::platform::Arch;
+use crate::registry::push::{LocalBlob, Pusher, TagChange};
+use crate::report::Reporter;
+use crate::settings::Settings;
+
+pub struct PlanOptions {
+    pub push: PushOptions,
+    /// Build first (default); false reads the images already in the layout.
+    pub build: bool,
+    /// One arch's push (`push --arch A`) instead of `all-push`.
+    pub arch: Option<Arch>,
+}
+
+/// Work the build did locally to compute the digests.
+#[derive(Debug, Serialize)]
+pub struct LocalWork {
+    pub arch: String,
+    /// `download` (fetched by this plan, now cached), `compile` (compiled by this plan, now
+    /// cached) or `cached`.
+    pub action: String,
+    pub what: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BlobAction {
+    pub digest: String,
+    pub size: u64,
+    pub content: String,
+    /// `upload`, `mount` or `skip`.
+    pub action: String,
+    /// The repository a mount comes from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// Why a blob is skipped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ManifestPlan {
+    /// `registry/repository:tag` (or `@digest`).
+    pub reference: String,
+    pub digest: String,
+    pub tag: TagChange,
+    pub blobs: Vec<BlobAction>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ImagePlan {
+    pub arch: String,
+    #[serde(flatten)]
+    pub manifest: ManifestPlan,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ReportPlan {
+    /// Digest of the report artifact a push would attach.
+    pub artifact: String,
+    /// True when the registry already holds it.
+    pub attached: bool,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Summary {
+    pub uploads: usize,
+    pub upload_bytes: u64,
+    pub mounts: usize,
+    pub skips: usize,
+    pub tags_created: usize,
+    pub tags_moved: usize,
+    pub tags_unchanged: usize,
+    /// Per-arch manifests copied into the index repository by digest (legacy naming).
+    pub copies: usize,
+    pub downloads: usize,
+    pub compiles: usize,
+}
+
+impl Summary {
+    /// True when a push would change nothing in the registry.
+    pub fn is_noop(&self) -> bool {
+        self.uploads + self.mounts + self.tags_created + self.tags_moved + self.copies == 0
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct Plan {
+    pub registry: String,
+    pub format: String,
+    pub local: Vec<LocalWork>,
+    pub images: Vec<ImagePlan>,
+    /// Manifests copied into the index repository by digest (legacy naming).
+    pub copies: Vec<ManifestPlan>,
+    pub index: Option<ManifestPlan>,
+    pub report: Option<ReportPlan>,
+    pub summary: Summary,
+}
+
+impl Plan {
+    /// Every manifest the push would write or keep: images, copies, then the index.
+    fn manifests(&self) -> impl Iterator<Item = &ManifestPlan> {
+        self.images
+            .iter()
+            .map(|i| &i.manifest)
+            .chain(&self.copies)
+            .chain(&self.index)
+    }
+}
+
+/// Blobs each repository has or will have by this point of the push.
+#[derive(Default)]
+struct Known(BTreeMap<String, BTreeSet<String>>);
+
+impl Known {
+    fn has(&self, repo: &str, digest: &str) -> bool {
+        self.0.get(repo).is_some_and(|s| s.contains(digest))
+    }
+    fn add(&mut self, repo: &str, digest: &str) {
+        self.0
+            .entry(repo.to_string())
+            .or_default()
+            .insert(digest.to_string());
+    }
+}
+
+async fn blob_actions(
+    pusher: &Pusher,
+    repo: &str,
+    blobs: &[LocalBlob],
+    contents: &[String],
+    mount_from: &[String],
+    known: &mut Known,
+) -> Result<Vec<BlobAction>> {
+    let mut out = Vec::new();
+    for (i, blob) in blobs.iter().enumerate() {
+        let mut action = BlobAction {
+            digest: blob.digest.clone(),
+            size: blob.size,
+            content: contents.get(i).cloned().unwrap_or_else(|| "blob".into()),
+            action: "skip".into(),
+            from: None,
+            reason: None,
+        };
+        if known.has(repo, &blob.digest) {
+            action.reason = Some("pushed earlier in this run".into());
+        } else if let Some(size) = pusher.blob_size(repo, &blob.digest).await? {
+            if size == blob.size || size == 0 {
+                action.reason = Some("already in the repository".into());
+            } else {
+                action.action = "upload".into();
+            }
+        } else {
+            action.action = "upload".into();
+        }
+        if action.action == "upload" {
+            for from in mount_from.iter().filter(|f| f.as_str() != repo) {
+                pusher.transport.want_scope(from, "pull");
+                if known.has(from, &blob.digest)
+                    || pusher.blob_size(from, &blob.digest).await?.is_some()
+                {
+                    action.action = "mount".into();
+                    action.from = Some(from.clone());
+                    break;
+                }
+            }
+        }
+        known.add(repo, &blob.digest);
+        out.push(action);
+    }
+    Ok(out)
+}
+
+async fn image_plan(pusher: &Pusher, img: &ArchImage, known: &mut Known) -> Result<ImagePlan> {
+    let t = &img.target;
+    let tag = pusher
+        .check_tag(&t.repository, &t.tag, &img.manifest.digest, true)
+        .await
+        .with_context(|| format!("looking up {}", t.reference()))?;
+    let blobs = if tag == TagChange::Unchanged {
+        // The registry holds the manifest, so it holds every blob it names.
+        for b in &img.manifest.blobs {
+            known.add(&t.repository, &b.digest);
+        }
+        skipped(img, "the tag already points at this image")
+    } else {
+        blob_actions(
+            pusher,
+            &t.repository,
+            &img.manifest.blobs,
+            &img.contents,
+            &img.mount_from,
+            known,
+        )
+        .await?
+    };
+    Ok(ImagePlan {
+        arch: img.arch.to_string(),
+        manifest: ManifestPlan {
+            reference: t.reference(),
+            digest: img.manifest.digest.clone(),
+            tag,
+            blobs,
+        },
+    })
+}
+
+fn skipped(img: &ArchImage, reason: &str) -> Vec<BlobAction> {
+    img.manifest
+        .blobs
+        .iter()
+        .zip(&img.contents)
+        .map(|(b, content)| BlobAction {
+            digest: b.digest.clone(),
+            size: b.size,
+            content: content.clone(),
+            action: "skip".into(),
+            from: None,
+            reason: Some(reason.into()),
+        })
+        .collect()
+}
+
+/// Legacy naming: each per-arch manifest is copied into the index repository by digest.
+async fn copy_plan(
+    pusher: &Pusher,
+    index_target: &Target,
+    img: &ArchImage,
+    known: &mut Known,
+) -> Result<Option<ManifestPlan>> {
+    let repo = &index_target.repository;
+    if img.target.repository == *repo {
+        return Ok(None);
+    }
+    let present = pusher
+        .manifest_digest(repo, &img.manifest.digest)
+        .await?
+        .is_some();
+    let blobs = if present {
+        skipped(img, "the manifest is already in the index repository")
+    } else {
+        let mut from = vec![img.target.repository.clone()];
+        from.extend(img.mount_from.iter().cloned());
+        blob_actions(
+            pusher,
+            repo,
+            &img.manifest.blobs,
+            &img.contents,
+            &from,
+            known,
+        )
+        .await?
+    };
+    Ok(Some(ManifestPlan {
+        reference: format!("{}/{}@{}", index_target.registry, repo, img.manifest.digest),
+        digest: img.manifest.digest.clone(),
+        tag: if present {
+            TagChange::Unchanged
+        } else {
+            TagChange::Untagged
+        },
+        blobs,
+    }))
+}
+
+fn local_work(reports: &[super::build::BuildReport]) -> Vec<LocalWork> {
+    let mut out = Vec::new();
+    for r in reports {
+        for t in &r.tarballs {
+            out.push(LocalWork {
+                arch: r.arch.clone(),
+                action: if t.downloaded { "download" } else { "cached" }.into(),
+                what: format!("etcd {} release tarball {}", t.version, t.url),
+            });
+        }
+        for c in &r.compiles {
+            out.push(LocalWork {
+                arch: r.arch.clone(),
+                action: if c.compiled { "compile" } else { "cached" }.into(),
+                what: format!(
+                    "etcd {} from {} with {}",
+                    c.build.version, c.build.source, c.build.toolchain
+                ),
+            });
+        }
+    }
+    out
+}
+
+fn summarise(plan: &mut Plan) {
+    let mut s = Summary::default();
+    let tagged = plan.images.iter().map(|i| &i.manifest).chain(&plan.index);
+    for m in tagged {
+        match &m.tag {
+            TagChange::Created => s.tags_created += 1,
+            TagChange::Moved(_) => s.tags_moved += 1,
+            TagChange::Unchanged => s.tags_unchanged += 1,
+            TagChange::Untagged => {}
+        }
+    }
+    s.copies = plan
+        .copies
+        .iter()
+        .filter(|c| c.tag == TagChange::Untagged)
+        .count();
+    for m in plan.manifests() {
+        for b in &m.blobs {
+            match b.action.as_str() {
+                "upload" => {
+                    s.uploads += 1;
+                    s.upload_bytes += b.size;
+                }
+                "mount" => s.mounts += 1,
+                _ => s.skips += 1,
+            }
+        }
+    }
+    if let Some(r) = &plan.report {
+        if !r.attached {
+            s.uploads += 1;
+        }
+    }
+    s.downloads = plan.local.iter().filter(|l| l.action == "download").count();
+    s.compiles = plan.local.iter().filter(|l| l.action == "compile").count();
+    plan.summary = s;
+}
+
+/// `etcdimg plan`.
+pub async fn plan(
+    settings: &Settings,
+    options: &PlanOptions,
+    cache: &Cache,
+    reporter: Arc<dyn Reporter>,
+) -> Result<Plan> {
+    let arches = match options.arch {
+        Some(a) => vec![a],
+        None => settings.arches.clone(),
+    };
+    // 1. local
+    let reports = if options.build {
+        push::build_all(settings, &arches, &options.push, cache, &reporter).await?
+    } else {
+        Vec::new()
+    };
+    let local = local_work(&reports);
+    let mut known = Known::default();
+    let mut plan = Plan {
+        registry: String::new(),
+        format: options.push.format.to_string(),
+        local,
+        images: Vec::new(),
+        copies: Vec::new(),
+        index: None,
+        report: None,
+        summary: Summary::default(),
+    };
+    if let Some(arch) = options.arch {
+        let layout = push::open_layout(&options.push.build.output)?;
+        let img = push::read_image(settings, &layout, arch, options.push.format)?;
+        let pusher = read_only(settings, &img.target.registry, reporter)?;
+        plan.registry = img.target.registry.clone();
+        // 2 + 3.
+        plan.images
+            .push(image_plan(&pusher, &img, &mut known).await?);
+        summarise(&mut plan);
+        return Ok(plan);
+    }
+    let p = push::plan_index(settings, &options.push, reporter.clone())?;
+    let pusher = read_only(settings, &p.target.registry, reporter)?;
+    plan.registry = p.target.registry.clone();
+    for img in &p.images {
+        plan.images
+            .push(image_plan(&pusher, img, &mut known).await?);
+    }
+    // 4.
+    for img in &p.images {
+        if let Some(c) = copy_plan(&pusher, &p.target, img, &mut known).await? {
+            plan.copies.push(c);
+        }
+    }
+    let tag = pusher
+        .check_tag(&p.target.repository, &p.target.tag, &p.built.digest, true)
+        .await
+        .with_context(|| format!("looking up {}", p.target.reference()))?;
+    plan.index = Some(ManifestPlan {
+        reference: p.target.reference(),
+        digest: p.built.digest.clone(),
+        tag,
+        blobs: Vec::new(),
+    });
+    if let Some(report_options) = &options.push.report {
+        let report = report::assemble(settings, &p)?;
+        let (_, artifact) = report::artifact(settings, &p, &report, report_options.spdx);
+        let attached = pusher
+            .manifest_digest(&p.target.repository, &artifact.digest)
+            .await?
+            .is_some();
+        plan.report = Some(ReportPlan {
+            artifact: artifact.digest,
+            attached,
+        });
+    }
+    summarise(&mut plan);
+    Ok(plan)
+}
+
+fn read_only(settings: &Settings, registry: &str, reporter: Arc<dyn Reporter>) -> Result<Pusher> {
+    let full = push::pusher(settings, registry, reporter)?;
+    Ok(Pusher::read_only(full.transport))
+}
+
+/// The plan as text for a terminal: one line per change, then a summary.
+pub fn render(plan: &Plan) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    for l in &plan.local {
+        let _ = writeln!(out, "{:<9} {:<8} {}", l.action, l.arch, l.what);
+    }
+    for m in plan.manifests() {
+        let tag = match &m.tag {
+            TagChange::Created => format!("create   {} -> {}", m.reference, m.digest),
+            TagChange::Moved(prev) => format!("move     {}: {prev} -> {}", m.reference, m.digest),
+            TagChange::Unchanged if m.reference.ends_with(&m.digest) => {
+                format!("keep     {}", m.reference)
+            }
+            TagChange::Unchanged => format!("keep     {} = {}", m.reference, m.digest),
+            TagChange::Untagged => format!("copy     {}", m.reference),
+        };
+        let _ = writeln!(out, "{tag}");
+        for b in m.blobs.iter().filter(|b| b.action != "skip") {
+            let from = b
+                .from
+                .as_deref()
+                .map(|f| format!(" from {f}"))
+                .unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "  {:<6} {} {:>10} {}{from}",
+                b.action,
+                short(&b.digest),
+                b.size,
+                b.content
+            );
+        }
+    }
+    if let Some(r) = &plan.report {
+        let _ = writeln!(
+            out,
+            "{}  release report {}",
+            if r.attached { "keep   " } else { "attach " },
+            r.artifact
+        );
+    }
+    let s = &plan.summary;
+    let _ = writeln!(
+        out,
+        "summary: {} to upload ({} bytes), {} to mount, {} skipped; {} manifests to copy; tags: {} created, {} moved, {} unchanged{}",
+        s.uploads,
+        s.upload_bytes,
+        s.mounts,
+        s.skips,
+        s.copies,
+        s.tags_created,
+        s.tags_moved,
+        s.tags_unchanged,
+        if s.is_noop() { "; nothing to push" } else { "" }
+    );
+    out
+}
+
+fn short(digest: &str) -> &str {
+    let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
+    &hex[..hex.len().min(12)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn blob(action: &str, size: u64) -> BlobAction {
+        BlobAction {
+            digest: format!("sha256:{action}{size}"),
+            size,
+            content: "c".into(),
+            action: action.into(),
+            from: None,
+            reason: None,
+        }
+    }
+
+    #[test]
+    fn summary_counts_blobs_tags_and_the_report() {
+        let mut plan = Plan {
+            registry: "r".into(),
+            format: "oci".into(),
+            local: vec![],
+            images: vec![ImagePlan {
+                arch: "amd64".into(),
+                manifest: ManifestPlan {
+                    reference: "r/etcd:t-linux-amd64".into(),
+                    digest: "sha256:m".into(),
+                    tag: TagChange::Moved("sha256:old".into()),
+                    blobs: vec![blob("upload", 10), blob("mount", 5), blob("skip", 7)],
+                },
+            }],
+            copies: vec![],
+            index: Some(ManifestPlan {
+                reference: "r/etcd:t".into(),
+                digest: "sha256:i".into(),
+                tag: TagChange::Unchanged,
+                blobs: vec![],
+            }),
+            report: Some(ReportPlan {
+                artifact: "sha256:a".into(),
+                attached: true,
+            }),
+            summary: Summary::default(),
+        };
+        summarise(&mut plan);
+        let s = &plan.summary;
+        assert_eq!(
+            (s.uploads, s.upload_bytes, s.mounts, s.skips),
+            (1, 10, 1, 1)
+        );
+        assert_eq!((s.tags_created, s.tags_moved, s.tags_unchanged), (0, 1, 1));
+        assert!(!s.is_noop());
+        let text = render(&plan);
+        assert!(
+            text.contains("move     r/etcd:t-linux-amd64: sha256:old -> sha256:m"),
+            "{text}"
+        );
+        assert!(!text.contains("skip "), "{text}");
+    }
+
+    #[test]
+    fn known_blobs_are_per_repository() {
+        let mut k = Known::default();
+        k.add("a", "sha256:1");
+        assert!(k.has("a", "sha256:1"));
+        assert!(!k.has("b", "sha256:1"));
+    }
+}

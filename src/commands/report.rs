@@ -1,0 +1,307 @@
+//! The release report: `etcdimg report`, and the attach step of `push-manifest` / `all-push`.
+//!
+//! 1. read: the index and its per-arch images as they are (or will be) pushed, each with the
+//!    build record its build left in the layout (`push::plan_index`)
+//! 2. assemble: `release::report` (JSON) and, with `--spdx`, `release::spdx`
+//! 3. write: `<report-dir>/release-<tag>.json` (and `.spdx.json`), atomically
+//! 4. attach (optional): the report blobs and an artifact manifest whose `subject` is the index,
+//!    pushed by digest; where the registry has no referrers API, the artifact is added to the
+//!    index under the fallback tag `sha256-<index hex>` (other tools' entries are kept)
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use super::push::{IndexPlan, Target};
+use crate::oci::image;
+use crate::oci::index;
+use crate::registry::push::{LocalBlob, LocalManifest, TagChange};
+use crate::release::{self, ArtifactBlob, ReleaseReport};
+use crate::settings::Settings;
+
+pub struct ReportOptions {
+    pub dir: PathBuf,
+    pub spdx: bool,
+}
+
+/// The files a report was written to.
+#[derive(Debug, Clone, Serialize)]
+pub struct Written {
+    pub json: String,
+    pub spdx: Option<String>,
+}
+
+/// How the report reached the registry.
+#[derive(Debug, Clone, Serialize)]
+pub struct Attached {
+    /// `registry/repository@digest` of the artifact manifest.
+    pub artifact: String,
+    pub digest: String,
+    /// The index it is attached to.
+    pub subject: String,
+    /// `referrers-api`, or `fallback-tag` (registries without the referrers API).
+    pub method: String,
+    /// The fallback tag (`registry/repository:sha256-<hex>`) when that method was used.
+    pub fallback_tag: Option<String>,
+    /// False when the registry already held this exact artifact and listing.
+    pub changed: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ReportOutcome {
+    pub report: ReleaseReport,
+    pub written: Written,
+    pub attached: Option<Attached>,
+}
+
+/// Assembles the report for the index in `plan` from the layout's build records.
+pub(crate) fn assemble(settings: &Settings, plan: &IndexPlan) -> Result<ReleaseReport> {
+    let input = release::ReportInput {
+        image: format!("{}/{}", plan.target.registry, plan.target.repository),
+        tag: settings.tag(),
+        created: image::rfc3339(settings.source_date_epoch),
+        etcd: release::Etcd {
+            latest: settings.latest.to_string(),
+            bundled: settings.bundled.iter().map(|v| v.to_string()).collect(),
+            revision: settings.revision.clone(),
+        },
+        index: index_ref(plan),
+        images: plan
+            .images
+            .iter()
+            .map(|i| release::PushedImage {
+                arch: i.arch.to_string(),
+                reference: i.target.reference(),
+                manifest_digest: i.manifest.digest.clone(),
+                manifest_media_type: i.manifest.media_type.clone(),
+                layout_manifest_digest: i.layout_digest.clone(),
+                config_digest: i.manifest.blobs[0].digest.clone(),
+                record: i.record.as_ref(),
+            })
+            .collect(),
+    };
+    release::report(input).map_err(|e| {
+        let hint = match &e {
+            release::ReleaseError::NoRecord { arch, .. }
+            | release::ReleaseError::StaleRecord { arch, .. } => format!(
+                "rebuild it with this etcdimg (etcdimg build --arch {arch}); a layout merged by hand must keep index.json's annotations and every blob"
+            ),
+            _ => "rebuild the images with etcdimg all-build".into(),
+        };
+        anyhow::Error::new(e).context(crate::UserError::new(
+            "cannot write the release report",
+            hint,
+        ))
+    })
+}
+
+fn index_ref(plan: &IndexPlan) -> release::IndexRef {
+    release::IndexRef {
+        reference: plan.target.reference(),
+        digest: plan.built.digest.clone(),
+        media_type: plan.built.media_type.clone(),
+        size: plan.built.bytes.len() as u64,
+    }
+}
+
+/// The report's blobs, in artifact order: JSON first, then SPDX if asked for.
+fn blobs(settings: &Settings, report: &ReleaseReport, spdx: bool) -> Vec<ArtifactBlob> {
+    let name = format!("release-{}", settings.tag());
+    let mut out = vec![ArtifactBlob {
+        media_type: release::REPORT_MEDIA_TYPE.into(),
+        title: format!("{name}.json"),
+        bytes: pretty(&serde_json::to_value(report).expect("serialisable")),
+    }];
+    if spdx {
+        out.push(ArtifactBlob {
+            media_type: release::SPDX_MEDIA_TYPE.into(),
+            title: format!("{name}.spdx.json"),
+            bytes: pretty(&release::spdx(report)),
+        });
+    }
+    out
+}
+
+fn pretty(v: &serde_json::Value) -> Vec<u8> {
+    let mut bytes = serde_json::to_vec_pretty(v).expect("serialisable");
+    bytes.push(b'\n');
+    bytes
+}
+
+fn write_files(dir: &Path, blobs: &[ArtifactBlob]) -> Result<Written> {
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("creating the report directory {}", dir.display()))?;
+    let mut paths = Vec::new();
+    for b in blobs {
+        let path = dir.join(&b.title);
+        crate::fetch::cache::write_atomic(&path, &b.bytes)
+            .with_context(|| format!("writing {}", path.display()))?;
+        paths.push(path.display().to_string());
+    }
+    Ok(Written {
+        json: paths[0].clone(),
+        spdx: paths.get(1).cloned(),
+    })
+}
+
+/// The artifact manifest for `report` over the index in `plan`, and its blobs.
+pub(crate) fn artifact(
+    settings: &Settings,
+    plan: &IndexPlan,
+    report: &ReleaseReport,
+    spdx: bool,
+) -> (Vec<ArtifactBlob>, LocalManifest) {
+    let blobs = blobs(settings, report, spdx);
+    let bytes = release::artifact_manifest(&index_ref(plan), &blobs, &report.created);
+    let mut local = Vec::new();
+    for b in [release::EMPTY_CONFIG]
+        .iter()
+        .copied()
+        .chain(blobs.iter().map(|b| b.bytes.as_slice()))
+    {
+        let hex = plan
+            .layout
+            .put_blob_bytes(b)
+            .expect("the layout accepts blobs");
+        local.push(LocalBlob {
+            digest: format!("sha256:{hex}"),
+            size: b.len() as u64,
+            path: plan.layout.blob_path(&hex),
+        });
+    }
+    let manifest = LocalManifest {
+        media_type: index::OCI_MANIFEST.into(),
+        digest: format!("sha256:{}", crate::fetch::cache::sha256_hex(&bytes)),
+        bytes,
+        blobs: local,
+    };
+    (blobs, manifest)
+}
+
+/// Pushes the artifact by digest and makes it findable from the index: through the referrers
+/// API where the registry has it, else under the fallback tag.
+async fn attach(plan: &IndexPlan, manifest: &LocalManifest, created: &str) -> Result<Attached> {
+    let pusher = &plan.pusher;
+    let Target {
+        registry,
+        repository,
+        ..
+    } = &plan.target;
+    let subject = plan.built.digest.clone();
+    if pusher
+        .manifest_digest(repository, &subject)
+        .await?
+        .is_none()
+    {
+        anyhow::bail!(crate::UserError::new(
+            format!("the index {subject} is not in {registry}/{repository}"),
+            "push it first: etcdimg push-manifest (or all-push, which attaches the report itself)",
+        ));
+    }
+    let pushed = pusher
+        .push(repository, manifest, &manifest.digest, &[], false)
+        .await
+        .context("pushing the release report artifact")?;
+    let mut changed =
+        pushed.blobs_uploaded + pushed.blobs_mounted > 0 || pushed.oci_subject.is_some();
+    let api = match &pushed.oci_subject {
+        Some(s) if *s == subject => true,
+        Some(_) => false,
+        // Already there (nothing was PUT), or a registry that does not answer OCI-Subject.
+        None => pusher.has_referrers_api(repository, &subject).await?,
+    };
+    let mut attached = Attached {
+        artifact: format!("{registry}/{repository}@{}", manifest.digest),
+        digest: manifest.digest.clone(),
+        subject: format!("{registry}/{repository}@{subject}"),
+        method: "referrers-api".into(),
+        fallback_tag: None,
+        changed,
+    };
+    if api {
+        return Ok(attached);
+    }
+    let tag = release::fallback_tag(&subject);
+    let existing = pusher
+        .get_manifest(repository, &tag)
+        .await
+        .context("reading the referrers fallback tag")?;
+    let merged = release::merge_fallback_index(
+        existing.as_ref().map(|(_, b)| b.as_slice()),
+        &manifest.digest,
+        manifest.bytes.len() as u64,
+        created,
+    )
+    .map_err(|e| {
+        anyhow::Error::new(e).context(crate::UserError::new(
+            format!("cannot list the report under {registry}/{repository}:{tag}"),
+            "that tag is reserved for referrers of the index (OCI distribution spec 1.1); remove what another tool put there",
+        ))
+    })?;
+    if let Some(bytes) = merged {
+        let index = LocalManifest {
+            media_type: index::OCI_INDEX.into(),
+            digest: format!("sha256:{}", crate::fetch::cache::sha256_hex(&bytes)),
+            bytes,
+            blobs: Vec::new(),
+        };
+        // The fallback tag is a list that grows: moving it is its purpose, and the merge above
+        // kept every entry it had.
+        let outcome = pusher
+            .push(repository, &index, &tag, &[], true)
+            .await
+            .context("listing the report under the referrers fallback tag")?;
+        changed |= outcome.tag != TagChange::Unchanged;
+    }
+    attached.method = "fallback-tag".into();
+    attached.fallback_tag = Some(format!("{registry}/{repository}:{tag}"));
+    attached.changed = changed;
+    Ok(attached)
+}
+
+/// `etcdimg report`: the report for the index over the layout's images; `push` attaches it.
+pub async fn report(
+    settings: &Settings,
+    push_options: &super::push::PushOptions,
+    push: bool,
+    reporter: std::sync::Arc<dyn crate::report::Reporter>,
+) -> Result<ReportOutcome> {
+    let options = push_options
+        .report
+        .as_ref()
+        .expect("the report verb always has report options");
+    let plan = super::push::plan_index(settings, push_options, reporter)?;
+    write_and_attach(settings, &plan, options, push).await
+}
+
+/// Writes the report for the index in `plan` and, when `push`, attaches it in the registry.
+pub(crate) async fn write_and_attach(
+    settings: &Settings,
+    plan: &IndexPlan,
+    options: &ReportOptions,
+    push: bool,
+) -> Result<ReportOutcome> {
+    let report = assemble(settings, plan)?;
+    let (blobs, manifest) = artifact(settings, plan, &report, options.spdx);
+    let written = write_files(&options.dir, &blobs)?;
+    let attached = if push {
+        Some(
+            attach(plan, &manifest, &report.created)
+                .await
+                .with_context(|| {
+                    format!(
+                        "the release report (written to {}) is not attached; once the cause is fixed, `etcdimg report --push` attaches it",
+                        written.json
+                    )
+                })?,
+        )
+    } else {
+        None
+    };
+    Ok(ReportOutcome {
+        report,
+        written,
+        attached,
+    })
+}

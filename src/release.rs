@@ -1,0 +1,673 @@
+//! Release provenance: the build record each build leaves beside its image in the OCI layout,
+//! the release report assembled from those records for an index (JSON, and SPDX 2.3), and the
+//! OCI artifact manifest that attaches the report to the index (plus the referrers fallback
+//! tag's index, for registries without the referrers API).
+//!
+//! Never: network I/O or spawning programs. Everything is a function of its inputs, so a rerun
+//! over the same layout gives the same bytes, and re-attaching a report is a no-op.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use thiserror::Error;
+
+/// Annotation on a per-arch manifest's entry in the layout's index.json: the digest of its
+/// build record blob.
+pub const BUILD_RECORD_ANNOTATION: &str = "dev.etcdimg.build-record";
+pub const BUILD_RECORD_MEDIA_TYPE: &str = "application/vnd.etcdimg.build-record.v1+json";
+/// Media type of the release report blob, and the artifactType of its manifest.
+pub const REPORT_MEDIA_TYPE: &str = "application/vnd.etcdimg.release-report.v1+json";
+pub const SPDX_MEDIA_TYPE: &str = "application/spdx+json";
+/// The OCI empty descriptor (`{}`), the config of an artifact manifest.
+pub const EMPTY_MEDIA_TYPE: &str = "application/vnd.oci.empty.v1+json";
+pub const EMPTY_CONFIG: &[u8] = b"{}";
+const SCHEMA: &str = "etcdimg.release-report.v1";
+
+#[derive(Debug, Error)]
+pub enum ReleaseError {
+    #[error("the {arch} image `{manifest}` in the layout has no build record")]
+    NoRecord { arch: String, manifest: String },
+    #[error("the build record of the {arch} image describes {what} `{recorded}`, but the image has `{actual}`")]
+    StaleRecord {
+        arch: String,
+        what: &'static str,
+        recorded: String,
+        actual: String,
+    },
+    #[error(
+        "the referrers fallback tag holds something other than an OCI image index ({media_type})"
+    )]
+    BadFallbackIndex { media_type: String },
+    #[error("parsing a release document")]
+    Json(#[from] serde_json::Error),
+}
+
+/// An upstream release tarball and the sha256 it was verified against (SHA256SUMS + pins).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Upstream {
+    pub version: String,
+    pub url: String,
+    pub sha256: String,
+}
+
+/// One cross-compile of etcd from source.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Compile {
+    pub version: String,
+    pub builder: String,
+    /// `go version` of the toolchain (or the golang image for the docker builder).
+    pub toolchain: String,
+    pub goarm: Option<String>,
+    pub mode: String,
+    pub flags: Vec<String>,
+    pub source: String,
+    pub patches: Vec<String>,
+    /// The build cache key: a digest of every input above and the source tree.
+    pub key: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Base {
+    pub name: String,
+    /// Digest of the platform manifest the image was built on.
+    pub digest: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Layer {
+    pub digest: String,
+    pub size: u64,
+    pub content: String,
+}
+
+/// Where an image's bytes came from: what one build knew and nothing in the image says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Provenance {
+    pub platform: String,
+    pub base: Base,
+    pub upstream: Vec<Upstream>,
+    pub compiles: Vec<Compile>,
+    pub migrate_sha256: String,
+    pub compression: String,
+    pub binary_mode: String,
+    pub source_date_epoch: u64,
+    pub layers: Vec<Layer>,
+}
+
+/// A build's record of its image, stored as a blob in the layout and named by an annotation on
+/// the image's index.json entry, so it travels with the layout (release.yml merges per-arch
+/// layouts by copying blobs and entries).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BuildRecord {
+    pub arch: String,
+    /// The OCI manifest in the layout (a Docker-format push has another digest, same config).
+    pub manifest_digest: String,
+    pub config_digest: String,
+    #[serde(flatten)]
+    pub provenance: Provenance,
+}
+
+/// The index a report describes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IndexRef {
+    /// `registry/repository:tag` it is (or will be) pushed to.
+    pub reference: String,
+    pub digest: String,
+    pub media_type: String,
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Etcd {
+    pub latest: String,
+    pub bundled: Vec<String>,
+    pub revision: String,
+}
+
+/// One per-arch image as pushed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReportImage {
+    pub arch: String,
+    pub reference: String,
+    pub manifest_digest: String,
+    pub manifest_media_type: String,
+    pub config_digest: String,
+    #[serde(flatten)]
+    pub provenance: Provenance,
+}
+
+/// The release report: everything a release manager needs to audit one release.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseReport {
+    pub schema: String,
+    pub generator: String,
+    pub image: String,
+    pub tag: String,
+    pub created: String,
+    pub etcd: Etcd,
+    pub index: IndexRef,
+    pub images: Vec<ReportImage>,
+}
+
+/// A per-arch image as it will be pushed, with its build record.
+pub struct PushedImage<'a> {
+    pub arch: String,
+    pub reference: String,
+    pub manifest_digest: String,
+    pub manifest_media_type: String,
+    /// The OCI manifest digest in the layout (what the record must name).
+    pub layout_manifest_digest: String,
+    pub config_digest: String,
+    pub record: Option<&'a BuildRecord>,
+}
+
+pub struct ReportInput<'a> {
+    pub image: String,
+    pub tag: String,
+    pub created: String,
+    pub etcd: Etcd,
+    pub index: IndexRef,
+    pub images: Vec<PushedImage<'a>>,
+}
+
+/// Assembles the report; every image must carry a build record that matches it.
+pub fn report(input: ReportInput<'_>) -> Result<ReleaseReport, ReleaseError> {
+    let mut images = Vec::new();
+    for i in input.images {
+        let record = i.record.ok_or_else(|| ReleaseError::NoRecord {
+            arch: i.arch.clone(),
+            manifest: i.layout_manifest_digest.clone(),
+        })?;
+        for (what, recorded, actual) in [
+            (
+                "manifest",
+                &record.manifest_digest,
+                &i.layout_manifest_digest,
+            ),
+            ("config", &record.config_digest, &i.config_digest),
+        ] {
+            if recorded != actual {
+                return Err(ReleaseError::StaleRecord {
+                    arch: i.arch.clone(),
+                    what,
+                    recorded: recorded.clone(),
+                    actual: actual.clone(),
+                });
+            }
+        }
+        images.push(ReportImage {
+            arch: i.arch,
+            reference: i.reference,
+            manifest_digest: i.manifest_digest,
+            manifest_media_type: i.manifest_media_type,
+            config_digest: i.config_digest,
+            provenance: record.provenance.clone(),
+        });
+    }
+    Ok(ReleaseReport {
+        schema: SCHEMA.into(),
+        generator: generator(),
+        image: input.image,
+        tag: input.tag,
+        created: input.created,
+        etcd: input.etcd,
+        index: input.index,
+        images,
+    })
+}
+
+fn generator() -> String {
+    format!("etcdimg {}", env!("CARGO_PKG_VERSION"))
+}
+
+/// An SPDX ID from free text (`[A-Za-z0-9.-]` only).
+fn spdx_id(parts: &[&str]) -> String {
+    let raw = parts.join("-");
+    let clean: String = raw
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    format!("SPDXRef-{clean}")
+}
+
+fn sha256_checksum(digest: &str) -> Value {
+    json!([{ "algorithm": "SHA256", "checksumValue": digest.trim_start_matches("sha256:") }])
+}
+
+/// `pkg:oci/<name>@<digest>?repository_url=<registry/repository>` (purl spec, type `oci`).
+fn oci_purl(reference: &str, digest: &str) -> String {
+    let repository = reference
+        .rsplit_once(':')
+        .filter(|(_, tag)| !tag.contains('/'))
+        .map_or(reference, |(repo, _)| repo);
+    let name = repository.rsplit('/').next().unwrap_or(repository);
+    format!(
+        "pkg:oci/{name}@{}?repository_url={repository}",
+        digest.replace(':', "%3A")
+    )
+}
+
+fn package(id: &str, name: &str, version: &str, location: &str) -> serde_json::Map<String, Value> {
+    let mut p = serde_json::Map::new();
+    p.insert("SPDXID".into(), json!(id));
+    p.insert("name".into(), json!(name));
+    p.insert("versionInfo".into(), json!(version));
+    p.insert("downloadLocation".into(), json!(location));
+    p.insert("filesAnalyzed".into(), json!(false));
+    p.insert("licenseConcluded".into(), json!("NOASSERTION"));
+    p.insert("copyrightText".into(), json!("NOASSERTION"));
+    p
+}
+
+fn relationship(from: &str, kind: &str, to: &str) -> Value {
+    json!({ "spdxElementId": from, "relationshipType": kind, "relatedSpdxElement": to })
+}
+
+/// Can `url` be an SPDX downloadLocation? SPDX 2.3 (section 7.7) wants a URL whose host is a
+/// domain name with a top-level domain; a loopback mirror (`http://127.0.0.1:8080/...`) is not
+/// one, so such a package says NOASSERTION and keeps the URL in `sourceInfo`.
+fn spdx_download_location(url: &str) -> bool {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return false;
+    };
+    let host = rest.split(['/', ':']).next().unwrap_or("");
+    let tld = host.rsplit('.').next().unwrap_or("");
+    ["http", "https", "ftp", "git", "ssh", "sftp", "svn"].contains(&scheme)
+        && host.contains('.')
+        && (2..=5).contains(&tld.len())
+        && tld.chars().all(|c| c.is_ascii_alphabetic())
+}
+
+/// The report as an SPDX 2.3 JSON document: the index, each image, its base, and each etcd
+/// it bundles (an upstream tarball with its sha256, or a compile from source).
+pub fn spdx(report: &ReleaseReport) -> Value {
+    let index_id = spdx_id(&["Index"]);
+    let mut packages = Vec::new();
+    let mut relationships = vec![relationship("SPDXRef-DOCUMENT", "DESCRIBES", &index_id)];
+    let mut index = package(&index_id, &report.image, &report.tag, "NOASSERTION");
+    index.insert("checksums".into(), sha256_checksum(&report.index.digest));
+    index.insert("primaryPackagePurpose".into(), json!("CONTAINER"));
+    index.insert(
+        "externalRefs".into(),
+        json!([{ "referenceCategory": "PACKAGE-MANAGER", "referenceType": "purl",
+                 "referenceLocator": oci_purl(&report.index.reference, &report.index.digest) }]),
+    );
+    packages.push(Value::Object(index));
+    let mut bases = BTreeMap::new();
+    for image in &report.images {
+        let image_id = spdx_id(&["Image", &image.arch]);
+        let mut p = package(
+            &image_id,
+            &format!("{} ({})", report.image, image.provenance.platform),
+            &report.tag,
+            "NOASSERTION",
+        );
+        p.insert("checksums".into(), sha256_checksum(&image.manifest_digest));
+        p.insert("primaryPackagePurpose".into(), json!("CONTAINER"));
+        p.insert(
+            "externalRefs".into(),
+            json!([{ "referenceCategory": "PACKAGE-MANAGER", "referenceType": "purl",
+                     "referenceLocator": oci_purl(&image.reference, &image.manifest_digest) }]),
+        );
+        packages.push(Value::Object(p));
+        relationships.push(relationship(&index_id, "CONTAINS", &image_id));
+
+        let (base, upstream) = (&image.provenance.base, &image.provenance.upstream);
+        let base_id = spdx_id(&["Base", &base.digest]);
+        bases.entry(base_id.clone()).or_insert_with(|| {
+            let mut b = package(&base_id, &base.name, "NOASSERTION", "NOASSERTION");
+            b.insert("checksums".into(), sha256_checksum(&base.digest));
+            b.insert("primaryPackagePurpose".into(), json!("CONTAINER"));
+            Value::Object(b)
+        });
+        relationships.push(relationship(&image_id, "DESCENDANT_OF", &base_id));
+
+        for u in upstream {
+            let id = spdx_id(&["Etcd", &u.version, &image.arch]);
+            let location = if spdx_download_location(&u.url) {
+                u.url.as_str()
+            } else {
+                "NOASSERTION"
+            };
+            let mut p = package(&id, "etcd", &u.version, location);
+            p.insert(
+                "sourceInfo".into(),
+                json!(format!("downloaded from {}", u.url)),
+            );
+            p.insert("checksums".into(), sha256_checksum(&u.sha256));
+            p.insert("licenseDeclared".into(), json!("Apache-2.0"));
+            p.insert("supplier".into(), json!("Organization: etcd-io"));
+            p.insert("primaryPackagePurpose".into(), json!("ARCHIVE"));
+            packages.push(Value::Object(p));
+            relationships.push(relationship(&image_id, "CONTAINS", &id));
+        }
+        for c in &image.provenance.compiles {
+            let id = spdx_id(&["Etcd", &c.version, &image.arch, "built"]);
+            let mut p = package(&id, "etcd", &c.version, "NOASSERTION");
+            p.insert("licenseDeclared".into(), json!("Apache-2.0"));
+            p.insert("primaryPackagePurpose".into(), json!("APPLICATION"));
+            p.insert(
+                "sourceInfo".into(),
+                json!(format!(
+                    "built from {} with {} ({}; {}{}; flags: {}; patches: {})",
+                    c.source,
+                    c.toolchain,
+                    c.builder,
+                    c.mode,
+                    c.goarm
+                        .as_deref()
+                        .map(|g| format!(", GOARM={g}"))
+                        .unwrap_or_default(),
+                    c.flags.join(" "),
+                    if c.patches.is_empty() {
+                        "none".to_string()
+                    } else {
+                        c.patches.join(", ")
+                    }
+                )),
+            );
+            packages.push(Value::Object(p));
+            relationships.push(relationship(&image_id, "CONTAINS", &id));
+        }
+    }
+    packages.extend(bases.into_values());
+    json!({
+        "spdxVersion": "SPDX-2.3",
+        "dataLicense": "CC0-1.0",
+        "SPDXID": "SPDXRef-DOCUMENT",
+        "name": format!("{}:{}", report.image, report.tag),
+        "documentNamespace": format!(
+            "https://etcdimg.invalid/spdx/{}/{}",
+            report.image, report.index.digest.replace(':', "-")
+        ),
+        "creationInfo": { "created": report.created, "creators": [format!("Tool: {}", report.generator.replace(' ', "-"))] },
+        "packages": packages,
+        "relationships": relationships,
+    })
+}
+
+/// A blob of the artifact: its media type, bytes and a file name for `org.opencontainers.image.title`.
+pub struct ArtifactBlob {
+    pub media_type: String,
+    pub title: String,
+    pub bytes: Vec<u8>,
+}
+
+/// The OCI image manifest that carries the report blobs, with `subject` = the index, per the
+/// image spec 1.1 artifact guidance (empty config, `artifactType`).
+pub fn artifact_manifest(subject: &IndexRef, blobs: &[ArtifactBlob], created: &str) -> Vec<u8> {
+    let layers: Vec<Value> = blobs
+        .iter()
+        .map(|b| {
+            json!({
+                "mediaType": b.media_type,
+                "digest": format!("sha256:{}", crate::fetch::cache::sha256_hex(&b.bytes)),
+                "size": b.bytes.len(),
+                "annotations": { "org.opencontainers.image.title": b.title },
+            })
+        })
+        .collect();
+    crate::oci::canonical_json(&json!({
+        "schemaVersion": 2,
+        "mediaType": crate::oci::index::OCI_MANIFEST,
+        "artifactType": REPORT_MEDIA_TYPE,
+        "config": {
+            "mediaType": EMPTY_MEDIA_TYPE,
+            "digest": format!("sha256:{}", crate::fetch::cache::sha256_hex(EMPTY_CONFIG)),
+            "size": EMPTY_CONFIG.len(),
+            "data": "e30=",
+        },
+        "layers": layers,
+        "subject": {
+            "mediaType": subject.media_type,
+            "digest": subject.digest,
+            "size": subject.size,
+        },
+        "annotations": { "org.opencontainers.image.created": created },
+    }))
+}
+
+/// The referrers fallback tag for a subject: `sha256-<hex>`.
+pub fn fallback_tag(subject_digest: &str) -> String {
+    subject_digest.replacen(':', "-", 1)
+}
+
+/// Adds the artifact to the fallback tag's index (`existing` is its current bytes, if the tag
+/// exists). `None` when it is already listed: nothing to push. Entries by other tools stay.
+pub fn merge_fallback_index(
+    existing: Option<&[u8]>,
+    artifact_digest: &str,
+    artifact_size: u64,
+    created: &str,
+) -> Result<Option<Vec<u8>>, ReleaseError> {
+    let mut index: Value = match existing {
+        Some(bytes) => serde_json::from_slice(bytes)?,
+        None => json!({
+            "schemaVersion": 2,
+            "mediaType": crate::oci::index::OCI_INDEX,
+            "manifests": [],
+        }),
+    };
+    let media_type = index
+        .get("mediaType")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    if media_type != crate::oci::index::OCI_INDEX {
+        return Err(ReleaseError::BadFallbackIndex { media_type });
+    }
+    let manifests = index
+        .as_object_mut()
+        .expect("an object")
+        .entry("manifests")
+        .or_insert_with(|| json!([]));
+    let Some(list) = manifests.as_array_mut() else {
+        return Err(ReleaseError::BadFallbackIndex { media_type });
+    };
+    if list
+        .iter()
+        .any(|d| d.get("digest").and_then(Value::as_str) == Some(artifact_digest))
+    {
+        return Ok(None);
+    }
+    list.push(json!({
+        "mediaType": crate::oci::index::OCI_MANIFEST,
+        "digest": artifact_digest,
+        "size": artifact_size,
+        "artifactType": REPORT_MEDIA_TYPE,
+        "annotations": { "org.opencontainers.image.created": created },
+    }));
+    Ok(Some(crate::oci::canonical_json(&index)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(arch: &str) -> BuildRecord {
+        BuildRecord {
+            arch: arch.into(),
+            manifest_digest: format!("sha256:m-{arch}"),
+            config_digest: format!("sha256:c-{arch}"),
+            provenance: Provenance {
+                platform: format!("linux/{arch}"),
+                base: Base {
+                    name: "docker.io/library/busybox:1.36.1".into(),
+                    digest: format!("sha256:b-{arch}"),
+                },
+                upstream: vec![Upstream {
+                    version: "3.5.1".into(),
+                    url: "https://example.invalid/v3.5.1/etcd-v3.5.1-linux-amd64.tar.gz".into(),
+                    sha256: "ab".repeat(32),
+                }],
+                compiles: vec![Compile {
+                    version: "3.4.23".into(),
+                    builder: "go".into(),
+                    toolchain: "go1.19.8".into(),
+                    goarm: None,
+                    mode: "gopath".into(),
+                    flags: vec!["-trimpath".into()],
+                    source: "/usr/share/gocode".into(),
+                    patches: vec![],
+                    key: "k".into(),
+                }],
+                migrate_sha256: "cd".repeat(32),
+                compression: "gzip level 4".into(),
+                binary_mode: "555".into(),
+                source_date_epoch: 0,
+                layers: vec![],
+            },
+        }
+    }
+
+    fn input<'a>(records: &'a [BuildRecord], config_of_amd64: &str) -> ReportInput<'a> {
+        ReportInput {
+            image: "r.example/etcd".into(),
+            tag: "3.5.1-0".into(),
+            created: "1970-01-01T00:00:00Z".into(),
+            etcd: Etcd {
+                latest: "3.5.1".into(),
+                bundled: vec!["3.4.23".into(), "3.5.1".into()],
+                revision: "0".into(),
+            },
+            index: IndexRef {
+                reference: "r.example/etcd:3.5.1-0".into(),
+                digest: "sha256:i".into(),
+                media_type: crate::oci::index::OCI_INDEX.into(),
+                size: 10,
+            },
+            images: records
+                .iter()
+                .map(|r| PushedImage {
+                    arch: r.arch.clone(),
+                    reference: format!("r.example/etcd:3.5.1-0-linux-{}", r.arch),
+                    manifest_digest: format!("sha256:docker-{}", r.arch),
+                    manifest_media_type: "d".into(),
+                    layout_manifest_digest: r.manifest_digest.clone(),
+                    config_digest: if r.arch == "amd64" {
+                        config_of_amd64.into()
+                    } else {
+                        r.config_digest.clone()
+                    },
+                    record: Some(r),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn report_takes_pushed_digests_and_record_provenance() {
+        let records = [record("amd64"), record("arm64")];
+        let r = report(input(&records, "sha256:c-amd64")).unwrap();
+        assert_eq!(r.images.len(), 2);
+        assert_eq!(r.images[0].manifest_digest, "sha256:docker-amd64");
+        assert_eq!(r.images[1].provenance, records[1].provenance);
+        assert_eq!(r.images[1].provenance.compiles[0].toolchain, "go1.19.8");
+        assert_eq!(r.schema, SCHEMA);
+    }
+
+    #[test]
+    fn a_stale_or_missing_record_is_refused() {
+        let records = [record("amd64")];
+        let e = report(input(&records, "sha256:other")).unwrap_err();
+        assert!(e.to_string().contains("config `sha256:c-amd64`"), "{e}");
+        let mut i = input(&records, "sha256:c-amd64");
+        i.images[0].record = None;
+        assert!(matches!(report(i), Err(ReleaseError::NoRecord { .. })));
+    }
+
+    #[test]
+    fn spdx_names_every_package_with_valid_ids() {
+        let records = [record("amd64"), record("arm64")];
+        let doc = spdx(&report(input(&records, "sha256:c-amd64")).unwrap());
+        let ids: Vec<&str> = doc["packages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["SPDXID"].as_str().unwrap())
+            .collect();
+        // index, 2 images, 2 tarballs, 2 compiles, 2 distinct bases
+        assert_eq!(ids.len(), 9, "{ids:?}");
+        let unique: std::collections::BTreeSet<_> = ids.iter().collect();
+        assert_eq!(unique.len(), ids.len());
+        for id in ids {
+            assert!(id[8..]
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-'));
+        }
+        for (url, ok) in [
+            (
+                "https://github.com/etcd-io/etcd/releases/download/v3.5.1/e.tar.gz",
+                true,
+            ),
+            ("http://127.0.0.1:8080/v3.5.1/e.tar.gz", false),
+            ("http://localhost/e.tar.gz", false),
+            ("file:///srv/e.tar.gz", false),
+        ] {
+            assert_eq!(spdx_download_location(url), ok, "{url}");
+        }
+        assert_eq!(
+            oci_purl("r.example:5000/k8s/etcd:3.5.1-0", "sha256:ab"),
+            "pkg:oci/etcd@sha256%3Aab?repository_url=r.example:5000/k8s/etcd"
+        );
+    }
+
+    #[test]
+    fn the_fallback_index_keeps_others_and_adds_once() {
+        let first = merge_fallback_index(None, "sha256:a1", 5, "t")
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            merge_fallback_index(Some(&first), "sha256:a1", 5, "t").unwrap(),
+            None
+        );
+        let second = merge_fallback_index(Some(&first), "sha256:b2", 6, "t")
+            .unwrap()
+            .unwrap();
+        let v: Value = serde_json::from_slice(&second).unwrap();
+        let digests: Vec<&str> = v["manifests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["digest"].as_str().unwrap())
+            .collect();
+        assert_eq!(digests, ["sha256:a1", "sha256:b2"]);
+        let docker = br#"{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.list.v2+json","manifests":[]}"#;
+        assert!(merge_fallback_index(Some(docker), "sha256:a1", 5, "t").is_err());
+        assert_eq!(fallback_tag("sha256:abc"), "sha256-abc");
+    }
+
+    #[test]
+    fn the_artifact_names_its_subject_and_blobs() {
+        let subject = IndexRef {
+            reference: "r/etcd:t".into(),
+            digest: "sha256:i".into(),
+            media_type: crate::oci::index::OCI_INDEX.into(),
+            size: 3,
+        };
+        let m: Value = serde_json::from_slice(&artifact_manifest(
+            &subject,
+            &[ArtifactBlob {
+                media_type: REPORT_MEDIA_TYPE.into(),
+                title: "release.json".into(),
+                bytes: b"{}".to_vec(),
+            }],
+            "t",
+        ))
+        .unwrap();
+        assert_eq!(m["subject"]["digest"], "sha256:i");
+        assert_eq!(m["artifactType"], REPORT_MEDIA_TYPE);
+        assert_eq!(
+            m["config"]["digest"],
+            "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"
+        );
+        assert_eq!(m["layers"][0]["size"], 2);
+    }
+}

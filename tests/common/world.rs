@@ -1,0 +1,103 @@
+//! A registry test's world: fixtures, tools, Debian's docker-registry on 127.0.0.1, the
+//! release mirror and a sandbox with a project pushing to it (shared by push.rs and release.rs).
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+use super::*;
+
+pub fn tools(test: &str, list: &[&str]) -> bool {
+    list.iter().all(|t| require(test, t))
+}
+
+pub fn json(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("bad JSON ({e}): {}\n{}", stdout(out), stderr(out)))
+}
+
+/// A test project: images.toml for amd64 + arm64 from the loopback mirror, pushing to
+/// `push_registry`, on `base`.
+pub fn project(sb: &mut Sandbox, mirror: u16, push_registry: &str, base: &str, extra: &str) {
+    let config = format!(
+        r#"[etcd]
+latest = "3.5.1"
+bundled = ["3.4.23", "3.5.1"]
+revision = 0
+release_url = "http://127.0.0.1:{mirror}"
+
+[image]
+push_registry = "{push_registry}"
+name = "etcd"
+arches = ["amd64", "arm64"]
+base = "{base}"
+{extra}
+
+[arch.arm64]
+source = "release"
+
+[migrate]
+source_dir = "{}"
+"#,
+        repo_root().join("migrate").display()
+    );
+    sb.use_config(&config);
+}
+
+pub fn skopeo(args: &[&str]) -> Output {
+    Command::new("skopeo").args(args).output().unwrap()
+}
+
+pub fn skopeo_json(args: &[&str]) -> Value {
+    let out = skopeo(args);
+    assert!(out.status.success(), "skopeo {args:?}: {}", stderr(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The common start of a test: fixtures and tools present, a real registry, the release
+/// mirror, a sandbox. `None` means skipped.
+pub struct World {
+    pub fx: PathBuf,
+    pub registry: Server,
+    pub host: String,
+    pub mirror: Server,
+    pub sb: Sandbox,
+}
+
+pub fn world(t: &str, needs: &[&str]) -> Option<World> {
+    let fx = fixtures(t)?;
+    if !tools(t, &["docker-registry", "skopeo", "python3"]) || !tools(t, needs) {
+        return None;
+    }
+    let registry = registry();
+    let host = format!("127.0.0.1:{}", registry.port);
+    let mirror = http_mirror(&fx.join("mirror"));
+    Some(World {
+        fx,
+        registry,
+        host,
+        mirror,
+        sb: Sandbox::new(),
+    })
+}
+
+impl World {
+    /// The busybox fixture as an `oci:` base.
+    pub fn layout_base(&self) -> String {
+        format!("oci:{}:1.35", self.fx.join("busybox-oci").display())
+    }
+
+    /// A project pushing to this world's registry (declared insecure), on the layout base.
+    pub fn local_project(&mut self, extra: &str) {
+        let base = self.layout_base();
+        let extra = format!("{extra}\ninsecure_registries = [\"{}\"]", self.host);
+        project(
+            &mut self.sb,
+            self.mirror.port,
+            &self.host.clone(),
+            &base,
+            &extra,
+        );
+    }
+}
