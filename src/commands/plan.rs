@@ -387,7 +387,7 @@ pub async fn plan(
         return Ok(plan);
     }
     let p = push::plan_index(settings, &options.push, reporter.clone())?;
-    let pusher = read_only(settings, &p.target.registry, reporter)?;
+    let pusher = Pusher::read_only(p.pusher.transport.clone());
     plan.registry = p.target.registry.clone();
     for img in &p.images {
         plan.images

@@ -11,12 +11,10 @@
 //! 5. report: the release report written and attached to the index (`commands/report.rs`);
 //!    assembled once before the first upload, so a missing build record stops the run early
 
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use oci_client::Reference;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -29,7 +27,7 @@ use crate::oci::{self, MediaType};
 use crate::platform::Arch;
 use crate::registry::push::{LocalBlob, LocalManifest, PushOutcome, Pusher, TagChange};
 use crate::registry::transport::Transport;
-use crate::registry::{auth, parse_base, BaseRef, RegistryError};
+use crate::registry::{auth, parse_base, reference, BaseRef, RegistryError};
 use crate::release;
 use crate::report::Reporter;
 use crate::settings::Settings;
@@ -84,9 +82,9 @@ impl Target {
 }
 
 fn target(image: &str) -> Result<Target> {
-    let r = Reference::from_str(image).map_err(|e| RegistryError::BadReference {
+    let r = reference::parse(image).map_err(|message| RegistryError::BadReference {
         reference: image.into(),
-        message: e.to_string(),
+        message,
     })?;
     Ok(Target {
         registry: r.resolve_registry().to_string(),

@@ -8,10 +8,10 @@
 
 pub mod auth;
 pub mod push;
+pub mod reference;
 pub mod transport;
 
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::secrets::RegistryAuth;
@@ -141,11 +141,11 @@ pub fn parse_base(s: &str) -> Result<BaseRef, RegistryError> {
             name,
         });
     }
-    Reference::from_str(s)
+    reference::parse(s)
         .map(BaseRef::Registry)
-        .map_err(|e| RegistryError::BadReference {
+        .map_err(|message| RegistryError::BadReference {
             reference: s.into(),
-            message: e.to_string(),
+            message,
         })
 }
 
