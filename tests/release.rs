@@ -535,3 +535,29 @@ fn plan_against_an_unreachable_registry_fails_clearly() {
     );
     assert!(stdout(&out).is_empty());
 }
+
+#[test]
+fn plan_under_legacy_naming_copies_each_arch_into_the_index_repository() {
+    let t = "plan_under_legacy_naming_copies_each_arch_into_the_index_repository";
+    let Some(mut w) = world(t, &[]) else { return };
+    w.local_project("naming = \"legacy\"");
+    let sb = &w.sb;
+    let empty = plan(sb, &[]);
+    let copies = empty["copies"].as_array().unwrap();
+    assert_eq!(copies.len(), 2, "{}", empty["copies"]);
+    for (copy, arch) in copies.iter().zip(["amd64", "arm64"]) {
+        assert_eq!(copy["tag"]["status"], "untagged");
+        // Every blob the per-arch push uploads to etcd-<arch> is mounted from there.
+        for b in copy["blobs"].as_array().unwrap() {
+            assert_eq!(b["action"], "mount", "{b}");
+            assert_eq!(b["from"], format!("etcd-{arch}").as_str(), "{b}");
+        }
+    }
+    assert_eq!(empty["summary"]["copies"], 2);
+    assert_success(&sb.etcdimg(&["all-push"]));
+    let after = plan(sb, &[]);
+    assert_eq!(after["summary"]["copies"], 0, "{}", after["summary"]);
+    assert_eq!(after["summary"]["uploads"], 0);
+    assert_eq!(after["summary"]["mounts"], 0);
+    assert_eq!(tag_status(&after), ["unchanged"; 3]);
+}
