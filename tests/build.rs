@@ -285,6 +285,45 @@ fn warm_build_reuses_every_layer_and_docker_archive_is_readable() {
         "registry.k8s.io/etcd:3.5.1-0-linux-amd64"
     );
     assert_eq!(manifest[0]["Layers"].as_array().unwrap().len(), 4);
+
+    // guards: a warm build never reads a release tarball whose layer is cached (SHA256SUMS
+    // decides the layer key), and a build that does read one still re-verifies it.
+    let tarballs: Vec<PathBuf> = a["tarballs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            sb.cache()
+                .join("blobs/sha256")
+                .join(t["sha256"].as_str().unwrap())
+        })
+        .collect();
+    for t in &tarballs {
+        flip_byte(t, 100);
+    }
+    let third = sb.etcdimg(&["build", "--json", "--output", out_dir.to_str().unwrap()]);
+    assert_success(&third);
+    assert_eq!(json(&third)["manifest_digest"], a["manifest_digest"]);
+    assert!(!stderr(&third).contains("corrupt"), "{}", stderr(&third));
+    let mirror = http_mirror(&fx.join("mirror"));
+    sb.local_sources(&fx, &mirror);
+    let fourth = sb.etcdimg(&[
+        "build",
+        "--json",
+        "--no-layer-cache",
+        "--output",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert_success(&fourth);
+    assert_eq!(json(&fourth)["manifest_digest"], a["manifest_digest"]);
+    assert!(
+        stderr(&fourth).contains("was corrupt; downloading it again"),
+        "{}",
+        stderr(&fourth)
+    );
+    for t in json(&fourth)["tarballs"].as_array().unwrap() {
+        assert_eq!(t["downloaded"], true, "{t}");
+    }
 }
 
 /// A bad input must fail clearly, exit non-zero, and leave no cache entry and no image.

@@ -84,6 +84,46 @@ pub struct TarballReport {
     pub downloaded: bool,
 }
 
+/// A bundled release version: its layer from the layer cache, or its verified tarball.
+enum Release {
+    Layer(fetch::Expected, LayerDigests),
+    Tarball(fetch::VerifiedTarball),
+}
+
+/// What a version's layer holds, for reports and `created_by`.
+fn etcd_layer_content(version: &Version, latest: bool) -> String {
+    format!(
+        "etcd {version}{}",
+        if latest {
+            " (default etcd, etcdctl)"
+        } else {
+            ""
+        }
+    )
+}
+
+/// The layer cache key of a version's layer: everything that determines its bytes. `kind` is
+/// `etcd` (from a release tarball, `input` its sha256) or `etcd-built` (`input` the compile key).
+fn etcd_layer_key(
+    kind: &str,
+    input: &str,
+    version: &Version,
+    arch: Arch,
+    latest: bool,
+    mode: u32,
+    mtime: u64,
+) -> String {
+    layer_key(&[
+        kind,
+        input,
+        &version.to_string(),
+        arch.name(),
+        &latest.to_string(),
+        &format!("{mode:o}"),
+        &mtime.to_string(),
+    ])
+}
+
 /// A layer to produce: its cache key and how to make it if the cache misses.
 struct LayerJob {
     content: String,
@@ -240,7 +280,7 @@ pub async fn build(
     // 3. fetch (concurrently; the network is the limit, not the CPU), or compile from source
     //    (in sequence: each `go build` already uses every core)
     let mut compiled: Vec<gobuild::BuiltEtcd> = Vec::new();
-    let mut tarballs: Vec<fetch::VerifiedTarball> = Vec::new();
+    let mut releases: Vec<Release> = Vec::new();
     if from_source {
         let builder =
             gobuild::Builder::detect(settings.gobuild.builder, &settings.gobuild.golang_version)
@@ -268,12 +308,13 @@ pub async fn build(
             compiled.push(built);
         }
     } else {
+        // SHA256SUMS first: a version whose layer the cache already holds needs no tarball.
         let http = Http::new()?;
-        let fetches = settings.bundled.iter().map(|version| {
+        let expectations = settings.bundled.iter().map(|version| {
             let http = &http;
             let reporter = &*reporter;
             async move {
-                fetch::release(
+                fetch::expected(
                     http,
                     cache,
                     &settings.release_url,
@@ -286,18 +327,53 @@ pub async fn build(
                 .with_context(|| format!("fetching etcd {version} for {arch}"))
             }
         });
-        tarballs = futures_util::future::join_all(fetches)
+        let expectations = futures_util::future::join_all(expectations)
+            .await
+            .into_iter()
+            .collect::<Result<Vec<_>>>()?;
+        let fetches = expectations.into_iter().map(|e| {
+            let http = &http;
+            let reporter = &*reporter;
+            let key = etcd_layer_key(
+                "etcd",
+                &e.sha256,
+                &e.version,
+                arch,
+                e.version == settings.latest,
+                mode,
+                mtime,
+            );
+            async move {
+                if let Some(d) = cached_layer(cache, &key).filter(|_| options.reuse_layers) {
+                    return Ok(Release::Layer(e, d));
+                }
+                let version = e.version.clone();
+                fetch::fetch(http, cache, e, reporter)
+                    .await
+                    .map(Release::Tarball)
+                    .with_context(|| format!("fetching etcd {version} for {arch}"))
+            }
+        });
+        releases = futures_util::future::join_all(fetches)
             .await
             .into_iter()
             .collect::<Result<_>>()?;
     }
-    let tarball_reports: Vec<TarballReport> = tarballs
+    let tarball_reports: Vec<TarballReport> = releases
         .iter()
-        .map(|t| TarballReport {
-            version: t.version.to_string(),
-            url: t.url.clone(),
-            sha256: t.sha256.clone(),
-            downloaded: t.downloaded(),
+        .map(|r| match r {
+            Release::Layer(e, _) => TarballReport {
+                version: e.version.to_string(),
+                url: e.url.clone(),
+                sha256: e.sha256.clone(),
+                downloaded: false,
+            },
+            Release::Tarball(t) => TarballReport {
+                version: t.version.to_string(),
+                url: t.url.clone(),
+                sha256: t.sha256.clone(),
+                downloaded: t.downloaded(),
+            },
         })
         .collect();
 
@@ -308,26 +384,26 @@ pub async fn build(
     let mtime_text = mtime.to_string();
     let mut verified = Vec::new();
     let mut pending_checks = Vec::new();
-    for tarball in tarballs {
-        let latest = tarball.version == settings.latest;
-        let content = format!(
-            "etcd {}{}",
-            tarball.version,
-            if latest {
-                " (default etcd, etcdctl)"
-            } else {
-                ""
+    for release in releases {
+        let tarball = match release {
+            Release::Layer(e, d) => {
+                let content = etcd_layer_content(&e.version, e.version == settings.latest);
+                layers.push(Some((d, content, true)));
+                continue;
             }
-        );
-        let key = layer_key(&[
+            Release::Tarball(t) => t,
+        };
+        let latest = tarball.version == settings.latest;
+        let content = etcd_layer_content(&tarball.version, latest);
+        let key = etcd_layer_key(
             "etcd",
             &tarball.sha256,
-            &tarball.version.to_string(),
-            arch.name(),
-            &latest.to_string(),
-            &mode_text,
-            &mtime_text,
-        ]);
+            &tarball.version,
+            arch,
+            latest,
+            mode,
+            mtime,
+        );
         if let Some(d) = cached_layer(cache, &key).filter(|_| options.reuse_layers) {
             layers.push(Some((d, content, true)));
             verified.push(tarball);
@@ -376,24 +452,16 @@ pub async fn build(
     // Compiled versions were verified before they entered the build cache.
     for built in &compiled {
         let latest = built.version == settings.latest;
-        let content = format!(
-            "etcd {}{}",
-            built.version,
-            if latest {
-                " (default etcd, etcdctl)"
-            } else {
-                ""
-            }
-        );
-        let key = layer_key(&[
+        let content = etcd_layer_content(&built.version, latest);
+        let key = etcd_layer_key(
             "etcd-built",
             &built.report.build.key,
-            &built.version.to_string(),
-            arch.name(),
-            &latest.to_string(),
-            &mode_text,
-            &mtime_text,
-        ]);
+            &built.version,
+            arch,
+            latest,
+            mode,
+            mtime,
+        );
         if let Some(d) = cached_layer(cache, &key).filter(|_| options.reuse_layers) {
             layers.push(Some((d, content, true)));
             continue;

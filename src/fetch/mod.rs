@@ -131,8 +131,24 @@ pub fn parse_sums(text: &str, sums_url: &str) -> Result<Vec<(String, String)>, F
     Ok(out)
 }
 
-/// Fetches (or finds in the cache) the release tarball of `version` for `arch`, verified.
-pub async fn release(
+/// What a release tarball must be: its URL and the sha256 it is verified against (from
+/// SHA256SUMS, cached by URL, and the pin if there is one). Nothing is downloaded but
+/// SHA256SUMS, so a build whose layer cache already holds the version's layer never reads the
+/// tarball.
+pub struct Expected {
+    pub version: Version,
+    pub arch: Arch,
+    pub file_name: String,
+    /// Redacted.
+    pub url: String,
+    pub sha256: String,
+    raw_url: String,
+    source: String,
+    sums_key: String,
+    sums_text: String,
+}
+
+pub async fn expected(
     http: &Http,
     cache: &Cache,
     release_url: &str,
@@ -140,7 +156,7 @@ pub async fn release(
     arch: Arch,
     pin: Option<&str>,
     reporter: &dyn Reporter,
-) -> Result<VerifiedTarball, FetchError> {
+) -> Result<Expected, FetchError> {
     let file_name = tarball_name(version, arch);
     let folder = format!("{release_url}/v{version}");
     let sums_url = format!("{folder}/SHA256SUMS");
@@ -177,18 +193,61 @@ pub async fn release(
             });
         }
     }
-    let expected = from_sums;
-    let expected_source = if pin.is_some() {
+    let source = if pin.is_some() {
         format!("{} and the pin in images.toml", redact_url(&sums_url))
     } else {
         redact_url(&sums_url)
     };
+    Ok(Expected {
+        version: version.clone(),
+        arch,
+        file_name,
+        url: redact_url(&url),
+        sha256: from_sums,
+        raw_url: url,
+        source,
+        sums_key,
+        sums_text,
+    })
+}
 
+/// Fetches (or finds in the cache) the release tarball of `version` for `arch`, verified.
+pub async fn release(
+    http: &Http,
+    cache: &Cache,
+    release_url: &str,
+    version: &Version,
+    arch: Arch,
+    pin: Option<&str>,
+    reporter: &dyn Reporter,
+) -> Result<VerifiedTarball, FetchError> {
+    let e = expected(http, cache, release_url, version, arch, pin, reporter).await?;
+    fetch(http, cache, e, reporter).await
+}
+
+/// Finds the expected tarball in the cache (re-verified) or downloads and verifies it.
+pub async fn fetch(
+    http: &Http,
+    cache: &Cache,
+    e: Expected,
+    reporter: &dyn Reporter,
+) -> Result<VerifiedTarball, FetchError> {
+    let Expected {
+        version,
+        arch,
+        file_name,
+        url: _,
+        sha256: expected,
+        raw_url: url,
+        source: expected_source,
+        sums_key,
+        sums_text,
+    } = e;
     // Re-verify a cached copy on use; a corrupt one is dropped and fetched again.
     match cache.get_verified(&expected) {
         Ok(Some(path)) => {
             return Ok(VerifiedTarball {
-                version: version.clone(),
+                version,
                 arch,
                 file_name,
                 url: redact_url(&url),
@@ -222,7 +281,7 @@ pub async fn release(
     }
     let path = pending.path().to_path_buf();
     Ok(VerifiedTarball {
-        version: version.clone(),
+        version,
         arch,
         file_name,
         url: redact_url(&url),
