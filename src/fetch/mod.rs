@@ -211,20 +211,6 @@ pub async fn expected(
     })
 }
 
-/// Fetches (or finds in the cache) the release tarball of `version` for `arch`, verified.
-pub async fn release(
-    http: &Http,
-    cache: &Cache,
-    release_url: &str,
-    version: &Version,
-    arch: Arch,
-    pin: Option<&str>,
-    reporter: &dyn Reporter,
-) -> Result<VerifiedTarball, FetchError> {
-    let e = expected(http, cache, release_url, version, arch, pin, reporter).await?;
-    fetch(http, cache, e, reporter).await
-}
-
 /// Finds the expected tarball in the cache (re-verified) or downloads and verifies it.
 pub async fn fetch(
     http: &Http,
