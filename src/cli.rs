@@ -224,6 +224,10 @@ pub struct PlanArgs {
     /// Read the images already in the layout instead of building them.
     #[arg(long)]
     pub no_build: bool,
+    /// Plan a push with --force: tags that point elsewhere would be moved. Without it such
+    /// tags are shown as refused and plan exits 1, as the push would stop.
+    #[arg(long)]
+    pub force: bool,
     #[command(flatten)]
     pub format: FormatFlag,
     /// Plan the release report with an SPDX document, as `all-push --spdx` would attach.

@@ -230,7 +230,7 @@ async fn run(cli: Cli) -> Result<()> {
             };
             let cache = Cache::open(g.cache_dir.as_deref())?;
             let flags = PushFlags {
-                force: false,
+                force: args.force,
                 format: args.format.clone(),
             };
             let report = ReportFlags {
@@ -249,6 +249,15 @@ async fn run(cli: Cli) -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&plan)?);
             } else {
                 print!("{}", plan::render(&plan));
+            }
+            if plan.summary.tags_refused > 0 {
+                anyhow::bail!(etcdimg::UserError::new(
+                    format!(
+                        "the push would stop: {} tags already point to other digests",
+                        plan.summary.tags_refused
+                    ),
+                    "bump etcd.revision (REVISION) for a new tag, or pass --force to plan and push if moving the tags is intended",
+                ));
             }
             Ok(())
         }

@@ -254,11 +254,18 @@ fn oci_purl(reference: &str, digest: &str) -> String {
     )
 }
 
-fn package(id: &str, name: &str, version: &str, location: &str) -> serde_json::Map<String, Value> {
+fn package(
+    id: &str,
+    name: &str,
+    version: Option<&str>,
+    location: &str,
+) -> serde_json::Map<String, Value> {
     let mut p = serde_json::Map::new();
     p.insert("SPDXID".into(), json!(id));
     p.insert("name".into(), json!(name));
-    p.insert("versionInfo".into(), json!(version));
+    if let Some(v) = version {
+        p.insert("versionInfo".into(), json!(v));
+    }
     p.insert("downloadLocation".into(), json!(location));
     p.insert("filesAnalyzed".into(), json!(false));
     p.insert("licenseConcluded".into(), json!("NOASSERTION"));
@@ -291,7 +298,7 @@ pub fn spdx(report: &ReleaseReport) -> Value {
     let index_id = spdx_id(&["Index"]);
     let mut packages = Vec::new();
     let mut relationships = vec![relationship("SPDXRef-DOCUMENT", "DESCRIBES", &index_id)];
-    let mut index = package(&index_id, &report.image, &report.tag, "NOASSERTION");
+    let mut index = package(&index_id, &report.image, Some(&report.tag), "NOASSERTION");
     index.insert("checksums".into(), sha256_checksum(&report.index.digest));
     index.insert("primaryPackagePurpose".into(), json!("CONTAINER"));
     index.insert(
@@ -306,7 +313,7 @@ pub fn spdx(report: &ReleaseReport) -> Value {
         let mut p = package(
             &image_id,
             &format!("{} ({})", report.image, image.provenance.platform),
-            &report.tag,
+            Some(&report.tag),
             "NOASSERTION",
         );
         p.insert("checksums".into(), sha256_checksum(&image.manifest_digest));
@@ -322,7 +329,7 @@ pub fn spdx(report: &ReleaseReport) -> Value {
         let (base, upstream) = (&image.provenance.base, &image.provenance.upstream);
         let base_id = spdx_id(&["Base", &base.digest]);
         bases.entry(base_id.clone()).or_insert_with(|| {
-            let mut b = package(&base_id, &base.name, "NOASSERTION", "NOASSERTION");
+            let mut b = package(&base_id, &base.name, None, "NOASSERTION");
             b.insert("checksums".into(), sha256_checksum(&base.digest));
             b.insert("primaryPackagePurpose".into(), json!("CONTAINER"));
             Value::Object(b)
@@ -336,7 +343,7 @@ pub fn spdx(report: &ReleaseReport) -> Value {
             } else {
                 "NOASSERTION"
             };
-            let mut p = package(&id, "etcd", &u.version, location);
+            let mut p = package(&id, "etcd", Some(&u.version), location);
             p.insert(
                 "sourceInfo".into(),
                 json!(format!("downloaded from {}", u.url)),
@@ -350,7 +357,7 @@ pub fn spdx(report: &ReleaseReport) -> Value {
         }
         for c in &image.provenance.compiles {
             let id = spdx_id(&["Etcd", &c.version, &image.arch, "built"]);
-            let mut p = package(&id, "etcd", &c.version, "NOASSERTION");
+            let mut p = package(&id, "etcd", Some(&c.version), "NOASSERTION");
             p.insert("licenseDeclared".into(), json!("Apache-2.0"));
             p.insert("primaryPackagePurpose".into(), json!("APPLICATION"));
             p.insert(
@@ -383,9 +390,12 @@ pub fn spdx(report: &ReleaseReport) -> Value {
         "dataLicense": "CC0-1.0",
         "SPDXID": "SPDXRef-DOCUMENT",
         "name": format!("{}:{}", report.image, report.tag),
+        // Unique per document (SPDX 2.3 section 6.5): the index and the report's own digest.
         "documentNamespace": format!(
-            "https://etcdimg.invalid/spdx/{}/{}",
-            report.image, report.index.digest.replace(':', "-")
+            "https://etcdimg.invalid/spdx/{}/{}/{}",
+            report.image,
+            report.index.digest.replace(':', "-"),
+            crate::fetch::cache::sha256_hex(&crate::oci::canonical_json(report))
         ),
         "creationInfo": { "created": report.created, "creators": [format!("Tool: {}", report.generator.replace(' ', "-"))] },
         "packages": packages,
@@ -442,13 +452,22 @@ pub fn fallback_tag(subject_digest: &str) -> String {
 /// Adds the artifact to the fallback tag's index (`existing` is its current bytes, if the tag
 /// exists). `None` when it is already listed: nothing to push. Entries by other tools stay.
 pub fn merge_fallback_index(
-    existing: Option<&[u8]>,
+    existing: Option<(&str, &[u8])>,
     artifact_digest: &str,
     artifact_size: u64,
     created: &str,
 ) -> Result<Option<Vec<u8>>, ReleaseError> {
     let mut index: Value = match existing {
-        Some(bytes) => serde_json::from_slice(bytes)?,
+        Some((content_type, bytes)) => {
+            let mut v: Value = serde_json::from_slice(bytes)?;
+            // `mediaType` is optional in an OCI index; the response's Content-Type then says.
+            if v.get("mediaType").is_none()
+                && content_type.starts_with(crate::oci::index::OCI_INDEX)
+            {
+                v["mediaType"] = json!(crate::oci::index::OCI_INDEX);
+            }
+            v
+        }
         None => json!({
             "schemaVersion": 2,
             "mediaType": crate::oci::index::OCI_INDEX,
@@ -621,14 +640,15 @@ mod tests {
 
     #[test]
     fn the_fallback_index_keeps_others_and_adds_once() {
+        const OCI: &str = crate::oci::index::OCI_INDEX;
         let first = merge_fallback_index(None, "sha256:a1", 5, "t")
             .unwrap()
             .unwrap();
         assert_eq!(
-            merge_fallback_index(Some(&first), "sha256:a1", 5, "t").unwrap(),
+            merge_fallback_index(Some((OCI, &first)), "sha256:a1", 5, "t").unwrap(),
             None
         );
-        let second = merge_fallback_index(Some(&first), "sha256:b2", 6, "t")
+        let second = merge_fallback_index(Some((OCI, &first)), "sha256:b2", 6, "t")
             .unwrap()
             .unwrap();
         let v: Value = serde_json::from_slice(&second).unwrap();
@@ -639,8 +659,16 @@ mod tests {
             .map(|d| d["digest"].as_str().unwrap())
             .collect();
         assert_eq!(digests, ["sha256:a1", "sha256:b2"]);
-        let docker = br#"{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.list.v2+json","manifests":[]}"#;
-        assert!(merge_fallback_index(Some(docker), "sha256:a1", 5, "t").is_err());
+        let docker: &[u8] = br#"{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.list.v2+json","manifests":[]}"#;
+        assert!(merge_fallback_index(Some((OCI, docker)), "sha256:a1", 5, "t").is_err());
+        // An index without mediaType is taken on its Content-Type.
+        let bare: &[u8] = br#"{"schemaVersion":2,"manifests":[]}"#;
+        assert!(merge_fallback_index(Some((OCI, bare)), "sha256:a1", 5, "t")
+            .unwrap()
+            .is_some());
+        assert!(
+            merge_fallback_index(Some(("application/json", bare)), "sha256:a1", 5, "t").is_err()
+        );
         assert_eq!(fallback_tag("sha256:abc"), "sha256-abc");
     }
 

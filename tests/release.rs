@@ -6,6 +6,7 @@ mod common;
 
 use std::path::Path;
 use std::process::Command;
+use std::sync::{Arc, Mutex};
 
 use common::world::*;
 use common::*;
@@ -152,8 +153,12 @@ fn plan_lists_every_upload_then_nothing_then_only_what_a_change_touches() {
     }
     assert_eq!(tag_status(&empty), ["created"; 3]);
     assert_eq!(empty["report"]["attached"], false);
-    assert_eq!(empty["summary"]["uploads"], 9); // 8 image blobs + the report
-                                                // The text form says the same, on stdout.
+    assert_eq!(empty["report"]["method"], "fallback-tag"); // distribution 2.8
+    assert_eq!(empty["report"]["fallback"]["tag"]["status"], "created");
+    // 8 image blobs + the report's empty config and JSON
+    assert_eq!(empty["summary"]["uploads"], 10, "{}", empty["summary"]);
+    assert_eq!(empty["summary"]["report_changes"], 2);
+    // The text form says the same, on stdout.
     let text = sb.etcdimg(&["plan"]);
     assert_success(&text);
     let text = stdout(&text);
@@ -188,7 +193,14 @@ fn plan_lists_every_upload_then_nothing_then_only_what_a_change_touches() {
     assert_eq!(tag_status(&after), ["unchanged"; 3]);
     assert!(actions(&after).iter().all(|(a, _, _)| a == "skip"));
     assert_eq!(after["report"]["attached"], true);
-    for key in ["uploads", "mounts", "tags_created", "tags_moved", "copies"] {
+    for key in [
+        "uploads",
+        "mounts",
+        "tags_created",
+        "tags_moved",
+        "copies",
+        "report_changes",
+    ] {
         assert_eq!(after["summary"][key], 0, "{key}: {}", after["summary"]);
     }
     assert_eq!(after["summary"]["tags_unchanged"], 3);
@@ -218,7 +230,20 @@ fn plan_lists_every_upload_then_nothing_then_only_what_a_change_touches() {
     //    digests are what the registry serves; the etcd and migrate layers change, the base
     //    layers do not.
     set_binary_mode(&sb, "0755");
-    let moved = plan(&sb, &[]);
+    // Without --force the push would stop at the first tag: plan says so and exits 1, with
+    // the whole plan on stdout.
+    let refused = sb.etcdimg(&["plan", "--json"]);
+    assert_eq!(refused.status.code(), Some(1), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("the push would stop: 3 tags already point to other digests"),
+        "{}",
+        stderr(&refused)
+    );
+    let refused = json(&refused);
+    assert_eq!(refused["summary"]["tags_refused"], 3);
+    assert_eq!(refused["index"]["refused"], true);
+    let moved = plan(&sb, &["--force", "--no-build"]);
+    assert_eq!(moved["summary"]["tags_refused"], 0);
     assert_eq!(tag_status(&moved), ["moved"; 3]);
     for (i, arch) in ["amd64", "arm64"].iter().enumerate() {
         let current = sha256(&raw(&format!(
@@ -239,11 +264,14 @@ fn plan_lists_every_upload_then_nothing_then_only_what_a_change_touches() {
     }
     let text = stdout(&sb.etcdimg(&["plan", "--no-build"]));
     assert!(
-        text.contains(&format!("move     {via}/k8s/etcd:3.5.1-0: {current} -> ")),
+        text.contains(&format!(
+            "move     {via}/k8s/etcd:3.5.1-0: {current} -> {}  (REFUSED without --force)",
+            moved["index"]["digest"].as_str().unwrap()
+        )),
         "{text}"
     );
     // One arch alone plans `push --arch`: no index.
-    let one = plan(&sb, &["--arch", "arm64", "--no-build"]);
+    let one = plan(&sb, &["--arch", "arm64", "--no-build", "--force"]);
     assert_eq!(one["images"].as_array().unwrap().len(), 1);
     assert!(one["index"].is_null());
     assert!(
@@ -426,7 +454,9 @@ fn strip_records(layout: &Path) {
 fn report_refusals_leave_the_registry_as_it_was_and_the_referrers_api_is_used_where_offered() {
     let t =
         "report_refusals_leave_the_registry_as_it_was_and_the_referrers_api_is_used_where_offered";
-    let Some(mut w) = world(t, &[]) else { return };
+    let Some(mut w) = world(t, &["curl"]) else {
+        return;
+    };
     w.local_project("");
     let (sb, host) = (&w.sb, w.host.clone());
     let layout = sb.path().join("oci");
@@ -456,43 +486,173 @@ fn report_refusals_leave_the_registry_as_it_was_and_the_referrers_api_is_used_wh
     assert!(err.contains("hint: rebuild it"), "{err}");
     assert!(tags(&host, "etcd").is_empty());
 
-    // A registry that offers the referrers API (OCI-Subject on the manifest PUT, as the
-    // distribution spec 1.1 says; 2.8 cannot, so a proxy answers for it): no fallback tag.
+    // A registry that offers the referrers API (distribution 2.8 cannot, so a proxy adds it):
+    // the artifact PUT is passed on to the registry with curl and answered with OCI-Subject;
+    // GET /v2/etcd/referrers/<index> lists what was PUT there. No fallback tag is written,
+    // and a second push finds the report listed and changes nothing.
     assert_success(&sb.etcdimg(&["all-build"]));
-    let proxy = FaultProxy::start(w.registry.port, |r| {
+    let upstream = w.registry.port;
+    let listed: Arc<Mutex<Vec<(String, String)>>> = Arc::default(); // (subject, artifact)
+    let seen = listed.clone();
+    let proxy = FaultProxy::start(upstream, move |r| {
+        let listed = seen.clone();
         if r.method == "PUT" && r.path.contains("/manifests/sha256:") {
-            Fault::Answer(Box::new(|body| {
+            let path = r.path.clone();
+            Fault::Answer(Box::new(move |body| {
                 let m: Value = serde_json::from_slice(body).unwrap();
                 let subject = m["subject"]["digest"].as_str().unwrap_or("").to_string();
-                http_response("201 Created", &[("OCI-Subject", subject)], b"")
+                let digest = path.rsplit('/').next().unwrap().to_string();
+                let file = std::env::temp_dir().join(format!("etcdimg-test-{digest}"));
+                std::fs::write(&file, body).unwrap();
+                let out = run(Command::new("curl")
+                    .args(["-sf", "-X", "PUT", "-H"])
+                    .arg("Content-Type: application/vnd.oci.image.manifest.v1+json")
+                    .arg("--data-binary")
+                    .arg(format!("@{}", file.display()))
+                    .arg(format!("http://127.0.0.1:{upstream}{path}")));
+                let _ = std::fs::remove_file(&file);
+                assert!(out.status.success());
+                listed
+                    .lock()
+                    .unwrap()
+                    .push((subject.clone(), digest.clone()));
+                http_response(
+                    "201 Created",
+                    &[("OCI-Subject", subject), ("Docker-Content-Digest", digest)],
+                    b"",
+                )
             }))
+        } else if r.method == "GET" && r.path.contains("/referrers/") {
+            let subject = r.path.rsplit('/').next().unwrap().to_string();
+            let manifests: Vec<Value> = listed
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|(s, _)| *s == subject)
+                .map(|(_, a)| serde_json::json!({"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": a}))
+                .collect();
+            let body = serde_json::to_vec(&serde_json::json!({
+                "schemaVersion": 2,
+                "mediaType": "application/vnd.oci.image.index.v1+json",
+                "manifests": manifests,
+            }))
+            .unwrap();
+            Fault::Respond(http_response(
+                "200 OK",
+                &[(
+                    "Content-Type",
+                    "application/vnd.oci.image.index.v1+json".into(),
+                )],
+                &body,
+            ))
         } else {
             Fault::Forward
         }
     });
     let via = format!("127.0.0.1:{}", proxy.port);
-    let out = sb.etcdimg(&[
-        "all-push",
-        "--json",
-        "--push-registry",
-        &via,
-        "--insecure-registry",
-        &via,
-    ]);
-    assert_success(&out);
-    let v = json(&out);
+    let push = |extra: &[&str]| {
+        let mut args = vec![
+            "all-push",
+            "--json",
+            "--push-registry",
+            &via,
+            "--insecure-registry",
+            &via,
+        ];
+        args.extend_from_slice(extra);
+        let out = sb.etcdimg(&args);
+        assert_success(&out);
+        json(&out)
+    };
+    let v = push(&[]);
+    let attached = &v["report"]["attached"];
+    assert_eq!(attached["method"], "referrers-api", "{attached}");
+    assert!(attached["fallback_tag"].is_null());
+    assert_eq!(attached["changed"], true);
+    let index = v["index"]["digest"].as_str().unwrap().to_string();
     assert_eq!(
-        v["report"]["attached"]["method"], "referrers-api",
-        "{}",
-        v["report"]
+        *listed.lock().unwrap(),
+        vec![(
+            index.clone(),
+            attached["digest"].as_str().unwrap().to_string()
+        )],
+        "the artifact PUT names the index as its subject"
     );
-    assert!(v["report"]["attached"]["fallback_tag"].is_null());
-    let fallback_puts: Vec<_> = proxy
+    // Stored for real: skopeo reads it from the registry itself.
+    let stored: Value = serde_json::from_slice(&raw(&format!(
+        "docker://{host}/etcd@{}",
+        attached["digest"].as_str().unwrap()
+    )))
+    .unwrap();
+    assert_eq!(stored["subject"]["digest"], index.as_str());
+    let again = push(&[]);
+    assert_eq!(again["report"]["attached"]["method"], "referrers-api");
+    assert_eq!(again["report"]["attached"]["changed"], false);
+    let fallback_requests: Vec<_> = proxy
         .requests()
         .into_iter()
-        .filter(|r| r.method == "PUT" && r.path.contains("/manifests/sha256-"))
+        .filter(|r| r.path.contains("/manifests/sha256-"))
         .collect();
-    assert!(fallback_puts.is_empty(), "{fallback_puts:?}");
+    assert!(fallback_requests.is_empty(), "{fallback_requests:?}");
+    assert!(!tags(&host, "etcd").iter().any(|t| t.starts_with("sha256-")));
+}
+
+#[test]
+fn a_report_left_unlisted_is_planned_and_attached_by_the_suggested_command() {
+    let t = "a_report_left_unlisted_is_planned_and_attached_by_the_suggested_command";
+    let Some(mut w) = world(t, &[]) else { return };
+    w.local_project("");
+    let (sb, host) = (&w.sb, w.host.clone());
+    // The registry fails every write of the fallback tag (until `down` is cleared): the
+    // artifact is pushed, not listed.
+    let down = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let is_down = down.clone();
+    let proxy = FaultProxy::start(w.registry.port, move |r| {
+        if r.method == "PUT"
+            && r.path.contains("/manifests/sha256-")
+            && is_down.load(std::sync::atomic::Ordering::SeqCst)
+        {
+            Fault::Respond(http_response("500 Internal Server Error", &[], b"down"))
+        } else {
+            Fault::Forward
+        }
+    });
+    let via = format!("127.0.0.1:{}", proxy.port);
+    let flags = ["--push-registry", &via, "--insecure-registry", &via];
+    let mut args = vec!["all-push"];
+    args.extend_from_slice(&flags);
+    let out = sb.etcdimg(&args);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("the index is pushed"), "{err}");
+    assert!(err.contains("is not attached"), "{err}");
+    assert!(err.contains("`etcdimg report --push --output "), "{err}");
+    assert_eq!(tags(&host, "etcd").len(), 3, "{:?}", tags(&host, "etcd"));
+
+    // plan sees the artifact there but unlisted: not "nothing to push".
+    let mut args = vec!["plan", "--json", "--no-build"];
+    args.extend_from_slice(&flags);
+    let out = sb.etcdimg(&args);
+    assert_success(&out);
+    let p = json(&out);
+    assert_eq!(p["report"]["artifact"]["tag"]["status"], "unchanged");
+    assert_eq!(p["report"]["fallback"]["tag"]["status"], "created");
+    assert_eq!(p["report"]["attached"], false);
+    assert_eq!(p["summary"]["report_changes"], 1);
+    assert_eq!(p["summary"]["uploads"], 0);
+
+    // The suggested command, once the registry takes writes again, lists it.
+    down.store(false, std::sync::atomic::Ordering::SeqCst);
+    let mut args = vec!["report", "--push", "--json"];
+    args.extend_from_slice(&flags);
+    let out = sb.etcdimg(&args);
+    assert_success(&out);
+    assert_eq!(json(&out)["attached"]["method"], "fallback-tag");
+    let mut args = vec!["plan", "--no-build"];
+    args.extend_from_slice(&flags);
+    let out = sb.etcdimg(&args);
+    assert_success(&out);
+    assert!(stdout(&out).contains("nothing to push"), "{}", stdout(&out));
 }
 
 /// The tags of `repo` (empty when the repository does not exist).
@@ -530,7 +690,7 @@ fn plan_against_an_unreachable_registry_fails_clearly() {
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
     assert!(
-        err.contains("cannot reach registry") || err.contains(&dead),
+        err.contains(&format!("cannot reach registry `{dead}`")),
         "{err}"
     );
     assert!(stdout(&out).is_empty());

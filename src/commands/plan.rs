@@ -65,6 +65,9 @@ pub struct ManifestPlan {
     pub reference: String,
     pub digest: String,
     pub tag: TagChange,
+    /// The push would refuse to move this tag (it points elsewhere; no `--force`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub refused: bool,
     pub blobs: Vec<BlobAction>,
 }
 
@@ -77,9 +80,13 @@ pub struct ImagePlan {
 
 #[derive(Debug, Serialize)]
 pub struct ReportPlan {
-    /// Digest of the report artifact a push would attach.
-    pub artifact: String,
-    /// True when the registry already holds it.
+    /// The artifact manifest, pushed by digest (`unchanged` when the registry holds it).
+    pub artifact: ManifestPlan,
+    /// `referrers-api` or `fallback-tag`.
+    pub method: String,
+    /// The fallback tag and what the push would do to it.
+    pub fallback: Option<ManifestPlan>,
+    /// True when the report is attached and listed already: nothing to do.
     pub attached: bool,
 }
 
@@ -92,6 +99,11 @@ pub struct Summary {
     pub tags_created: usize,
     pub tags_moved: usize,
     pub tags_unchanged: usize,
+    /// Tag moves the push would refuse without `--force` (the push would stop before any
+    /// upload).
+    pub tags_refused: usize,
+    /// Release report changes: the artifact to push, the fallback tag to write.
+    pub report_changes: usize,
     /// Per-arch manifests copied into the index repository by digest (legacy naming).
     pub copies: usize,
     pub downloads: usize,
@@ -101,7 +113,13 @@ pub struct Summary {
 impl Summary {
     /// True when a push would change nothing in the registry.
     pub fn is_noop(&self) -> bool {
-        self.uploads + self.mounts + self.tags_created + self.tags_moved + self.copies == 0
+        self.uploads
+            + self.mounts
+            + self.tags_created
+            + self.tags_moved
+            + self.copies
+            + self.report_changes
+            == 0
     }
 }
 
@@ -192,7 +210,12 @@ async fn blob_actions(
     Ok(out)
 }
 
-async fn image_plan(pusher: &Pusher, img: &ArchImage, known: &mut Known) -> Result<ImagePlan> {
+async fn image_plan(
+    pusher: &Pusher,
+    img: &ArchImage,
+    force: bool,
+    known: &mut Known,
+) -> Result<ImagePlan> {
     let t = &img.target;
     let tag = pusher
         .check_tag(&t.repository, &t.tag, &img.manifest.digest, true)
@@ -220,6 +243,7 @@ async fn image_plan(pusher: &Pusher, img: &ArchImage, known: &mut Known) -> Resu
         manifest: ManifestPlan {
             reference: t.reference(),
             digest: img.manifest.digest.clone(),
+            refused: refused(&tag, force),
             tag,
             blobs,
         },
@@ -280,6 +304,7 @@ async fn copy_plan(
         } else {
             TagChange::Untagged
         },
+        refused: false,
         blobs,
     }))
 }
@@ -312,6 +337,7 @@ fn summarise(plan: &mut Plan) {
     let mut s = Summary::default();
     let tagged = plan.images.iter().map(|i| &i.manifest).chain(&plan.index);
     for m in tagged {
+        s.tags_refused += usize::from(m.refused);
         match &m.tag {
             TagChange::Created => s.tags_created += 1,
             TagChange::Moved(_) => s.tags_moved += 1,
@@ -324,7 +350,8 @@ fn summarise(plan: &mut Plan) {
         .iter()
         .filter(|c| c.tag == TagChange::Untagged)
         .count();
-    for m in plan.manifests() {
+    let report = plan.report.iter().map(|r| &r.artifact);
+    for m in plan.manifests().chain(report) {
         for b in &m.blobs {
             match b.action.as_str() {
                 "upload" => {
@@ -337,9 +364,10 @@ fn summarise(plan: &mut Plan) {
         }
     }
     if let Some(r) = &plan.report {
-        if !r.attached {
-            s.uploads += 1;
-        }
+        s.report_changes = usize::from(r.artifact.tag == TagChange::Untagged)
+            + r.fallback
+                .as_ref()
+                .map_or(0, |f| usize::from(f.tag != TagChange::Unchanged));
     }
     s.downloads = plan.local.iter().filter(|l| l.action == "download").count();
     s.compiles = plan.local.iter().filter(|l| l.action == "compile").count();
@@ -382,7 +410,7 @@ pub async fn plan(
         plan.registry = img.target.registry.clone();
         // 2 + 3.
         plan.images
-            .push(image_plan(&pusher, &img, &mut known).await?);
+            .push(image_plan(&pusher, &img, options.push.force, &mut known).await?);
         summarise(&mut plan);
         return Ok(plan);
     }
@@ -391,7 +419,7 @@ pub async fn plan(
     plan.registry = p.target.registry.clone();
     for img in &p.images {
         plan.images
-            .push(image_plan(&pusher, img, &mut known).await?);
+            .push(image_plan(&pusher, img, options.push.force, &mut known).await?);
     }
     // 4.
     for img in &p.images {
@@ -406,28 +434,134 @@ pub async fn plan(
     plan.index = Some(ManifestPlan {
         reference: p.target.reference(),
         digest: p.built.digest.clone(),
+        refused: refused(&tag, options.push.force),
         tag,
         blobs: Vec::new(),
     });
     if let Some(report_options) = &options.push.report {
-        let report = report::assemble(settings, &p)?;
-        let (_, artifact) = report::artifact(settings, &p, &report, report_options.spdx);
-        let attached = pusher
-            .manifest_digest(&p.target.repository, &artifact.digest)
-            .await?
-            .is_some();
-        plan.report = Some(ReportPlan {
-            artifact: artifact.digest,
-            attached,
-        });
+        plan.report =
+            Some(report_plan(settings, &p, &pusher, report_options.spdx, &mut known).await?);
     }
     summarise(&mut plan);
     Ok(plan)
 }
 
+/// A tag move the push would refuse.
+fn refused(tag: &TagChange, force: bool) -> bool {
+    matches!(tag, TagChange::Moved(_)) && !force
+}
+
+/// What attaching the release report would do: push the artifact (its blobs as any image's),
+/// then list it through the referrers API or under the fallback tag, as `report::attach` would.
+async fn report_plan(
+    settings: &Settings,
+    p: &push::IndexPlan,
+    pusher: &Pusher,
+    spdx: bool,
+    known: &mut Known,
+) -> Result<ReportPlan> {
+    let repo = &p.target.repository;
+    let report = report::assemble(settings, p)?;
+    let artifact = report::artifact(settings, p, &report, spdx);
+    let present = pusher
+        .manifest_digest(repo, &artifact.digest)
+        .await?
+        .is_some();
+    let list = artifact.blob_list();
+    let blobs: Vec<LocalBlob> = list
+        .iter()
+        .map(|(digest, size, _)| LocalBlob {
+            digest: digest.clone(),
+            size: *size,
+            path: Default::default(),
+        })
+        .collect();
+    let contents: Vec<String> = list.into_iter().map(|(_, _, what)| what).collect();
+    let blobs = if present {
+        Vec::new()
+    } else {
+        blob_actions(pusher, repo, &blobs, &contents, &[], known).await?
+    };
+    let listing = report::listing(pusher, p, &artifact, &report.created, None, !present).await?;
+    let (method, fallback) = match listing {
+        report::Listing::Api => ("referrers-api", None),
+        report::Listing::Fallback { tag, write } => {
+            let change = match write {
+                None => TagChange::Unchanged,
+                Some((_, None)) => TagChange::Created,
+                Some((_, Some(previous))) => TagChange::Moved(previous),
+            };
+            let fallback = ManifestPlan {
+                reference: format!("{}/{repo}:{tag}", p.target.registry),
+                digest: String::new(),
+                tag: change,
+                refused: false,
+                blobs: Vec::new(),
+            };
+            ("fallback-tag", Some(fallback))
+        }
+    };
+    let attached = present
+        && fallback
+            .as_ref()
+            .map_or(true, |f| f.tag == TagChange::Unchanged);
+    Ok(ReportPlan {
+        artifact: ManifestPlan {
+            reference: format!("{}/{repo}@{}", p.target.registry, artifact.digest),
+            digest: artifact.digest,
+            tag: if present {
+                TagChange::Unchanged
+            } else {
+                TagChange::Untagged
+            },
+            refused: false,
+            blobs,
+        },
+        method: method.into(),
+        fallback,
+        attached,
+    })
+}
+
 fn read_only(settings: &Settings, registry: &str, reporter: Arc<dyn Reporter>) -> Result<Pusher> {
     let full = push::pusher(settings, registry, reporter)?;
     Ok(Pusher::read_only(full.transport))
+}
+
+fn tag_line(m: &ManifestPlan) -> String {
+    let line = match &m.tag {
+        TagChange::Created => format!("create   {} -> {}", m.reference, m.digest),
+        TagChange::Moved(prev) => format!("move     {}: {prev} -> {}", m.reference, m.digest),
+        TagChange::Unchanged if m.reference.ends_with(&m.digest) => {
+            format!("keep     {}", m.reference)
+        }
+        TagChange::Unchanged => format!("keep     {} = {}", m.reference, m.digest),
+        TagChange::Untagged => format!("copy     {}", m.reference),
+    };
+    if m.refused {
+        format!("{line}  (REFUSED without --force)")
+    } else {
+        line
+    }
+}
+
+fn blob_lines(out: &mut String, blobs: &[BlobAction]) {
+    use std::fmt::Write;
+    for b in blobs.iter().filter(|b| b.action != "skip") {
+        let from = b
+            .from
+            .as_deref()
+            .map(|f| format!(" from {f}"))
+            .unwrap_or_default();
+        let _ = writeln!(
+            out,
+            "  {:<6} {} {:>10} {}{from}",
+            b.action,
+            short(&b.digest),
+            b.size,
+            b.content
+        );
+    }
 }
 
 /// The plan as text for a terminal: one line per change, then a summary.
@@ -438,44 +572,28 @@ pub fn render(plan: &Plan) -> String {
         let _ = writeln!(out, "{:<9} {:<8} {}", l.action, l.arch, l.what);
     }
     for m in plan.manifests() {
-        let tag = match &m.tag {
-            TagChange::Created => format!("create   {} -> {}", m.reference, m.digest),
-            TagChange::Moved(prev) => format!("move     {}: {prev} -> {}", m.reference, m.digest),
-            TagChange::Unchanged if m.reference.ends_with(&m.digest) => {
-                format!("keep     {}", m.reference)
-            }
-            TagChange::Unchanged => format!("keep     {} = {}", m.reference, m.digest),
-            TagChange::Untagged => format!("copy     {}", m.reference),
-        };
-        let _ = writeln!(out, "{tag}");
-        for b in m.blobs.iter().filter(|b| b.action != "skip") {
-            let from = b
-                .from
-                .as_deref()
-                .map(|f| format!(" from {f}"))
-                .unwrap_or_default();
-            let _ = writeln!(
-                out,
-                "  {:<6} {} {:>10} {}{from}",
-                b.action,
-                short(&b.digest),
-                b.size,
-                b.content
-            );
-        }
+        let _ = writeln!(out, "{}", tag_line(m));
+        blob_lines(&mut out, &m.blobs);
     }
     if let Some(r) = &plan.report {
-        let _ = writeln!(
-            out,
-            "{}  release report {}",
-            if r.attached { "keep   " } else { "attach " },
-            r.artifact
-        );
+        if r.attached {
+            let _ = writeln!(out, "keep     release report {}", r.artifact.reference);
+        } else {
+            let _ = writeln!(
+                out,
+                "attach   release report {} ({})",
+                r.artifact.reference, r.method
+            );
+            blob_lines(&mut out, &r.artifact.blobs);
+            if let Some(f) = &r.fallback {
+                let _ = writeln!(out, "  {}", tag_line(f));
+            }
+        }
     }
     let s = &plan.summary;
     let _ = writeln!(
         out,
-        "summary: {} to upload ({} bytes), {} to mount, {} skipped; {} manifests to copy; tags: {} created, {} moved, {} unchanged{}",
+        "summary: {} to upload ({} bytes), {} to mount, {} skipped; {} manifests to copy; tags: {} created, {} moved, {} unchanged; {} release report changes{}{}",
         s.uploads,
         s.upload_bytes,
         s.mounts,
@@ -484,6 +602,15 @@ pub fn render(plan: &Plan) -> String {
         s.tags_created,
         s.tags_moved,
         s.tags_unchanged,
+        s.report_changes,
+        if s.tags_refused > 0 {
+            format!(
+                "; all-push would REFUSE: {} tags point elsewhere (pass --force to move them)",
+                s.tags_refused
+            )
+        } else {
+            String::new()
+        },
         if s.is_noop() { "; nothing to push" } else { "" }
     );
     out
@@ -521,6 +648,7 @@ mod tests {
                     reference: "r/etcd:t-linux-amd64".into(),
                     digest: "sha256:m".into(),
                     tag: TagChange::Moved("sha256:old".into()),
+                    refused: true,
                     blobs: vec![blob("upload", 10), blob("mount", 5), blob("skip", 7)],
                 },
             }],
@@ -529,11 +657,26 @@ mod tests {
                 reference: "r/etcd:t".into(),
                 digest: "sha256:i".into(),
                 tag: TagChange::Unchanged,
+                refused: false,
                 blobs: vec![],
             }),
             report: Some(ReportPlan {
-                artifact: "sha256:a".into(),
-                attached: true,
+                artifact: ManifestPlan {
+                    reference: "r/etcd@sha256:a".into(),
+                    digest: "sha256:a".into(),
+                    tag: TagChange::Untagged,
+                    refused: false,
+                    blobs: vec![blob("upload", 3)],
+                },
+                method: "fallback-tag".into(),
+                fallback: Some(ManifestPlan {
+                    reference: "r/etcd:sha256-i".into(),
+                    digest: String::new(),
+                    tag: TagChange::Created,
+                    refused: false,
+                    blobs: vec![],
+                }),
+                attached: false,
             }),
             summary: Summary::default(),
         };
@@ -541,15 +684,18 @@ mod tests {
         let s = &plan.summary;
         assert_eq!(
             (s.uploads, s.upload_bytes, s.mounts, s.skips),
-            (1, 10, 1, 1)
+            (2, 13, 1, 1)
         );
         assert_eq!((s.tags_created, s.tags_moved, s.tags_unchanged), (0, 1, 1));
+        assert_eq!((s.tags_refused, s.report_changes), (1, 2));
         assert!(!s.is_noop());
         let text = render(&plan);
         assert!(
-            text.contains("move     r/etcd:t-linux-amd64: sha256:old -> sha256:m"),
+            text.contains("move     r/etcd:t-linux-amd64: sha256:old -> sha256:m  (REFUSED"),
             "{text}"
         );
+        assert!(text.contains("  create   r/etcd:sha256-i"), "{text}");
+        assert!(text.contains("all-push would REFUSE: 1 tags"), "{text}");
         assert!(!text.contains("skip "), "{text}");
     }
 

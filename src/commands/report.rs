@@ -16,7 +16,7 @@ use serde::Serialize;
 use super::push::{IndexPlan, Target};
 use crate::oci::image;
 use crate::oci::index;
-use crate::registry::push::{LocalBlob, LocalManifest, TagChange};
+use crate::registry::push::{LocalBlob, LocalManifest, Pusher};
 use crate::release::{self, ArtifactBlob, ReleaseReport};
 use crate::settings::Settings;
 
@@ -145,43 +145,153 @@ fn write_files(dir: &Path, blobs: &[ArtifactBlob]) -> Result<Written> {
     })
 }
 
-/// The artifact manifest for `report` over the index in `plan`, and its blobs.
+/// The report artifact, in memory: its blobs (JSON, then SPDX) and its manifest.
+pub(crate) struct Artifact {
+    pub blobs: Vec<ArtifactBlob>,
+    pub manifest: Vec<u8>,
+    /// `sha256:<hex>` of `manifest`.
+    pub digest: String,
+}
+
+impl Artifact {
+    /// Every blob the manifest names, in its order (the empty config first): digest, size, what.
+    pub fn blob_list(&self) -> Vec<(String, u64, String)> {
+        std::iter::once((release::EMPTY_CONFIG, "empty config".to_string()))
+            .chain(
+                self.blobs
+                    .iter()
+                    .map(|b| (b.bytes.as_slice(), b.title.clone())),
+            )
+            .map(|(bytes, what)| {
+                (
+                    format!("sha256:{}", crate::fetch::cache::sha256_hex(bytes)),
+                    bytes.len() as u64,
+                    what,
+                )
+            })
+            .collect()
+    }
+}
+
+/// The artifact for `report` over the index in `plan`. Nothing is written.
 pub(crate) fn artifact(
     settings: &Settings,
     plan: &IndexPlan,
     report: &ReleaseReport,
     spdx: bool,
-) -> (Vec<ArtifactBlob>, LocalManifest) {
+) -> Artifact {
     let blobs = blobs(settings, report, spdx);
-    let bytes = release::artifact_manifest(&index_ref(plan), &blobs, &report.created);
+    let manifest = release::artifact_manifest(&index_ref(plan), &blobs, &report.created);
+    Artifact {
+        digest: format!("sha256:{}", crate::fetch::cache::sha256_hex(&manifest)),
+        manifest,
+        blobs,
+    }
+}
+
+/// Puts the artifact's blobs into the layout (the pusher uploads from files).
+fn stage(plan: &IndexPlan, artifact: &Artifact) -> Result<LocalManifest> {
     let mut local = Vec::new();
-    for b in [release::EMPTY_CONFIG]
-        .iter()
-        .copied()
-        .chain(blobs.iter().map(|b| b.bytes.as_slice()))
+    for bytes in std::iter::once(release::EMPTY_CONFIG)
+        .chain(artifact.blobs.iter().map(|b| b.bytes.as_slice()))
     {
-        let hex = plan
-            .layout
-            .put_blob_bytes(b)
-            .expect("the layout accepts blobs");
+        let hex = plan.layout.put_blob_bytes(bytes)?;
         local.push(LocalBlob {
             digest: format!("sha256:{hex}"),
-            size: b.len() as u64,
+            size: bytes.len() as u64,
             path: plan.layout.blob_path(&hex),
         });
     }
-    let manifest = LocalManifest {
+    Ok(LocalManifest {
         media_type: index::OCI_MANIFEST.into(),
-        digest: format!("sha256:{}", crate::fetch::cache::sha256_hex(&bytes)),
-        bytes,
+        digest: artifact.digest.clone(),
+        bytes: artifact.manifest.clone(),
         blobs: local,
+    })
+}
+
+/// What listing the artifact under the index needs, found out read-only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Listing {
+    /// The registry's referrers API lists it (or will, when the artifact is PUT).
+    Api,
+    /// The fallback tag: `None` when it already lists the artifact, else the index to PUT and
+    /// the digest the tag points to now (if it exists).
+    Fallback {
+        tag: String,
+        write: Option<(Vec<u8>, Option<String>)>,
+    },
+}
+
+/// The fallback tag's index with the artifact added (`None`: already listed), and the digest
+/// the tag points to now, if it exists.
+async fn fallback_merge(
+    pusher: &Pusher,
+    plan: &IndexPlan,
+    tag: &str,
+    artifact: &Artifact,
+    created: &str,
+) -> Result<Option<(Vec<u8>, Option<String>)>> {
+    let (registry, repository) = (&plan.target.registry, &plan.target.repository);
+    let existing = pusher
+        .get_manifest(repository, tag)
+        .await
+        .context("reading the referrers fallback tag")?;
+    let merged = release::merge_fallback_index(
+        existing.as_ref().map(|(t, b)| (t.as_str(), b.as_slice())),
+        &artifact.digest,
+        artifact.manifest.len() as u64,
+        created,
+    )
+    .map_err(|e| {
+        anyhow::Error::new(e).context(crate::UserError::new(
+            format!("cannot list the report under {registry}/{repository}:{tag}"),
+            "that tag is reserved for referrers of the index (OCI distribution spec 1.1); remove what another tool put there",
+        ))
+    })?;
+    let previous = existing.map(|(_, b)| format!("sha256:{}", crate::fetch::cache::sha256_hex(&b)));
+    Ok(merged.map(|bytes| (bytes, previous)))
+}
+
+/// How the artifact is (or would be) listed. `put`: the registry's answer to this run's PUT of
+/// the artifact (`Some(OCI-Subject)`); `None` when nothing was PUT, so the referrers API is
+/// asked whether it lists the artifact. Per the distribution spec 1.1, a PUT answered without
+/// `OCI-Subject` means the client keeps the fallback tag.
+pub(crate) async fn listing(
+    pusher: &Pusher,
+    plan: &IndexPlan,
+    artifact: &Artifact,
+    created: &str,
+    put: Option<Option<&str>>,
+    will_put: bool,
+) -> Result<Listing> {
+    let subject = &plan.built.digest;
+    let api = match put {
+        Some(Some(s)) if s == subject => true,
+        Some(Some(other)) => {
+            pusher.transport.reporter().warn(&format!(
+                "the registry answered OCI-Subject {other}, not the index {subject}; listing the report under the fallback tag as well"
+            ));
+            false
+        }
+        Some(None) => false,
+        None => match pusher.referrers(&plan.target.repository, subject).await? {
+            // A registry with the API indexes the artifact when it is PUT.
+            Some(listed) => will_put || listed.contains(&artifact.digest),
+            None => false,
+        },
     };
-    (blobs, manifest)
+    if api {
+        return Ok(Listing::Api);
+    }
+    let tag = release::fallback_tag(subject);
+    let write = fallback_merge(pusher, plan, &tag, artifact, created).await?;
+    Ok(Listing::Fallback { tag, write })
 }
 
 /// Pushes the artifact by digest and makes it findable from the index: through the referrers
 /// API where the registry has it, else under the fallback tag.
-async fn attach(plan: &IndexPlan, manifest: &LocalManifest, created: &str) -> Result<Attached> {
+async fn attach(plan: &IndexPlan, artifact: &Artifact, created: &str) -> Result<Attached> {
     let pusher = &plan.pusher;
     let Target {
         registry,
@@ -199,18 +309,13 @@ async fn attach(plan: &IndexPlan, manifest: &LocalManifest, created: &str) -> Re
             "push it first: etcdimg push-manifest (or all-push, which attaches the report itself)",
         ));
     }
+    let manifest = stage(plan, artifact)?;
     let pushed = pusher
-        .push(repository, manifest, &manifest.digest, &[], false)
+        .push(repository, &manifest, &manifest.digest, &[], false)
         .await
         .context("pushing the release report artifact")?;
-    let mut changed =
-        pushed.blobs_uploaded + pushed.blobs_mounted > 0 || pushed.oci_subject.is_some();
-    let api = match &pushed.oci_subject {
-        Some(s) if *s == subject => true,
-        Some(_) => false,
-        // Already there (nothing was PUT), or a registry that does not answer OCI-Subject.
-        None => pusher.has_referrers_api(repository, &subject).await?,
-    };
+    let mut changed = pushed.manifest_put;
+    let put = pushed.manifest_put.then_some(pushed.oci_subject.as_deref());
     let mut attached = Attached {
         artifact: format!("{registry}/{repository}@{}", manifest.digest),
         digest: manifest.digest.clone(),
@@ -219,45 +324,56 @@ async fn attach(plan: &IndexPlan, manifest: &LocalManifest, created: &str) -> Re
         fallback_tag: None,
         changed,
     };
-    if api {
+    let Listing::Fallback { tag, mut write } =
+        listing(pusher, plan, artifact, created, put, false).await?
+    else {
         return Ok(attached);
-    }
-    let tag = release::fallback_tag(&subject);
-    let existing = pusher
-        .get_manifest(repository, &tag)
-        .await
-        .context("reading the referrers fallback tag")?;
-    let merged = release::merge_fallback_index(
-        existing.as_ref().map(|(_, b)| b.as_slice()),
-        &manifest.digest,
-        manifest.bytes.len() as u64,
-        created,
-    )
-    .map_err(|e| {
-        anyhow::Error::new(e).context(crate::UserError::new(
-            format!("cannot list the report under {registry}/{repository}:{tag}"),
-            "that tag is reserved for referrers of the index (OCI distribution spec 1.1); remove what another tool put there",
-        ))
-    })?;
-    if let Some(bytes) = merged {
+    };
+    // Read, merge, write, read back: another tool may write the same tag at the same time.
+    let mut attempts = 0;
+    while let Some((bytes, _)) = write {
+        attempts += 1;
+        if attempts > 3 {
+            anyhow::bail!(crate::UserError::new(
+                format!("the report is pushed but {registry}/{repository}:{tag} keeps losing it"),
+                "another tool is rewriting the referrers fallback tag at the same time; run etcdimg report --push again",
+            ));
+        }
         let index = LocalManifest {
             media_type: index::OCI_INDEX.into(),
             digest: format!("sha256:{}", crate::fetch::cache::sha256_hex(&bytes)),
             bytes,
             blobs: Vec::new(),
         };
-        // The fallback tag is a list that grows: moving it is its purpose, and the merge above
-        // kept every entry it had.
-        let outcome = pusher
+        // The fallback tag is a list that grows: moving it is its purpose, and the merge kept
+        // every entry it had.
+        pusher
             .push(repository, &index, &tag, &[], true)
             .await
             .context("listing the report under the referrers fallback tag")?;
-        changed |= outcome.tag != TagChange::Unchanged;
+        changed = true;
+        write = fallback_merge(pusher, plan, &tag, artifact, created).await?;
     }
     attached.method = "fallback-tag".into();
     attached.fallback_tag = Some(format!("{registry}/{repository}:{tag}"));
     attached.changed = changed;
     Ok(attached)
+}
+
+/// The command that attaches the report later, with this run's settings.
+fn retry_command(plan: &IndexPlan, options: &ReportOptions) -> String {
+    let mut cmd = format!(
+        "etcdimg report --push --output {} --report-dir {}",
+        plan.layout.root().display(),
+        options.dir.display()
+    );
+    if options.spdx {
+        cmd.push_str(" --spdx");
+    }
+    if plan.built.media_type != index::OCI_INDEX {
+        cmd.push_str(" --manifest-format docker");
+    }
+    cmd
 }
 
 /// `etcdimg report`: the report for the index over the layout's images; `push` attaches it.
@@ -283,16 +399,17 @@ pub(crate) async fn write_and_attach(
     push: bool,
 ) -> Result<ReportOutcome> {
     let report = assemble(settings, plan)?;
-    let (blobs, manifest) = artifact(settings, plan, &report, options.spdx);
-    let written = write_files(&options.dir, &blobs)?;
+    let artifact = artifact(settings, plan, &report, options.spdx);
+    let written = write_files(&options.dir, &artifact.blobs)?;
     let attached = if push {
         Some(
-            attach(plan, &manifest, &report.created)
+            attach(plan, &artifact, &report.created)
                 .await
                 .with_context(|| {
                     format!(
-                        "the release report (written to {}) is not attached; once the cause is fixed, `etcdimg report --push` attaches it",
-                        written.json
+                        "the release report (written to {}) is not attached; once the cause is fixed, `{}` attaches it",
+                        written.json,
+                        retry_command(plan, options)
                     )
                 })?,
         )

@@ -83,6 +83,9 @@ pub struct PushOutcome {
     /// manifest for the referrers API.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub oci_subject: Option<String>,
+    /// True when the manifest was PUT by this push (false: it was already there).
+    #[serde(skip)]
+    pub manifest_put: bool,
 }
 
 enum BlobResult {
@@ -268,9 +271,13 @@ impl Pusher {
         Ok(Some((media_type, body.to_vec())))
     }
 
-    /// Does the registry serve the referrers API (`GET /v2/<repo>/referrers/<digest>` answers
-    /// with an index)? A 404 means it does not, and clients use the fallback tag.
-    pub async fn has_referrers_api(&self, repo: &str, digest: &str) -> Result<bool, RegistryError> {
+    /// The digests the registry lists as referrers of `digest` (`GET /v2/<repo>/referrers/
+    /// <digest>`), or `None` when it has no referrers API (distribution 2.x answers 404).
+    pub async fn referrers(
+        &self,
+        repo: &str,
+        digest: &str,
+    ) -> Result<Option<Vec<String>>, RegistryError> {
         self.transport.want_scope(repo, self.actions);
         let url = self
             .transport
@@ -288,7 +295,32 @@ impl Pusher {
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with(crate::oci::index::OCI_INDEX));
-        Ok(response.status() == StatusCode::OK && is_index)
+        if response.status() != StatusCode::OK || !is_index {
+            return Ok(None);
+        }
+        let body = response.bytes().await.map_err(|e| RegistryError::Request {
+            op: what.clone(),
+            reference: self.transport.registry.clone(),
+            message: crate::fetch::http::error_chain(&e),
+            hint: None,
+        })?;
+        let index: serde_json::Value =
+            serde_json::from_slice(&body).map_err(|e| RegistryError::Request {
+                op: what,
+                reference: self.transport.registry.clone(),
+                message: format!("the referrers list is not JSON: {e}"),
+                hint: None,
+            })?;
+        Ok(Some(
+            index["manifests"]
+                .as_array()
+                .map(|m| {
+                    m.iter()
+                        .filter_map(|d| d["digest"].as_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        ))
     }
 
     /// The size of `digest` in `repo`, if the registry has it there.
@@ -664,6 +696,7 @@ impl Pusher {
             blobs_present: 0,
             bytes_uploaded: 0,
             oci_subject: None,
+            manifest_put: false,
         };
         if is_digest(reference) {
             if self.manifest_digest(repo, reference).await?.is_some() {
@@ -737,6 +770,7 @@ impl Pusher {
         if response.status() != StatusCode::CREATED {
             return Err(t.unexpected(&what, response).await);
         }
+        outcome.manifest_put = true;
         outcome.oci_subject = response
             .headers()
             .get("oci-subject")

@@ -5,8 +5,10 @@
 //! Why not `Reference::from_str`: its regex spells the tag with Unicode `\w`, and compiling it
 //! costs ~15 ms of CPU once per process, a third of a re-push or a plan. The grammar is small;
 //! the tests below check this parser against oci-spec's on a table of valid and invalid
-//! references. One deliberate difference: tags are ASCII (`[A-Za-z0-9_]`, as Go's `\w` is),
-//! where the Rust regex's `\w` would also take non-ASCII letters no registry accepts.
+//! references. Deliberate differences, all stricter and all as distribution itself parses:
+//! tags are ASCII (`[A-Za-z0-9_]`, as Go's `\w` is, where the Rust regex's `\w` also takes
+//! non-ASCII letters); a first component without `.`, `:` or `localhost` is a path, so it must
+//! be lowercase (oci-spec takes `Foo/bar`); digest hex is lowercase (go-digest).
 
 use oci_client::Reference;
 
@@ -93,7 +95,11 @@ fn digest(s: &str) -> Result<(), String> {
         }
         _ => return Err("invalid reference format".into()),
     };
-    if !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+    // Lowercase only, as go-digest (and so every distribution registry) demands.
+    if !hex
+        .chars()
+        .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
+    {
         return Err("invalid reference format".into());
     }
     if hex.len() != length {
@@ -222,6 +228,20 @@ mod tests {
         ] {
             assert!(parse(s).is_err(), "accepted {s:?}");
             assert!(Reference::from_str(s).is_err(), "oci-spec accepts {s:?}");
+        }
+        // Stricter than oci-spec, as distribution is.
+        for s in [
+            "Foo/bar".to_string(),
+            "LOCALHOST/x".into(),
+            "my_org.io/x".into(),
+            format!("x@sha256:{}", "AB".repeat(32)),
+            "x:t\u{e9}g".into(),
+        ] {
+            assert!(parse(&s).is_err(), "accepted {s:?}");
+            assert!(
+                Reference::from_str(&s).is_ok(),
+                "oci-spec refuses {s:?} too"
+            );
         }
         let long = format!("x/{}", "a".repeat(255));
         assert!(parse(&long).is_err());

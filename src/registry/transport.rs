@@ -475,7 +475,12 @@ impl Transport {
         let detail = error_detail(response).await;
         let hint = match status {
             StatusCode::FORBIDDEN => Some(format!(
-                "the account has no push access to this repository on {}",
+                "the account has no {} access to this repository on {}",
+                if what.starts_with("HEAD") || what.starts_with("GET") {
+                    "pull"
+                } else {
+                    "push"
+                },
                 self.registry
             )),
             StatusCode::NOT_FOUND => Some("check the repository name and the registry".into()),
