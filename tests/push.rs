@@ -1042,6 +1042,21 @@ fn bearer_tokens_with_scopes_and_identity_tokens_on_a_token_auth_registry() {
         "{log:#?}"
     );
 
+    // plan needs read access only: every token it asks for has pull scopes, none push.
+    tokens.log.lock().unwrap().clear();
+    let out = sb.etcdimg(&["plan", "--json", "--no-build"]);
+    assert_success(&out);
+    assert_eq!(json(&out)["summary"]["tags_unchanged"], 3);
+    let log = tokens.log.lock().unwrap().clone();
+    assert!(!log.is_empty(), "plan asked for no token");
+    for q in &log {
+        assert!(
+            q.scopes.iter().all(|s| s.ends_with(":pull")),
+            "plan asked for more than pull: {:?}",
+            q.scopes
+        );
+    }
+
     // An identity token: exchanged with the OAuth2 refresh-token grant (POST), never shown.
     tokens.log.lock().unwrap().clear();
     let cfg = docker_config(
