@@ -187,12 +187,7 @@ pub fn client(options: &RegistryOptions) -> Result<Client, RegistryError> {
         ..Default::default()
     };
     if let Some(ca) = &options.ca_cert {
-        let data = std::fs::read(ca).map_err(|e| RegistryError::Request {
-            op: "reading CA certificate".into(),
-            reference: ca.display().to_string(),
-            message: e.to_string(),
-            hint: None,
-        })?;
+        let data = transport::read_ca_cert(ca)?;
         config
             .extra_root_certificates
             .push(oci_client::client::Certificate {

@@ -97,18 +97,24 @@ pub struct Transport {
 }
 
 /// Builds the HTTP client: system roots plus `ca_cert`.
+/// The extra CA certificate (PEM) of `--ca-cert` / `ca_cert`, for both HTTP clients (the push
+/// transport here and oci-client's for base pulls).
+pub fn read_ca_cert(path: &Path) -> Result<Vec<u8>, RegistryError> {
+    std::fs::read(path).map_err(|e| RegistryError::Request {
+        op: "reading the CA certificate".into(),
+        reference: path.display().to_string(),
+        message: e.to_string(),
+        hint: Some("--ca-cert (or ca_cert in images.toml) must name a PEM file".into()),
+    })
+}
+
 pub fn http_client(ca_cert: Option<&Path>) -> Result<reqwest::Client, RegistryError> {
     let mut builder = reqwest::Client::builder()
         .user_agent(concat!("etcdimg/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(Duration::from_secs(10))
         .read_timeout(Duration::from_secs(120));
     if let Some(path) = ca_cert {
-        let pem = std::fs::read(path).map_err(|e| RegistryError::Request {
-            op: "reading the CA certificate".into(),
-            reference: path.display().to_string(),
-            message: e.to_string(),
-            hint: Some("--ca-cert (or ca_cert in images.toml) must name a PEM file".into()),
-        })?;
+        let pem = read_ca_cert(path)?;
         let certs =
             reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| RegistryError::Request {
                 op: "reading the CA certificate".into(),
