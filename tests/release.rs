@@ -51,6 +51,18 @@ fn pyspdxtools(test: &str) -> Option<std::path::PathBuf> {
     require(test, "pyspdxtools").then(|| which("pyspdxtools").unwrap())
 }
 
+/// A 200 answer carrying an empty OCI image index.
+fn empty_oci_index() -> Vec<u8> {
+    http_response(
+        "200 OK",
+        &[(
+            "Content-Type",
+            "application/vnd.oci.image.index.v1+json".into(),
+        )],
+        br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#,
+    )
+}
+
 /// Requests the proxy saw from index `from` on that could change the registry.
 fn writes(proxy: &FaultProxy, from: usize) -> Vec<String> {
     proxy.requests()[from..]
@@ -588,6 +600,28 @@ fn report_refusals_leave_the_registry_as_it_was_and_the_referrers_api_is_used_wh
     let again = push(&[]);
     assert_eq!(again["report"]["attached"]["method"], "referrers-api");
     assert_eq!(again["report"]["attached"]["changed"], false);
+    // The API forgets it (as after a registry upgrade): plan says the artifact is PUT again,
+    // and the push does so, which lists it.
+    listed.lock().unwrap().clear();
+    let args = vec![
+        "plan",
+        "--json",
+        "--no-build",
+        "--push-registry",
+        &via,
+        "--insecure-registry",
+        &via,
+    ];
+    let out = sb.etcdimg(&args);
+    assert_success(&out);
+    let p = json(&out);
+    assert_eq!(p["report"]["method"], "referrers-api");
+    assert_eq!(p["report"]["artifact"]["tag"]["status"], "untagged");
+    assert_eq!(p["summary"]["report_changes"], 1);
+    let third = push(&[]);
+    assert_eq!(third["report"]["attached"]["method"], "referrers-api");
+    assert_eq!(third["report"]["attached"]["changed"], true);
+    assert_eq!(listed.lock().unwrap().len(), 1);
     let fallback_requests: Vec<_> = proxy
         .requests()
         .into_iter()
@@ -595,6 +629,45 @@ fn report_refusals_leave_the_registry_as_it_was_and_the_referrers_api_is_used_wh
         .collect();
     assert!(fallback_requests.is_empty(), "{fallback_requests:?}");
     assert!(!tags(&host, "etcd").iter().any(|t| t.starts_with("sha256-")));
+    drop(proxy);
+
+    // A registry whose referrers API answers, but whose PUT does not say OCI-Subject: per the
+    // spec the client keeps the fallback tag.
+    let proxy = FaultProxy::start(upstream, |r| {
+        if r.method == "GET" && r.path.contains("/referrers/") {
+            Fault::Respond(empty_oci_index())
+        } else {
+            Fault::Forward
+        }
+    });
+    let via = format!("127.0.0.1:{}", proxy.port);
+    let out = sb.etcdimg(&[
+        "all-push",
+        "--json",
+        "--revision",
+        "7",
+        "--push-registry",
+        &via,
+        "--insecure-registry",
+        &via,
+    ]);
+    assert_success(&out);
+    let v = json(&out);
+    assert_eq!(
+        v["report"]["attached"]["method"], "fallback-tag",
+        "{}",
+        v["report"]
+    );
+    let index = v["index"]["digest"].as_str().unwrap();
+    let fallback: Value = serde_json::from_slice(&raw(&format!(
+        "docker://{host}/etcd:{}",
+        index.replace(':', "-")
+    )))
+    .unwrap();
+    assert_eq!(
+        fallback["manifests"][0]["digest"],
+        v["report"]["attached"]["digest"]
+    );
 }
 
 #[test]
@@ -626,7 +699,7 @@ fn a_report_left_unlisted_is_planned_and_attached_by_the_suggested_command() {
     let err = stderr(&out);
     assert!(err.contains("the index is pushed"), "{err}");
     assert!(err.contains("is not attached"), "{err}");
-    assert!(err.contains("`etcdimg report --push --output "), "{err}");
+    assert!(err.contains(" etcdimg report --push --config "), "{err}");
     assert_eq!(tags(&host, "etcd").len(), 3, "{:?}", tags(&host, "etcd"));
 
     // plan sees the artifact there but unlisted: not "nothing to push".
@@ -641,18 +714,69 @@ fn a_report_left_unlisted_is_planned_and_attached_by_the_suggested_command() {
     assert_eq!(p["summary"]["report_changes"], 1);
     assert_eq!(p["summary"]["uploads"], 0);
 
-    // The suggested command, once the registry takes writes again, lists it.
+    // The suggested command, run as printed, once the registry takes writes again, lists it.
     down.store(false, std::sync::atomic::Ordering::SeqCst);
-    let mut args = vec!["report", "--push", "--json"];
-    args.extend_from_slice(&flags);
-    let out = sb.etcdimg(&args);
+    let command = err
+        .split("once the cause is fixed, `")
+        .nth(1)
+        .and_then(|rest| rest.split('`').next())
+        .unwrap_or_else(|| panic!("no command in: {err}"))
+        .replace(
+            "etcdimg report",
+            &format!("{} report", env!("CARGO_BIN_EXE_etcdimg")),
+        );
+    let mut sh = Command::new("sh");
+    sh.arg("-c")
+        .arg(&command)
+        .current_dir(sb.path())
+        .env("HOME", sb.path());
+    for (k, v) in &sb.env {
+        sh.env(k, v);
+    }
+    for k in [
+        "ETCDIMG_CONFIG",
+        "ETCDIMG_OUTPUT",
+        "PUSH_REGISTRY",
+        "ALL_ARCH",
+        "REVISION",
+    ] {
+        sh.env_remove(k); // the command must carry them itself
+    }
+    let out = sh.output().unwrap();
     assert_success(&out);
-    assert_eq!(json(&out)["attached"]["method"], "fallback-tag");
     let mut args = vec!["plan", "--no-build"];
     args.extend_from_slice(&flags);
     let out = sb.etcdimg(&args);
     assert_success(&out);
     assert!(stdout(&out).contains("nothing to push"), "{}", stdout(&out));
+    drop(proxy);
+
+    // A registry that keeps serving a stale fallback tag: three writes, then a clear error.
+    let stale = FaultProxy::start(w.registry.port, |r| {
+        if r.method == "GET" && r.path.contains("/manifests/sha256-") {
+            Fault::Respond(empty_oci_index())
+        } else {
+            Fault::Forward
+        }
+    });
+    let via = format!("127.0.0.1:{}", stale.port);
+    let out = sb.etcdimg(&[
+        "all-push",
+        "--push-registry",
+        &via,
+        "--insecure-registry",
+        &via,
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("keeps losing it"), "{err}");
+    let writes = stale
+        .requests()
+        .into_iter()
+        .filter(|r| r.method == "PUT" && r.path.contains("/manifests/sha256-"))
+        .count();
+    // Bounded: the first write lands, the next ones find the tag already holding those bytes.
+    assert!((1..=3).contains(&writes), "{writes} writes");
 }
 
 /// The tags of `repo` (empty when the repository does not exist).

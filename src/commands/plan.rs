@@ -483,17 +483,25 @@ async fn report_plan(
         blob_actions(pusher, repo, &blobs, &contents, &[], known).await?
     };
     let listing = report::listing(pusher, p, &artifact, &report.created, None, !present).await?;
+    // A present artifact the referrers API does not list is PUT again.
+    let put = !present || listing == report::Listing::ApiAfterPut;
     let (method, fallback) = match listing {
-        report::Listing::Api => ("referrers-api", None),
+        report::Listing::Api | report::Listing::ApiAfterPut => ("referrers-api", None),
+        report::Listing::Undecided => (
+            "decided by the push: the repository does not exist yet",
+            None,
+        ),
         report::Listing::Fallback { tag, write } => {
-            let change = match write {
-                None => TagChange::Unchanged,
-                Some((_, None)) => TagChange::Created,
-                Some((_, Some(previous))) => TagChange::Moved(previous),
+            let (change, digest) = match write {
+                None => (TagChange::Unchanged, String::new()),
+                Some((bytes, previous)) => (
+                    previous.map_or(TagChange::Created, TagChange::Moved),
+                    format!("sha256:{}", crate::fetch::cache::sha256_hex(&bytes)),
+                ),
             };
             let fallback = ManifestPlan {
                 reference: format!("{}/{repo}:{tag}", p.target.registry),
-                digest: String::new(),
+                digest,
                 tag: change,
                 refused: false,
                 blobs: Vec::new(),
@@ -501,7 +509,7 @@ async fn report_plan(
             ("fallback-tag", Some(fallback))
         }
     };
-    let attached = present
+    let attached = !put
         && fallback
             .as_ref()
             .map_or(true, |f| f.tag == TagChange::Unchanged);
@@ -509,10 +517,10 @@ async fn report_plan(
         artifact: ManifestPlan {
             reference: format!("{}/{repo}@{}", p.target.registry, artifact.digest),
             digest: artifact.digest,
-            tag: if present {
-                TagChange::Unchanged
-            } else {
+            tag: if put {
                 TagChange::Untagged
+            } else {
+                TagChange::Unchanged
             },
             refused: false,
             blobs,
@@ -585,7 +593,11 @@ pub fn render(plan: &Plan) -> String {
                 r.artifact.reference, r.method
             );
             blob_lines(&mut out, &r.artifact.blobs);
-            if let Some(f) = &r.fallback {
+            if let Some(f) = r
+                .fallback
+                .as_ref()
+                .filter(|f| f.tag != TagChange::Unchanged)
+            {
                 let _ = writeln!(out, "  {}", tag_line(f));
             }
         }

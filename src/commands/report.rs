@@ -16,7 +16,7 @@ use serde::Serialize;
 use super::push::{IndexPlan, Target};
 use crate::oci::image;
 use crate::oci::index;
-use crate::registry::push::{LocalBlob, LocalManifest, Pusher};
+use crate::registry::push::{LocalBlob, LocalManifest, Pusher, Referrers};
 use crate::release::{self, ArtifactBlob, ReleaseReport};
 use crate::settings::Settings;
 
@@ -215,6 +215,11 @@ fn stage(plan: &IndexPlan, artifact: &Artifact) -> Result<LocalManifest> {
 pub(crate) enum Listing {
     /// The registry's referrers API lists it (or will, when the artifact is PUT).
     Api,
+    /// The referrers API does not list the artifact, which is already there (for example
+    /// attached through the fallback tag before the registry gained the API): PUT it again.
+    ApiAfterPut,
+    /// The repository does not exist yet on a registry with the API: the push decides.
+    Undecided,
     /// The fallback tag: `None` when it already lists the artifact, else the index to PUT and
     /// the digest the tag points to now (if it exists).
     Fallback {
@@ -266,23 +271,24 @@ pub(crate) async fn listing(
     will_put: bool,
 ) -> Result<Listing> {
     let subject = &plan.built.digest;
-    let api = match put {
-        Some(Some(s)) if s == subject => true,
-        Some(Some(other)) => {
-            pusher.transport.reporter().warn(&format!(
-                "the registry answered OCI-Subject {other}, not the index {subject}; listing the report under the fallback tag as well"
-            ));
-            false
-        }
-        Some(None) => false,
-        None => match pusher.referrers(&plan.target.repository, subject).await? {
+    match put {
+        Some(Some(s)) if s == subject => return Ok(Listing::Api),
+        Some(Some(other)) => pusher.transport.reporter().warn(&format!(
+            "the registry answered OCI-Subject {other}, not the index {subject}; listing the report under the fallback tag"
+        )),
+        Some(None) => {}
+        None => match pusher
+            .referrers(&plan.target.repository, subject)
+            .await?
+        {
             // A registry with the API indexes the artifact when it is PUT.
-            Some(listed) => will_put || listed.contains(&artifact.digest),
-            None => false,
+            Referrers::Listed(listed) if will_put || listed.contains(&artifact.digest) => {
+                return Ok(Listing::Api)
+            }
+            Referrers::Listed(_) => return Ok(Listing::ApiAfterPut),
+            Referrers::UnknownRepository => return Ok(Listing::Undecided),
+            Referrers::NoApi => {}
         },
-    };
-    if api {
-        return Ok(Listing::Api);
     }
     let tag = release::fallback_tag(subject);
     let write = fallback_merge(pusher, plan, &tag, artifact, created).await?;
@@ -291,7 +297,12 @@ pub(crate) async fn listing(
 
 /// Pushes the artifact by digest and makes it findable from the index: through the referrers
 /// API where the registry has it, else under the fallback tag.
-async fn attach(plan: &IndexPlan, artifact: &Artifact, created: &str) -> Result<Attached> {
+async fn attach(
+    plan: &IndexPlan,
+    artifact: &Artifact,
+    created: &str,
+    retry: &str,
+) -> Result<Attached> {
     let pusher = &plan.pusher;
     let Target {
         registry,
@@ -324,19 +335,44 @@ async fn attach(plan: &IndexPlan, artifact: &Artifact, created: &str) -> Result<
         fallback_tag: None,
         changed,
     };
-    let Listing::Fallback { tag, mut write } =
-        listing(pusher, plan, artifact, created, put, false).await?
-    else {
-        return Ok(attached);
+    let mut found = listing(pusher, plan, artifact, created, put, false).await?;
+    if found == Listing::ApiAfterPut {
+        // Already there but not listed: a PUT is idempotent and makes the registry index it.
+        let answer = pusher
+            .put_manifest_again(repository, &manifest)
+            .await
+            .context("pushing the release report artifact again for the referrers API")?;
+        changed = true;
+        attached.changed = true;
+        found = listing(
+            pusher,
+            plan,
+            artifact,
+            created,
+            Some(answer.as_deref()),
+            false,
+        )
+        .await?;
+    }
+    let (tag, mut write) = match found {
+        Listing::Api => return Ok(attached),
+        Listing::Fallback { tag, write } => (tag, write),
+        Listing::ApiAfterPut | Listing::Undecided => anyhow::bail!(
+            "the registry lists no referrers for the index it holds; cannot attach the report"
+        ),
     };
     // Read, merge, write, read back: another tool may write the same tag at the same time.
+    // (The distribution API has no conditional PUT: an entry another tool adds between our
+    // read and write can still be lost; the read-back only guarantees ours.)
     let mut attempts = 0;
     while let Some((bytes, _)) = write {
         attempts += 1;
         if attempts > 3 {
             anyhow::bail!(crate::UserError::new(
                 format!("the report is pushed but {registry}/{repository}:{tag} keeps losing it"),
-                "another tool is rewriting the referrers fallback tag at the same time; run etcdimg report --push again",
+                format!(
+                    "another tool is rewriting the referrers fallback tag at the same time (or the registry serves stale reads); run `{retry}` again",
+                ),
             ));
         }
         let index = LocalManifest {
@@ -360,13 +396,49 @@ async fn attach(plan: &IndexPlan, artifact: &Artifact, created: &str) -> Result<
     Ok(attached)
 }
 
-/// The command that attaches the report later, with this run's settings.
-fn retry_command(plan: &IndexPlan, options: &ReportOptions) -> String {
-    let mut cmd = format!(
-        "etcdimg report --push --output {} --report-dir {}",
-        plan.layout.root().display(),
-        options.dir.display()
-    );
+fn sh_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:=@,+".contains(c))
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+/// The command that attaches the report later: every setting the report depends on, spelled
+/// out, so it works whatever flags and environment this run had.
+fn retry_command(settings: &Settings, plan: &IndexPlan, options: &ReportOptions) -> String {
+    let arches: Vec<&str> = settings.arches.iter().map(|a| a.name()).collect();
+    let bundled: Vec<String> = settings.bundled.iter().map(|v| v.to_string()).collect();
+    let mut cmd = format!("ALL_ARCH={} ", sh_quote(&arches.join(" ")));
+    if settings.source_date_epoch != 0 {
+        cmd.push_str(&format!(
+            "SOURCE_DATE_EPOCH={} ",
+            settings.source_date_epoch
+        ));
+    }
+    cmd.push_str(&format!(
+        "etcdimg report --push --config {} --output {} --report-dir {} --etcd-version {} --bundled-versions {} --revision {} --registry {} --push-registry {}",
+        sh_quote(&settings.config_path.display().to_string()),
+        sh_quote(&plan.layout.root().display().to_string()),
+        sh_quote(&options.dir.display().to_string()),
+        settings.latest,
+        sh_quote(&bundled.join(",")),
+        sh_quote(&settings.revision),
+        sh_quote(&settings.registry),
+        sh_quote(&settings.push_registry),
+    ));
+    for r in &settings.insecure_registries {
+        cmd.push_str(&format!(" --insecure-registry {}", sh_quote(r)));
+    }
+    if let Some(ca) = &settings.ca_cert {
+        cmd.push_str(&format!(
+            " --ca-cert {}",
+            sh_quote(&ca.display().to_string())
+        ));
+    }
     if options.spdx {
         cmd.push_str(" --spdx");
     }
@@ -402,14 +474,14 @@ pub(crate) async fn write_and_attach(
     let artifact = artifact(settings, plan, &report, options.spdx);
     let written = write_files(&options.dir, &artifact.blobs)?;
     let attached = if push {
+        let retry = retry_command(settings, plan, options);
         Some(
-            attach(plan, &artifact, &report.created)
+            attach(plan, &artifact, &report.created, &retry)
                 .await
                 .with_context(|| {
                     format!(
-                        "the release report (written to {}) is not attached; once the cause is fixed, `{}` attaches it",
+                        "the release report (written to {}) is not attached; once the cause is fixed, `{retry}` attaches it",
                         written.json,
-                        retry_command(plan, options)
                     )
                 })?,
         )

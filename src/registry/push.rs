@@ -34,6 +34,27 @@ const STREAM_PIECE: usize = 256 << 10;
 /// Blobs uploaded at once: enough to overlap round trips, few enough not to thrash 2 cores.
 const CONCURRENT_BLOBS: usize = 3;
 
+/// The referrers of a manifest, as the registry tells them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Referrers {
+    /// The referrers API answered: these digests refer to the manifest.
+    Listed(Vec<String>),
+    /// The registry has no referrers API (clients use the fallback tag).
+    NoApi,
+    /// A registry with the API does not have the repository yet.
+    UnknownRepository,
+}
+
+/// The target of a `Link: <url>; rel="next"` header.
+fn next_link(header: &str) -> Option<&str> {
+    header.split(',').find_map(|part| {
+        let (target, params) = part.split_once(';')?;
+        params
+            .contains("rel=\"next\"")
+            .then(|| target.trim().trim_start_matches('<').trim_end_matches('>'))
+    })
+}
+
 /// A blob on local disk.
 #[derive(Debug, Clone)]
 pub struct LocalBlob {
@@ -271,56 +292,113 @@ impl Pusher {
         Ok(Some((media_type, body.to_vec())))
     }
 
-    /// The digests the registry lists as referrers of `digest` (`GET /v2/<repo>/referrers/
-    /// <digest>`), or `None` when it has no referrers API (distribution 2.x answers 404).
-    pub async fn referrers(
-        &self,
-        repo: &str,
-        digest: &str,
-    ) -> Result<Option<Vec<String>>, RegistryError> {
+    /// What the registry lists as referrers of `digest` (`GET /v2/<repo>/referrers/<digest>`,
+    /// every page of its `Link` chain).
+    pub async fn referrers(&self, repo: &str, digest: &str) -> Result<Referrers, RegistryError> {
         self.transport.want_scope(repo, self.actions);
-        let url = self
+        let mut url = self
             .transport
             .url(&format!("/v2/{repo}/referrers/{digest}"))?;
         let what = format!("GET referrers of {}", self.reference(repo, digest));
+        let mut listed = Vec::new();
+        for _ in 0..100 {
+            let response = self
+                .transport
+                .send(&what, &|c| {
+                    c.get(url.clone())
+                        .header(ACCEPT, crate::oci::index::OCI_INDEX)
+                })
+                .await?;
+            let status = response.status();
+            let is_index = response
+                .headers()
+                .get(CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.starts_with(crate::oci::index::OCI_INDEX));
+            let next = response
+                .headers()
+                .get(reqwest::header::LINK)
+                .and_then(|v| v.to_str().ok())
+                .and_then(next_link)
+                .map(String::from);
+            let body = response.bytes().await.map_err(|e| RegistryError::Request {
+                op: what.clone(),
+                reference: self.transport.registry.clone(),
+                message: crate::fetch::http::error_chain(&e),
+                hint: None,
+            })?;
+            if status == StatusCode::NOT_FOUND {
+                // A registry with the API says NAME_UNKNOWN for a repository it does not have;
+                // one without it (distribution 2.x: "404 page not found") knows no such route.
+                let unknown = String::from_utf8_lossy(&body).contains("NAME_UNKNOWN");
+                return Ok(if unknown && listed.is_empty() {
+                    Referrers::UnknownRepository
+                } else {
+                    Referrers::NoApi
+                });
+            }
+            if status != StatusCode::OK || !is_index {
+                return Err(RegistryError::Request {
+                    op: what,
+                    reference: self.transport.registry.clone(),
+                    message: format!("{status}, expected an OCI image index or 404"),
+                    hint: Some(
+                        "the registry's referrers API does not follow the distribution spec 1.1"
+                            .into(),
+                    ),
+                });
+            }
+            let index: serde_json::Value =
+                serde_json::from_slice(&body).map_err(|e| RegistryError::Request {
+                    op: what.clone(),
+                    reference: self.transport.registry.clone(),
+                    message: format!("the referrers list is not JSON: {e}"),
+                    hint: None,
+                })?;
+            listed.extend(
+                index["manifests"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|d| d["digest"].as_str().map(String::from)),
+            );
+            match next {
+                Some(link) => url = self.transport.url(&link)?,
+                None => return Ok(Referrers::Listed(listed)),
+            }
+        }
+        Ok(Referrers::Listed(listed))
+    }
+
+    /// PUTs `manifest` by digest again (idempotent; its blobs must be there), for a registry
+    /// that should index its `subject`. Returns the `OCI-Subject` answer.
+    pub async fn put_manifest_again(
+        &self,
+        repo: &str,
+        manifest: &LocalManifest,
+    ) -> Result<Option<String>, RegistryError> {
+        self.transport.want_scope(repo, self.actions);
+        let url = self
+            .transport
+            .url(&format!("/v2/{repo}/manifests/{}", manifest.digest))?;
+        let what = format!("PUT manifest {}", self.reference(repo, &manifest.digest));
+        let body = Bytes::from(manifest.bytes.clone());
         let response = self
             .transport
             .send(&what, &|c| {
-                c.get(url.clone())
-                    .header(ACCEPT, crate::oci::index::OCI_INDEX)
+                c.put(url.clone())
+                    .header(CONTENT_TYPE, manifest.media_type.as_str())
+                    .body(body.clone())
             })
             .await?;
-        let is_index = response
-            .headers()
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with(crate::oci::index::OCI_INDEX));
-        if response.status() != StatusCode::OK || !is_index {
-            return Ok(None);
+        if response.status() != StatusCode::CREATED {
+            return Err(self.transport.unexpected(&what, response).await);
         }
-        let body = response.bytes().await.map_err(|e| RegistryError::Request {
-            op: what.clone(),
-            reference: self.transport.registry.clone(),
-            message: crate::fetch::http::error_chain(&e),
-            hint: None,
-        })?;
-        let index: serde_json::Value =
-            serde_json::from_slice(&body).map_err(|e| RegistryError::Request {
-                op: what,
-                reference: self.transport.registry.clone(),
-                message: format!("the referrers list is not JSON: {e}"),
-                hint: None,
-            })?;
-        Ok(Some(
-            index["manifests"]
-                .as_array()
-                .map(|m| {
-                    m.iter()
-                        .filter_map(|d| d["digest"].as_str().map(String::from))
-                        .collect()
-                })
-                .unwrap_or_default(),
-        ))
+        Ok(response
+            .headers()
+            .get("oci-subject")
+            .and_then(|v| v.to_str().ok())
+            .map(String::from))
     }
 
     /// The size of `digest` in `repo`, if the registry has it there.
@@ -802,6 +880,15 @@ impl Pusher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn next_links() {
+        assert_eq!(
+            next_link(r#"</v2/r/referrers/sha256:a?n=1&last=x>; rel="next""#),
+            Some("/v2/r/referrers/sha256:a?n=1&last=x")
+        );
+        assert_eq!(next_link(r#"<https://a/b>; rel="prev""#), None);
+    }
 
     #[test]
     fn ranges() {
