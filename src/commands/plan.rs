@@ -22,7 +22,7 @@ use super::push::{self, ArchImage, PushOptions, Target};
 use super::report;
 use crate::fetch::cache::Cache;
 use crate::platform::Arch;
-use crate::registry::push::{LocalBlob, Pusher, TagChange};
+use crate::registry::push::{short, LocalBlob, Pusher, TagChange};
 use crate::report::Reporter;
 use crate::settings::Settings;
 
@@ -183,12 +183,8 @@ async fn blob_actions(
         };
         if known.has(repo, &blob.digest) {
             action.reason = Some("pushed earlier in this run".into());
-        } else if let Some(size) = pusher.blob_size(repo, &blob.digest).await? {
-            if size == blob.size || size == 0 {
-                action.reason = Some("already in the repository".into());
-            } else {
-                action.action = "upload".into();
-            }
+        } else if pusher.has_blob(repo, blob).await? {
+            action.reason = Some("already in the repository".into());
         } else {
             action.action = "upload".into();
         }
@@ -626,11 +622,6 @@ pub fn render(plan: &Plan) -> String {
         if s.is_noop() { "; nothing to push" } else { "" }
     );
     out
-}
-
-fn short(digest: &str) -> &str {
-    let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
-    &hex[..hex.len().min(12)]
 }
 
 #[cfg(test)]

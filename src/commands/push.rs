@@ -472,9 +472,9 @@ pub async fn push_manifest(
 ) -> Result<PushReport> {
     let started = Instant::now();
     let p = plan_index(settings, options, reporter)?;
-    check_report(settings, &p, options)?;
+    let assembled = check_report(settings, &p, options)?;
     let outcome = push_index(settings, &p, options.force).await?;
-    let report = attach_report(settings, &p, options).await?;
+    let report = attach_report(settings, &p, options, assembled).await?;
     Ok(push_report(
         &p.pusher,
         options,
@@ -502,11 +502,11 @@ pub async fn all_push(
         .map(|i| (&i.target, i.manifest.digest.as_str()))
         .collect();
     planned.push((&p.target, p.built.digest.as_str()));
-    check_report(settings, &p, options)?;
+    let assembled = check_report(settings, &p, options)?;
     precheck_tags(&p.pusher, &planned, options.force).await?;
     let pushed = push_images(&p.pusher, &p.images, options.force).await?;
     let outcome = push_index(settings, &p, options.force).await?;
-    let report = attach_report(settings, &p, options).await?;
+    let report = attach_report(settings, &p, options, assembled).await?;
     Ok(push_report(
         &p.pusher,
         options,
@@ -519,11 +519,17 @@ pub async fn all_push(
 
 /// Before anything is pushed: the release report can be assembled (every image has a build
 /// record that matches it), so a run never stops between the index and its report.
-fn check_report(settings: &Settings, plan: &IndexPlan, options: &PushOptions) -> Result<()> {
-    if options.report.is_some() {
-        report::assemble(settings, plan).context("nothing was pushed")?;
+fn check_report(
+    settings: &Settings,
+    plan: &IndexPlan,
+    options: &PushOptions,
+) -> Result<Option<release::ReleaseReport>> {
+    if options.report.is_none() {
+        return Ok(None);
     }
-    Ok(())
+    Ok(Some(
+        report::assemble(settings, plan).context("nothing was pushed")?,
+    ))
 }
 
 /// After the index: the release report, written and attached (unless `--no-report`).
@@ -531,11 +537,12 @@ async fn attach_report(
     settings: &Settings,
     plan: &IndexPlan,
     options: &PushOptions,
+    assembled: Option<release::ReleaseReport>,
 ) -> Result<Option<ReportRef>> {
-    let Some(report_options) = &options.report else {
+    let (Some(report_options), Some(assembled)) = (&options.report, assembled) else {
         return Ok(None);
     };
-    let outcome = report::write_and_attach(settings, plan, report_options, true)
+    let outcome = report::write_and_attach(settings, plan, report_options, assembled, true)
         .await
         .context("the index is pushed")?;
     Ok(Some(ReportRef {

@@ -460,17 +460,19 @@ pub async fn report(
         .as_ref()
         .expect("the report verb always has report options");
     let plan = super::push::plan_index(settings, push_options, reporter)?;
-    write_and_attach(settings, &plan, options, push).await
+    let report = assemble(settings, &plan)?;
+    write_and_attach(settings, &plan, options, report, push).await
 }
 
-/// Writes the report for the index in `plan` and, when `push`, attaches it in the registry.
+/// Writes `report` (assembled for the index in `plan`) and, when `push`, attaches it in the
+/// registry.
 pub(crate) async fn write_and_attach(
     settings: &Settings,
     plan: &IndexPlan,
     options: &ReportOptions,
+    report: ReleaseReport,
     push: bool,
 ) -> Result<ReportOutcome> {
-    let report = assemble(settings, plan)?;
     let artifact = artifact(settings, plan, &report, options.spdx);
     let written = write_files(&options.dir, &artifact.blobs)?;
     let attached = if push {

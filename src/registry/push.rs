@@ -136,7 +136,8 @@ fn is_digest(reference: &str) -> bool {
     reference.starts_with("sha256:")
 }
 
-fn short(digest: &str) -> &str {
+/// The first 12 hex digits of a digest, for messages.
+pub(crate) fn short(digest: &str) -> &str {
     let hex = digest.strip_prefix("sha256:").unwrap_or(digest);
     &hex[..hex.len().min(12)]
 }
@@ -399,6 +400,15 @@ impl Pusher {
             .get("oci-subject")
             .and_then(|v| v.to_str().ok())
             .map(String::from))
+    }
+
+    /// Does `repo` hold `blob`? A size of 0 counts: some registries send no Content-Length on
+    /// HEAD. Another size means a different blob under that name: upload it again.
+    pub async fn has_blob(&self, repo: &str, blob: &LocalBlob) -> Result<bool, RegistryError> {
+        Ok(self
+            .blob_size(repo, &blob.digest)
+            .await?
+            .is_some_and(|size| size == blob.size || size == 0))
     }
 
     /// The size of `digest` in `repo`, if the registry has it there.
@@ -717,11 +727,9 @@ impl Pusher {
         mount_from: &[String],
         overall: &dyn Progress,
     ) -> Result<BlobResult, RegistryError> {
-        if let Some(size) = self.blob_size(repo, &blob.digest).await? {
-            if size == blob.size || size == 0 {
-                overall.advance(blob.size);
-                return Ok(BlobResult::Present);
-            }
+        if self.has_blob(repo, blob).await? {
+            overall.advance(blob.size);
+            return Ok(BlobResult::Present);
         }
         let mut session: Option<reqwest::Url> = None;
         for from in mount_from.iter().filter(|f| f.as_str() != repo) {
