@@ -97,6 +97,15 @@ if [ ! -x "$out/bin/etcd-v2-dump" ] || [ "$root/scripts/etcd-v2-dump/main.go" -n
     mv "$out/bin/etcd-v2-dump.tmp" "$out/bin/etcd-v2-dump"
 fi
 
+# etcd-db-dump: reads an etcd backend file with bbolt's own Go package (the migrate tests check
+# migrate's bbolt reader against it).
+if [ ! -x "$out/bin/etcd-db-dump" ] || [ "$root/scripts/etcd-db-dump/main.go" -nt "$out/bin/etcd-db-dump" ]; then
+    log "building etcd-db-dump from Debian's bbolt source"
+    (cd "$root/scripts/etcd-db-dump" && GOPATH=/usr/share/gocode GO111MODULE=off CGO_ENABLED=0 \
+        go build -trimpath -o "$out/bin/etcd-db-dump.tmp" .)
+    mv "$out/bin/etcd-db-dump.tmp" "$out/bin/etcd-db-dump"
+fi
+
 # SHA256SUMS per release folder, as upstream publishes them (`sha256sum *.tar.gz`).
 for dir in "$out"/mirror/v*; do
     (cd "$dir" && sha256sum -- *.tar.gz >SHA256SUMS.tmp && mv SHA256SUMS.tmp SHA256SUMS)

@@ -1,16 +1,25 @@
-//! Running the steps that need etcd: today the one-minor upgrade (rollback is next).
+//! The etcd3 steps: the one-minor upgrade and the one-minor rollback, and the crash recovery
+//! both share.
 //!
-//! An upgrade never risks the only copy of the data:
-//! 1. fingerprint the keyspace with the current minor's etcd (read-only);
-//! 2. copy the data dir to `.<name>.migrate-backup` beside it (temp name, fsync, rename);
-//! 3. write the journal `.<name>.migrate-journal` (atomic): step, versions, fingerprint;
-//! 4. start the new etcd on the data, fingerprint, stop; a difference restores the backup;
-//! 5. write version.txt; 6. remove the journal, then the backup.
+//! Neither step lets etcd open the data dir for the change itself. Each builds a verified copy
+//! beside it and swaps it in by rename:
+//! - **upgrade** ([`upgrade`]): stage a copy at `.<name>.migrate-new` (hard links for the files
+//!   etcd never rewrites, see [`crate::stage`]), run the new etcd on the copy, stop it, compare
+//!   the copy's backend fingerprint with the original's ([`crate::backend`], read offline),
+//!   write version.txt into the copy, swap;
+//! - **rollback** ([`rollback`]): restore the original's bbolt file (a cleanly stopped member's
+//!   backend is a snapshot) with the target's tool into `.<name>.migrate-new`, run the target
+//!   etcd on it, stop it, compare fingerprints, write version.txt, swap.
 //!
-//! A crash anywhere converges on rerun ([`recover`]): a journal whose step is recorded in
-//! version.txt is finished (journal and backup removed); one that is not restores the backup
-//! over the data dir and the step runs again; a backup without a journal is an unfinished copy
-//! of data that nothing has touched, and is removed.
+//! Before either, [`settle`] makes sure the backend holds everything: a data dir left by an
+//! etcd that crashed can hold requests only its WAL has, or an unfinished compaction, and the
+//! data's own etcd applies them first (a clean stop leaves none, and then no etcd is started
+//! for the "before" side at all).
+//!
+//! The swap ([`swap_in`]) writes a journal `.<name>.migrate-journal` first, then renames the
+//! data dir aside (`.<name>.migrate-old`) and the copy into its place. A crash anywhere converges
+//! on rerun ([`recover`]): no journal means the copy is scratch and is removed; a journal means
+//! version.txt decides whether the swap happened (clean up) or not (put the original back).
 
 use std::fs;
 use std::io;
@@ -21,11 +30,9 @@ use semver::Version;
 use serde_json::Value;
 
 use crate::datadir::{fsync_dir, write_atomic, DataDir};
-
-use crate::fingerprint::{self, Fingerprint};
 use crate::server::{Launch, Peers, Server};
 use crate::version::{Storage, VersionPair};
-use crate::{log, options::Options, MigrateError};
+use crate::{backend, log, options::Options, process, raftlog, stage, MigrateError};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -171,11 +178,23 @@ pub fn recover(options: &Options, data_dir: &DataDir) -> Result<(), MigrateError
     let journal = match fs::read_to_string(&side.journal) {
         Ok(text) => text,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            // Without a journal nothing irreversible happened: leftovers are copies.
-            if side.backup.exists() || side.new.exists() || side.snapshot.exists() {
-                log("removing copies left by an interrupted run (the data dir was not touched)");
+            // Without a journal nothing irreversible is under way: leftovers are copies, or
+            // the original of a swap that finished (the journal goes before the original).
+            if !options.data_dir.exists() && side.old.exists() {
+                // Cannot happen after a swap (the journal outlives the renames), but if the
+                // data dir is missing the original is the one thing to keep.
+                log("the data dir is missing and a set-aside original exists; putting it back");
+                fs::rename(&side.old, &options.data_dir).map_err(io_err(&side.old))?;
+            }
+            if side.backup.exists()
+                || side.new.exists()
+                || side.snapshot.exists()
+                || side.old.exists()
+            {
+                log("removing copies left by an interrupted run");
                 remove_tree(&side.backup)?;
                 remove_tree(&side.new)?;
+                remove_tree(&side.old)?;
                 let _ = fs::remove_file(&side.snapshot);
             }
             return Ok(());
@@ -194,12 +213,15 @@ pub fn recover(options: &Options, data_dir: &DataDir) -> Result<(), MigrateError
             path: side.journal.display().to_string(),
             message: "no target version".into(),
         })?;
-    if record.get("step").and_then(Value::as_str) == Some("rollback") {
+    let step = record.get("step").and_then(Value::as_str).unwrap_or("step");
+    // Rollbacks always swap; upgrades swap since the working-copy engine (older journals of
+    // upgrades and every etcd2 conversion name a backup instead).
+    if step == "rollback" || record.get("method").and_then(Value::as_str) == Some("swap") {
         let storage = match record.get("storage").and_then(Value::as_str) {
             Some("etcd2") => Storage::Etcd2,
             _ => Storage::Etcd3,
         };
-        recover_rollback(options, &VersionPair::new(to, storage))?;
+        recover_swap(options, step, &VersionPair::new(to, storage))?;
         fs::remove_file(&side.journal).map_err(io_err(&side.journal))?;
         return Ok(());
     }
@@ -280,105 +302,378 @@ pub fn peers(options: &Options) -> Peers {
     )
 }
 
-/// What differs between the fingerprints around a step. A single member is alone with its
-/// data (private ports), so the keyspace must be identical. A member of a live multi-member
-/// cluster catches up with writes the others took while it was stopped: there its revision
-/// may only move forward, and the keyspace is compared when it did not move.
-fn compare(options: &Options, before: &Fingerprint, after: &Fingerprint) -> Vec<String> {
-    if matches!(peers(options), Peers::Cluster { .. }) {
-        if after.revision < before.revision {
-            let mut diffs = before.differences(after);
-            diffs.insert(
-                0,
-                format!(
-                    "the member's revision went back from {} to {}",
-                    before.revision, after.revision
-                ),
-            );
-            return diffs;
-        }
-        if after.revision > before.revision {
-            log(&format!(
-                "the cluster moved from revision {} to {} during the step (the other members took writes); the member caught up, so the keyspace is not compared",
-                before.revision, after.revision
-            ));
-            return Vec::new();
+/// The fingerprints around one step, as the JSON report shows them, and how long its phases took.
+#[derive(Debug, Clone, Default)]
+pub struct StepFingerprints {
+    pub before: Value,
+    pub after: Value,
+    /// Phase name -> seconds, in order.
+    pub seconds: Vec<(&'static str, f64)>,
+}
+
+/// Times the phases of a step.
+pub(crate) struct Phases {
+    last: std::time::Instant,
+    pub seconds: Vec<(&'static str, f64)>,
+}
+
+impl Phases {
+    pub(crate) fn start() -> Phases {
+        Phases {
+            last: std::time::Instant::now(),
+            seconds: Vec::new(),
         }
     }
-    before.differences(after)
+
+    /// Records the time since the previous mark as `phase`.
+    pub(crate) fn mark(&mut self, phase: &'static str) {
+        let now = std::time::Instant::now();
+        self.seconds.push((phase, (now - self.last).as_secs_f64()));
+        self.last = now;
+    }
 }
 
-fn run_and_fingerprint(
+/// Why the backend of `dir` may lack something its WAL holds, if it may: a compaction that was
+/// scheduled but not finished, requests after the backend's consistent index that change the v3
+/// store, or a WAL tail that does not read to its end. `None`: the backend is complete.
+pub fn unsettled(dir: &Path) -> Result<Option<String>, MigrateError> {
+    let db = backend::db_path(dir);
+    if !db.is_file() {
+        return Ok(Some("no backend file yet".into()));
+    }
+    let meta = backend::meta(&db).map_err(|e| damaged(dir, e.to_string()))?;
+    if meta.scheduled_compact > meta.finished_compact {
+        return Ok(Some(format!(
+            "a compaction to revision {} that was not finished",
+            meta.scheduled_compact
+        )));
+    }
+    let wal_dir = dir.join("member/wal");
+    let tail = raftlog::tail_after(&wal_dir, meta.consistent_index).map_err(io_err(&wal_dir))?;
+    if let Some(why) = tail.damaged {
+        return Ok(Some(format!("a WAL tail that etcd must repair ({why})")));
+    }
+    if tail.requests > 0 {
+        return Ok(Some(format!(
+            "{} requests in the WAL after the backend's consistent index {}",
+            tail.requests, meta.consistent_index
+        )));
+    }
+    Ok(None)
+}
+
+fn damaged(dir: &Path, message: String) -> MigrateError {
+    MigrateError::DamagedDataDir {
+        dir: dir.display().to_string(),
+        message,
+    }
+}
+
+/// Lets the data's own etcd (`runner`) apply what only the WAL holds, when [`unsettled`] says
+/// there is something: start it on the data dir, wait until it is healthy and any unfinished
+/// compaction is done, stop it cleanly. Afterwards the backend file is the whole state.
+fn settle(options: &Options, runner: &Version, logs: &Path) -> Result<(), MigrateError> {
+    let Some(reason) = unsettled(&options.data_dir)? else {
+        return Ok(());
+    };
+    log(&format!(
+        "the data dir holds {reason}; etcd {runner} applies it first"
+    ));
+    failpoint("settle-before");
+    let mut server = start_etcd(options, runner, &options.data_dir, logs, &[])?;
+    failpoint(&format!("running-{runner}"));
+    if reason.starts_with("a compaction")
+        && !server.wait_for_log("finished scheduled compaction", COMPACTION_TIMEOUT)
+    {
+        server.stop();
+        return Err(MigrateError::Unsettled {
+            dir: options.data_dir.display().to_string(),
+            message: format!(
+                "etcd {runner} did not finish the compaction within {} s",
+                COMPACTION_TIMEOUT.as_secs()
+            ),
+        });
+    }
+    if !server.stop() {
+        return Err(MigrateError::Unsettled {
+            dir: options.data_dir.display().to_string(),
+            message: format!("etcd {runner} did not stop cleanly"),
+        });
+    }
+    // A healthy etcd has applied every committed entry (its /health is a linearizable read),
+    // and a clean stop commits the backend. The consistent index is no proof of that in 3.4:
+    // it moves only with key-value writes, so lease and auth requests stay "after" it even once
+    // applied (and a restart replays them, which is idempotent). What can still be pending is
+    // a compaction.
+    let meta = backend::meta(&backend::db_path(&options.data_dir))
+        .map_err(|e| damaged(&options.data_dir, e.to_string()))?;
+    if meta.scheduled_compact > meta.finished_compact {
+        return Err(MigrateError::Unsettled {
+            dir: options.data_dir.display().to_string(),
+            message: format!(
+                "after etcd {runner} ran on it, the compaction to revision {} is still unfinished",
+                meta.scheduled_compact
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// How long an unfinished compaction may take to finish during [`settle`].
+const COMPACTION_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Runs the step's etcd `version` on `dir` until it is healthy, then stops it; the stop must be
+/// clean, so that the backend file holds everything.
+fn run_once(
     options: &Options,
     version: &Version,
+    dir: &Path,
     logs: &Path,
-) -> Result<Fingerprint, MigrateError> {
-    let mut server = start_etcd(options, version, &options.data_dir, logs, &[])?;
+) -> Result<(), MigrateError> {
+    let mut server = start_etcd(options, version, dir, logs, &[])?;
     failpoint(&format!("running-{version}"));
-    let fp = fingerprint::take(&bin(options, "etcdctl", version), &mut server)?;
-    server.stop();
-    Ok(fp)
+    if !server.stop() {
+        return Err(MigrateError::Unsettled {
+            dir: dir.display().to_string(),
+            message: format!("etcd {version} did not stop cleanly"),
+        });
+    }
+    Ok(())
 }
 
-/// The fingerprints around one step.
-#[derive(Debug, Clone)]
-pub struct StepFingerprints {
-    pub before: Fingerprint,
-    pub after: Fingerprint,
+/// Runs etcd `version` on the copy once ([`run_once`]), then compares the copy's fingerprint
+/// with the original's ([`verify_copy`]). For a single member the original's fingerprint is read
+/// while etcd runs: the original is not touched by the step, and etcd's start leaves a core
+/// free.
+fn run_and_verify(
+    options: &Options,
+    version: &Version,
+    step: &str,
+    copy: &Path,
+    logs: &Path,
+    phases: &mut Phases,
+) -> Result<StepFingerprints, MigrateError> {
+    let original = &options.data_dir;
+    let cluster = matches!(peers(options), Peers::Cluster { .. });
+    std::thread::scope(|s| {
+        let before_db = backend::db_path(original);
+        let early = (!cluster).then(|| s.spawn(move || backend::fingerprint(&before_db, None)));
+        run_once(options, version, copy, logs)?;
+        phases.mark("etcd");
+        tamper_hook(copy);
+        let early = early.map(|h| h.join().expect("fingerprint thread"));
+        let fps = verify_copy(options, step, original, copy, early)?;
+        phases.mark("verify");
+        Ok(fps)
+    })
 }
 
-/// One minor up, from `from` (version.txt) to `to`.
+/// The fingerprints of the original data dir (unless already read: `before`) and of the new
+/// copy, read offline, in parallel. A single member must have identical ones. A member of a
+/// cluster that caught up with writes the others took while it was down compares only the
+/// revisions both sides hold, above the later of the two compactions.
+fn verify_copy(
+    options: &Options,
+    step: &str,
+    original: &Path,
+    copy: &Path,
+    before: Option<Result<backend::Fingerprint, backend::BackendError>>,
+) -> Result<StepFingerprints, MigrateError> {
+    let fail = |dir: &Path| {
+        let dir = dir.to_path_buf();
+        move |e: backend::BackendError| damaged(&dir, e.to_string())
+    };
+    let (before_db, after_db) = (backend::db_path(original), backend::db_path(copy));
+    let cluster = matches!(peers(options), Peers::Cluster { .. });
+    let window = if cluster {
+        let (b, a) = (
+            backend::meta(&before_db).map_err(fail(original))?,
+            backend::meta(&after_db).map_err(fail(copy))?,
+        );
+        let high = backend::current_revision(&before_db).map_err(fail(original))?;
+        Some(backend::Window {
+            low: b.finished_compact.max(a.finished_compact),
+            high,
+        })
+    } else {
+        None
+    };
+    let (before, after) = std::thread::scope(|s| {
+        let before = before.unwrap_or_else(|| {
+            s.spawn(|| backend::fingerprint(&before_db, window))
+                .join()
+                .expect("fingerprint thread")
+        });
+        (before, backend::fingerprint(&after_db, window))
+    });
+    let (before, after) = (before.map_err(fail(original))?, after.map_err(fail(copy))?);
+    log(&format!("before: {}", before.summary()));
+    log(&format!("after:  {}", after.summary()));
+    let diffs = compare(cluster, &before, &after);
+    if !diffs.is_empty() {
+        return Err(MigrateError::FingerprintMismatch {
+            step: step.into(),
+            differences: diffs.join("; "),
+        });
+    }
+    Ok(StepFingerprints {
+        before: before.to_json(),
+        after: after.to_json(),
+        seconds: Vec::new(),
+    })
+}
+
+/// What differs between the fingerprints around a step; see [`verify_copy`].
+fn compare(
+    cluster: bool,
+    before: &backend::Fingerprint,
+    after: &backend::Fingerprint,
+) -> Vec<String> {
+    if !cluster || after.revision == before.revision {
+        return before.differences(after);
+    }
+    if after.revision < before.revision {
+        return vec![format!(
+            "the member's revision went back from {} to {}",
+            before.revision, after.revision
+        )];
+    }
+    log(&format!(
+        "the cluster moved from revision {} to {} during the step (the other members took writes); comparing the revisions both sides hold",
+        before.revision, after.revision
+    ));
+    match (&before.window, &after.window) {
+        (Some((w, b, nb)), Some((_, a, na))) if b != a || nb != na => vec![format!(
+            "revisions {} to {} differ ({nb} entries before, {na} after)",
+            w.low + 1,
+            w.high
+        )],
+        _ => Vec::new(),
+    }
+}
+
+/// One minor up, from `from` (version.txt) to `to`; see the module doc.
 pub fn upgrade(
     options: &Options,
-    data_dir: &DataDir,
     from: &Version,
     to: &Version,
 ) -> Result<StepFingerprints, MigrateError> {
     let side = Sidecar::for_dir(&options.data_dir);
     let logs = log_dir()?;
     let old = runner_for(options, from);
+    let mut phases = Phases::start();
+    remove_tree(&side.new)?;
+    failpoint("upgrade-before-settle");
+    settle(options, &old, logs.path())?;
+    phases.mark("settle");
+    let plan = stage::plan(&options.data_dir)?;
+    let parent = parent_of(&options.data_dir);
+    let need = stage::check_space(
+        parent,
+        &format!("the upgrade {from} -> {to}"),
+        &[
+            (plan.copy_bytes, "working copy"),
+            (stage::WAL_SEGMENT_BYTES, "new WAL segment"),
+        ],
+    )?;
     log(&format!(
-        "upgrade {from} -> {to}: reading the keyspace with etcd {old}"
+        "upgrade {from} -> {to}: staging a working copy ({} MB copied, {} MB free needed)",
+        plan.copy_bytes / 1_000_000,
+        need / 1_000_000
     ));
-    failpoint("upgrade-before-old");
-    let before = run_and_fingerprint(options, &old, logs.path())?;
-    log(&format!("before: {}", before.summary()));
-    failpoint("upgrade-before-backup");
-    take_backup(options, &side, "upgrade")?;
-    let record = serde_json::json!({
-        "step": "upgrade", "from": from.to_string(), "to": to.to_string(),
-        "before": before.to_json(), "backup": side.backup.display().to_string(),
-    });
-    write_atomic(&side.journal, record.to_string().as_bytes(), 0o600)?;
-    failpoint("upgrade-journal-written");
-    log(&format!("starting etcd {to} on the data dir"));
-    let after = match run_and_fingerprint(options, to, logs.path()) {
-        Ok(fp) => fp,
+    fill_disk_failpoint("upgrade-space-checked", parent);
+    let staged = (|| {
+        stage::stage(&plan, &options.data_dir, &side.new)?;
+        phases.mark("stage");
+        failpoint("upgrade-staged");
+        log(&format!("starting etcd {to} on the working copy"));
+        let step = format!("upgrade {from} -> {to}");
+        let fps = run_and_verify(options, to, &step, &side.new, logs.path(), &mut phases)?;
+        failpoint("upgrade-verified");
+        stage::make_durable(&side.new)?;
+        DataDir::new(&side.new).write_version(&VersionPair::new(to.clone(), Storage::Etcd3))?;
+        phases.mark("durable");
+        Ok::<_, MigrateError>(fps)
+    })();
+    let mut fps = match staged {
+        Ok(fps) => fps,
         Err(e) => {
-            log(&format!(
-                "etcd {to} failed; restoring the data dir from its backup"
-            ));
-            abandon(options, &side)?;
+            log("the step failed; removing the working copy (the data dir was not changed)");
+            remove_tree(&side.new)?;
             return Err(e);
         }
     };
-    log(&format!("after: {}", after.summary()));
-    let diffs = compare(options, &before, &after);
-    if !diffs.is_empty() {
-        abandon(options, &side)?;
-        return Err(MigrateError::FingerprintMismatch {
-            step: format!("upgrade {from} -> {to}"),
-            differences: diffs.join("; "),
-        });
-    }
-    failpoint("upgrade-before-version");
-    data_dir.write_version(&VersionPair::new(to.clone(), Storage::Etcd3))?;
-    failpoint("upgrade-version-written");
-    finish(options, &side)?;
-    log(&format!("upgraded to {to}/etcd3; fingerprints identical"));
-    Ok(StepFingerprints { before, after })
+    let record = serde_json::json!({
+        "step": "upgrade", "method": "swap", "from": from.to_string(), "to": to.to_string(),
+        "before": fps.before,
+    });
+    swap_in(options, &side, &record, "upgrade")?;
+    phases.mark("swap");
+    fps.seconds = phases.seconds;
+    log(&format!(
+        "upgraded to {to}/etcd3; fingerprints identical ({})",
+        format_phases(&fps.seconds)
+    ));
+    Ok(fps)
 }
 
+/// `stage 0.41 s, etcd 2.10 s, ...`
+pub(crate) fn format_phases(seconds: &[(&'static str, f64)]) -> String {
+    seconds
+        .iter()
+        .map(|(p, s)| format!("{p} {s:.2} s"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The directory holding the data dir (and its sidecars).
+pub(crate) fn parent_of(data_dir: &Path) -> &Path {
+    match data_dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// Test hook: `ETCDIMG_MIGRATE_TEST_TAMPER="<program> <args>"` runs the program on the working
+/// copy after the step's etcd stopped and before the fingerprints are compared, with `{db}` in
+/// the args replaced by the copy's bbolt file (the tests damage the copy with it to prove that
+/// the comparison catches it).
+fn tamper_hook(copy: &Path) {
+    let Ok(template) = std::env::var("ETCDIMG_MIGRATE_TEST_TAMPER") else {
+        return;
+    };
+    let db = backend::db_path(copy);
+    let mut words = template.split_whitespace();
+    let Some(program) = words.next() else { return };
+    let args: Vec<std::ffi::OsString> = words
+        .map(|w| w.replace("{db}", &db.display().to_string()).into())
+        .collect();
+    log(&format!("test hook: tampering with `{}`", db.display()));
+    if let Err(e) = process::run_tool(
+        Path::new(program),
+        &args,
+        &[],
+        Duration::from_secs(60),
+        || Ok(()),
+    ) {
+        log(&format!("test hook failed: {e}"));
+    }
+}
+
+/// Test hook: `ETCDIMG_MIGRATE_FILL_DISK=<stage>` fills the filesystem of `dir` at `stage`,
+/// as another writer would, with `.migrate-test-fill` in `dir`.
+fn fill_disk_failpoint(stage: &str, dir: &Path) {
+    if std::env::var("ETCDIMG_MIGRATE_FILL_DISK").as_deref() != Ok(stage) {
+        return;
+    }
+    use std::io::Write;
+    log(&format!("failpoint `{stage}`: filling the disk"));
+    if let Ok(mut f) = fs::File::create(dir.join(".migrate-test-fill")) {
+        let chunk = vec![0u8; 1 << 20];
+        while f.write_all(&chunk).is_ok() {}
+        let _ = f.sync_all();
+    }
+}
 /// Puts the verified new directory in place of the data dir: the journal `record` first, then
 /// two renames (the original aside, the new one in), then the journal and the original go.
 /// A crash anywhere is finished or undone by [`recover`].
@@ -386,16 +681,17 @@ pub(crate) fn swap_in(
     options: &Options,
     side: &Sidecar,
     record: &Value,
+    step: &str,
 ) -> Result<(), MigrateError> {
     write_atomic(&side.journal, record.to_string().as_bytes(), 0o600)?;
-    failpoint("rollback-journal-written");
+    failpoint(&format!("{step}-journal-written"));
     fs::rename(&options.data_dir, &side.old).map_err(io_err(&options.data_dir))?;
-    failpoint("rollback-original-aside");
+    failpoint(&format!("{step}-original-aside"));
     fs::rename(&side.new, &options.data_dir).map_err(io_err(&side.new))?;
     if let Some(parent) = options.data_dir.parent() {
         fsync_dir(parent).map_err(io_err(parent))?;
     }
-    failpoint("rollback-swapped");
+    failpoint(&format!("{step}-swapped"));
     fs::remove_file(&side.journal).map_err(io_err(&side.journal))?;
     remove_tree(&side.old)?;
     let _ = fs::remove_file(&side.snapshot);
@@ -405,22 +701,24 @@ pub(crate) fn swap_in(
     Ok(())
 }
 
-/// Finishes or undoes an interrupted rollback (called by [`recover`] for a rollback journal).
-fn recover_rollback(options: &Options, to: &VersionPair) -> Result<(), MigrateError> {
+/// Finishes or undoes an interrupted swap (called by [`recover`] for a swap journal).
+fn recover_swap(options: &Options, step: &str, to: &VersionPair) -> Result<(), MigrateError> {
     let p = Sidecar::for_dir(&options.data_dir);
     if !options.data_dir.exists() && p.old.exists() {
         // Crashed between the two renames: the original goes back.
-        log("an interrupted rollback had moved the data dir aside; putting it back");
+        log(&format!(
+            "an interrupted {step} had moved the data dir aside; putting it back"
+        ));
         fs::rename(&p.old, &options.data_dir).map_err(io_err(&p.old))?;
     }
     let done = DataDir::new(&options.data_dir).read_version()?.as_ref() == Some(to);
     if done {
         log(&format!(
-            "an interrupted rollback to {to} had finished; cleaning up"
+            "an interrupted {step} to {to} had finished; cleaning up"
         ));
     } else {
         log(&format!(
-            "a rollback to {to} was interrupted before the swap; the data dir is the original, starting over"
+            "a {step} to {to} was interrupted before the swap; the data dir is the original, starting over"
         ));
     }
     remove_tree(&p.old)?;
@@ -429,7 +727,7 @@ fn recover_rollback(options: &Options, to: &VersionPair) -> Result<(), MigrateEr
     Ok(())
 }
 
-/// The tool that restores a snapshot for `to`: etcdutl from 3.5, etcdctl before.
+/// The tool that restores a snapshot for `to`: etcdutl from 3.5 (when bundled), etcdctl before.
 fn restore_tool(options: &Options, to: &Version) -> PathBuf {
     let etcdutl = bin(options, "etcdutl", to);
     if etcdutl.is_file() {
@@ -439,92 +737,117 @@ fn restore_tool(options: &Options, to: &Version) -> PathBuf {
     }
 }
 
-/// One 3.x minor down, from `from` (version.txt) to `to`: snapshot with the current minor's
-/// etcd, restore with the target's tool into a new directory beside the data dir (same mode and
-/// owner), verify it by fingerprint under etcd-`to`, then swap the directories. The original
-/// stays in place until the restored copy is verified, and aside until the swap is recorded.
+/// One 3.x minor down, from `from` (version.txt) to `to`; see the module doc. The snapshot is
+/// the original's own bbolt file (a cleanly stopped member's backend is exactly what `snapshot
+/// save` would stream, minus the checksum trailer: hence `--skip-hash-check`), so no etcd has to
+/// serve it, and no credentials are needed when auth is on.
 pub fn rollback(
     options: &Options,
     from: &Version,
     to: &Version,
 ) -> Result<StepFingerprints, MigrateError> {
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let side = Sidecar::for_dir(&options.data_dir);
-    let p = &side;
     let logs = log_dir()?;
     let current = runner_for(options, from);
-    remove_tree(&p.new)?;
-    let _ = fs::remove_file(&p.snapshot);
-
-    log(&format!(
-        "rollback {from} -> {to}: snapshot with etcd {current}"
-    ));
-    failpoint("rollback-before-old");
-    let mut server = start_etcd(options, &current, &options.data_dir, logs.path(), &[])?;
-    failpoint(&format!("running-{current}"));
-    let etcdctl = bin(options, "etcdctl", &current);
-    let before = fingerprint::take(&etcdctl, &mut server)?;
-    log(&format!("before: {}", before.summary()));
-    crate::fingerprint::snapshot_save(&etcdctl, &mut server, &p.snapshot)?;
-    server.stop();
-    failpoint("rollback-snapshot-saved");
-
-    let tool = restore_tool(options, to);
-    log(&format!("restoring with {}", tool.display()));
-    crate::fingerprint::snapshot_restore(
-        &tool,
-        &p.snapshot,
-        &p.new,
-        &options.name,
-        &options.initial_cluster,
-        &options.initial_advertise_peer_urls,
+    remove_tree(&side.new)?;
+    let _ = fs::remove_file(&side.snapshot);
+    let mut phases = Phases::start();
+    failpoint("rollback-before-settle");
+    settle(options, &current, logs.path())?;
+    phases.mark("settle");
+    let db = backend::db_path(&options.data_dir);
+    let db_bytes = fs::metadata(&db).map_err(io_err(&db))?.len();
+    let parent = parent_of(&options.data_dir);
+    stage::check_space(
+        parent,
+        &format!("the rollback {from} -> {to}"),
+        &[
+            (db_bytes, "restored backend"),
+            (
+                2 * stage::WAL_SEGMENT_BYTES,
+                "restored and new WAL segments",
+            ),
+        ],
     )?;
-    // The restored dir takes the original's mode and owner.
-    let meta = fs::metadata(&options.data_dir).map_err(io_err(&options.data_dir))?;
-    fs::set_permissions(
-        &p.new,
-        fs::Permissions::from_mode(meta.permissions().mode()),
-    )
-    .map_err(io_err(&p.new))?;
-    let c = std::ffi::CString::new(p.new.as_os_str().as_encoded_bytes()).expect("no NUL");
-    // SAFETY: chown on a path we just created; failure only matters when not root.
-    if unsafe { libc::chown(c.as_ptr(), meta.uid(), meta.gid()) } != 0
-        && meta.uid() != unsafe { libc::geteuid() }
-    {
-        return Err(io_err(&p.new)(io::Error::last_os_error()));
-    }
-    DataDir::new(&p.new).write_version(&VersionPair::new(to.clone(), Storage::Etcd3))?;
-    failpoint("rollback-restored");
-
-    let mut verify = start_etcd(options, to, &p.new, logs.path(), &[]).inspect_err(|_| {
-        let _ = remove_tree(&p.new);
-    })?;
-    failpoint(&format!("running-{to}"));
-    let after = fingerprint::take(&bin(options, "etcdctl", to), &mut verify);
-    verify.stop();
-    let after = after?;
-    log(&format!("after: {}", after.summary()));
-    let diffs = compare(options, &before, &after);
-    if !diffs.is_empty() {
-        remove_tree(&p.new)?;
-        let _ = fs::remove_file(&p.snapshot);
-        return Err(MigrateError::FingerprintMismatch {
-            step: format!("rollback {from} -> {to}"),
-            differences: diffs.join("; "),
-        });
-    }
-    failpoint("rollback-verified");
-
-    let record = serde_json::json!({
-        "step": "rollback", "from": from.to_string(), "to": to.to_string(),
-        "before": before.to_json(),
-    });
-    swap_in(options, &side, &record)?;
+    fill_disk_failpoint("rollback-space-checked", parent);
+    let tool = restore_tool(options, to);
     log(&format!(
-        "rolled back to {to}/etcd3; fingerprints identical"
+        "rollback {from} -> {to}: restoring the backend ({} MB) with {}",
+        db_bytes / 1_000_000,
+        tool.display()
     ));
-    Ok(StepFingerprints { before, after })
+    let restored = (|| {
+        snapshot_restore(&tool, &db, &side.new, options)?;
+        let meta = fs::metadata(&options.data_dir).map_err(io_err(&options.data_dir))?;
+        stage::copy_owner_and_mode(&meta, &side.new)?;
+        DataDir::new(&side.new).write_version(&VersionPair::new(to.clone(), Storage::Etcd3))?;
+        phases.mark("restore");
+        failpoint("rollback-restored");
+        log(&format!("starting etcd {to} on the restored copy"));
+        let step = format!("rollback {from} -> {to}");
+        let fps = run_and_verify(options, to, &step, &side.new, logs.path(), &mut phases)?;
+        failpoint("rollback-verified");
+        stage::make_durable(&side.new)?;
+        phases.mark("durable");
+        Ok::<_, MigrateError>(fps)
+    })();
+    let mut fps = match restored {
+        Ok(fps) => fps,
+        Err(e) => {
+            log("the step failed; removing the restored copy (the data dir was not changed)");
+            remove_tree(&side.new)?;
+            return Err(e);
+        }
+    };
+    let record = serde_json::json!({
+        "step": "rollback", "method": "swap", "from": from.to_string(), "to": to.to_string(),
+        "before": fps.before,
+    });
+    swap_in(options, &side, &record, "rollback")?;
+    phases.mark("swap");
+    fps.seconds = phases.seconds;
+    log(&format!(
+        "rolled back to {to}/etcd3; fingerprints identical ({})",
+        format_phases(&fps.seconds)
+    ));
+    Ok(fps)
 }
+
+/// `snapshot restore` of the bbolt file `db` into the new directory `new_dir`, as this member.
+fn snapshot_restore(
+    tool: &Path,
+    db: &Path,
+    new_dir: &Path,
+    options: &Options,
+) -> Result<(), MigrateError> {
+    let args = restore_args(db, new_dir, options);
+    let env: &[(&str, &str)] = &[("ETCDCTL_API", "3")];
+    process::run_tool(tool, &args, env, RESTORE_TIMEOUT, || Ok(()))
+        .map_err(|e| MigrateError::Restore(e.to_string()))?;
+    Ok(())
+}
+
+/// The restore command line (after the tool): the same for etcdctl 3.x and etcdutl 3.5+.
+pub fn restore_args(db: &Path, new_dir: &Path, options: &Options) -> Vec<std::ffi::OsString> {
+    vec![
+        "snapshot".into(),
+        "restore".into(),
+        db.as_os_str().to_owned(),
+        "--skip-hash-check".into(),
+        "--data-dir".into(),
+        new_dir.as_os_str().to_owned(),
+        format!("--name={}", options.name).into(),
+        format!("--initial-cluster={}", options.initial_cluster).into(),
+        format!(
+            "--initial-advertise-peer-urls={}",
+            options.initial_advertise_peer_urls
+        )
+        .into(),
+    ]
+}
+
+/// A restore copies the whole backend once.
+const RESTORE_TIMEOUT: Duration = Duration::from_secs(1800);
 
 #[cfg(test)]
 mod tests {

@@ -24,7 +24,7 @@ use serde_json::Value;
 
 use crate::datadir::{write_atomic, DataDir};
 use crate::engine::{self, failpoint, Sidecar, StepFingerprints};
-use crate::fingerprint::{self, Fingerprint, FingerprintError};
+use crate::keyspace::{self, Fingerprint, KeyspaceError};
 use crate::server::{http, Server};
 use crate::version::{Storage, VersionPair};
 use crate::{log, options::Options, MigrateError};
@@ -54,7 +54,7 @@ pub struct V2Keyspace {
 }
 
 fn v2_error(server: &Server, message: String) -> MigrateError {
-    MigrateError::Fingerprint(FingerprintError::Output {
+    MigrateError::Keyspace(KeyspaceError::Output {
         cmd: format!("GET {}/v2/keys/?recursive=true", server.client_url),
         message,
     })
@@ -103,22 +103,13 @@ pub fn read_v2(server: &Server, prefix: &str) -> Result<V2Keyspace, MigrateError
         fingerprint: Fingerprint {
             revision: 0,
             keys,
-            digest: fingerprint::digest(entries),
+            digest: keyspace::digest(entries),
             leases: Default::default(),
         },
         with_ttl,
         ttl_outside,
         under_prefix,
     })
-}
-
-/// The JSON gateway's path prefix in etcd `v`.
-fn gateway(v: &Version) -> &'static str {
-    match (v.major, v.minor) {
-        (3, 0..=2) => "/v3alpha",
-        (3, 3) => "/v3beta",
-        _ => "/v3",
-    }
 }
 
 /// The key just past every key that starts with `prefix` (etcd's `--prefix` range end).
@@ -152,11 +143,11 @@ pub fn attach_lease(
     prefix: &str,
     seconds: i64,
 ) -> Result<Option<(i64, usize)>, MigrateError> {
-    let gw = gateway(version);
+    let gw = keyspace::gateway(version);
     let call = |path: &str, body: Value| -> Result<Value, MigrateError> {
         let url = format!("{gw}{path}");
         let fail = |message: String| {
-            MigrateError::Fingerprint(FingerprintError::Output {
+            MigrateError::Keyspace(KeyspaceError::Output {
                 cmd: format!("POST {}{url}", server.client_url),
                 message,
             })
@@ -191,7 +182,7 @@ pub fn attach_lease(
         })
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| {
-            MigrateError::Fingerprint(FingerprintError::Output {
+            MigrateError::Keyspace(KeyspaceError::Output {
                 cmd: format!("POST {}{gw}/lease/grant", server.client_url),
                 message: format!("no lease ID in {grant}"),
             })
@@ -208,7 +199,7 @@ pub fn attach_lease(
         )?;
         let prev = unb64(put.pointer("/prev_kv/value"));
         if prev != value {
-            return Err(MigrateError::Fingerprint(FingerprintError::Output {
+            return Err(MigrateError::Keyspace(KeyspaceError::Output {
                 cmd: format!("attaching the lease to {}", String::from_utf8_lossy(&key)),
                 message:
                     "concurrent access to the key: its value changed while the lease was attached"
@@ -334,17 +325,24 @@ fn convert_in_place(
     failpoint("convert-v2-read");
     let etcdctl = engine::bin(options, "etcdctl", via);
     let dir = options.data_dir.as_os_str().to_owned();
-    fingerprint::run_tool(
+    crate::process::run_tool(
         &etcdctl,
         &["migrate".into(), "--data-dir".into(), dir],
+        &[("ETCDCTL_API", "3")],
         CONVERT_TIMEOUT,
-        None,
-    )?;
+        || Ok(()),
+    )
+    .map_err(|e| {
+        MigrateError::Keyspace(KeyspaceError::Etcdctl {
+            cmd: format!("{} migrate", etcdctl.display()),
+            message: e.to_string(),
+        })
+    })?;
     failpoint("convert-migrated");
     let mut server = engine::start_etcd(options, via, &options.data_dir, logs, &[])?;
     let lease = attach_lease(&server, via, &prefix, options.lease_duration)?;
     failpoint("convert-leases-attached");
-    let after = fingerprint::take(&etcdctl, &mut server)?;
+    let after = keyspace::take(&etcdctl, &mut server, via)?;
     server.stop();
     log(&format!("after (v3): {}", after.summary()));
     let diffs = compare(&v2, &after, lease, options.lease_duration);
@@ -355,8 +353,9 @@ fn convert_in_place(
         });
     }
     Ok(StepFingerprints {
-        before: v2.fingerprint,
-        after,
+        before: v2.fingerprint.to_json(),
+        after: after.to_json(),
+        seconds: Vec::new(),
     })
 }
 
@@ -373,8 +372,8 @@ mod tests {
         assert_eq!(prefix_end(&[b'a', 0xff]), b"b".to_vec());
         assert_eq!(prefix_end(&[0xff]), vec![0]);
         let v = |s: &str| Version::parse(s).unwrap();
-        assert_eq!(gateway(&v("3.0.17")), "/v3alpha");
-        assert_eq!(gateway(&v("3.3.17")), "/v3beta");
-        assert_eq!(gateway(&v("3.4.23")), "/v3");
+        assert_eq!(keyspace::gateway(&v("3.0.17")), "/v3alpha");
+        assert_eq!(keyspace::gateway(&v("3.3.17")), "/v3beta");
+        assert_eq!(keyspace::gateway(&v("3.4.23")), "/v3");
     }
 }

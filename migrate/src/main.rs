@@ -18,6 +18,9 @@ fn main() {
         }
     };
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    if flags.fingerprint {
+        std::process::exit(print_fingerprint(&flags));
+    }
     let options = match flags.resolve(&env) {
         Ok(o) => o,
         Err(e) => {
@@ -68,6 +71,32 @@ fn main() {
                 eprintln!("hint: {h}");
             }
             std::process::exit(e.exit_code() as i32);
+        }
+    }
+}
+
+/// `--fingerprint`: the backend fingerprint of `--data-dir`, offline.
+fn print_fingerprint(flags: &Flags) -> i32 {
+    let Some(dir) = &flags.data_dir else {
+        eprintln!("error: --fingerprint needs --data-dir (or DATA_DIRECTORY)");
+        return ExitCode::Usage as i32;
+    };
+    if let Ok(Some(file)) = migrate::lock::held_by_live_etcd(dir) {
+        eprintln!(
+            "error: `{}` is in use by a running etcd (it holds `{}`); stop it first",
+            dir.display(),
+            file.display()
+        );
+        return ExitCode::DataDirInUse as i32;
+    }
+    match migrate::backend::fingerprint(&migrate::backend::db_path(dir), None) {
+        Ok(fp) => {
+            println!("{}", fp.to_json());
+            0
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::DamagedDataDir as i32
         }
     }
 }

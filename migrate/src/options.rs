@@ -68,6 +68,10 @@ pub struct Flags {
     /// Print the result as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Print the fingerprint of the data dir's backend as JSON and exit (read only, offline:
+    /// etcd must be stopped; the same fingerprint migrate compares around every step).
+    #[arg(long)]
+    pub fingerprint: bool,
 }
 
 /// Options after defaulting; every field is set.

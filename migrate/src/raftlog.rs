@@ -374,6 +374,205 @@ pub fn check_member_dir(member: &std::path::Path) -> Result<WalSummary, CheckErr
     Ok(summary)
 }
 
+/// `raftpb.Entry`.
+#[derive(Clone, PartialEq, Message)]
+pub struct Entry {
+    #[prost(int32, tag = "1")]
+    pub r#type: i32,
+    #[prost(uint64, tag = "2")]
+    pub term: u64,
+    #[prost(uint64, tag = "3")]
+    pub index: u64,
+    #[prost(bytes = "vec", tag = "4")]
+    pub data: Vec<u8>,
+}
+
+/// `raftpb.EntryNormal`: a client request (empty data: the no-op a new leader appends).
+pub const ENTRY_NORMAL: i32 = 0;
+
+/// The largest WAL record migrate accepts when streaming (etcd's requests are at most a few MB).
+const MAX_RECORD: u64 = 256 << 20;
+
+/// Whether a normal entry's request may change the v3 keyspace, leases or auth: anything but
+/// the leader's empty no-op and the requests that only touch membership and the cluster
+/// version (`etcdserverpb.InternalRaftRequest` fields ID 1, header 100, v2 2 (in 3.4 the
+/// cluster version and member attributes are v2 requests), cluster_version_set 1300,
+/// cluster_member_attr_set 1301, downgrade_info_set 1302). A request that does not decode
+/// counts as one that may.
+pub fn touches_v3_store(data: &[u8]) -> bool {
+    use prost::encoding::{decode_key, skip_field, DecodeContext};
+    if data.is_empty() || is_raw_v2_request(data) {
+        return false;
+    }
+    let mut buf = data;
+    while !buf.is_empty() {
+        let Ok((tag, wire_type)) = decode_key(&mut buf) else {
+            return true;
+        };
+        if !matches!(tag, 1 | 2 | 100 | 1300 | 1301 | 1302) {
+            return true;
+        }
+        if skip_field(wire_type, tag, &mut buf, DecodeContext::default()).is_err() {
+            return true;
+        }
+    }
+    false
+}
+
+/// etcd 3.x proposes v2 requests (its own cluster version and member attributes, the leader's
+/// TTL `SYNC`, and any v2 API write) as a bare `etcdserverpb.Request`, not wrapped in an
+/// `InternalRaftRequest`; the apply loop falls back to that type when the wrapper does not
+/// decode. A bare request has its method as field 2, a short upper-case word, where the
+/// wrapper's field 2 is an encoded message starting with a tag byte. They change the v2 store
+/// only.
+fn is_raw_v2_request(data: &[u8]) -> bool {
+    use prost::encoding::{decode_key, decode_varint, skip_field, DecodeContext, WireType};
+    let mut buf = data;
+    while !buf.is_empty() {
+        let Ok((tag, wire_type)) = decode_key(&mut buf) else {
+            return false;
+        };
+        if tag == 2 && wire_type == WireType::LengthDelimited {
+            let Ok(len) = decode_varint(&mut buf) else {
+                return false;
+            };
+            let Some(method) = buf.get(..len as usize) else {
+                return false;
+            };
+            return matches!(
+                method,
+                b"PUT" | b"POST" | b"DELETE" | b"QGET" | b"GET" | b"HEAD" | b"SYNC"
+            );
+        }
+        if skip_field(wire_type, tag, &mut buf, DecodeContext::default()).is_err() {
+            return false;
+        }
+    }
+    false
+}
+
+/// The bytes of a WAL segment that hold records: etcd preallocates a segment to 64 MB and the
+/// zeroed rest ends it. Walks the length words only. A record cut short counts to the file's
+/// end (nothing of it may be dropped).
+pub fn used_length(path: &std::path::Path) -> std::io::Result<u64> {
+    use std::os::unix::fs::FileExt;
+    let file = std::fs::File::open(path)?;
+    let len = file.metadata()?.len();
+    let mut at = 0u64;
+    while at + 8 <= len {
+        let mut word = [0u8; 8];
+        file.read_exact_at(&mut word, at)?;
+        let word = u64::from_le_bytes(word);
+        if word == 0 {
+            return Ok(at);
+        }
+        let (size, pad) = if word >> 63 == 1 {
+            (word & !(0xffu64 << 56), (word >> 56) & 0x7)
+        } else {
+            (word, 0)
+        };
+        at = match at.checked_add(8 + size + pad) {
+            Some(next) if next <= len => next,
+            _ => return Ok(len),
+        };
+    }
+    Ok(len)
+}
+
+/// What the WAL holds after the index the backend has applied.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WalTail {
+    /// Entries after `applied` whose request may change the v3 store ([`touches_v3_store`]).
+    pub requests: u64,
+    /// The highest entry index seen.
+    pub last_index: u64,
+    /// Why the tail could not be read to its end (a torn or damaged record), if it could not.
+    pub damaged: Option<String>,
+}
+
+/// Streams the WAL records of `wal_dir` that may hold entries after `applied` (from the last
+/// segment whose first index is at or below `applied + 1`), one record in memory at a time,
+/// checking each record's CRC from the segment's own CRC record on. Read only.
+pub fn tail_after(wal_dir: &std::path::Path, applied: u64) -> std::io::Result<WalTail> {
+    use std::io::{BufReader, Read};
+    let mut files: Vec<(u64, std::path::PathBuf)> = std::fs::read_dir(wal_dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "wal"))
+        .filter_map(|p| {
+            let name = p.file_stem()?.to_str()?.to_string();
+            let (_, index) = name.split_once('-')?;
+            Some((u64::from_str_radix(index, 16).ok()?, p))
+        })
+        .collect();
+    files.sort();
+    let first = files
+        .iter()
+        .rposition(|(index, _)| *index <= applied.saturating_add(1))
+        .unwrap_or(0);
+    let mut tail = WalTail::default();
+    for (_, path) in &files[first..] {
+        let what = path.display().to_string();
+        let mut r = BufReader::with_capacity(1 << 20, std::fs::File::open(path)?);
+        let mut crc: Option<u32> = None;
+        let mut offset = 0u64;
+        loop {
+            let mut word = [0u8; 8];
+            match r.read_exact(&mut word) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+                Err(e) => return Err(e),
+            }
+            let word = u64::from_le_bytes(word);
+            if word == 0 {
+                break;
+            }
+            let (len, pad) = if word >> 63 == 1 {
+                (word & !(0xffu64 << 56), (word >> 56) & 0x7)
+            } else {
+                (word, 0)
+            };
+            if len + pad > MAX_RECORD {
+                tail.damaged = Some(format!("{what}: a record of {len} bytes at byte {offset}"));
+                return Ok(tail);
+            }
+            let mut buf = vec![0u8; (len + pad) as usize];
+            if let Err(e) = r.read_exact(&mut buf) {
+                if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                    tail.damaged = Some(format!("{what}: torn record at byte {offset}"));
+                    return Ok(tail);
+                }
+                return Err(e);
+            }
+            let Ok(rec) = Record::decode(&buf[..len as usize]) else {
+                tail.damaged = Some(format!("{what}: undecodable record at byte {offset}"));
+                return Ok(tail);
+            };
+            let expect = if rec.r#type == CRC_TYPE {
+                rec.crc
+            } else {
+                crc32c::crc32c_append(crc.unwrap_or(0), &rec.data)
+            };
+            if crc.is_some() && rec.crc != expect {
+                tail.damaged = Some(format!("{what}: CRC mismatch at byte {offset}"));
+                return Ok(tail);
+            }
+            crc = Some(rec.crc);
+            if rec.r#type == ENTRY_TYPE {
+                let Ok(e) = Entry::decode(rec.data.as_slice()) else {
+                    tail.damaged = Some(format!("{what}: undecodable entry at byte {offset}"));
+                    return Ok(tail);
+                };
+                tail.last_index = tail.last_index.max(e.index);
+                if e.index > applied && e.r#type == ENTRY_NORMAL && touches_v3_store(&e.data) {
+                    tail.requests += 1;
+                }
+            }
+            offset += 8 + len + pad;
+        }
+    }
+    Ok(tail)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,10 +4,11 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use crate::process::{Kind, Spawned};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -84,24 +85,11 @@ pub struct Launch<'a> {
 }
 
 pub struct Server {
-    child: Option<Child>,
+    child: Option<Spawned>,
     pub version: String,
     pub client_url: String,
     pub port: u16,
     log: PathBuf,
-}
-
-/// etcd and etcdctl read `ETCD_*` / `ETCDCTL_*` variables as flags and refuse to start when one
-/// conflicts with a command-line flag (the wrapper's own ETCD_NAME did exactly that). The
-/// migration runs only get the flags migrate gives them; ETCD_UNSUPPORTED_ARCH is kept (etcd
-/// needs it on some arches).
-pub fn scrub_env(cmd: &mut Command) {
-    for (key, _) in std::env::vars_os() {
-        let k = key.to_string_lossy();
-        if (k.starts_with("ETCD_") && k != "ETCD_UNSUPPORTED_ARCH") || k.starts_with("ETCDCTL_") {
-            cmd.env_remove(&key);
-        }
-    }
 }
 
 fn free_port() -> std::io::Result<u16> {
@@ -166,7 +154,6 @@ impl Server {
         let log = log_dir.join(format!("etcd-{version}.log"));
         let out = std::fs::File::create(&log)?;
         let mut cmd = Command::new(bin);
-        scrub_env(&mut cmd);
         cmd.arg("--name")
             .arg(name)
             .arg("--data-dir")
@@ -197,15 +184,7 @@ impl Server {
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out);
-        // SAFETY: prctl is async-signal-safe; it only asks the kernel to kill the child when
-        // we die, so an interrupted migrate never leaves an etcd running on the data dir.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let child = cmd.spawn().map_err(|source| ServerError::Spawn {
+        let child = Spawned::start(cmd, Kind::Etcd).map_err(|source| ServerError::Spawn {
             bin: bin.display().to_string(),
             source,
         })?;
@@ -218,11 +197,7 @@ impl Server {
         };
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(status) = server
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
+            if let Some(status) = server.child.as_mut().and_then(Spawned::try_wait) {
                 server.child = None;
                 return Err(ServerError::Exited {
                     version: version.into(),
@@ -246,31 +221,56 @@ impl Server {
         }
     }
 
-    /// The exit status, once the etcd has exited (reaped; later calls return None).
+    /// The exit status, once the etcd has exited (later calls return None).
     pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        let status = self.child.as_mut()?.try_wait().ok().flatten()?;
+        let status = self.child.as_mut()?.try_wait()?;
         self.child = None;
         Some(status)
     }
 
-    /// SIGTERM, up to 15 s for a clean exit, then SIGKILL; always reaped.
-    pub fn stop(&mut self) {
-        let Some(mut child) = self.child.take() else {
-            return;
-        };
-        // SAFETY: signalling our own child by pid.
-        unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = child.try_wait() {
-                return;
+    /// The log file etcd writes to.
+    pub fn log_path(&self) -> &Path {
+        &self.log
+    }
+
+    /// Waits until etcd's log holds `needle` (true), or until `timeout` or etcd's exit (false).
+    pub fn wait_for_log(&mut self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if std::fs::read_to_string(&self.log).is_ok_and(|t| t.contains(needle)) {
+                return true;
             }
-            std::thread::sleep(Duration::from_millis(20));
+            if Instant::now() > deadline || self.exited().is_some() {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
-        let _ = child.kill();
-        let _ = child.wait();
+    }
+
+    /// SIGTERM, up to [`STOP_GRACE`] for etcd to close its backend and WAL, then SIGKILL.
+    /// Returns whether etcd stopped cleanly: it exited by itself after the SIGTERM, having
+    /// committed and closed everything (a SIGKILLed or crashed etcd may leave entries that only
+    /// its WAL holds).
+    pub fn stop(&mut self) -> bool {
+        let Some(mut child) = self.child.take() else {
+            return false;
+        };
+        if child.try_wait().is_some() {
+            return false;
+        }
+        child.signal(libc::SIGTERM);
+        match child.wait_or_kill(STOP_GRACE) {
+            (Some(status), true) => {
+                use std::os::unix::process::ExitStatusExt;
+                status.success() || status.signal() == Some(libc::SIGTERM)
+            }
+            _ => false,
+        }
     }
 }
+
+/// How long etcd may take to stop after SIGTERM before it is killed.
+pub const STOP_GRACE: Duration = Duration::from_secs(60);
 
 impl Drop for Server {
     fn drop(&mut self) {

@@ -24,7 +24,7 @@ use serde_json::Value;
 
 use crate::datadir::DataDir;
 use crate::engine::{self, failpoint, Sidecar, StepFingerprints};
-use crate::fingerprint::{self, Fingerprint, FingerprintError};
+use crate::keyspace::{self, Fingerprint, KeyspaceError};
 use crate::server::Server;
 use crate::v2store::{Member, V2Key};
 use crate::version::VersionPair;
@@ -67,13 +67,13 @@ struct Cluster {
 
 fn read_cluster(etcdctl: &Path, server: &mut Server) -> Result<Cluster, MigrateError> {
     let bad = |what: &str, v: &Value| {
-        MigrateError::Fingerprint(FingerprintError::Output {
+        MigrateError::Keyspace(KeyspaceError::Output {
             cmd: format!("etcdctl {what}"),
             message: format!("unexpected answer: {v}"),
         })
     };
-    let list = fingerprint::query(etcdctl, server, &["member", "list"])?;
-    let status = fingerprint::query(etcdctl, server, &["endpoint", "status"])?;
+    let list = keyspace::query(etcdctl, server, &["member", "list"])?;
+    let status = keyspace::query(etcdctl, server, &["endpoint", "status"])?;
     let st = status
         .get(0)
         .and_then(|s| s.get("Status"))
@@ -112,7 +112,7 @@ fn read_cluster(etcdctl: &Path, server: &mut Server) -> Result<Cluster, MigrateE
 /// Why the v3 keyspace cannot become a v2 store, checked before anything is written: the v2
 /// store holds UTF-8 strings at clean paths, and a key cannot be both a value and a directory.
 fn to_v2_keys(
-    kvs: &[fingerprint::Kv],
+    kvs: &[keyspace::Kv],
     ttls: &BTreeMap<i64, i64>,
     now: SystemTime,
 ) -> Result<Vec<V2Key>, MigrateError> {
@@ -175,7 +175,7 @@ pub fn rollback(
         let mut server = engine::start_etcd(options, &runner, &side.backup, logs.path(), &[])?;
         failpoint(&format!("running-{runner}"));
         let etcdctl = engine::bin(options, "etcdctl", &runner);
-        let (before, kvs) = fingerprint::read(&etcdctl, &mut server)?;
+        let (before, kvs) = keyspace::read(&etcdctl, &mut server, &runner, true)?;
         let cluster = read_cluster(&etcdctl, &mut server)?;
         server.stop();
         Ok::<_, MigrateError>((before, kvs, cluster))
@@ -207,7 +207,7 @@ pub fn rollback(
         "step": "rollback", "storage": "etcd2", "from": from.to_string(),
         "to": to.version.to_string(), "before": before.to_json(),
     });
-    engine::swap_in(options, &side, &record)?;
+    engine::swap_in(options, &side, &record, "rollback")?;
     log(&format!(
         "rolled back to {to}: {} keys in a v2 snapshot at index {} (term {}), member {:x} of cluster {:x}",
         keys.len(),
@@ -216,7 +216,11 @@ pub fn rollback(
         cluster.member_id,
         cluster.cluster_id
     ));
-    Ok(StepFingerprints { before, after })
+    Ok(StepFingerprints {
+        before: before.to_json(),
+        after: after.to_json(),
+        seconds: Vec::new(),
+    })
 }
 
 /// Writes the etcd2 data dir `new`: `member/snap/<term>-<index>.snap` holding the v2 store
@@ -374,7 +378,7 @@ fn verify_written(
     let after = Fingerprint {
         revision: 0,
         keys: read.len(),
-        digest: fingerprint::digest(
+        digest: keyspace::digest(
             read.iter()
                 .map(|(k, (v, _))| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
                 .collect(),

@@ -63,31 +63,10 @@ fn fill(etcd: &Etcd, n: usize) -> BTreeMap<Vec<u8>, Vec<u8>> {
 }
 
 fn migrate(bins: &Path, data: &Path, target: &str, env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_migrate"));
-    cmd.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("HOSTNAME", "default")
-        .env("DO_NOT_MOVE_BINARIES", "true")
-        .args(["--name", "default", "--bin-dir"])
-        .arg(bins)
-        .arg("--data-dir")
-        .arg(data)
-        .args([
-            "--target-version",
-            target,
-            "--target-storage",
-            "etcd3",
-            "--json",
-        ]);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().unwrap()
+    common::migrate_json(bins, data, target, env)
 }
 
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
+use common::stderr;
 
 /// A 3.4.23 data dir with `n` keys written by etcd 3.4.23, and what it must hold.
 fn pristine_3_4(fx: &Path, dir: &Path, n: usize) -> (PathBuf, BTreeMap<Vec<u8>, Vec<u8>>) {
@@ -134,14 +113,20 @@ fn upgrade_3_4_to_3_5_keeps_every_key_and_survives_a_crash_at_every_failpoint() 
     assert_eq!(report["outcome"], "upgraded");
     let fp = &report["fingerprints"][0];
     assert_eq!(fp["before"]["keys"], 5000);
-    assert_eq!(fp["before"]["sha256"], fp["after"]["sha256"]);
-    assert_eq!(fp["before"]["leases"].as_array().unwrap().len(), 1);
-    assert_eq!(fp["before"]["leases"][0]["keys"], 100);
+    assert_eq!(fp["after"]["keys"], 5000);
+    // Two revisions per key, a lease grant takes none.
+    assert_eq!(fp["before"]["revisions"], 10_000);
+    assert_eq!(
+        fp["before"]["history_sha256"],
+        fp["after"]["history_sha256"]
+    );
+    assert_eq!(fp["before"]["leases"], 1);
+    assert_eq!(fp["before"], fp["after"]);
     assert_eq!(
         std::fs::read_to_string(data.join("version.txt")).unwrap(),
         "3.5.1/etcd3"
     );
-    let reference = fp["before"]["sha256"].clone();
+    let reference = fp["before"]["history_sha256"].clone();
     // Read back by etcd 3.5.1 itself: every key, every value.
     assert_serves(&fx, "3.5.1", &data, &want, "after the round trips");
     let parent_entries = |dir: &Path| {
@@ -161,14 +146,13 @@ fn upgrade_3_4_to_3_5_keeps_every_key_and_survives_a_crash_at_every_failpoint() 
 
     // A crash at every stage, then a rerun: it converges with the same keyspace.
     for stage in [
-        "upgrade-before-old",
-        "running-3.4.23",
-        "upgrade-before-backup",
-        "upgrade-backup-copied",
-        "upgrade-journal-written",
+        "upgrade-before-settle",
+        "upgrade-staged",
         "running-3.5.1",
-        "upgrade-before-version",
-        "upgrade-version-written",
+        "upgrade-verified",
+        "upgrade-journal-written",
+        "upgrade-original-aside",
+        "upgrade-swapped",
     ] {
         let case = tmp.path().join(format!("crash-{stage}"));
         std::fs::create_dir(&case).unwrap();
@@ -183,7 +167,7 @@ fn upgrade_3_4_to_3_5_keeps_every_key_and_survives_a_crash_at_every_failpoint() 
         let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         if report["outcome"] == "upgraded" {
             assert_eq!(
-                report["fingerprints"][0]["after"]["sha256"], reference,
+                report["fingerprints"][0]["after"]["history_sha256"], reference,
                 "{stage}"
             );
         } else {
@@ -217,7 +201,7 @@ fn rollback_3_5_to_3_4_round_trips_and_survives_a_crash_at_every_failpoint() {
     let out = migrate(bins.path(), &pristine, "3.5.1", &[]);
     assert!(out.status.success(), "{}", stderr(&out));
     let reference: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let reference = reference["fingerprints"][0]["before"]["sha256"].clone();
+    let reference = reference["fingerprints"][0]["before"]["history_sha256"].clone();
 
     // 3.5 -> 3.4 -> 3.5 -> 3.4: identical every time, served by the target's etcd.
     let data = tmp.path().join("data");
@@ -231,8 +215,8 @@ fn rollback_3_5_to_3_4_round_trips_and_survives_a_crash_at_every_failpoint() {
         assert!(out.status.success(), "to {target}: {}", stderr(&out));
         let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(r["outcome"], outcome);
-        assert_eq!(r["fingerprints"][0]["before"]["sha256"], reference);
-        assert_eq!(r["fingerprints"][0]["after"]["sha256"], reference);
+        assert_eq!(r["fingerprints"][0]["before"]["history_sha256"], reference);
+        assert_eq!(r["fingerprints"][0]["after"]["history_sha256"], reference);
         assert_eq!(r["fingerprints"][0]["after"]["keys"], 5000);
         assert_eq!(
             std::fs::read_to_string(data.join("version.txt")).unwrap(),
@@ -248,9 +232,7 @@ fn rollback_3_5_to_3_4_round_trips_and_survives_a_crash_at_every_failpoint() {
 
     // A crash at every stage of a rollback, then a rerun: it converges, nothing is lost.
     for stage in [
-        "rollback-before-old",
-        "running-3.5.1",
-        "rollback-snapshot-saved",
+        "rollback-before-settle",
         "rollback-restored",
         "running-3.4.23",
         "rollback-verified",
@@ -356,12 +338,22 @@ fn kill_9_at_random_moments_then_rerun_converges() {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(delay);
-        let needle = data.display().to_string();
+        // The step's etcd runs on the working copy beside the data dir.
+        let needle = format!("{}/", case.display());
         let victims = if seed % 2 == 0 {
+            std::thread::sleep(delay);
             vec![child.id() as i32]
         } else {
-            pids_with("etcd", &needle)
+            // Its etcd, a few milliseconds after it appears (it runs for a small part of the
+            // whole step).
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            let mut pids = Vec::new();
+            while pids.is_empty() && std::time::Instant::now() < deadline {
+                pids = pids_with("etcd", &needle);
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            std::thread::sleep(Duration::from_millis(seed * 3));
+            pids
         };
         for pid in &victims {
             // SAFETY: SIGKILL to a process of this test.

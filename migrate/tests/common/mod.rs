@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 
 use base64::Engine;
 use std::time::{Duration, Instant};
@@ -31,9 +31,21 @@ impl Etcd {
 
     /// [`Etcd::start`] with extra flags.
     pub fn start_with(bin: &Path, data: &Path, extra: &[String]) -> Etcd {
+        let e = Etcd::spawn_alone(bin, data, extra);
+        e.wait_ready();
+        e
+    }
+
+    /// A single-member etcd on free loopback ports, not waited for (with auth enabled the
+    /// readiness read of [`Etcd::start`] is refused).
+    pub fn start_unready(bin: &Path, data: &Path) -> Etcd {
+        Etcd::spawn_alone(bin, data, &[])
+    }
+
+    fn spawn_alone(bin: &Path, data: &Path, extra: &[String]) -> Etcd {
         let (port, peer) = (free_port(), free_port());
         let peer_url = format!("http://127.0.0.1:{peer}");
-        let e = Etcd::spawn_member(
+        Etcd::spawn_member(
             bin,
             data,
             "default",
@@ -41,9 +53,16 @@ impl Etcd {
             &peer_url,
             &format!("default={peer_url}"),
             extra,
-        );
-        e.wait_ready();
-        e
+        )
+    }
+
+    /// Polls `ready` until it holds (30 s at most).
+    pub fn wait_until(&self, mut ready: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !ready() {
+            assert!(Instant::now() < deadline, "etcd did not become ready");
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// One member of a cluster, not waited for (a new cluster needs a quorum to be ready).
@@ -145,6 +164,56 @@ pub fn bin_dir(fixtures: &Path, versions: &[&str]) -> tempfile::TempDir {
         }
     }
     d
+}
+
+/// migrate with `--json` on `data` to `target`/etcd3 through the etcd versions in `bins`, with
+/// a clean environment (but PATH) plus `env`; the default binaries are not moved.
+pub fn migrate_json(bins: &Path, data: &Path, target: &str, env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_migrate"));
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOSTNAME", "default")
+        .env("DO_NOT_MOVE_BINARIES", "true")
+        .args(["--name", "default", "--bin-dir"])
+        .arg(bins)
+        .arg("--data-dir")
+        .arg(data)
+        .args([
+            "--target-version",
+            target,
+            "--target-storage",
+            "etcd3",
+            "--json",
+        ]);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A refusal or a failed step: exit `code`, `needle` on stderr, the data dir byte for byte as
+/// `before`, and nothing beside it in `case`.
+pub fn assert_untouched(
+    out: &Output,
+    code: i32,
+    needle: &str,
+    data: &Path,
+    before: &BTreeMap<String, Vec<u8>>,
+    case: &Path,
+) {
+    assert_eq!(out.status.code(), Some(code), "{}", stderr(out));
+    assert!(
+        stderr(out).contains(needle),
+        "expected `{needle}`: {}",
+        stderr(out)
+    );
+    assert!(tree_bytes(data) == *before, "the data dir changed");
+    let left = leftovers(case);
+    assert!(left.is_empty(), "leftovers: {left:?}");
 }
 
 /// Fails the test with the command's stderr unless it succeeded.

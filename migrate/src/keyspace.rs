@@ -1,11 +1,16 @@
-//! A fingerprint of the user keyspace, read through the bundled etcdctl (ETCDCTL_API=3): the key
-//! count, a sha256 over every key and value in key order, and the leases attached to keys with
-//! their granted and remaining TTLs. Reading only: nothing is written into the keyspace.
+//! The keyspace as a running etcd serves it, for the etcd2 steps: the key count, a sha256 over
+//! every key and value in key order, and the leases attached to keys with their granted and
+//! remaining TTLs. Reading only: nothing is written into the keyspace.
+//!
+//! The etcd3 steps do not use this: they compare backend files offline ([`crate::backend`]).
+//! The etcd2 steps need the latest value of every key (a v2 store is one JSON document of
+//! them), so they read pages of [`PAGE_KEYS`] keys through etcd's JSON gateway at one fixed
+//! revision; the digest is computed as the pages arrive. Their data comes from etcd2, which held
+//! its whole store in memory, and the conversions keep the key list the v2 side needs.
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine;
 use serde_json::Value;
@@ -14,7 +19,7 @@ use sha2::{Digest, Sha256};
 use crate::server::Server;
 
 #[derive(Debug, thiserror::Error)]
-pub enum FingerprintError {
+pub enum KeyspaceError {
     #[error("running `{cmd}`: {message}")]
     Etcdctl { cmd: String, message: String },
     #[error("unexpected etcdctl output for `{cmd}`: {message}")]
@@ -42,8 +47,6 @@ pub struct Fingerprint {
 
 /// The longest an etcdctl read may take (its own --command-timeout is 60 s).
 const TOOL_TIMEOUT: Duration = Duration::from_secs(90);
-/// Snapshot save and restore of a large keyspace.
-const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// How far a remaining TTL may drift between two fingerprints (time passes, and etcd refreshes
 /// leases on a leader change).
@@ -134,104 +137,7 @@ impl Fingerprint {
     }
 }
 
-/// Runs an etcd tool (`ETCDCTL_API=3`, the environment scrubbed) and returns its stdout. The
-/// tool dies with us (PR_SET_PDEATHSIG) and is killed after `timeout`: etcdctl's own
-/// `--command-timeout` does not bound every command (`lease timetolive` against an etcd that
-/// died mid-call was seen waiting for 20 minutes). With `server`, the tool is also stopped as
-/// soon as that etcd exits.
-pub fn run_tool(
-    bin: &Path,
-    args: &[std::ffi::OsString],
-    timeout: Duration,
-    mut server: Option<&mut Server>,
-) -> Result<Vec<u8>, FingerprintError> {
-    use std::io::Read;
-    use std::os::unix::process::CommandExt;
-    let cmd = format!(
-        "{} {}",
-        bin.display(),
-        args.iter()
-            .map(|a| a.to_string_lossy())
-            .collect::<Vec<_>>()
-            .join(" ")
-    );
-    let fail = |message: String| FingerprintError::Etcdctl {
-        cmd: cmd.clone(),
-        message,
-    };
-    let mut command = Command::new(bin);
-    crate::server::scrub_env(&mut command);
-    command
-        .env("ETCDCTL_API", "3")
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    // SAFETY: prctl is async-signal-safe; it only asks the kernel to kill the tool with us.
-    unsafe {
-        command.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
-    let mut child = command.spawn().map_err(|e| fail(e.to_string()))?;
-    let drain = |pipe: Option<Box<dyn Read + Send>>| {
-        std::thread::spawn(move || {
-            let mut buf = Vec::new();
-            if let Some(mut p) = pipe {
-                let _ = p.read_to_end(&mut buf);
-            }
-            buf
-        })
-    };
-    let stdout = drain(
-        child
-            .stdout
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    );
-    let stderr = drain(
-        child
-            .stderr
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-    );
-    let deadline = Instant::now() + timeout;
-    let status = loop {
-        if let Some(status) = server.as_deref_mut().and_then(Server::exited) {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(fail(format!(
-                "etcd {} exited while it ran ({status}); killed",
-                server.map(|s| s.version.clone()).unwrap_or_default()
-            )));
-        }
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(5)),
-            Ok(None) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(fail(format!(
-                    "did not finish within {} s; killed",
-                    timeout.as_secs()
-                )));
-            }
-            Err(e) => return Err(fail(e.to_string())),
-        }
-    };
-    let out = stdout.join().unwrap_or_default();
-    let err = stderr.join().unwrap_or_default();
-    if !status.success() {
-        return Err(fail(format!(
-            "{status}: {}",
-            String::from_utf8_lossy(&err).trim()
-        )));
-    }
-    Ok(out)
-}
-
-fn etcdctl(etcdctl: &Path, server: &mut Server, args: &[&str]) -> Result<Value, FingerprintError> {
+fn etcdctl(etcdctl: &Path, server: &mut Server, args: &[&str]) -> Result<Value, KeyspaceError> {
     let cmd = format!("{} {}", etcdctl.display(), args.join(" "));
     let mut full: Vec<std::ffi::OsString> = vec![
         format!("--endpoints={}", server.client_url).into(),
@@ -239,18 +145,34 @@ fn etcdctl(etcdctl: &Path, server: &mut Server, args: &[&str]) -> Result<Value, 
     ];
     full.extend(args.iter().map(Into::into));
     full.extend(["-w".into(), "json".into()]);
-    let out = run_tool(etcdctl, &full, TOOL_TIMEOUT, Some(server))?;
-    serde_json::from_slice(&out).map_err(|e| FingerprintError::Output {
+    let out = crate::process::run_tool(
+        etcdctl,
+        &full,
+        &[("ETCDCTL_API", "3")],
+        TOOL_TIMEOUT,
+        || match server.exited() {
+            Some(status) => Err(format!(
+                "etcd {} exited while it ran ({status})",
+                server.version
+            )),
+            None => Ok(()),
+        },
+    )
+    .map_err(|e| KeyspaceError::Etcdctl {
+        cmd: cmd.clone(),
+        message: e.to_string(),
+    })?;
+    serde_json::from_slice(&out).map_err(|e| KeyspaceError::Output {
         cmd,
         message: e.to_string(),
     })
 }
 
-fn b64(cmd: &str, v: Option<&Value>) -> Result<Vec<u8>, FingerprintError> {
+fn b64(cmd: &str, v: Option<&Value>) -> Result<Vec<u8>, KeyspaceError> {
     let text = v.and_then(Value::as_str).unwrap_or("");
     base64::engine::general_purpose::STANDARD
         .decode(text)
-        .map_err(|e| FingerprintError::Output {
+        .map_err(|e| KeyspaceError::Output {
             cmd: cmd.into(),
             message: format!("bad base64: {e}"),
         })
@@ -266,36 +188,127 @@ pub struct Kv {
     pub mod_revision: i64,
 }
 
-/// The whole keyspace served by `server`, with the fingerprint of it.
+/// Keys per page read through the gateway.
+pub const PAGE_KEYS: usize = 256;
+
+/// The JSON gateway's path prefix in etcd `v`.
+pub fn gateway(v: &semver::Version) -> &'static str {
+    match (v.major, v.minor) {
+        (3, 0..=2) => "/v3alpha",
+        (3, 3) => "/v3beta",
+        _ => "/v3",
+    }
+}
+
+/// The gateway prefix `server` answers on: the one its version should have, else the first
+/// other that answers (a binary may be newer than the version it is bundled as).
+pub fn serving_gateway(server: &Server, version: &semver::Version) -> &'static str {
+    let expected = gateway(version);
+    let probe = r#"{"key":"AA==","limit":1}"#;
+    for prefix in [expected, "/v3", "/v3beta", "/v3alpha"] {
+        let path = format!("{prefix}/kv/range");
+        if matches!(
+            crate::server::http(server.port, "POST", &path, Some(probe)),
+            Some((200, _))
+        ) {
+            return prefix;
+        }
+    }
+    expected
+}
+
+fn b64e(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// The JSON gateway encodes int64 fields as strings.
+fn int(v: Option<&Value>) -> i64 {
+    match v {
+        Some(Value::String(s)) => s.parse().unwrap_or(0),
+        Some(v) => v.as_i64().unwrap_or(0),
+        None => 0,
+    }
+}
+
+/// Every key served by `server`, page by page at one revision: `f` sees each in key order.
+/// Returns the revision read at.
+pub fn scan(
+    server: &Server,
+    version: &semver::Version,
+    mut f: impl FnMut(Kv) -> Result<(), KeyspaceError>,
+) -> Result<i64, KeyspaceError> {
+    let path = format!("{}/kv/range", serving_gateway(server, version));
+    let cmd = format!("POST {}{path}", server.client_url);
+    let fail = |message: String| KeyspaceError::Output {
+        cmd: cmd.clone(),
+        message,
+    };
+    let (mut start, mut revision) = (vec![0u8], 0i64);
+    loop {
+        let body = serde_json::json!({
+            "key": b64e(&start), "range_end": b64e(&[0]), "limit": PAGE_KEYS,
+            "revision": revision,
+        });
+        let (status, text) =
+            crate::server::http(server.port, "POST", &path, Some(&body.to_string()))
+                .ok_or_else(|| fail("no answer".into()))?;
+        if status != 200 {
+            return Err(fail(format!("HTTP {status}: {}", text.trim())));
+        }
+        let page: Value = serde_json::from_str(&text).map_err(|e| fail(e.to_string()))?;
+        if revision == 0 {
+            revision = int(page.pointer("/header/revision"));
+        }
+        let kvs = page
+            .get("kvs")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        let mut last = None;
+        for kv in &kvs {
+            let kv = Kv {
+                key: b64(&cmd, kv.get("key"))?,
+                value: b64(&cmd, kv.get("value"))?,
+                lease: int(kv.get("lease")),
+                mod_revision: int(kv.get("mod_revision")),
+            };
+            last = Some(kv.key.clone());
+            f(kv)?;
+        }
+        let more = page.get("more").and_then(Value::as_bool).unwrap_or(false);
+        match last {
+            Some(mut k) if more => {
+                k.push(0);
+                start = k;
+            }
+            _ => return Ok(revision),
+        }
+    }
+}
+
+/// The fingerprint of the keyspace served by `server` (etcd `version`), and, with `keep`, every
+/// key (the etcd2 rollback needs them all to build a v2 store).
 pub fn read(
     etcdctl_bin: &Path,
     server: &mut Server,
-) -> Result<(Fingerprint, Vec<Kv>), FingerprintError> {
-    let all = etcdctl(etcdctl_bin, server, &["get", "", "--prefix"])?;
-    let raw = all
-        .get("kvs")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    let mut kvs = Vec::with_capacity(raw.len());
+    version: &semver::Version,
+    keep: bool,
+) -> Result<(Fingerprint, Vec<Kv>), KeyspaceError> {
+    let mut kvs = Vec::new();
     let mut lease_ids: BTreeMap<i64, usize> = BTreeMap::new();
-    for kv in &raw {
-        let lease = kv.get("lease").and_then(Value::as_i64).unwrap_or(0);
-        if lease != 0 {
-            *lease_ids.entry(lease).or_default() += 1;
+    let mut h = Sha256::new();
+    let mut count = 0usize;
+    let revision = scan(server, version, |kv| {
+        if kv.lease != 0 {
+            *lease_ids.entry(kv.lease).or_default() += 1;
         }
-        kvs.push(Kv {
-            key: b64("get", kv.get("key"))?,
-            value: b64("get", kv.get("value"))?,
-            lease,
-            mod_revision: kv.get("mod_revision").and_then(Value::as_i64).unwrap_or(0),
-        });
-    }
-    let digest = digest(
-        kvs.iter()
-            .map(|kv| (kv.key.clone(), kv.value.clone()))
-            .collect(),
-    );
+        digest_entry(&mut h, &kv.key, &kv.value);
+        count += 1;
+        if keep {
+            kvs.push(kv);
+        }
+        Ok(())
+    })?;
     let mut leases = BTreeMap::new();
     for (id, keys) in lease_ids {
         let hex = format!("{id:x}");
@@ -309,22 +322,22 @@ pub fn read(
             },
         );
     }
-    let revision = all
-        .pointer("/header/revision")
-        .and_then(Value::as_i64)
-        .unwrap_or(0);
     let fp = Fingerprint {
         revision,
-        keys: kvs.len(),
-        digest,
+        keys: count,
+        digest: hex_digest(h.finalize().as_slice()),
         leases,
     };
     Ok((fp, kvs))
 }
 
 /// The fingerprint of the whole keyspace served by `server`.
-pub fn take(etcdctl_bin: &Path, server: &mut Server) -> Result<Fingerprint, FingerprintError> {
-    read(etcdctl_bin, server).map(|(fp, _)| fp)
+pub fn take(
+    etcdctl_bin: &Path,
+    server: &mut Server,
+    version: &semver::Version,
+) -> Result<Fingerprint, KeyspaceError> {
+    read(etcdctl_bin, server, version, false).map(|(fp, _)| fp)
 }
 
 /// `etcdctl <args> -w json` against `server` (member list, endpoint status, ...).
@@ -332,54 +345,8 @@ pub fn query(
     etcdctl_bin: &Path,
     server: &mut Server,
     args: &[&str],
-) -> Result<Value, FingerprintError> {
+) -> Result<Value, KeyspaceError> {
     etcdctl(etcdctl_bin, server, args)
-}
-
-/// `etcdctl snapshot save` from the etcd at `endpoint` into `to`.
-pub fn snapshot_save(
-    etcdctl: &Path,
-    server: &mut Server,
-    to: &Path,
-) -> Result<(), FingerprintError> {
-    let args = [
-        format!("--endpoints={}", server.client_url).into(),
-        "--command-timeout=300s".into(),
-        "snapshot".into(),
-        "save".into(),
-        to.as_os_str().to_owned(),
-    ];
-    run_tool(etcdctl, &args, SNAPSHOT_TIMEOUT, Some(server))?;
-    if !to.is_file() {
-        return Err(FingerprintError::Etcdctl {
-            cmd: format!("{} snapshot save {}", etcdctl.display(), to.display()),
-            message: "succeeded but wrote no snapshot".into(),
-        });
-    }
-    Ok(())
-}
-
-/// `snapshot restore` of `snapshot` into the new directory `data_dir`, as member `name`.
-pub fn snapshot_restore(
-    tool: &Path,
-    snapshot: &Path,
-    data_dir: &Path,
-    name: &str,
-    initial_cluster: &str,
-    advertise_peer_urls: &str,
-) -> Result<(), FingerprintError> {
-    let args = [
-        "snapshot".into(),
-        "restore".into(),
-        snapshot.as_os_str().to_owned(),
-        "--data-dir".into(),
-        data_dir.as_os_str().to_owned(),
-        format!("--name={name}").into(),
-        format!("--initial-cluster={initial_cluster}").into(),
-        format!("--initial-advertise-peer-urls={advertise_peer_urls}").into(),
-    ];
-    run_tool(tool, &args, SNAPSHOT_TIMEOUT, None)?;
-    Ok(())
 }
 
 /// The keyspace digest: sha256 over (key length, key, value length, value) in key order.
@@ -387,12 +354,16 @@ pub fn digest(mut entries: Vec<(Vec<u8>, Vec<u8>)>) -> String {
     entries.sort();
     let mut h = Sha256::new();
     for (k, v) in &entries {
-        h.update((k.len() as u64).to_be_bytes());
-        h.update(k);
-        h.update((v.len() as u64).to_be_bytes());
-        h.update(v);
+        digest_entry(&mut h, k, v);
     }
     hex_digest(h.finalize().as_slice())
+}
+
+fn digest_entry(h: &mut Sha256, k: &[u8], v: &[u8]) {
+    h.update((k.len() as u64).to_be_bytes());
+    h.update(k);
+    h.update((v.len() as u64).to_be_bytes());
+    h.update(v);
 }
 
 fn hex_digest(bytes: &[u8]) -> String {

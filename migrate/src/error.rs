@@ -1,0 +1,145 @@
+//! What can go wrong, with a distinct exit code per refusal and a hint for each.
+
+use crate::datadir::DataDirError;
+use crate::{keyspace, plan, server, stage};
+
+/// Distinct exit codes, so that a supervisor can tell refusals apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitCode {
+    Ok = 0,
+    Failure = 1,
+    Usage = 2,
+    NotSupportedYet = 3,
+    MalformedVersionFile = 10,
+    MissingVersionFile = 11,
+    TargetNotBundled = 12,
+    DowngradeTooFar = 13,
+    UnknownStorage = 14,
+    DataDirInUse = 15,
+    MissingBinary = 16,
+    ClusterRollback = 17,
+    NoEtcd2Converter = 18,
+    NotRepresentableInV2 = 19,
+    DamagedDataDir = 20,
+    InsufficientSpace = 21,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    #[error(transparent)]
+    DataDir(#[from] DataDirError),
+    #[error("existing data directory `{0}` is missing version.txt file, unable to migrate")]
+    MissingVersionFile(String),
+    #[error("target version {target} is not bundled (bundled: {bundled})")]
+    TargetNotBundled { target: String, bundled: String },
+    #[error("{binary} is missing: needed for {why}")]
+    MissingBinary { binary: String, why: String },
+    #[error("migration from {current} to {target} is not supported yet by this migrate; the data directory was not changed")]
+    NotSupportedYet { current: String, target: String },
+    #[error("rolling back {from} -> {to} as one member of the cluster `{initial_cluster}` is not supported: a rollback restores a snapshot, which makes a new cluster")]
+    ClusterRollback {
+        from: String,
+        to: String,
+        initial_cluster: String,
+    },
+    #[error(
+        "the keyspace cannot be rolled back to etcd2: {key}: {why}; the data dir was not changed"
+    )]
+    NotRepresentableInV2 { key: String, why: String },
+    #[error("the data directory `{dir}` is damaged: {message}; nothing was changed")]
+    DamagedDataDir { dir: String, message: String },
+    #[error(transparent)]
+    Plan(#[from] plan::PlanError),
+    #[error(transparent)]
+    Server(#[from] server::ServerError),
+    #[error("reading the keyspace: {0}")]
+    Keyspace(#[from] keyspace::KeyspaceError),
+    #[error(transparent)]
+    Stage(#[from] stage::StageError),
+    #[error("restoring the snapshot: {0}")]
+    Restore(String),
+    #[error("the data directory `{dir}` cannot be brought to a complete backend: {message}; the data dir was not migrated")]
+    Unsettled { dir: String, message: String },
+    #[error("{step}: the keyspace differs after the step ({differences}); the data dir was restored from its backup")]
+    FingerprintMismatch { step: String, differences: String },
+    #[error("`{path}`: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("the journal `{path}` of an interrupted run is unusable: {message}")]
+    Journal { path: String, message: String },
+    #[error("the data directory `{dir}` is in use by a running etcd (it holds a lock on `{file}`); stop it before migrating")]
+    InUse { dir: String, file: String },
+    #[error("checking whether `{dir}` is in use: {source}")]
+    LockProbe { dir: String, source: std::io::Error },
+    #[error("replacing `{path}`: {source}")]
+    Binaries {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+impl MigrateError {
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            MigrateError::DataDir(DataDirError::Malformed { .. }) => ExitCode::MalformedVersionFile,
+            MigrateError::DataDir(_) => ExitCode::Failure,
+            MigrateError::MissingVersionFile(_) => ExitCode::MissingVersionFile,
+            MigrateError::TargetNotBundled { .. } => ExitCode::TargetNotBundled,
+            MigrateError::MissingBinary { .. } => ExitCode::MissingBinary,
+            MigrateError::NotSupportedYet { .. } => ExitCode::NotSupportedYet,
+            MigrateError::Binaries { .. } => ExitCode::Failure,
+            MigrateError::Plan(plan::PlanError::DowngradeTooFar { .. }) => {
+                ExitCode::DowngradeTooFar
+            }
+            MigrateError::Plan(plan::PlanError::MissingMinor { .. }) => ExitCode::TargetNotBundled,
+            MigrateError::Plan(plan::PlanError::StorageChange { .. }) => ExitCode::NotSupportedYet,
+            MigrateError::Plan(plan::PlanError::NoConverter { .. }) => ExitCode::NoEtcd2Converter,
+            MigrateError::Plan(plan::PlanError::MajorChange { from, to }) => {
+                if to < from {
+                    ExitCode::DowngradeTooFar
+                } else {
+                    ExitCode::NotSupportedYet
+                }
+            }
+            MigrateError::InUse { .. } => ExitCode::DataDirInUse,
+            MigrateError::ClusterRollback { .. } => ExitCode::ClusterRollback,
+            MigrateError::NotRepresentableInV2 { .. } => ExitCode::NotRepresentableInV2,
+            MigrateError::DamagedDataDir { .. } => ExitCode::DamagedDataDir,
+            MigrateError::Stage(stage::StageError::NoSpace { .. }) => ExitCode::InsufficientSpace,
+            MigrateError::Server(_)
+            | MigrateError::Keyspace(_)
+            | MigrateError::Stage(_)
+            | MigrateError::Restore(_)
+            | MigrateError::Unsettled { .. }
+            | MigrateError::FingerprintMismatch { .. }
+            | MigrateError::Io { .. }
+            | MigrateError::Journal { .. } => ExitCode::Failure,
+            MigrateError::LockProbe { .. } => ExitCode::Failure,
+        }
+    }
+
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            MigrateError::DataDir(DataDirError::Malformed { path, .. }) => Some(format!(
+                "version.txt must hold `<major>.<minor>.<patch>/<etcd2|etcd3>`, e.g. `3.4.23/etcd3`; fix `{}` by hand after checking which etcd wrote the data",
+                path.display()
+            )),
+            MigrateError::MissingVersionFile(_) => Some(
+                "migrate never guesses the version of existing data; write version.txt by hand (e.g. `3.4.23/etcd3`) after checking which etcd wrote it".into(),
+            ),
+            MigrateError::TargetNotBundled { .. } => Some("set TARGET_VERSION to one of the bundled versions".into()),
+            MigrateError::Plan(plan::PlanError::DowngradeTooFar { .. }) => Some("roll back one minor at a time with the image of each minor, or restore a backup".into()),
+            MigrateError::Plan(plan::PlanError::MissingMinor { .. }) => Some("use an image that bundles every minor version between the data's and the target".into()),
+            MigrateError::Plan(plan::PlanError::NoConverter { .. }) => Some("use an image that bundles an etcd 3.0-3.4 (e.g. 3.4.23) to convert the etcd2 data, then this one".into()),
+            MigrateError::MissingBinary { .. } => Some("the image is incomplete: every bundled version needs etcd-<V> and etcdctl-<V> in --bin-dir".into()),
+            MigrateError::NotRepresentableInV2 { .. } => Some("the v2 store holds UTF-8 strings at clean paths (Kubernetes must have stored JSON, --storage-media-type=application/json); keep etcd3 storage, or rewrite those keys first".into()),
+            MigrateError::DamagedDataDir { .. } => Some("start this etcd version on the data once (it repairs a torn WAL tail) or restore a backup, then run migrate again".into()),
+            MigrateError::ClusterRollback { .. } => Some("as with the original image, HA rollbacks are not supported: stop every member, roll back one member with a single-member --initial-cluster, then re-add the others as new members".into()),
+            MigrateError::Stage(stage::StageError::NoSpace { .. }) => Some("free space on that filesystem (or give the data dir's volume more), then run again; see the README for what each step needs".into()),
+            MigrateError::InUse { .. } => Some("migrate runs before etcd starts; stop the etcd that uses this data directory (or wait for it to exit) and run again".into()),
+            _ => None,
+        }
+    }
+}
