@@ -10,7 +10,53 @@ use std::path::Path;
 
 use semver::Version;
 
-use crate::MigrateError;
+use crate::datadir::DataDir;
+use crate::options::Options;
+use crate::{log, MigrateError};
+
+/// Makes the default `etcd` and `etcdctl` those of the version in the data dir's version.txt
+/// (that version if bundled, else the newest bundled patch of its minor). Without a readable
+/// version.txt, or with no bundled binary of its minor, the defaults stay as they are.
+pub fn match_data(options: &Options) -> Result<(), MigrateError> {
+    let pair = match DataDir::new(&options.data_dir).read_version() {
+        Ok(Some(pair)) => pair,
+        Ok(None) => {
+            log("the data dir has no version.txt; the default etcd stays as it is");
+            return Ok(());
+        }
+        Err(e) => {
+            log(&format!("{e}; the default etcd stays as it is"));
+            return Ok(());
+        }
+    };
+    let v = &pair.version;
+    let exact = options
+        .bundled_versions
+        .iter()
+        .find(|b| b.cmp_precedence(v).is_eq());
+    let chosen = exact.cloned().or_else(|| {
+        options
+            .bundled_versions
+            .iter()
+            .filter(|b| b.major == v.major && b.minor == v.minor)
+            .max()
+            .cloned()
+    });
+    let Some(chosen) = chosen else {
+        log(&format!(
+            "no bundled etcd {}.{}.x for the data's version {v}; the default etcd stays as it is",
+            v.major, v.minor
+        ));
+        return Ok(());
+    };
+    for name in ["etcd", "etcdctl"] {
+        replace_default(&options.bin_dir, name, &chosen)?;
+    }
+    log(&format!(
+        "the default etcd and etcdctl are {chosen}, for the data's version {pair}"
+    ));
+    Ok(())
+}
 
 /// Replaces `<bin_dir>/<name>` with a copy of `<bin_dir>/<name>-<version>`, keeping its mode.
 pub fn replace_default(bin_dir: &Path, name: &str, version: &Version) -> Result<(), MigrateError> {

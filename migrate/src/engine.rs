@@ -586,6 +586,7 @@ pub fn upgrade(
         stage::stage(&plan, &options.data_dir, &side.new)?;
         phases.mark("stage");
         failpoint("upgrade-staged");
+        fill_disk_failpoint("upgrade-staged", parent);
         log(&format!("starting etcd {to} on the working copy"));
         let step = format!("upgrade {from} -> {to}");
         let fps = run_and_verify(options, to, &step, &side.new, logs.path(), &mut phases)?;

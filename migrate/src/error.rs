@@ -1,7 +1,7 @@
 //! What can go wrong, with a distinct exit code per refusal and a hint for each.
 
 use crate::datadir::DataDirError;
-use crate::{keyspace, plan, server, stage};
+use crate::{cluster, keyspace, lock, plan, server, stage};
 
 /// Distinct exit codes, so that a supervisor can tell refusals apart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,6 +22,8 @@ pub enum ExitCode {
     NotRepresentableInV2 = 19,
     DamagedDataDir = 20,
     InsufficientSpace = 21,
+    DataDirLocked = 22,
+    ClusterConfig = 23,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +60,10 @@ pub enum MigrateError {
     Stage(#[from] stage::StageError),
     #[error("restoring the snapshot: {0}")]
     Restore(String),
+    #[error(transparent)]
+    Lock(#[from] lock::LockError),
+    #[error("the cluster configuration cannot work: {0}; nothing was changed")]
+    ClusterConfig(Box<cluster::ClusterConfigError>),
     #[error("the data directory `{dir}` cannot be brought to a complete backend: {message}; the data dir was not migrated")]
     Unsettled { dir: String, message: String },
     #[error("{step}: the keyspace differs after the step ({differences}); the data dir was restored from its backup")]
@@ -108,6 +114,9 @@ impl MigrateError {
             MigrateError::NotRepresentableInV2 { .. } => ExitCode::NotRepresentableInV2,
             MigrateError::DamagedDataDir { .. } => ExitCode::DamagedDataDir,
             MigrateError::Stage(stage::StageError::NoSpace { .. }) => ExitCode::InsufficientSpace,
+            MigrateError::Lock(lock::LockError::Held { .. }) => ExitCode::DataDirLocked,
+            MigrateError::ClusterConfig(_) => ExitCode::ClusterConfig,
+            MigrateError::Lock(_) => ExitCode::Failure,
             MigrateError::Server(_)
             | MigrateError::Keyspace(_)
             | MigrateError::Stage(_)
@@ -137,9 +146,17 @@ impl MigrateError {
             MigrateError::NotRepresentableInV2 { .. } => Some("the v2 store holds UTF-8 strings at clean paths (Kubernetes must have stored JSON, --storage-media-type=application/json); keep etcd3 storage, or rewrite those keys first".into()),
             MigrateError::DamagedDataDir { .. } => Some("start this etcd version on the data once (it repairs a torn WAL tail) or restore a backup, then run migrate again".into()),
             MigrateError::ClusterRollback { .. } => Some("as with the original image, HA rollbacks are not supported: stop every member, roll back one member with a single-member --initial-cluster, then re-add the others as new members".into()),
+            MigrateError::Lock(lock::LockError::Held { .. }) => Some("two migrates never work on one data dir at once; wait for the other to finish (or stop it), or raise --lock-wait / MIGRATE_LOCK_WAIT".into()),
+            MigrateError::ClusterConfig(_) => Some("--name (MIGRATE_ETCD_NAME, ETCD_NAME, or etcd-$ETCD_HOSTNAME / etcd-$HOSTNAME) must be one of the names in --initial-cluster (INITIAL_CLUSTER), with --initial-advertise-peer-urls equal to that member's URLs there: etcd refuses anything else when it restores or starts a member".into()),
             MigrateError::Stage(stage::StageError::NoSpace { .. }) => Some("free space on that filesystem (or give the data dir's volume more), then run again; see the README for what each step needs".into()),
             MigrateError::InUse { .. } => Some("migrate runs before etcd starts; stop the etcd that uses this data directory (or wait for it to exit) and run again".into()),
             _ => None,
         }
+    }
+}
+
+impl From<cluster::ClusterConfigError> for MigrateError {
+    fn from(e: cluster::ClusterConfigError) -> MigrateError {
+        MigrateError::ClusterConfig(Box::new(e))
     }
 }

@@ -14,6 +14,7 @@
 pub mod backend;
 pub mod bbolt;
 pub mod binaries;
+pub mod cluster;
 pub mod datadir;
 pub mod engine;
 pub mod error;
@@ -37,7 +38,26 @@ use options::Options;
 pub use report::{log, Outcome, Report};
 use version::VersionPair;
 
-/// Runs the migration described by `options`.
+/// A whole run, as the binary does it: hold the data dir ([`lock::DataDirLock`]), migrate, and
+/// then (unless `move_binaries` is false or it is a dry run) make the default `etcd`/`etcdctl`
+/// the binaries of the version version.txt now names, whether the migration succeeded or not.
+/// The original switched them to the target before migrating, so a failed migration left the
+/// target etcd to start on old data.
+pub fn run(options: &Options, move_binaries: bool) -> Result<Report, MigrateError> {
+    let wait = std::time::Duration::from_secs(options.lock_wait.max(0) as u64);
+    let result = lock::DataDirLock::acquire(&options.data_dir, wait, &log)
+        .map_err(MigrateError::from)
+        .and_then(|_held| migrate_if_needed(options));
+    if move_binaries && !options.dry_run {
+        let matched = binaries::match_data(options);
+        if let (Ok(_), Err(e)) = (&result, matched) {
+            return Err(e);
+        }
+    }
+    result
+}
+
+/// Runs the migration described by `options` (the caller holds the data dir).
 pub fn migrate_if_needed(options: &Options) -> Result<Report, MigrateError> {
     let target = &options.target;
     let data_dir = DataDir::new(&options.data_dir);
@@ -173,6 +193,25 @@ fn plan_steps(options: &Options, current: &VersionPair) -> Result<Vec<plan::Step
         }
     }
     refuse_if_in_use(options)?;
+    let runs_etcd = steps
+        .iter()
+        .any(|s| !matches!(s, plan::Step::PatchChange { .. }));
+    if runs_etcd {
+        cluster::check(options)?;
+    }
+    if runs_etcd
+        && options
+            .etcd_server_extra_args
+            .iter()
+            .any(|a| a == "--wal-dir" || a.starts_with("--wal-dir="))
+    {
+        // The step's etcd runs on a copy of the data dir; a separate WAL dir would be shared
+        // with the original, and the copy could not be thrown away.
+        return Err(MigrateError::NotSupportedYet {
+            current: current.to_string(),
+            target: format!("{} with --wal-dir in the extra etcd args", options.target),
+        });
+    }
     if let [plan::Step::Rollback { from, .. } | plan::Step::RollbackToEtcd2 { from, .. }] =
         steps.as_slice()
     {

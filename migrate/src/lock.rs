@@ -1,12 +1,23 @@
-//! Is a live etcd using the data directory? etcd locks its files while it runs: bbolt takes a
-//! `flock` on `member/snap/db`, and the WAL files carry open-file-description (`F_OFD_SETLK`)
-//! locks. migrate probes both the same way, without waiting, and releases at once. A data dir
-//! in use is never touched: migrating it under a running etcd would corrupt it.
+//! Who else is using the data directory.
+//!
+//! - A live etcd: etcd locks its files while it runs (bbolt takes a `flock` on
+//!   `member/snap/db`, the WAL files carry open-file-description (`F_OFD_SETLK`) locks). migrate
+//!   probes both without waiting and releases at once. A data dir in use is never touched:
+//!   migrating it under a running etcd would corrupt it.
+//! - Another migrate: [`DataDirLock`] is an exclusive `flock` on `.<name>.migrate-lock` beside the
+//!   data dir, held for the whole run (recovery, plan, steps, binaries). It lives beside the data
+//!   dir, not in it, because a step swaps the data dir by rename. A second migrate waits for it,
+//!   bounded and saying so, then refuses naming the holder's pid. The holder removes the file
+//!   before it unlocks; a waiter that then locks a removed file notices (the path no longer names
+//!   the inode it locked) and locks again, so two runs never both hold it. A killed holder's
+//!   lock goes with its process; its file is reused and removed by the next run.
 
 use std::fs::File;
-use std::io;
+use std::io::{self, Read, Seek, Write};
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 fn flock_held(path: &Path) -> io::Result<bool> {
     let file = match File::options().read(true).write(true).open(path) {
@@ -91,6 +102,126 @@ fn probe(data_dir: &Path) -> io::Result<Option<PathBuf>> {
     Ok(None)
 }
 
+/// The exclusive hold of one migrate run on a data dir and its sidecars; released (and its file
+/// removed) when dropped.
+pub struct DataDirLock {
+    file: File,
+    path: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error("`{path}`: {source}")]
+    Io { path: String, source: io::Error },
+    #[error("another migrate ({holder}) has held `{path}` for {waited} s; it is migrating the same data dir")]
+    Held {
+        path: String,
+        holder: String,
+        waited: u64,
+    },
+}
+
+/// The lock file of `data_dir`: `.<name>.migrate-lock` in its parent.
+pub fn lock_path(data_dir: &Path) -> PathBuf {
+    let parent = match data_dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let name = data_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "data".into());
+    parent.join(format!(".{name}.migrate-lock"))
+}
+
+impl DataDirLock {
+    /// Takes the lock of `data_dir`, waiting up to `wait` for another migrate to release it
+    /// (`log` says who holds it, once, then every 10 s).
+    pub fn acquire(
+        data_dir: &Path,
+        wait: Duration,
+        log: &dyn Fn(&str),
+    ) -> Result<DataDirLock, LockError> {
+        let path = lock_path(data_dir);
+        let io_err = |source| LockError::Io {
+            path: path.display().to_string(),
+            source,
+        };
+        if let Some(parent) = path.parent() {
+            // A missing data dir is created with its parents (as the original did); its lock
+            // needs the parent first.
+            std::fs::create_dir_all(parent).map_err(io_err)?;
+        }
+        let started = Instant::now();
+        let mut told = None::<Instant>;
+        loop {
+            let mut file = File::options()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)
+                .map_err(io_err)?;
+            // SAFETY: flock on a descriptor we own.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+                // The holder before us may have removed the file between our open and our lock:
+                // then we hold a lock nobody else can see, and must lock the new file instead.
+                let same = match std::fs::metadata(&path) {
+                    Ok(m) => {
+                        let ours = file.metadata().map_err(io_err)?;
+                        m.ino() == ours.ino() && m.dev() == ours.dev()
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => false,
+                    Err(e) => return Err(io_err(e)),
+                };
+                if !same {
+                    continue;
+                }
+                file.set_len(0).map_err(io_err)?;
+                file.rewind().map_err(io_err)?;
+                writeln!(file, "pid {}", std::process::id()).map_err(io_err)?;
+                return Ok(DataDirLock { file, path });
+            }
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
+                return Err(io_err(err));
+            }
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = match holder.trim() {
+                "" => "a process that has not written its pid yet".to_string(),
+                h => h.to_string(),
+            };
+            let waited = started.elapsed();
+            if waited >= wait {
+                return Err(LockError::Held {
+                    path: path.display().to_string(),
+                    holder,
+                    waited: waited.as_secs(),
+                });
+            }
+            if told.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                log(&format!(
+                    "waiting for another migrate ({holder}) that holds `{}` (up to {} s more)",
+                    path.display(),
+                    (wait - waited).as_secs()
+                ));
+                told = Some(Instant::now());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for DataDirLock {
+    fn drop(&mut self) {
+        // Remove, then unlock (closing the file unlocks it): see the module doc.
+        let _ = std::fs::remove_file(&self.path);
+        // SAFETY: flock on our own descriptor.
+        unsafe { libc::flock(self.file.as_raw_fd(), libc::LOCK_UN) };
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,5 +246,31 @@ mod tests {
         assert_eq!(held_by_live_etcd(dir.path()).unwrap(), Some(db.clone()));
         drop(holder);
         assert_eq!(held_by_live_etcd(dir.path()).unwrap(), None);
+    }
+
+    #[test]
+    fn a_second_holder_waits_then_is_refused_naming_the_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let first = DataDirLock::acquire(&data, Duration::ZERO, &|_| {}).unwrap();
+        let said = std::cell::RefCell::new(Vec::new());
+        let err = DataDirLock::acquire(&data, Duration::from_millis(300), &|m| {
+            said.borrow_mut().push(m.to_string())
+        })
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(
+            err.contains(&format!("pid {}", std::process::id())),
+            "{err}"
+        );
+        assert!(
+            said.borrow()[0].contains("waiting for another migrate"),
+            "{said:?}"
+        );
+        drop(first);
+        assert!(!lock_path(&data).exists(), "the holder removes its file");
+        let again = DataDirLock::acquire(&data, Duration::ZERO, &|_| {}).unwrap();
+        drop(again);
     }
 }

@@ -2,7 +2,7 @@
 
 use clap::Parser;
 use migrate::options::Flags;
-use migrate::{binaries, log, migrate_if_needed, ExitCode};
+use migrate::{log, ExitCode};
 
 fn main() {
     let flags = match Flags::try_parse() {
@@ -35,17 +35,8 @@ fn main() {
     for line in &options.defaults_log {
         log(line);
     }
-    if !options.dry_run && env("DO_NOT_MOVE_BINARIES").as_deref() != Some("true") {
-        for name in ["etcd", "etcdctl"] {
-            if let Err(e) =
-                binaries::replace_default(&options.bin_dir, name, &options.target.version)
-            {
-                eprintln!("error: {e}");
-                std::process::exit(e.exit_code() as i32);
-            }
-        }
-    }
-    match migrate_if_needed(&options) {
+    let move_binaries = env("DO_NOT_MOVE_BINARIES").as_deref() != Some("true");
+    match migrate::run(&options, move_binaries) {
         Ok(report) => {
             if options.json {
                 println!("{}", report.to_json());

@@ -14,7 +14,7 @@ use crate::version::{parse_version, Storage, VersionPair};
 #[derive(Debug, Parser, Clone, Default)]
 #[command(name = "migrate", version)]
 pub struct Flags {
-    /// Member name for the temporary server and restores [env: ETCD_NAME; default: etcd-$ETCD_HOSTNAME or etcd-$HOSTNAME].
+    /// Member name for the temporary server and restores [env: MIGRATE_ETCD_NAME, then ETCD_NAME; default: etcd-$ETCD_HOSTNAME, etcd-$HOSTNAME, or etcd-<hostname>].
     #[arg(long)]
     pub name: Option<String>,
     /// etcd data directory.
@@ -68,6 +68,10 @@ pub struct Flags {
     /// Print the result as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    /// How long to wait for another migrate that holds the same data dir before refusing
+    /// (exit 22): seconds, or a duration such as 10m.
+    #[arg(long, env = "MIGRATE_LOCK_WAIT", default_value = "10m", value_parser = parse_wait_seconds)]
+    pub lock_wait: i64,
     /// Print the fingerprint of the data dir's backend as JSON and exit (read only, offline:
     /// etcd must be stopped; the same fingerprint migrate compares around every step).
     #[arg(long)]
@@ -78,10 +82,14 @@ pub struct Flags {
 #[derive(Debug, Clone)]
 pub struct Options {
     pub name: String,
+    /// Where `name` came from (`--name`, `ETCD_NAME`, `HOSTNAME`, ...), for error messages.
+    pub name_source: String,
     pub data_dir: PathBuf,
     pub port: u16,
     pub peer_port: u16,
     pub initial_cluster: String,
+    /// Where `initial_cluster` came from (`--initial-cluster`, `INITIAL_CLUSTER`, the default).
+    pub initial_cluster_source: String,
     pub listen_peer_urls: String,
     pub initial_advertise_peer_urls: String,
     pub listen_client_urls: String,
@@ -95,6 +103,8 @@ pub struct Options {
     pub bin_dir: PathBuf,
     pub dry_run: bool,
     pub json: bool,
+    /// Seconds to wait for another migrate holding the data dir.
+    pub lock_wait: i64,
     /// Log lines about defaults that were applied.
     pub defaults_log: Vec<String>,
 }
@@ -173,6 +183,14 @@ pub fn parse_duration_seconds(text: &str) -> Result<i64, String> {
     Ok(total)
 }
 
+/// Like [`parse_duration_seconds`], but 0 (do not wait) is allowed.
+pub fn parse_wait_seconds(text: &str) -> Result<i64, String> {
+    if text.trim().trim_end_matches('s') == "0" {
+        return Ok(0);
+    }
+    parse_duration_seconds(text)
+}
+
 /// Parses a comma (or space) separated list of strict semver versions.
 pub fn parse_bundled(text: &str) -> Result<Vec<Version>, String> {
     let mut out = Vec::new();
@@ -213,25 +231,40 @@ impl Flags {
     pub fn resolve(&self, env: &dyn Fn(&str) -> Option<String>) -> Result<Options, OptionsError> {
         let get = |k: &str| env(k).filter(|v| !v.is_empty());
         let mut log = Vec::new();
-        let name = match (
+        let hostname = || {
+            let mut buf = [0u8; 256];
+            // SAFETY: gethostname writes at most buf.len() bytes into buf.
+            let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+            let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+            (rc == 0 && end > 0).then(|| String::from_utf8_lossy(&buf[..end]).into_owned())
+        };
+        let (name, name_source) = match (
             &self.name,
+            get("MIGRATE_ETCD_NAME"),
             get("ETCD_NAME"),
             get("ETCD_HOSTNAME"),
             get("HOSTNAME"),
         ) {
-            (Some(n), ..) if !n.is_empty() => n.clone(),
-            (_, Some(n), ..) => n,
-            (_, None, Some(h), _) => {
+            (Some(n), ..) if !n.is_empty() => (n.clone(), "--name".to_string()),
+            (_, Some(n), ..) => (n, "MIGRATE_ETCD_NAME".into()),
+            (_, None, Some(n), ..) => (n, "ETCD_NAME".into()),
+            (_, None, None, Some(h), _) => {
                 log.push(format!(
                     "--name unset, defaulting to etcd-{h} (ETCD_HOSTNAME)"
                 ));
-                format!("etcd-{h}")
+                (format!("etcd-{h}"), "etcd-$ETCD_HOSTNAME".into())
             }
-            (_, None, None, Some(h)) => {
+            (_, None, None, None, Some(h)) => {
                 log.push(format!("--name unset, defaulting to etcd-{h} (HOSTNAME)"));
-                format!("etcd-{h}")
+                (format!("etcd-{h}"), "etcd-$HOSTNAME".into())
             }
-            _ => return Err(OptionsError::NoName),
+            _ => match hostname() {
+                Some(h) => {
+                    log.push(format!("--name unset, defaulting to etcd-{h} (hostname)"));
+                    (format!("etcd-{h}"), "etcd-<hostname>".into())
+                }
+                None => return Err(OptionsError::NoName),
+            },
         };
         let data_dir = self
             .data_dir
@@ -261,6 +294,11 @@ impl Flags {
                     def
                 }
             }
+        };
+        let initial_cluster_source = match self.initial_cluster.as_ref().filter(|v| !v.is_empty()) {
+            None => "the default <name>=http://localhost:<peer port>".to_string(),
+            Some(v) if get("INITIAL_CLUSTER").as_ref() == Some(v) => "INITIAL_CLUSTER".into(),
+            Some(_) => "--initial-cluster".into(),
         };
         let initial_cluster = default(
             &self.initial_cluster,
@@ -312,10 +350,12 @@ impl Flags {
         };
         Ok(Options {
             name,
+            name_source,
             data_dir,
             port,
             peer_port,
             initial_cluster,
+            initial_cluster_source,
             listen_peer_urls,
             initial_advertise_peer_urls,
             listen_client_urls,
@@ -332,6 +372,7 @@ impl Flags {
             bin_dir: self.bin_dir.clone(),
             dry_run: self.dry_run,
             json: self.json,
+            lock_wait: self.lock_wait,
             defaults_log: log,
         })
     }
@@ -435,10 +476,47 @@ mod tests {
             f.resolve(&env_of(&[("HOSTNAME", "h")])),
             Err(OptionsError::BadTargetVersion(_))
         ));
-        assert_eq!(
-            flags().resolve(&env_of(&[])).unwrap_err(),
-            OptionsError::NoName
+        // Nothing in the environment: the OS hostname, as the original's os.Hostname().
+        let o = flags().resolve(&env_of(&[])).unwrap();
+        assert!(
+            o.name.starts_with("etcd-") && o.name.len() > 5,
+            "{}",
+            o.name
         );
+        assert_eq!(o.name_source, "etcd-<hostname>");
+    }
+
+    #[test]
+    fn name_sources_are_recorded() {
+        for (env, name, source) in [
+            (
+                vec![("MIGRATE_ETCD_NAME", "m"), ("ETCD_NAME", "e")],
+                "m",
+                "MIGRATE_ETCD_NAME",
+            ),
+            (
+                vec![("ETCD_NAME", "e"), ("HOSTNAME", "h")],
+                "e",
+                "ETCD_NAME",
+            ),
+            (vec![("HOSTNAME", "h")], "etcd-h", "etcd-$HOSTNAME"),
+        ] {
+            let o = flags().resolve(&env_of(&env)).unwrap();
+            assert_eq!((o.name.as_str(), o.name_source.as_str()), (name, source));
+        }
+        let mut f = flags();
+        f.initial_cluster = Some("a=http://x:1".into());
+        let o = f
+            .resolve(&env_of(&[
+                ("HOSTNAME", "h"),
+                ("INITIAL_CLUSTER", "a=http://x:1"),
+            ]))
+            .unwrap();
+        assert_eq!(o.initial_cluster_source, "INITIAL_CLUSTER");
+        let o = f.resolve(&env_of(&[("HOSTNAME", "h")])).unwrap();
+        assert_eq!(o.initial_cluster_source, "--initial-cluster");
+        let o = flags().resolve(&env_of(&[("HOSTNAME", "h")])).unwrap();
+        assert!(o.initial_cluster_source.starts_with("the default"));
     }
 
     #[test]

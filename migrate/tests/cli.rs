@@ -423,3 +423,140 @@ fn a_data_dir_held_by_a_live_etcd_is_refused() {
     let out = migrate(bins.path(), &[("DO_NOT_MOVE_BINARIES", "true")], &args);
     assert_ne!(out.status.code(), Some(15), "{}", stderr(&out));
 }
+
+// guards: a failed or refused migration left the target etcd as the default, and a manifest
+// without `set -o errexit` then started it on data of the old version.
+#[test]
+fn the_default_etcd_follows_the_data_not_the_target() {
+    let bins = bin_dir_with(&["3.4.23", "3.5.1"]);
+    let default_etcd = bins.path().join("etcd");
+    let reset = || {
+        let _ = fs::remove_file(&default_etcd);
+        fs::hard_link(bins.path().join("etcd-3.5.1"), &default_etcd).unwrap();
+    };
+    // (version.txt, target, exit code, the default etcd afterwards)
+    let cases: [(&str, &str, i32, &str); 4] = [
+        ("3.4.23/etcd3", "3.6.0", 12, "etcd 3.4.23"),
+        // The step cannot run (these "binaries" are text), so the data stays at 3.4.23.
+        ("3.4.23/etcd3", "3.5.1", 1, "etcd 3.4.23"),
+        // Not bundled itself: the newest bundled patch of its minor.
+        ("3.4.20/etcd3", "3.6.0", 12, "etcd 3.4.23"),
+        ("3.5.1/etcd3", "3.5.1", 0, "etcd 3.5.1"),
+    ];
+    for (version_txt, target, code, want) in cases {
+        reset();
+        let data = tempfile::tempdir().unwrap();
+        fs::write(data.path().join("keep.db"), b"user data").unwrap();
+        fs::write(data.path().join("version.txt"), version_txt).unwrap();
+        let before = snapshot(data.path());
+        let out = migrate(
+            bins.path(),
+            &[],
+            &[
+                "--data-dir",
+                data.path().to_str().unwrap(),
+                "--target-version",
+                target,
+                "--target-storage",
+                "etcd3",
+            ],
+        );
+        let ctx = format!("{version_txt} -> {target}");
+        assert_eq!(out.status.code(), Some(code), "{ctx}: {}", stderr(&out));
+        assert_eq!(fs::read_to_string(&default_etcd).unwrap(), want, "{ctx}");
+        assert_eq!(
+            fs::read_to_string(bins.path().join("etcdctl")).unwrap(),
+            want.replace("etcd ", "etcdctl "),
+            "{ctx}"
+        );
+        assert_eq!(
+            fs::read_to_string(bins.path().join("etcd-3.5.1")).unwrap(),
+            "etcd 3.5.1",
+            "{ctx}: etcd-<V> is never written through"
+        );
+        if code != 0 {
+            assert_eq!(snapshot(data.path()), before, "{ctx}: data untouched");
+        }
+    }
+    // An empty data dir is initialised at the target, and the default follows it.
+    reset();
+    let data = tempfile::tempdir().unwrap();
+    let dir = data.path().join("new");
+    let out = migrate(
+        bins.path(),
+        &[],
+        &[
+            "--data-dir",
+            dir.to_str().unwrap(),
+            "--target-version",
+            "3.4.23",
+            "--target-storage",
+            "etcd3",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(fs::read_to_string(&default_etcd).unwrap(), "etcd 3.4.23");
+}
+
+#[test]
+fn a_name_missing_from_the_initial_cluster_is_refused_before_anything_runs() {
+    let bins = bin_dir_with(&["3.4.23", "3.5.1"]);
+    let data = tempfile::tempdir().unwrap();
+    fs::write(data.path().join("keep.db"), b"user data").unwrap();
+    fs::write(data.path().join("version.txt"), "3.5.1/etcd3").unwrap();
+    let before = snapshot(data.path());
+    let dir = data.path().to_str().unwrap();
+    let args = [
+        "--data-dir",
+        dir,
+        "--target-version",
+        "3.4.23",
+        "--target-storage",
+        "etcd3",
+    ];
+    let env = [
+        ("HOSTNAME", "node-1"),
+        ("INITIAL_CLUSTER", "etcd-node-0=http://localhost:2380"),
+        ("DO_NOT_MOVE_BINARIES", "true"),
+    ];
+    let out = migrate(bins.path(), &env, &args);
+    assert_eq!(out.status.code(), Some(23), "{}", stderr(&out));
+    let err = stderr(&out);
+    for needle in [
+        "`etcd-node-1` (from etcd-$HOSTNAME)",
+        "`etcd-node-0=http://localhost:2380` (from INITIAL_CLUSTER)",
+        "hint:",
+    ] {
+        assert!(err.contains(needle), "expected {needle:?}: {err}");
+    }
+    assert!(!err.contains("reading the keyspace"), "{err}");
+    assert_eq!(snapshot(data.path()), before);
+    // The name from MIGRATE_ETCD_NAME, which etcd itself does not read, matches: now the
+    // (text) binaries fail to run, but the configuration passed.
+    let env = [
+        ("MIGRATE_ETCD_NAME", "etcd-node-0"),
+        ("HOSTNAME", "node-1"),
+        ("INITIAL_CLUSTER", "etcd-node-0=http://localhost:2380"),
+        ("DO_NOT_MOVE_BINARIES", "true"),
+    ];
+    let out = migrate(bins.path(), &env, &args);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        !stderr(&out).contains("initial cluster"),
+        "{}",
+        stderr(&out)
+    );
+    // Clashing ports are refused the same way.
+    let env = [
+        ("HOSTNAME", "node-0"),
+        ("DO_NOT_MOVE_BINARIES", "true"),
+        ("LISTEN_CLIENT_URLS", "http://127.0.0.1:2380"),
+    ];
+    let out = migrate(bins.path(), &env, &args);
+    assert_eq!(out.status.code(), Some(23), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("port 2380 is both"),
+        "{}",
+        stderr(&out)
+    );
+}

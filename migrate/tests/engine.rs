@@ -508,3 +508,95 @@ fn leftovers_in(dir: &Path) -> Vec<String> {
         .filter(|n| n.contains(".migrate-"))
         .collect()
 }
+
+// guards: two migrates on one data dir failed halfway ("Directory not empty", a missing
+// journal) and left a full-size `.data.migrate-backup.tmp` that no later run removed.
+#[test]
+fn two_migrates_on_one_data_dir_take_turns_and_leave_nothing() {
+    let Some(fx) = fixtures_bin() else { return };
+    let bins = bin_dir(&fx, &["3.4.23", "3.5.1"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let (pristine, _) = pristine_3_4(&fx, tmp.path(), 500);
+    let history = |data: &Path| {
+        let out = Command::new(env!("CARGO_BIN_EXE_migrate"))
+            .arg("--fingerprint")
+            .arg("--data-dir")
+            .arg(data)
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["history_sha256"].clone()
+    };
+    let reference = history(&pristine);
+    let (mut waited, mut refused) = (0, 0);
+    for round in 0..4 {
+        let case = tmp.path().join(format!("round-{round}"));
+        std::fs::create_dir(&case).unwrap();
+        let data = case.join("data");
+        copy_dir(&pristine, &data);
+        if round == 0 {
+            // What a crashed run of an older migrate left: removed by the next run.
+            std::fs::create_dir_all(case.join(".data.migrate-backup.tmp/member")).unwrap();
+            std::fs::write(case.join(".data.migrate-backup.tmp/member/x"), b"x").unwrap();
+            std::fs::create_dir_all(case.join(".data.migrate-new/member")).unwrap();
+        }
+        for target in ["3.5.1", "3.4.23"] {
+            // Odd rounds: the second run does not wait (MIGRATE_LOCK_WAIT=0) and may be refused.
+            let wait = if round % 2 == 1 { "0" } else { "10m" };
+            let spawn = |lock_wait: &str| {
+                let mut cmd = Command::new(env!("CARGO_BIN_EXE_migrate"));
+                cmd.env_clear()
+                    .env("PATH", std::env::var("PATH").unwrap_or_default())
+                    .env("DO_NOT_MOVE_BINARIES", "true")
+                    .env("MIGRATE_LOCK_WAIT", lock_wait)
+                    .args(["--name", "default", "--bin-dir"])
+                    .arg(bins.path())
+                    .arg("--data-dir")
+                    .arg(&data)
+                    .args(["--target-version", target, "--target-storage", "etcd3"])
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            };
+            let (a, b) = (spawn("10m"), spawn(wait));
+            let outs = [a.wait_with_output().unwrap(), b.wait_with_output().unwrap()];
+            for out in &outs {
+                let code = out.status.code();
+                assert!(
+                    code == Some(0) || code == Some(22),
+                    "round {round} to {target}: exit {code:?}: {}",
+                    stderr(out)
+                );
+                if code == Some(22) {
+                    refused += 1;
+                    assert!(
+                        stderr(out).contains("another migrate (pid "),
+                        "{}",
+                        stderr(out)
+                    );
+                }
+                waited += usize::from(stderr(out).contains("waiting for another migrate"));
+            }
+            assert!(
+                outs.iter().any(|o| o.status.success()),
+                "round {round}: one of them migrates"
+            );
+            assert_eq!(
+                std::fs::read_to_string(data.join("version.txt")).unwrap(),
+                format!("{target}/etcd3"),
+                "round {round}"
+            );
+            assert_eq!(history(&data), reference, "round {round} to {target}");
+            let left = leftovers(&case);
+            assert!(
+                left.is_empty(),
+                "round {round} to {target}: leftovers {left:?}"
+            );
+        }
+    }
+    assert!(
+        waited + refused > 0,
+        "in 8 races no run ever met the other ({waited} waits, {refused} refusals)"
+    );
+}
