@@ -34,14 +34,9 @@ pub fn match_data(options: &Options) -> Result<(), MigrateError> {
         .bundled_versions
         .iter()
         .find(|b| b.cmp_precedence(v).is_eq());
-    let chosen = exact.cloned().or_else(|| {
-        options
-            .bundled_versions
-            .iter()
-            .filter(|b| b.major == v.major && b.minor == v.minor)
-            .max()
-            .cloned()
-    });
+    let chosen = exact
+        .cloned()
+        .or_else(|| crate::plan::bundled_minor(&options.bundled_versions, v.major, v.minor));
     let Some(chosen) = chosen else {
         log(&format!(
             "no bundled etcd {}.{}.x for the data's version {v}; the default etcd stays as it is",

@@ -258,12 +258,7 @@ pub(crate) fn bin(options: &Options, name: &str, v: &Version) -> PathBuf {
 
 /// The bundled version that runs `v`'s minor (the highest bundled patch of it).
 pub(crate) fn runner_for(options: &Options, v: &Version) -> Version {
-    options
-        .bundled_versions
-        .iter()
-        .filter(|b| b.major == v.major && b.minor == v.minor)
-        .max()
-        .cloned()
+    crate::plan::bundled_minor(&options.bundled_versions, v.major, v.minor)
         .unwrap_or_else(|| v.clone())
 }
 

@@ -82,7 +82,7 @@ pub enum PlanError {
 }
 
 /// The highest bundled version with `major.minor`.
-fn bundled_minor(bundled: &[Version], major: u64, minor: u64) -> Option<Version> {
+pub fn bundled_minor(bundled: &[Version], major: u64, minor: u64) -> Option<Version> {
     bundled
         .iter()
         .filter(|v| v.major == major && v.minor == minor)

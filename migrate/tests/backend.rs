@@ -69,16 +69,7 @@ fn ok_json(out: Output) -> Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-/// migrate's own offline fingerprint of `data` (`migrate --fingerprint`).
-fn fingerprint(data: &Path) -> Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_migrate"))
-        .arg("--fingerprint")
-        .arg("--data-dir")
-        .arg(data)
-        .output()
-        .unwrap();
-    ok_json(out)
-}
+use common::fingerprint;
 
 /// bbolt's own reading of a backend file: bucket -> (keys, sha256).
 fn db_dump(fx: &Path, db: &Path) -> BTreeMap<String, (u64, String)> {

@@ -517,16 +517,7 @@ fn two_migrates_on_one_data_dir_take_turns_and_leave_nothing() {
     let bins = bin_dir(&fx, &["3.4.23", "3.5.1"]);
     let tmp = tempfile::tempdir().unwrap();
     let (pristine, _) = pristine_3_4(&fx, tmp.path(), 500);
-    let history = |data: &Path| {
-        let out = Command::new(env!("CARGO_BIN_EXE_migrate"))
-            .arg("--fingerprint")
-            .arg("--data-dir")
-            .arg(data)
-            .output()
-            .unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        v["history_sha256"].clone()
-    };
+    let history = |data: &Path| common::fingerprint(data)["history_sha256"].clone();
     let reference = history(&pristine);
     let (mut waited, mut refused) = (0, 0);
     for round in 0..4 {
@@ -544,16 +535,8 @@ fn two_migrates_on_one_data_dir_take_turns_and_leave_nothing() {
             // Odd rounds: the second run does not wait (MIGRATE_LOCK_WAIT=0) and may be refused.
             let wait = if round % 2 == 1 { "0" } else { "10m" };
             let spawn = |lock_wait: &str| {
-                let mut cmd = Command::new(env!("CARGO_BIN_EXE_migrate"));
-                cmd.env_clear()
-                    .env("PATH", std::env::var("PATH").unwrap_or_default())
-                    .env("DO_NOT_MOVE_BINARIES", "true")
+                common::migrate_command(bins.path(), &data, target)
                     .env("MIGRATE_LOCK_WAIT", lock_wait)
-                    .args(["--name", "default", "--bin-dir"])
-                    .arg(bins.path())
-                    .arg("--data-dir")
-                    .arg(&data)
-                    .args(["--target-version", target, "--target-storage", "etcd3"])
                     .stdout(std::process::Stdio::null())
                     .stderr(std::process::Stdio::piped())
                     .spawn()

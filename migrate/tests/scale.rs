@@ -49,21 +49,7 @@ fn write_large(fx: &Path, dir: &Path, n: usize, size: usize) {
 /// Runs migrate while sampling its VmHWM from /proc (an independent reading of its peak RSS);
 /// returns the output and the highest sample in KiB.
 fn migrate_sampled(bins: &Path, data: &Path, target: &str) -> (Output, u64) {
-    let child = Command::new(env!("CARGO_BIN_EXE_migrate"))
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("DO_NOT_MOVE_BINARIES", "true")
-        .args(["--name", "default", "--bin-dir"])
-        .arg(bins)
-        .arg("--data-dir")
-        .arg(data)
-        .args([
-            "--target-version",
-            target,
-            "--target-storage",
-            "etcd3",
-            "--json",
-        ])
+    let child = common::migrate_command(bins, data, target)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -169,6 +169,15 @@ pub fn bin_dir(fixtures: &Path, versions: &[&str]) -> tempfile::TempDir {
 /// migrate with `--json` on `data` to `target`/etcd3 through the etcd versions in `bins`, with
 /// a clean environment (but PATH) plus `env`; the default binaries are not moved.
 pub fn migrate_json(bins: &Path, data: &Path, target: &str, env: &[(&str, &str)]) -> Output {
+    let mut cmd = migrate_command(bins, data, target);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+/// The command [`migrate_json`] runs, to spawn it in the background.
+pub fn migrate_command(bins: &Path, data: &Path, target: &str) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_migrate"));
     cmd.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -185,10 +194,19 @@ pub fn migrate_json(bins: &Path, data: &Path, target: &str, env: &[(&str, &str)]
             "etcd3",
             "--json",
         ]);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().unwrap()
+    cmd
+}
+
+/// migrate's own offline fingerprint of the stopped data dir `data` (`--fingerprint`).
+pub fn fingerprint(data: &Path) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_migrate"))
+        .arg("--fingerprint")
+        .arg("--data-dir")
+        .arg(data)
+        .output()
+        .unwrap();
+    assert_success(&out);
+    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 pub fn stderr(o: &Output) -> String {
