@@ -19,12 +19,16 @@ static TOOL_PEAK_KIB: AtomicU64 = AtomicU64::new(0);
 
 /// Peak resident memory in KiB: migrate itself, the largest etcd, the largest etcdctl/etcdutl.
 pub fn peak_rss_kib() -> (u64, u64, u64) {
-    // SAFETY: getrusage fills the struct it is given.
-    let own = unsafe {
-        let mut ru: libc::rusage = std::mem::zeroed();
-        libc::getrusage(libc::RUSAGE_SELF, &mut ru);
-        ru.ru_maxrss as u64
-    };
+    // VmHWM, not getrusage's ru_maxrss: the latter keeps the high-water mark of the image
+    // before exec, i.e. of whatever forked us, which says nothing about migrate.
+    let own = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0);
     (
         own,
         ETCD_PEAK_KIB.load(Ordering::Relaxed),
