@@ -167,7 +167,8 @@ def report(f):
     return r["peak_rss_kib"], fp["seconds"], fp["after"]["bytes"]
 (up_rss, up_sec, kbytes), (down_rss, down_sec, _) = report("up-report.json"), report("down-report.json")
 mib = lambda k: f"{k / 1024:.0f} MiB"
-phases = lambda sec: ", ".join(f"{k} {v:.2f} s" for k, v in sec.items())
+order = ["settle", "stage", "restore", "etcd", "verify", "durable", "swap"]
+phases = lambda sec: ", ".join(f"{k} {sec[k]:.2f} s" for k in sorted(sec, key=lambda k: order.index(k) if k in order else 99))
 small_ratio, up_ratio = m["mean"] / raw["mean"], mu["mean"] / ru["mean"]
 lines = [
     "<!-- migrate-bench:start -->",
