@@ -11,6 +11,7 @@ pub mod commands;
 pub mod config;
 pub mod fetch;
 pub mod gobuild;
+pub mod lockfile;
 pub mod migrate_build;
 pub mod oci;
 pub mod platform;

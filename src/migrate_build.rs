@@ -137,6 +137,25 @@ fn workspace_root(source_dir: &Path) -> PathBuf {
     source_dir.to_path_buf()
 }
 
+/// What [`migrate_binary`] needs, checked before a build does any work: the prebuilt binary, or
+/// the crate to compile.
+pub fn check_inputs(source_dir: &Path, prebuilt: Option<&Path>) -> Result<(), MigrateBuildError> {
+    match prebuilt {
+        Some(path) if !path.is_file() => Err(MigrateBuildError::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "--migrate-binary names no file",
+            ),
+        }),
+        Some(_) => Ok(()),
+        None if !source_dir.join("Cargo.toml").is_file() => {
+            Err(MigrateBuildError::NoSource(source_dir.to_path_buf()))
+        }
+        None => Ok(()),
+    }
+}
+
 pub fn migrate_binary(
     source_dir: &Path,
     prebuilt: Option<&Path>,
@@ -170,6 +189,12 @@ pub fn migrate_binary(
         key_input.extend_from_slice(sha256_hex(&bytes).as_bytes());
     }
     let key = sha256_hex(&key_input);
+    let _held = cache.lock(
+        "migrate",
+        &key,
+        &format!("the migrate build for {arch}"),
+        &|m| reporter.status("Waiting", m),
+    )?;
     if let Some(hex) = cache.get_ref("migrate", &key) {
         if let Some(path) = cache.get(hex.trim()) {
             let bytes = std::fs::read(&path).map_err(io(&path))?;

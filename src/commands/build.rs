@@ -195,7 +195,26 @@ fn cached_layer(cache: &Cache, key: &str) -> Option<LayerDigests> {
     (meta.len() == digests.size).then_some(digests)
 }
 
-fn make_layer(job: &LayerJob, mode: u32, mtime: u64, cache: &Cache) -> Result<LayerDigests> {
+/// Compresses the layer of `job` into the cache, unless a process sharing the cache made it
+/// while we waited for the entry's lock.
+fn make_layer(
+    job: &LayerJob,
+    mode: u32,
+    mtime: u64,
+    cache: &Cache,
+    reuse: bool,
+    reporter: &dyn Reporter,
+) -> Result<LayerDigests> {
+    let _held = cache.lock(
+        "layer",
+        &job.key,
+        &format!("the layer {}", job.content),
+        &|m| reporter.status("Waiting", m),
+    )?;
+    if let Some(d) = cached_layer(cache, &job.key).filter(|_| reuse) {
+        return Ok(d);
+    }
+    reporter.status("Compressing", &format!("layer {}", job.content));
     let script = migrate_build::WRAPPER_SCRIPT.as_bytes();
     let entries = match &job.make {
         LayerInput::Etcd {
@@ -259,10 +278,88 @@ fn check_binaries(
     Ok(())
 }
 
+/// What the builds of a run need that can be checked offline, checked before any download or
+/// compile (a bad value fails in milliseconds, naming its flag or images.toml key), and the Go
+/// builder, detected once per run.
+pub struct Preflight {
+    /// For the arches built from source (None when every arch uses release tarballs).
+    pub builder: Option<gobuild::Builder>,
+}
+
+/// Checks the inputs of building `arches`; see [`Preflight`].
+pub fn preflight(
+    settings: &Settings,
+    arches: &[Arch],
+    options: &BuildOptions,
+) -> Result<Preflight> {
+    migrate_build::check_inputs(
+        &settings.migrate_source_dir,
+        options.migrate_binary.as_deref(),
+    )?;
+    for arch in arches {
+        let base = settings.base_for(*arch);
+        match registry::parse_base(base).with_context(|| {
+            format!("the base image for {arch} (images.toml `image.base`, BASEIMAGE)")
+        })? {
+            registry::BaseRef::Layout { path, .. } if !path.join("oci-layout").is_file() => {
+                anyhow::bail!(crate::UserError::new(
+                    format!(
+                        "the base image `{base}` for {arch} names `{}`, which is not an OCI layout (no oci-layout file)",
+                        path.display()
+                    ),
+                    "point image.base (or BASEIMAGE) at an OCI layout directory, e.g. one written by `skopeo copy ... oci:DIR:TAG`",
+                ));
+            }
+            _ => {}
+        }
+        for (registry, key) in [
+            (&settings.registry, "image.registry (REGISTRY)"),
+            (
+                &settings.push_registry,
+                "image.push_registry (PUSH_REGISTRY)",
+            ),
+        ] {
+            let image = settings.arch_image(registry, *arch);
+            registry::reference::parse(&image).map_err(|message| {
+                crate::UserError::new(
+                    format!("`{image}` is not an image reference: {message}"),
+                    format!("check {key} and image.name in images.toml"),
+                )
+            })?;
+        }
+    }
+    let builder = if arches
+        .iter()
+        .any(|a| settings.source_for(*a) == crate::config::Source::Build)
+    {
+        Some(
+            gobuild::Builder::detect(settings.gobuild.builder, &settings.gobuild.golang_version)
+                .context("choosing how to compile etcd from source")?,
+        )
+    } else {
+        None
+    };
+    Ok(Preflight { builder })
+}
+
+/// `etcdimg build --arch A`: [`preflight`], then [`build_checked`].
 pub async fn build(
     settings: &Settings,
     arch: Arch,
     options: &BuildOptions,
+    cache: &Cache,
+    reporter: Arc<dyn Reporter>,
+) -> Result<BuildReport> {
+    let pre = preflight(settings, &[arch], options)?;
+    build_checked(settings, arch, options, &pre, cache, reporter).await
+}
+
+/// One arch's image, after [`preflight`] checked its inputs.
+pub async fn build_checked(
+    settings: &Settings,
+    arch: Arch,
+    options: &BuildOptions,
+    pre: &Preflight,
     cache: &Cache,
     reporter: Arc<dyn Reporter>,
 ) -> Result<BuildReport> {
@@ -281,14 +378,16 @@ pub async fn build(
     //    (in sequence: each `go build` already uses every core)
     let mut compiled: Vec<gobuild::BuiltEtcd> = Vec::new();
     let mut releases: Vec<Release> = Vec::new();
+    let mut tarball_locks = Vec::new();
     if from_source {
-        let builder =
-            gobuild::Builder::detect(settings.gobuild.builder, &settings.gobuild.golang_version)
-                .with_context(|| format!("choosing how to compile etcd for {arch}"))?;
+        let builder = pre
+            .builder
+            .as_ref()
+            .expect("preflight detects the builder for source-built arches");
         for version in &settings.bundled {
             let built = gobuild::build_etcd(
                 &settings.gobuild,
-                &builder,
+                builder,
                 version,
                 arch,
                 cache,
@@ -331,6 +430,36 @@ pub async fn build(
             .await
             .into_iter()
             .collect::<Result<Vec<_>>>()?;
+        // Tarballs this run must read (no cached layer): lock them, sorted, before any
+        // download, so that concurrent builds sharing the cache download each once and never
+        // wait on each other in a cycle. The locks are held until the tarballs are kept.
+        let mut need: Vec<&str> = expectations
+            .iter()
+            .filter(|e| {
+                let key = etcd_layer_key(
+                    "etcd",
+                    &e.sha256,
+                    &e.version,
+                    arch,
+                    e.version == settings.latest,
+                    mode,
+                    mtime,
+                );
+                !options.reuse_layers || cached_layer(cache, &key).is_none()
+            })
+            .map(|e| e.sha256.as_str())
+            .collect();
+        need.sort_unstable();
+        need.dedup();
+        tarball_locks = tokio::task::block_in_place(|| {
+            need.iter()
+                .map(|sha| {
+                    cache.lock("tarball", sha, &format!("the download of {sha}"), &|m| {
+                        reporter.status("Waiting", m)
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })?;
         let fetches = expectations.into_iter().map(|e| {
             let http = &http;
             let reporter = &*reporter;
@@ -484,6 +613,7 @@ pub async fn build(
     for tarball in verified {
         tarball.keep(cache)?;
     }
+    drop(tarball_locks);
 
     // 5. compile migrate (after the etcd checks: a bad release must leave nothing in the cache)
     let source_dir = settings.migrate_source_dir.clone();
@@ -549,8 +679,7 @@ pub async fn build(
                     let Some((slot, job)) = next else {
                         return Ok(());
                     };
-                    reporter.status("Compressing", &format!("layer {}", job.content));
-                    let d = make_layer(&job, mode, mtime, cache)?;
+                    let d = make_layer(&job, mode, mtime, cache, options.reuse_layers, &*reporter)?;
                     results
                         .lock()
                         .expect("results")
@@ -721,7 +850,9 @@ pub async fn build(
         .into(),
     ));
     let reference = settings.layout_ref(arch);
-    layout.set_ref(&reference, manifest_desc)?;
+    layout.set_ref(&reference, manifest_desc, &|m| {
+        reporter.status("Waiting", m)
+    })?;
 
     let image_name = settings.arch_image(&settings.registry, arch);
     if let Some(archive) = &options.docker_archive {
@@ -796,6 +927,7 @@ pub async fn all_build(
     reporter: Arc<dyn Reporter>,
 ) -> Result<AllBuildReport> {
     let started = Instant::now();
+    let pre = preflight(settings, &settings.arches, options)?;
     let mut images = Vec::new();
     let n = settings.arches.len();
     for (i, arch) in settings.arches.iter().enumerate() {
@@ -803,7 +935,7 @@ pub async fn all_build(
             "Building",
             &format!("[{}/{n}] {arch} ({:?})", i + 1, settings.source_for(*arch)).to_lowercase(),
         );
-        let report = build(settings, *arch, options, cache, reporter.clone())
+        let report = build_checked(settings, *arch, options, &pre, cache, reporter.clone())
             .await
             .with_context(|| format!("building the {arch} image ({}/{n})", i + 1))?;
         images.push(report);
@@ -844,6 +976,7 @@ pub async fn all_build(
             built.digest.trim_start_matches("sha256:"),
             built.bytes.len() as u64,
         ),
+        &|m| reporter.status("Waiting", m),
     )?;
     Ok(AllBuildReport {
         layout: display_path(&options.output),

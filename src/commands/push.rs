@@ -251,12 +251,20 @@ pub(crate) async fn build_all(
     cache: &Cache,
     reporter: &Arc<dyn Reporter>,
 ) -> Result<Vec<build::BuildReport>> {
+    let pre = build::preflight(settings, arches, &options.build)?;
     let mut reports = Vec::new();
     for arch in arches {
         reports.push(
-            build::build(settings, *arch, &options.build, cache, reporter.clone())
-                .await
-                .with_context(|| format!("building the {arch} image to push"))?,
+            build::build_checked(
+                settings,
+                *arch,
+                &options.build,
+                &pre,
+                cache,
+                reporter.clone(),
+            )
+            .await
+            .with_context(|| format!("building the {arch} image to push"))?,
         );
     }
     Ok(reports)
@@ -382,6 +390,7 @@ async fn push_index(settings: &Settings, plan: &IndexPlan, force: bool) -> Resul
     } else {
         MediaType::Other(built.media_type.clone())
     };
+    let reporter = pusher.transport.reporter();
     layout.set_ref(
         &settings.tag(),
         oci::descriptor(
@@ -389,6 +398,7 @@ async fn push_index(settings: &Settings, plan: &IndexPlan, force: bool) -> Resul
             built.digest.trim_start_matches("sha256:"),
             built.bytes.len() as u64,
         ),
+        &|m| reporter.status("Waiting", m),
     )?;
     Ok(outcome)
 }

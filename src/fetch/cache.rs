@@ -12,6 +12,8 @@ use sha2::{Digest, Sha256};
 pub enum CacheError {
     #[error("cache I/O on `{path}`: {source}")]
     Io { path: PathBuf, source: io::Error },
+    #[error(transparent)]
+    Lock(#[from] crate::lockfile::LockError),
     #[error("cache entry `{path}` is corrupt: expected sha256:{expected}, got sha256:{actual}")]
     Corrupt {
         path: PathBuf,
@@ -125,8 +127,7 @@ impl Cache {
     /// Starts writing a new blob under `tmp/`.
     pub fn pending(&self) -> Result<PendingBlob, CacheError> {
         let dir = self.root.join("tmp");
-        let named = tempfile::Builder::new()
-            .prefix("blob-")
+        let named = temp_builder("blob-")
             .tempfile_in(&dir)
             .map_err(io_err(&dir))?;
         let (file, path) = named.into_parts();
@@ -182,6 +183,28 @@ impl Cache {
         fs::read_to_string(self.ref_path(kind, key)).ok()
     }
 
+    /// Holds the lock of one entry being produced (`locks/<kind>-<key digest>`), so that
+    /// processes sharing the cache do the work once: the first computes and commits the entry,
+    /// the others wait (saying so through `notify`), then find it. Take the locks of a run in a
+    /// fixed order (kinds in pipeline order, keys sorted) and re-check the cache after locking.
+    pub fn lock(
+        &self,
+        kind: &str,
+        key: &str,
+        what: &str,
+        notify: &dyn Fn(&str),
+    ) -> Result<crate::lockfile::Held, CacheError> {
+        let dir = self.root.join("locks");
+        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        let name = format!("{kind}-{}", &sha256_hex(key.as_bytes())[..32]);
+        Ok(crate::lockfile::acquire(
+            &dir.join(name),
+            what,
+            crate::lockfile::default_timeout(),
+            notify,
+        )?)
+    }
+
     /// Writes a record atomically (temp, fsync, rename).
     pub fn put_ref(&self, kind: &str, key: &str, value: &str) -> Result<(), CacheError> {
         let path = self.ref_path(kind, key);
@@ -191,13 +214,24 @@ impl Cache {
     }
 }
 
+/// A temp-file builder whose files get the mode an ordinary `open` would give (0666 less the
+/// umask), not tempfile's 0600: the file keeps that mode when it is renamed into place, so a
+/// layout or cache written by root is readable by the user who pushes or serves it.
+pub fn temp_builder(prefix: &str) -> tempfile::Builder<'_, 'static> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut b = tempfile::Builder::new();
+    b.prefix(prefix)
+        .permissions(fs::Permissions::from_mode(0o666));
+    b
+}
+
 /// Writes `bytes` to `path` atomically: temp file beside it, fsync, rename, fsync the directory.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let mut tmp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(dir)?;
+    let mut tmp = temp_builder(".tmp-").tempfile_in(dir)?;
     tmp.write_all(bytes)?;
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;

@@ -583,6 +583,15 @@ pub async fn build_etcd(
         .join("\n")
         .as_bytes(),
     );
+    // Another process compiling the same thing into this cache: wait for it, then reuse.
+    let _held = cache
+        .lock(
+            "gobuild",
+            &key,
+            &format!("the compile of etcd {version} for {arch}"),
+            &|m| reporter.status("Waiting", m),
+        )
+        .map_err(GoBuildError::from)?;
     if let Some((binaries, mut report)) = load_cached(cache, &key) {
         report.compiled = false;
         report.seconds = started.elapsed().as_secs_f64();

@@ -3,6 +3,11 @@
 //! Writes are crash-safe: a blob is written to a temp file, verified and renamed; `index.json`
 //! is swapped by rename only after every blob it names is on disk. Other images in the layout
 //! are kept. A failed build leaves the layout exactly as it was (apart from unreferenced blobs).
+//!
+//! Several processes may write one layout at once (per-arch builds side by side): every
+//! read-modify-write of `index.json` holds the layout's lock, `.etcdimg.lock` in the layout
+//! ([`crate::lockfile`]). Blobs need no lock: they are content-addressed and renamed into place.
+//! Readers need none either: `index.json` only ever changes by rename.
 
 use std::collections::HashMap;
 use std::fs::{self, File};
@@ -15,6 +20,8 @@ use super::{canonical_json, hex, Descriptor, ImageIndex, MediaType};
 use crate::fetch::cache::write_atomic;
 
 pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
+/// The lock file that serialises `index.json` updates (inside the layout).
+pub const LOCK_FILE: &str = ".etcdimg.lock";
 
 #[derive(Debug, thiserror::Error)]
 pub enum LayoutError {
@@ -36,6 +43,8 @@ pub enum LayoutError {
         name: String,
         available: String,
     },
+    #[error(transparent)]
+    Lock(#[from] crate::lockfile::LockError),
     #[error("`{layout}` holds {count} images; name one with oci:PATH:REF (it has: {available})")]
     Ambiguous {
         layout: PathBuf,
@@ -123,8 +132,7 @@ impl Layout {
         }
         let dir = self.root.join("blobs/sha256");
         let mut input = File::open(src).map_err(io_at(src))?;
-        let mut tmp = tempfile::Builder::new()
-            .prefix(".tmp-")
+        let mut tmp = crate::fetch::cache::temp_builder(".tmp-")
             .tempfile_in(&dir)
             .map_err(io_at(&dir))?;
         let mut hasher = Sha256::new();
@@ -226,8 +234,20 @@ impl Layout {
     }
 
     /// Points ref `name` at `desc`, replacing any image of that name. Returns false if it was
-    /// already so (and then writes nothing).
-    pub fn set_ref(&self, name: &str, mut desc: Descriptor) -> Result<bool, LayoutError> {
+    /// already so (and then writes nothing). Holds the layout's lock while it reads and
+    /// rewrites `index.json`; `notify` hears about a wait for another writer.
+    pub fn set_ref(
+        &self,
+        name: &str,
+        mut desc: Descriptor,
+        notify: &dyn Fn(&str),
+    ) -> Result<bool, LayoutError> {
+        let _held = crate::lockfile::acquire(
+            &self.root.join(LOCK_FILE),
+            &format!("`{}`", self.root.join("index.json").display()),
+            crate::lockfile::default_timeout(),
+            notify,
+        )?;
         let mut index = self.read_index()?;
         let mut annotations = desc.annotations().clone().unwrap_or_default();
         annotations.insert(REF_NAME.into(), name.into());
