@@ -679,7 +679,7 @@ pub(crate) fn swap_in(
     record: &Value,
     step: &str,
 ) -> Result<(), MigrateError> {
-    write_atomic(&side.journal, record.to_string().as_bytes(), 0o600)?;
+    write_atomic(&side.journal, record.to_string().as_bytes(), 0o666)?;
     failpoint(&format!("{step}-journal-written"));
     fs::rename(&options.data_dir, &side.old).map_err(io_err(&options.data_dir))?;
     failpoint(&format!("{step}-original-aside"));

@@ -274,7 +274,7 @@ pub fn convert(
         "step": "convert", "from": from.to_string(), "to": via.to_string(),
         "backup": side.backup.display().to_string(),
     });
-    write_atomic(&side.journal, record.to_string().as_bytes(), 0o600)?;
+    write_atomic(&side.journal, record.to_string().as_bytes(), 0o666)?;
     failpoint("convert-journal-written");
     let fps = match convert_in_place(options, via, logs.path()) {
         Ok(fps) => fps,
