@@ -117,6 +117,27 @@ fn digest_tree(dir: &Path, out: &mut Vec<u8>) -> Result<(), MigrateBuildError> {
     Ok(())
 }
 
+/// The directories of `path = "..."` dependencies in the crate's Cargo.toml.
+fn path_dependencies(crate_dir: &Path) -> Result<Vec<PathBuf>, MigrateBuildError> {
+    let manifest = crate_dir.join("Cargo.toml");
+    let text = std::fs::read_to_string(&manifest).map_err(io(&manifest))?;
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let Some(rest) = line.split("path = \"").nth(1) else {
+            continue;
+        };
+        let Some(rel) = rest.split('"').next() else {
+            continue;
+        };
+        let dir = crate_dir.join(rel);
+        if dir.join("Cargo.toml").is_file() {
+            out.push(dir.canonicalize().map_err(io(&dir))?);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
 fn rustc_version() -> String {
     Cmd::new("rustc")
         .arg("-vV")
@@ -182,6 +203,10 @@ pub fn migrate_binary(
     // Paths in the key are relative to the workspace, so a moved checkout still hits the cache.
     let mut tree = Vec::new();
     digest_tree(&source_dir, &mut tree)?;
+    // Local path dependencies (the shared version-policy crate) are sources of migrate too.
+    for dep in path_dependencies(&source_dir)? {
+        digest_tree(&dep, &mut tree)?;
+    }
     let tree = String::from_utf8_lossy(&tree).replace(&*root.to_string_lossy(), "");
     key_input.extend_from_slice(tree.as_bytes());
     let lock = root.join("Cargo.lock");

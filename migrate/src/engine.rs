@@ -723,16 +723,6 @@ fn recover_swap(options: &Options, step: &str, to: &VersionPair) -> Result<(), M
     Ok(())
 }
 
-/// The tool that restores a snapshot for `to`: etcdutl from 3.5 (when bundled), etcdctl before.
-fn restore_tool(options: &Options, to: &Version) -> PathBuf {
-    let etcdutl = bin(options, "etcdutl", to);
-    if etcdutl.is_file() {
-        etcdutl
-    } else {
-        bin(options, "etcdctl", to)
-    }
-}
-
 /// One 3.x minor down, from `from` (version.txt) to `to`; see the module doc. The snapshot is
 /// the original's own bbolt file (a cleanly stopped member's backend is exactly what `snapshot
 /// save` would stream, minus the checksum trailer: hence `--skip-hash-check`), so no etcd has to
@@ -766,7 +756,7 @@ pub fn rollback(
         ],
     )?;
     fill_disk_failpoint("rollback-space-checked", parent);
-    let tool = restore_tool(options, to);
+    let tool = crate::plan::restore_binary(&options.policy, to, &options.bin_dir);
     log(&format!(
         "rollback {from} -> {to}: restoring the backend ({} MB) with {}",
         db_bytes / 1_000_000,
@@ -774,6 +764,13 @@ pub fn rollback(
     ));
     let restored = (|| {
         snapshot_restore(&tool, &db, &side.new, options)?;
+        if options.policy.has_storage_migrate(&current) {
+            // The restored backend still says the newer storage version; the target would
+            // refuse it (3.7 -> 3.6), or a later upgrade would take it for newer data than it
+            // is (3.6 -> 3.5). The newer minor's own etcdutl takes it down, and refuses when
+            // the WAL holds entries the target cannot read.
+            storage_migrate(options, &current, to, &side.new)?;
+        }
         let meta = fs::metadata(&options.data_dir).map_err(io_err(&options.data_dir))?;
         stage::copy_owner_and_mode(&meta, &side.new)?;
         DataDir::new(&side.new).write_version(&VersionPair::new(to.clone(), Storage::Etcd3))?;
@@ -782,6 +779,7 @@ pub fn rollback(
         log(&format!("starting etcd {to} on the restored copy"));
         let step = format!("rollback {from} -> {to}");
         let fps = run_and_verify(options, to, &step, &side.new, logs.path(), &mut phases)?;
+        check_rolled_back_versions(&side.new, to)?;
         failpoint("rollback-verified");
         stage::make_durable(&side.new)?;
         phases.mark("durable");
@@ -807,6 +805,69 @@ pub fn rollback(
         format_phases(&fps.seconds)
     ));
     Ok(fps)
+}
+
+/// `etcdutl-<current> migrate` of the restored `dir` down to `to`'s minor.
+fn storage_migrate(
+    options: &Options,
+    current: &Version,
+    to: &Version,
+    dir: &Path,
+) -> Result<(), MigrateError> {
+    let tool = bin(options, "etcdutl", current);
+    log(&format!(
+        "setting the restored backend's storage version to {}.{} with {}",
+        to.major,
+        to.minor,
+        tool.display()
+    ));
+    process::run_tool(
+        &tool,
+        &storage_migrate_args(dir, to),
+        &[],
+        RESTORE_TIMEOUT,
+        || Ok(()),
+    )
+    .map_err(|e| MigrateError::Restore(e.to_string()))?;
+    Ok(())
+}
+
+/// `migrate --data-dir <dir> --target-version <major.minor>` (etcdutl 3.6+).
+pub fn storage_migrate_args(dir: &Path, to: &Version) -> Vec<std::ffi::OsString> {
+    vec![
+        "migrate".into(),
+        "--data-dir".into(),
+        dir.as_os_str().to_owned(),
+        "--target-version".into(),
+        format!("{}.{}", to.major, to.minor).into(),
+    ]
+}
+
+/// After a rollback's target ran on the restored copy: its backend claims no storage version
+/// above `to`'s minor, and no WAL entry sets a cluster version above it (etcd 3.5 panics on
+/// one, and a later upgrade would take the data for newer than it is).
+fn check_rolled_back_versions(copy: &Path, to: &Version) -> Result<(), MigrateError> {
+    let above = |text: &str| {
+        let mut parts = text.split('.').map(|p| p.parse::<u64>().unwrap_or(0));
+        let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+        (major, minor) > (to.major, to.minor)
+    };
+    let meta = backend::meta(&backend::db_path(copy)).map_err(|e| damaged(copy, e.to_string()))?;
+    if let Some(v) = meta.storage_version.as_deref().filter(|v| above(v)) {
+        return Err(MigrateError::FingerprintMismatch {
+            step: format!("rollback to {to}"),
+            differences: format!("the restored backend still claims storage version {v}"),
+        });
+    }
+    let wal = copy.join("member/wal");
+    let versions = raftlog::cluster_versions_after(&wal, 0).map_err(io_err(&wal))?;
+    if let Some(v) = versions.iter().find(|v| above(v)) {
+        return Err(MigrateError::FingerprintMismatch {
+            step: format!("rollback to {to}"),
+            differences: format!("a WAL entry of the restored copy sets cluster version {v}"),
+        });
+    }
+    Ok(())
 }
 
 /// `snapshot restore` of the bbolt file `db` into the new directory `new_dir`, as this member.
@@ -877,6 +938,55 @@ mod tests {
         assert_eq!(mode(&side.backup.join("member/wal/0.wal")), 0o600);
         // A second copy onto an existing backup is refused, never merged.
         assert!(copy_tree(&data, &side.backup).is_err());
+    }
+
+    /// The exact restore and storage-migrate command lines per version (the tool and its flags).
+    #[test]
+    fn restore_command_lines_per_version() {
+        let bins = tempfile::tempdir().unwrap();
+        std::fs::write(bins.path().join("etcdutl-3.5.33"), b"").unwrap();
+        let flags = crate::options::Flags {
+            name: Some("etcd-a".into()),
+            data_dir: Some("/var/etcd/data".into()),
+            initial_cluster: Some("etcd-a=http://localhost:2380".into()),
+            target_version: Some("3.5.33".into()),
+            target_storage: Some("etcd3".into()),
+            bundled_versions: Some("3.4.45,3.5.33,3.6.14,3.7.1".into()),
+            bin_dir: bins.path().to_path_buf(),
+            ..Default::default()
+        };
+        let options = flags.resolve(&|_| None).unwrap();
+        let line = |to: &str| {
+            let v = Version::parse(to).unwrap();
+            let tool = crate::plan::restore_binary(&options.policy, &v, &options.bin_dir);
+            let args = restore_args(
+                Path::new("/var/etcd/data/member/snap/db"),
+                Path::new("/var/etcd/.data.migrate-new"),
+                &options,
+            );
+            let mut words = vec![tool.file_name().unwrap().to_string_lossy().into_owned()];
+            words.extend(args.iter().map(|a| a.to_string_lossy().into_owned()));
+            words.join(" ")
+        };
+        let rest = "snapshot restore /var/etcd/data/member/snap/db --skip-hash-check --data-dir /var/etcd/.data.migrate-new --name=etcd-a --initial-cluster=etcd-a=http://localhost:2380 --initial-advertise-peer-urls=http://localhost:2380";
+        assert_eq!(line("3.4.45"), format!("etcdctl-3.4.45 {rest}"));
+        // 3.5: etcdutl when the image has it (etcdctl's restore is deprecated) ...
+        assert_eq!(line("3.5.33"), format!("etcdutl-3.5.33 {rest}"));
+        // ... and only etcdutl from 3.6 (etcdctl's restore was removed).
+        assert_eq!(line("3.6.14"), format!("etcdutl-3.6.14 {rest}"));
+        assert_eq!(line("3.7.1"), format!("etcdutl-3.7.1 {rest}"));
+        let migrate = storage_migrate_args(
+            Path::new("/var/etcd/.data.migrate-new"),
+            &Version::parse("3.5.33").unwrap(),
+        );
+        let migrate: Vec<String> = migrate
+            .iter()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            migrate.join(" "),
+            "migrate --data-dir /var/etcd/.data.migrate-new --target-version 3.5"
+        );
     }
 
     #[test]

@@ -24,6 +24,8 @@ pub enum ExitCode {
     InsufficientSpace = 21,
     DataDirLocked = 22,
     ClusterConfig = 23,
+    BelowUpgradeMinimum = 24,
+    CustomV2Content = 25,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -51,7 +53,7 @@ pub enum MigrateError {
     #[error("the data directory `{dir}` is damaged: {message}; nothing was changed")]
     DamagedDataDir { dir: String, message: String },
     #[error(transparent)]
-    Plan(#[from] plan::PlanError),
+    Plan(Box<plan::PlanError>),
     #[error(transparent)]
     Server(#[from] server::ServerError),
     #[error("reading the keyspace: {0}")]
@@ -62,6 +64,15 @@ pub enum MigrateError {
     Restore(String),
     #[error(transparent)]
     Lock(#[from] lock::LockError),
+    #[error("etcd {version} refuses every --experimental-* flag, and the extra etcd args have: {flags}; nothing was changed")]
+    RemovedFlags { version: String, flags: String },
+    #[error("the data holds custom v2 content, which etcd {to} refuses (it keeps only membership in the v2 store): {keys}{etcdutl}; nothing was changed")]
+    CustomV2 {
+        from: String,
+        to: String,
+        keys: String,
+        etcdutl: String,
+    },
     #[error("the cluster configuration cannot work: {0}; nothing was changed")]
     ClusterConfig(Box<cluster::ClusterConfigError>),
     #[error("the data directory `{dir}` cannot be brought to a complete backend: {message}; the data dir was not migrated")]
@@ -96,19 +107,7 @@ impl MigrateError {
             MigrateError::MissingBinary { .. } => ExitCode::MissingBinary,
             MigrateError::NotSupportedYet { .. } => ExitCode::NotSupportedYet,
             MigrateError::Binaries { .. } => ExitCode::Failure,
-            MigrateError::Plan(plan::PlanError::DowngradeTooFar { .. }) => {
-                ExitCode::DowngradeTooFar
-            }
-            MigrateError::Plan(plan::PlanError::MissingMinor { .. }) => ExitCode::TargetNotBundled,
-            MigrateError::Plan(plan::PlanError::StorageChange { .. }) => ExitCode::NotSupportedYet,
-            MigrateError::Plan(plan::PlanError::NoConverter { .. }) => ExitCode::NoEtcd2Converter,
-            MigrateError::Plan(plan::PlanError::MajorChange { from, to }) => {
-                if to < from {
-                    ExitCode::DowngradeTooFar
-                } else {
-                    ExitCode::NotSupportedYet
-                }
-            }
+            MigrateError::Plan(p) => plan_exit_code(p),
             MigrateError::InUse { .. } => ExitCode::DataDirInUse,
             MigrateError::ClusterRollback { .. } => ExitCode::ClusterRollback,
             MigrateError::NotRepresentableInV2 { .. } => ExitCode::NotRepresentableInV2,
@@ -116,6 +115,8 @@ impl MigrateError {
             MigrateError::Stage(stage::StageError::NoSpace { .. }) => ExitCode::InsufficientSpace,
             MigrateError::Lock(lock::LockError::Held { .. }) => ExitCode::DataDirLocked,
             MigrateError::ClusterConfig(_) => ExitCode::ClusterConfig,
+            MigrateError::CustomV2 { .. } => ExitCode::CustomV2Content,
+            MigrateError::RemovedFlags { .. } => ExitCode::Usage,
             MigrateError::Lock(_) => ExitCode::Failure,
             MigrateError::Server(_)
             | MigrateError::Keyspace(_)
@@ -131,6 +132,7 @@ impl MigrateError {
 
     pub fn hint(&self) -> Option<String> {
         match self {
+            MigrateError::Plan(p) => plan_hint(p),
             MigrateError::DataDir(DataDirError::Malformed { path, .. }) => Some(format!(
                 "version.txt must hold `<major>.<minor>.<patch>/<etcd2|etcd3>`, e.g. `3.4.23/etcd3`; fix `{}` by hand after checking which etcd wrote the data",
                 path.display()
@@ -139,14 +141,13 @@ impl MigrateError {
                 "migrate never guesses the version of existing data; write version.txt by hand (e.g. `3.4.23/etcd3`) after checking which etcd wrote it".into(),
             ),
             MigrateError::TargetNotBundled { .. } => Some("set TARGET_VERSION to one of the bundled versions".into()),
-            MigrateError::Plan(plan::PlanError::DowngradeTooFar { .. }) => Some("roll back one minor at a time with the image of each minor, or restore a backup".into()),
-            MigrateError::Plan(plan::PlanError::MissingMinor { .. }) => Some("use an image that bundles every minor version between the data's and the target".into()),
-            MigrateError::Plan(plan::PlanError::NoConverter { .. }) => Some("use an image that bundles an etcd 3.0-3.4 (e.g. 3.4.23) to convert the etcd2 data, then this one".into()),
             MigrateError::MissingBinary { .. } => Some("the image is incomplete: every bundled version needs etcd-<V> and etcdctl-<V> in --bin-dir".into()),
             MigrateError::NotRepresentableInV2 { .. } => Some("the v2 store holds UTF-8 strings at clean paths (Kubernetes must have stored JSON, --storage-media-type=application/json); keep etcd3 storage, or rewrite those keys first".into()),
             MigrateError::DamagedDataDir { .. } => Some("start this etcd version on the data once (it repairs a torn WAL tail) or restore a backup, then run migrate again".into()),
             MigrateError::ClusterRollback { .. } => Some("as with the original image, HA rollbacks are not supported: stop every member, roll back one member with a single-member --initial-cluster, then re-add the others as new members".into()),
             MigrateError::Lock(lock::LockError::Held { .. }) => Some("two migrates never work on one data dir at once; wait for the other to finish (or stop it), or raise --lock-wait / MIGRATE_LOCK_WAIT".into()),
+            MigrateError::CustomV2 { from, .. } => Some(format!("remove the custom v2 keys with etcd {from} (started with --enable-v2, through its v2 API), then migrate again; or follow {} (its --v2-deprecation=write-only-skip-check is at your own risk)", etcd_policy::UPGRADE_GUIDE_3_6)),
+            MigrateError::RemovedFlags { .. } => Some("etcd 3.7 removed the deprecated --experimental-* flags: use their new names or feature gates (etcd's 3.7 upgrade guide) in ETCD_CREDS / --etcd-server-extra-args".into()),
             MigrateError::ClusterConfig(_) => Some("--name (MIGRATE_ETCD_NAME, ETCD_NAME, or etcd-$ETCD_HOSTNAME / etcd-$HOSTNAME) must be one of the names in --initial-cluster (INITIAL_CLUSTER), with --initial-advertise-peer-urls equal to that member's URLs there: etcd refuses anything else when it restores or starts a member".into()),
             MigrateError::Stage(stage::StageError::NoSpace { .. }) => Some("free space on that filesystem (or give the data dir's volume more), then run again; see the README for what each step needs".into()),
             MigrateError::InUse { .. } => Some("migrate runs before etcd starts; stop the etcd that uses this data directory (or wait for it to exit) and run again".into()),
@@ -158,5 +159,33 @@ impl MigrateError {
 impl From<cluster::ClusterConfigError> for MigrateError {
     fn from(e: cluster::ClusterConfigError) -> MigrateError {
         MigrateError::ClusterConfig(Box::new(e))
+    }
+}
+
+impl From<plan::PlanError> for MigrateError {
+    fn from(e: plan::PlanError) -> MigrateError {
+        MigrateError::Plan(Box::new(e))
+    }
+}
+
+fn plan_exit_code(p: &plan::PlanError) -> ExitCode {
+    match p {
+        plan::PlanError::DowngradeTooFar { .. } => ExitCode::DowngradeTooFar,
+        plan::PlanError::MissingMinor { .. } => ExitCode::TargetNotBundled,
+        plan::PlanError::StorageChange { .. } => ExitCode::NotSupportedYet,
+        plan::PlanError::NoConverter { .. } => ExitCode::NoEtcd2Converter,
+        plan::PlanError::MajorChange { from, to } if to < from => ExitCode::DowngradeTooFar,
+        plan::PlanError::MajorChange { .. } => ExitCode::NotSupportedYet,
+        plan::PlanError::BelowUpgradeMinimum { .. } => ExitCode::BelowUpgradeMinimum,
+    }
+}
+
+fn plan_hint(p: &plan::PlanError) -> Option<String> {
+    match p {
+        plan::PlanError::DowngradeTooFar { .. } => Some("roll back one minor at a time with the image of each minor, or restore a backup".into()),
+        plan::PlanError::MissingMinor { .. } => Some("use an image that bundles every minor version between the data's and the target".into()),
+        plan::PlanError::NoConverter { .. } => Some("use an image that bundles an etcd 3.0-3.4 (e.g. 3.4.23) to convert the etcd2 data, then this one".into()),
+        plan::PlanError::BelowUpgradeMinimum { minor, minimum, .. } => Some(format!("bundle an etcd {minor}.x at {minimum} or later in the image (migrate then runs it on the data first), or upgrade the data to it with an image that has one; see {}", etcd_policy::UPGRADE_GUIDE_3_6)),
+        _ => None,
     }
 }

@@ -112,6 +112,16 @@ pub fn read_v2(server: &Server, prefix: &str) -> Result<V2Keyspace, MigrateError
     })
 }
 
+/// The flags that make etcd `via` serve the v2 API: 3.4 serves it only when asked, 3.0-3.3
+/// always do (and lack the flag), 3.6+ have no v2 API and never get the flag.
+pub fn v2_flags(policy: &etcd_policy::Policy, via: &Version) -> Vec<&'static str> {
+    if policy.has_v2_api(via) && (via.major, via.minor) >= (3, 4) {
+        vec!["--enable-v2=true"]
+    } else {
+        Vec::new()
+    }
+}
+
 /// The key just past every key that starts with `prefix` (etcd's `--prefix` range end).
 fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     let mut end = prefix.to_vec();
@@ -300,13 +310,8 @@ fn convert_in_place(
     logs: &Path,
 ) -> Result<StepFingerprints, MigrateError> {
     let prefix = ttl_prefix(options);
-    // 3.4 serves the v2 API only when asked; 3.0-3.3 always do (and lack the flag).
-    let v2_flags: &[&str] = if (via.major, via.minor) >= (3, 4) {
-        &["--enable-v2=true"]
-    } else {
-        &[]
-    };
-    let mut server = engine::start_etcd(options, via, &options.data_dir, logs, v2_flags)?;
+    let v2_flags = v2_flags(&options.policy, via);
+    let mut server = engine::start_etcd(options, via, &options.data_dir, logs, &v2_flags)?;
     failpoint(&format!("running-{via}"));
     let v2 = read_v2(&server, &prefix)?;
     server.stop();
@@ -375,5 +380,15 @@ mod tests {
         assert_eq!(keyspace::gateway(&v("3.0.17")), "/v3alpha");
         assert_eq!(keyspace::gateway(&v("3.3.17")), "/v3beta");
         assert_eq!(keyspace::gateway(&v("3.4.23")), "/v3");
+        let policy = etcd_policy::Policy::builtin();
+        for (version, flags) in [
+            ("3.3.27", vec![]),
+            ("3.4.23", vec!["--enable-v2=true"]),
+            ("3.5.33", vec!["--enable-v2=true"]),
+            ("3.6.14", vec![]),
+            ("3.7.1", vec![]),
+        ] {
+            assert_eq!(v2_flags(&policy, &v(version)), flags, "{version}");
+        }
     }
 }

@@ -28,6 +28,7 @@ pub mod raftlog;
 pub mod report;
 pub mod server;
 pub mod stage;
+pub mod v2check;
 pub mod v2rollback;
 pub mod v2store;
 pub mod version;
@@ -103,7 +104,12 @@ pub fn migrate_if_needed(options: &Options) -> Result<Report, MigrateError> {
             [plan::Step::PatchChange { .. }] => Outcome::PatchChange,
             _ => Outcome::Planned,
         };
-        let described = steps.iter().map(|s| s.to_string()).collect();
+        let described = plan::describe(
+            &steps,
+            &options.bundled_versions,
+            &options.bin_dir,
+            &options.policy,
+        );
         return Ok(report(options, Some(&current), outcome, described));
     }
     run_steps(options, &data_dir, &current, &steps)
@@ -181,9 +187,11 @@ fn initialize(options: &Options, data_dir: &DataDir) -> Result<Report, MigrateEr
 
 /// The steps from `current` to the target, with every refusal decided before anything runs.
 fn plan_steps(options: &Options, current: &VersionPair) -> Result<Vec<plan::Step>, MigrateError> {
-    let steps = plan::plan(current, &options.target, &options.bundled_versions)?;
+    let policy = &options.policy;
+    let steps = plan::plan(current, &options.target, &options.bundled_versions, policy)?;
     for step in &steps {
-        for binary in plan::binaries_for(step, &options.bundled_versions, &options.bin_dir) {
+        for binary in plan::binaries_for(step, &options.bundled_versions, &options.bin_dir, policy)
+        {
             if !binary.is_file() {
                 return Err(MigrateError::MissingBinary {
                     binary: binary.display().to_string(),
@@ -198,6 +206,14 @@ fn plan_steps(options: &Options, current: &VersionPair) -> Result<Vec<plan::Step
         .any(|s| !matches!(s, plan::Step::PatchChange { .. }));
     if runs_etcd {
         cluster::check(options)?;
+        refuse_removed_flags(options, &steps)?;
+    }
+    for step in &steps {
+        if let plan::Step::Upgrade { from, to } = step {
+            if policy.has_v2_api(from) && !policy.has_v2_api(to) {
+                refuse_custom_v2(options, from, to)?;
+            }
+        }
     }
     if runs_etcd
         && options
@@ -226,6 +242,90 @@ fn plan_steps(options: &Options, current: &VersionPair) -> Result<Vec<plan::Step
     Ok(steps)
 }
 
+/// etcd 3.7 refuses every `--experimental-*` flag: a step that would run it with one in the
+/// extra args is refused before anything runs.
+fn refuse_removed_flags(options: &Options, steps: &[plan::Step]) -> Result<(), MigrateError> {
+    let runs = |v: &semver::Version| options.policy.refuses_experimental_flags(v);
+    let newest = steps.iter().find_map(|s| match s {
+        plan::Step::Upgrade { to, .. } | plan::Step::PatchUpgrade { to, .. } if runs(to) => {
+            Some(to.clone())
+        }
+        _ => None,
+    });
+    let Some(version) = newest else {
+        return Ok(());
+    };
+    let flags: Vec<&String> = options
+        .etcd_server_extra_args
+        .iter()
+        .filter(|a| a.starts_with("--experimental-"))
+        .collect();
+    if flags.is_empty() {
+        return Ok(());
+    }
+    Err(MigrateError::RemovedFlags {
+        version: version.to_string(),
+        flags: flags
+            .iter()
+            .map(|f| f.as_str())
+            .collect::<Vec<_>>()
+            .join(" "),
+    })
+}
+
+/// Before a step onto a minor without the v2 store (3.5 -> 3.6): the data must hold no custom
+/// v2 content. migrate reads the v2 snapshot and WAL itself, and also runs the bundled
+/// `etcdutl check v2store` of the data's minor where it has the command.
+fn refuse_custom_v2(
+    options: &Options,
+    from: &semver::Version,
+    to: &semver::Version,
+) -> Result<(), MigrateError> {
+    let dir = &options.data_dir;
+    let custom = v2check::scan(dir).map_err(|message| MigrateError::DamagedDataDir {
+        dir: dir.display().to_string(),
+        message,
+    })?;
+    let runner = plan::bundled_minor(&options.bundled_versions, from.major, from.minor)
+        .unwrap_or_else(|| from.clone());
+    let etcdutl = options.bin_dir.join(format!("etcdutl-{runner}"));
+    let mut by_etcdutl = None;
+    if options.policy.has_v2store_check(&runner) && etcdutl.is_file() {
+        let args = [
+            "check".into(),
+            "v2store".into(),
+            "--data-dir".into(),
+            dir.as_os_str().to_owned(),
+        ];
+        let run = process::run_tool(
+            &etcdutl,
+            &args,
+            &[],
+            std::time::Duration::from_secs(600),
+            || Ok(()),
+        );
+        if let Err(e) = run {
+            by_etcdutl = Some(format!("`{} check v2store` says: {e}", etcdutl.display()));
+        }
+    }
+    if custom.is_empty() && by_etcdutl.is_none() {
+        log(&format!(
+            "checked: the v2 store holds no custom content (etcd {to} refuses it)"
+        ));
+        return Ok(());
+    }
+    Err(MigrateError::CustomV2 {
+        from: from.to_string(),
+        to: to.to_string(),
+        keys: if custom.is_empty() {
+            "(keys not named: only etcdutl found them)".into()
+        } else {
+            custom.named()
+        },
+        etcdutl: by_etcdutl.unwrap_or_default(),
+    })
+}
+
 /// Runs the planned steps in order; each leaves the data dir at a version it records.
 fn run_steps(
     options: &Options,
@@ -243,7 +343,7 @@ fn run_steps(
                 log(&format!("wrote version.txt = {to}"));
                 continue;
             }
-            plan::Step::Upgrade { from, to } => {
+            plan::Step::Upgrade { from, to } | plan::Step::PatchUpgrade { from, to } => {
                 r.outcome = Outcome::Upgraded;
                 engine::upgrade(options, from, to)?
             }

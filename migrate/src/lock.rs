@@ -186,8 +186,16 @@ impl DataDirLock {
             if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
                 return Err(io_err(err));
             }
+            // The holder writes its pid right after it locks: give it a moment.
             let mut holder = String::new();
-            let _ = file.read_to_string(&mut holder);
+            for _ in 0..10 {
+                holder.clear();
+                let _ = file.rewind().and_then(|_| file.read_to_string(&mut holder));
+                if !holder.trim().is_empty() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
             let holder = match holder.trim() {
                 "" => "a process that has not written its pid yet".to_string(),
                 h => h.to_string(),

@@ -68,6 +68,11 @@ pub struct Flags {
     /// Print the result as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    /// etcd's version policy as JSON (written into the image by etcdimg from images.toml)
+    /// [default: <bin-dir>/../share/etcdimg/version-policy.json if present, else the built-in
+    /// policy].
+    #[arg(long, env = "MIGRATE_VERSION_POLICY")]
+    pub version_policy: Option<PathBuf>,
     /// How long to wait for another migrate that holds the same data dir before refusing
     /// (exit 22): seconds, or a duration such as 10m.
     #[arg(long, env = "MIGRATE_LOCK_WAIT", default_value = "10m", value_parser = parse_wait_seconds)]
@@ -105,6 +110,8 @@ pub struct Options {
     pub json: bool,
     /// Seconds to wait for another migrate holding the data dir.
     pub lock_wait: i64,
+    /// etcd's version policy (upgrade minimums, restore tools).
+    pub policy: etcd_policy::Policy,
     /// Log lines about defaults that were applied.
     pub defaults_log: Vec<String>,
 }
@@ -121,6 +128,8 @@ pub enum OptionsError {
     UnknownStorage(String),
     #[error("--bundled-versions: {0}")]
     BadBundled(String),
+    #[error("the version policy `{path}`: {message}")]
+    BadPolicy { path: String, message: String },
 }
 
 /// `fallbackToEnv` of the reference: the variable's value, or an error when unset or empty.
@@ -181,6 +190,26 @@ pub fn parse_duration_seconds(text: &str) -> Result<i64, String> {
         ));
     }
     Ok(total)
+}
+
+/// The version policy: `explicit`, else `<bin_dir>/../share/etcdimg/version-policy.json` when
+/// the image has one, else the built-in policy.
+fn load_policy(
+    explicit: Option<&std::path::Path>,
+    bin_dir: &std::path::Path,
+) -> Result<etcd_policy::Policy, OptionsError> {
+    let shipped = bin_dir.join("../share/etcdimg/version-policy.json");
+    let path = match explicit {
+        Some(p) => p.to_path_buf(),
+        None if shipped.is_file() => shipped,
+        None => return Ok(etcd_policy::Policy::builtin()),
+    };
+    let fail = |message: String| OptionsError::BadPolicy {
+        path: path.display().to_string(),
+        message,
+    };
+    let text = std::fs::read_to_string(&path).map_err(|e| fail(e.to_string()))?;
+    etcd_policy::Policy::from_json(&text).map_err(fail)
 }
 
 /// Like [`parse_duration_seconds`], but 0 (do not wait) is allowed.
@@ -348,7 +377,9 @@ impl Flags {
             Some(text) => parse_bundled(text).map_err(OptionsError::BadBundled)?,
             None => discover_bundled(&self.bin_dir),
         };
+        let policy = load_policy(self.version_policy.as_deref(), &self.bin_dir)?;
         Ok(Options {
+            policy,
             name,
             name_source,
             data_dir,

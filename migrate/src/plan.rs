@@ -4,9 +4,13 @@
 //! never leaves a half-done data directory: a downgrade of more than one minor, a target or an
 //! intermediate minor that is not bundled, a missing binary for a step.
 
+// A refusal is built once per run and names every version it is about; its size does not matter.
+#![allow(clippy::result_large_err)]
+
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use etcd_policy::{Policy, RestoreTool};
 use semver::Version;
 
 use crate::version::{Storage, VersionPair};
@@ -19,6 +23,10 @@ pub enum Step {
     /// One minor up: etcd-`to` opens the data written by etcd-`from` (fingerprinted before and
     /// after), then version.txt records `to`.
     Upgrade { from: Version, to: Version },
+    /// Same minor, a newer patch that etcd requires before the next minor (3.5.32+ before 3.6):
+    /// etcd-`to` really runs on the data (it repairs what older patches left, e.g. zombie
+    /// members), exactly like an upgrade step.
+    PatchUpgrade { from: Version, to: Version },
     /// etcd2 storage to etcd3: `etcdctl-<via> migrate` converts the v2 keys (etcdctl has
     /// `migrate` up to 3.4), etcd-`via` then attaches a lease to every key under the TTL keys
     /// prefix, and version.txt records `via`/etcd3.
@@ -38,7 +46,11 @@ impl fmt::Display for Step {
             Step::PatchChange { to } => write!(f, "patch change: write version.txt = {to}"),
             Step::Upgrade { from, to } => write!(
                 f,
-                "upgrade {from} -> {to}: start etcd-{to} on the data, compare fingerprints, stop, write version.txt = {to}/etcd3"
+                "upgrade {from} -> {to}: start etcd-{to} on a working copy, compare fingerprints, swap, version.txt = {to}/etcd3"
+            ),
+            Step::PatchUpgrade { from, to } => write!(
+                f,
+                "patch upgrade {from} -> {to}: etcd requires {to} before the next minor; start etcd-{to} on a working copy, compare fingerprints, swap, version.txt = {to}/etcd3"
             ),
             Step::Convert { from, via } => write!(
                 f,
@@ -79,6 +91,15 @@ pub enum PlanError {
     },
     #[error("{from} to {to} crosses a major version, which etcd does not support")]
     MajorChange { from: Version, to: Version },
+    #[error("etcd steps to {next} only from {minimum} or later ({why}); the data is at {at} and no bundled {minor}.x is at {minimum} or later (bundled: {bundled})")]
+    BelowUpgradeMinimum {
+        at: Version,
+        minor: String,
+        next: String,
+        minimum: Version,
+        why: String,
+        bundled: String,
+    },
 }
 
 /// The highest bundled version with `major.minor`.
@@ -90,17 +111,27 @@ pub fn bundled_minor(bundled: &[Version], major: u64, minor: u64) -> Option<Vers
         .cloned()
 }
 
-/// The steps from `current` to `target` through `bundled` (the versions in the image).
+fn listed(bundled: &[Version]) -> String {
+    bundled
+        .iter()
+        .map(|v| v.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The steps from `current` to `target` through `bundled` (the versions in the image), under
+/// `policy`'s upgrade rules.
 pub fn plan(
     current: &VersionPair,
     target: &VersionPair,
     bundled: &[Version],
+    policy: &Policy,
 ) -> Result<Vec<Step>, PlanError> {
     if current == target {
         return Ok(Vec::new());
     }
     if current.storage == Storage::Etcd2 && target.storage == Storage::Etcd3 {
-        return plan_etcd2_to_etcd3(current, target, bundled);
+        return plan_etcd2_to_etcd3(current, target, bundled, policy);
     }
     if current.storage == Storage::Etcd3 && target.storage == Storage::Etcd2 {
         let (from, to) = (&current.version, &target.version);
@@ -147,6 +178,27 @@ pub fn plan(
     let mut steps = Vec::new();
     let mut at = from.clone();
     for minor in from.minor + 1..=to.minor {
+        // etcd may require a recent patch of this minor before the next one.
+        if let Some((minimum, source)) = policy.upgrade_minimum(&at) {
+            if at < minimum {
+                let safe = bundled_minor(bundled, at.major, at.minor).filter(|b| *b >= minimum);
+                let Some(safe) = safe else {
+                    return Err(PlanError::BelowUpgradeMinimum {
+                        at: at.clone(),
+                        minor: format!("{}.{}", at.major, at.minor),
+                        next: format!("{}.{minor}", at.major),
+                        minimum,
+                        why: source,
+                        bundled: listed(bundled),
+                    });
+                };
+                steps.push(Step::PatchUpgrade {
+                    from: at.clone(),
+                    to: safe.clone(),
+                });
+                at = safe;
+            }
+        }
         let next = if minor == to.minor {
             to.clone()
         } else {
@@ -155,11 +207,7 @@ pub fn plan(
                 to: to.clone(),
                 major: to.major,
                 minor,
-                bundled: bundled
-                    .iter()
-                    .map(|v| v.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", "),
+                bundled: listed(bundled),
             })?
         };
         steps.push(Step::Upgrade {
@@ -182,6 +230,7 @@ fn plan_etcd2_to_etcd3(
     current: &VersionPair,
     target: &VersionPair,
     bundled: &[Version],
+    policy: &Policy,
 ) -> Result<Vec<Step>, PlanError> {
     let via = if has_v2_migrate(&target.version) {
         Some(target.version.clone())
@@ -209,37 +258,107 @@ fn plan_etcd2_to_etcd3(
         &VersionPair::new(via, Storage::Etcd3),
         target,
         bundled,
+        policy,
     )?);
     Ok(steps)
 }
 
+/// The plan as `--dry-run` prints it: each step, with the tools a rollback uses and the checks
+/// that run before anything does.
+pub fn describe(
+    steps: &[Step],
+    bundled: &[Version],
+    bin_dir: &Path,
+    policy: &Policy,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for step in steps {
+        match step {
+            Step::Upgrade { from, to } if policy.has_v2_api(from) && !policy.has_v2_api(to) => {
+                out.push(format!(
+                    "check: the v2 store holds no custom content (etcd {to} refuses it; v2 snapshot and WAL read by migrate{})",
+                    if policy.has_v2store_check(&bundled_minor(bundled, from.major, from.minor).unwrap_or_else(|| from.clone())) {
+                        ", and `etcdutl check v2store`"
+                    } else {
+                        ""
+                    }
+                ));
+                out.push(step.to_string());
+            }
+            Step::Rollback { from, to } => {
+                let current =
+                    bundled_minor(bundled, from.major, from.minor).unwrap_or_else(|| from.clone());
+                let tool = restore_binary(policy, to, bin_dir);
+                let tool = tool
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let storage = if policy.has_storage_migrate(&current) {
+                    format!(
+                        ", set the storage version to {}.{} with `etcdutl-{current} migrate`",
+                        to.major, to.minor
+                    )
+                } else {
+                    String::new()
+                };
+                out.push(format!(
+                    "rollback {from} -> {to}: restore the stopped member's backend with `{tool} snapshot restore --skip-hash-check` beside the data dir{storage}, run etcd-{to} on it, compare fingerprints, swap, version.txt = {to}/etcd3"
+                ));
+            }
+            other => out.push(other.to_string()),
+        }
+    }
+    out
+}
+
+/// The restore tool for a rollback to `to`, and whether it must be etcdutl.
+pub fn restore_binary(policy: &Policy, to: &Version, bin_dir: &Path) -> PathBuf {
+    let etcdutl = bin_dir.join(format!("etcdutl-{to}"));
+    match policy.restore_tool(to) {
+        RestoreTool::Etcdctl => bin_dir.join(format!("etcdctl-{to}")),
+        RestoreTool::EtcdutlPreferred if !etcdutl.is_file() => {
+            bin_dir.join(format!("etcdctl-{to}"))
+        }
+        RestoreTool::EtcdutlPreferred | RestoreTool::EtcdutlOnly => etcdutl,
+    }
+}
+
 /// The bundled binaries a step runs, as paths under `bin_dir`. The old side of an upgrade may
 /// be any bundled patch of its minor (they all read that minor's data).
-pub fn binaries_for(step: &Step, bundled: &[Version], bin_dir: &Path) -> Vec<PathBuf> {
+pub fn binaries_for(
+    step: &Step,
+    bundled: &[Version],
+    bin_dir: &Path,
+    policy: &Policy,
+) -> Vec<PathBuf> {
     let pair = |v: &Version| {
         vec![
             bin_dir.join(format!("etcd-{v}")),
             bin_dir.join(format!("etcdctl-{v}")),
         ]
     };
+    let runner =
+        |v: &Version| bundled_minor(bundled, v.major, v.minor).unwrap_or_else(|| v.clone());
     match step {
         Step::PatchChange { .. } => Vec::new(),
         Step::Convert { via, .. } => pair(via),
-        Step::RollbackToEtcd2 { from, .. } => {
-            pair(&bundled_minor(bundled, from.major, from.minor).unwrap_or_else(|| from.clone()))
-        }
-        Step::Upgrade { from, to } => {
-            let old =
-                bundled_minor(bundled, from.major, from.minor).unwrap_or_else(|| from.clone());
-            let mut out = pair(&old);
+        Step::RollbackToEtcd2 { from, .. } => pair(&runner(from)),
+        Step::Upgrade { from, to } | Step::PatchUpgrade { from, to } => {
+            let mut out = pair(&runner(from));
             out.extend(pair(to));
+            out.dedup();
             out
         }
         Step::Rollback { from, to } => {
-            let current =
-                bundled_minor(bundled, from.major, from.minor).unwrap_or_else(|| from.clone());
+            let current = runner(from);
             let mut out = pair(&current);
             out.extend(pair(to));
+            out.push(restore_binary(policy, to, bin_dir));
+            if policy.has_storage_migrate(&current) {
+                // `etcdutl-<from> migrate` takes the storage version down after the restore.
+                out.push(bin_dir.join(format!("etcdutl-{current}")));
+            }
+            out.dedup();
             out
         }
     }
@@ -257,10 +376,14 @@ mod tests {
         VersionPair::parse(s).unwrap()
     }
 
+    fn pol() -> Policy {
+        Policy::builtin()
+    }
+
     #[test]
     fn upgrades_go_one_minor_at_a_time_through_bundled_versions() {
         let bundled = [v("3.3.17"), v("3.4.20"), v("3.4.23"), v("3.5.1")];
-        let steps = plan(&p("3.3.10/etcd3"), &p("3.5.1/etcd3"), &bundled).unwrap();
+        let steps = plan(&p("3.3.10/etcd3"), &p("3.5.1/etcd3"), &bundled, &pol()).unwrap();
         assert_eq!(
             steps,
             [
@@ -275,12 +398,12 @@ mod tests {
             ]
         );
         assert_eq!(
-            plan(&p("3.4.20/etcd3"), &p("3.4.23/etcd3"), &bundled).unwrap(),
+            plan(&p("3.4.20/etcd3"), &p("3.4.23/etcd3"), &bundled, &pol()).unwrap(),
             [Step::PatchChange {
                 to: p("3.4.23/etcd3")
             }]
         );
-        assert!(plan(&p("3.5.1/etcd3"), &p("3.5.1/etcd3"), &bundled)
+        assert!(plan(&p("3.5.1/etcd3"), &p("3.5.1/etcd3"), &bundled, &pol())
             .unwrap()
             .is_empty());
     }
@@ -291,6 +414,7 @@ mod tests {
             &p("3.3.10/etcd3"),
             &p("3.5.1/etcd3"),
             &[v("3.3.10"), v("3.5.1")],
+            &pol(),
         )
         .unwrap_err();
         assert!(
@@ -303,17 +427,17 @@ mod tests {
     fn rollbacks_go_back_one_minor_only() {
         let bundled = [v("3.3.17"), v("3.4.23"), v("3.5.1")];
         assert_eq!(
-            plan(&p("3.5.1/etcd3"), &p("3.4.23/etcd3"), &bundled).unwrap(),
+            plan(&p("3.5.1/etcd3"), &p("3.4.23/etcd3"), &bundled, &pol()).unwrap(),
             [Step::Rollback {
                 from: v("3.5.1"),
                 to: v("3.4.23")
             }]
         );
-        let err = plan(&p("3.5.1/etcd3"), &p("3.3.17/etcd3"), &bundled).unwrap_err();
+        let err = plan(&p("3.5.1/etcd3"), &p("3.3.17/etcd3"), &bundled, &pol()).unwrap_err();
         assert!(matches!(err, PlanError::DowngradeTooFar { .. }), "{err}");
         // etcd2 is reached from 3.0 only.
         assert!(matches!(
-            plan(&p("3.4.23/etcd3"), &p("2.3.7/etcd2"), &bundled).unwrap_err(),
+            plan(&p("3.4.23/etcd3"), &p("2.3.7/etcd2"), &bundled, &pol()).unwrap_err(),
             PlanError::DowngradeTooFar { .. }
         ));
     }
@@ -329,6 +453,7 @@ mod tests {
             },
             &bundled,
             bin,
+            &pol(),
         );
         assert_eq!(
             need,
@@ -346,19 +471,19 @@ mod tests {
     fn rollback_to_etcd2_only_from_3_0_to_2_2_or_2_3() {
         let bundled = [v("2.2.1"), v("3.0.17"), v("3.1.12")];
         assert_eq!(
-            plan(&p("3.0.17/etcd3"), &p("2.2.1/etcd2"), &bundled).unwrap(),
+            plan(&p("3.0.17/etcd3"), &p("2.2.1/etcd2"), &bundled, &pol()).unwrap(),
             vec![Step::RollbackToEtcd2 {
                 from: v("3.0.17"),
                 to: p("2.2.1/etcd2")
             }]
         );
-        assert!(plan(&p("3.0.17/etcd3"), &p("2.3.7/etcd2"), &bundled).is_ok());
+        assert!(plan(&p("3.0.17/etcd3"), &p("2.3.7/etcd2"), &bundled, &pol()).is_ok());
         for (cur, tgt) in [
             ("3.1.12/etcd3", "2.2.1/etcd2"),
             ("3.0.17/etcd3", "2.1.0/etcd2"),
         ] {
             assert!(matches!(
-                plan(&p(cur), &p(tgt), &bundled),
+                plan(&p(cur), &p(tgt), &bundled, &pol()),
                 Err(PlanError::DowngradeTooFar { .. })
             ));
         }
@@ -369,14 +494,14 @@ mod tests {
         let bundled = [v("3.4.23"), v("3.5.0"), v("3.5.1")];
         // The target can convert itself (the original's rule B).
         assert_eq!(
-            plan(&p("3.4.23/etcd2"), &p("3.4.23/etcd3"), &bundled).unwrap(),
+            plan(&p("3.4.23/etcd2"), &p("3.4.23/etcd3"), &bundled, &pol()).unwrap(),
             vec![Step::Convert {
                 from: p("3.4.23/etcd2"),
                 via: v("3.4.23")
             }]
         );
         assert_eq!(
-            plan(&p("2.2.1/etcd2"), &p("3.4.23/etcd3"), &bundled).unwrap()[0],
+            plan(&p("2.2.1/etcd2"), &p("3.4.23/etcd3"), &bundled, &pol()).unwrap()[0],
             Step::Convert {
                 from: p("2.2.1/etcd2"),
                 via: v("3.4.23")
@@ -384,7 +509,7 @@ mod tests {
         );
         // 3.5 has no `etcdctl migrate`: convert with 3.4, then upgrade.
         assert_eq!(
-            plan(&p("3.4.23/etcd2"), &p("3.5.1/etcd3"), &bundled).unwrap(),
+            plan(&p("3.4.23/etcd2"), &p("3.5.1/etcd3"), &bundled, &pol()).unwrap(),
             vec![
                 Step::Convert {
                     from: p("3.4.23/etcd2"),
@@ -402,7 +527,7 @@ mod tests {
             ("3.4.23/etcd2", vec![v("3.3.17"), v("3.5.1")]),
         ] {
             assert!(matches!(
-                plan(&p(cur), &p("3.5.1/etcd3"), &bundled),
+                plan(&p(cur), &p("3.5.1/etcd3"), &bundled, &pol()),
                 Err(PlanError::NoConverter { .. })
             ));
         }
@@ -413,11 +538,240 @@ mod tests {
                     via: v("3.4.23")
                 },
                 &bundled,
-                Path::new("/b")
+                Path::new("/b"),
+                &pol()
             ),
             vec![
                 PathBuf::from("/b/etcd-3.4.23"),
                 PathBuf::from("/b/etcdctl-3.4.23")
+            ]
+        );
+    }
+
+    /// `up A->B`, `patch-up A->B`, `down A->B`, `patch ->B` for each step, or the error's kind.
+    fn summary(r: Result<Vec<Step>, PlanError>) -> Result<Vec<String>, &'static str> {
+        match r {
+            Ok(steps) => Ok(steps
+                .iter()
+                .map(|s| match s {
+                    Step::Upgrade { from, to } => format!("up {from}->{to}"),
+                    Step::PatchUpgrade { from, to } => format!("patch-up {from}->{to}"),
+                    Step::Rollback { from, to } => format!("down {from}->{to}"),
+                    Step::PatchChange { to } => format!("patch ->{}", to.version),
+                    other => format!("{other}"),
+                })
+                .collect()),
+            Err(PlanError::BelowUpgradeMinimum { .. }) => Err("below-minimum"),
+            Err(PlanError::MissingMinor { .. }) => Err("missing-minor"),
+            Err(PlanError::DowngradeTooFar { .. }) => Err("too-far"),
+            Err(_) => Err("other"),
+        }
+    }
+
+    #[test]
+    fn plans_from_3_4_to_3_7_follow_etcds_rules() {
+        type Case<'a> = (
+            &'a [&'a str],
+            &'a str,
+            &'a str,
+            Result<&'a [&'a str], &'a str>,
+        );
+        let cases: Vec<Case> = vec![
+            // Today's defaults: 3.4 data reaches 3.6 through a 3.5 at the step minimum.
+            (
+                &["3.4.45", "3.5.33", "3.6.14"],
+                "3.4.45",
+                "3.6.14",
+                Ok(&["up 3.4.45->3.5.33", "up 3.5.33->3.6.14"]),
+            ),
+            (
+                &["3.4.23", "3.5.1"],
+                "3.4.23",
+                "3.5.1",
+                Ok(&["up 3.4.23->3.5.1"]),
+            ),
+            // An old 3.5 goes through a safe 3.5 first, with a real server run.
+            (
+                &["3.5.1", "3.5.33", "3.6.14"],
+                "3.5.1",
+                "3.6.14",
+                Ok(&["patch-up 3.5.1->3.5.33", "up 3.5.33->3.6.14"]),
+            ),
+            (
+                &["3.5.32", "3.6.14"],
+                "3.5.32",
+                "3.6.14",
+                Ok(&["up 3.5.32->3.6.14"]),
+            ),
+            // ... and without one it is refused.
+            (
+                &["3.5.1", "3.6.14"],
+                "3.5.1",
+                "3.6.14",
+                Err("below-minimum"),
+            ),
+            (&["3.6.14"], "3.5.1", "3.6.14", Err("below-minimum")),
+            (
+                &["3.4.23", "3.5.21", "3.6.14"],
+                "3.4.23",
+                "3.6.14",
+                Err("below-minimum"),
+            ),
+            // 3.6 -> 3.7 needs 3.6.11+.
+            (
+                &["3.4.45", "3.5.33", "3.6.14", "3.7.1"],
+                "3.4.45",
+                "3.7.1",
+                Ok(&["up 3.4.45->3.5.33", "up 3.5.33->3.6.14", "up 3.6.14->3.7.1"]),
+            ),
+            (&["3.6.5", "3.7.1"], "3.6.5", "3.7.1", Err("below-minimum")),
+            (
+                &["3.6.5", "3.6.14", "3.7.1"],
+                "3.6.5",
+                "3.7.1",
+                Ok(&["patch-up 3.6.5->3.6.14", "up 3.6.14->3.7.1"]),
+            ),
+            (
+                &["3.5.21", "3.5.33", "3.6.10", "3.7.1"],
+                "3.5.21",
+                "3.7.1",
+                Err("below-minimum"),
+            ),
+            (
+                &["3.5.33", "3.7.1"],
+                "3.5.33",
+                "3.7.1",
+                Err("missing-minor"),
+            ),
+            // Rollbacks: one minor, every pair.
+            (
+                &["3.6.14", "3.7.1"],
+                "3.7.1",
+                "3.6.14",
+                Ok(&["down 3.7.1->3.6.14"]),
+            ),
+            (
+                &["3.5.33", "3.6.14"],
+                "3.6.14",
+                "3.5.33",
+                Ok(&["down 3.6.14->3.5.33"]),
+            ),
+            (
+                &["3.4.45", "3.5.33"],
+                "3.5.33",
+                "3.4.45",
+                Ok(&["down 3.5.33->3.4.45"]),
+            ),
+            (
+                &["3.5.33", "3.6.14", "3.7.1"],
+                "3.7.1",
+                "3.5.33",
+                Err("too-far"),
+            ),
+            (
+                &["3.4.45", "3.5.33", "3.6.14"],
+                "3.6.14",
+                "3.4.45",
+                Err("too-far"),
+            ),
+            // A patch change needs no server run, old 3.5 or not: the target etcd starts next.
+            (
+                &["3.5.1", "3.5.33"],
+                "3.5.1",
+                "3.5.33",
+                Ok(&["patch ->3.5.33"]),
+            ),
+            (
+                &["3.6.5", "3.6.14"],
+                "3.6.14",
+                "3.6.5",
+                Ok(&["patch ->3.6.5"]),
+            ),
+        ];
+        for (bundled, current, target, want) in cases {
+            let bundled: Vec<Version> = bundled.iter().map(|b| v(b)).collect();
+            let got = summary(plan(
+                &p(&format!("{current}/etcd3")),
+                &p(&format!("{target}/etcd3")),
+                &bundled,
+                &pol(),
+            ));
+            let want = want.map(|w| w.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+            assert_eq!(got, want, "{current} -> {target} with {bundled:?}");
+        }
+    }
+
+    #[test]
+    fn a_refusal_below_the_step_minimum_names_the_versions_and_the_guide() {
+        let err = plan(
+            &p("3.5.1/etcd3"),
+            &p("3.6.14/etcd3"),
+            &[v("3.5.1"), v("3.6.14")],
+            &pol(),
+        )
+        .unwrap_err()
+        .to_string();
+        for needle in [
+            "3.5.32",
+            "3.5.1",
+            "3.6",
+            "upgrade_3_6",
+            "bundled: 3.5.1, 3.6.14",
+        ] {
+            assert!(err.contains(needle), "{needle}: {err}");
+        }
+    }
+
+    #[test]
+    fn rollback_binaries_follow_the_restore_rules() {
+        let bin = Path::new("/nowhere");
+        let names = |from: &str, to: &str, bundled: &[&str]| -> Vec<String> {
+            let bundled: Vec<Version> = bundled.iter().map(|b| v(b)).collect();
+            binaries_for(
+                &Step::Rollback {
+                    from: v(from),
+                    to: v(to),
+                },
+                &bundled,
+                bin,
+                &pol(),
+            )
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect()
+        };
+        // 3.4: etcdctl restores; nothing migrates the storage version.
+        assert_eq!(
+            names("3.5.1", "3.4.23", &["3.4.23", "3.5.1"]),
+            [
+                "etcd-3.5.1",
+                "etcdctl-3.5.1",
+                "etcd-3.4.23",
+                "etcdctl-3.4.23"
+            ]
+        );
+        // 3.6 -> 3.5: 3.5's tool restores (etcdctl when no etcdutl is bundled), 3.6's etcdutl
+        // clears the storage version.
+        assert_eq!(
+            names("3.6.14", "3.5.33", &["3.5.33", "3.6.14"]),
+            [
+                "etcd-3.6.14",
+                "etcdctl-3.6.14",
+                "etcd-3.5.33",
+                "etcdctl-3.5.33",
+                "etcdutl-3.6.14"
+            ]
+        );
+        // 3.7 -> 3.6: etcdutl only, both sides.
+        assert_eq!(
+            names("3.7.1", "3.6.14", &["3.6.14", "3.7.1"]),
+            [
+                "etcd-3.7.1",
+                "etcdctl-3.7.1",
+                "etcd-3.6.14",
+                "etcdctl-3.6.14",
+                "etcdutl-3.6.14",
+                "etcdutl-3.7.1"
             ]
         );
     }

@@ -425,7 +425,7 @@ pub fn touches_v3_store(data: &[u8]) -> bool {
 /// decode. A bare request has its method as field 2, a short upper-case word, where the
 /// wrapper's field 2 is an encoded message starting with a tag byte. They change the v2 store
 /// only.
-fn is_raw_v2_request(data: &[u8]) -> bool {
+pub fn is_raw_v2_request(data: &[u8]) -> bool {
     use prost::encoding::{decode_key, decode_varint, skip_field, DecodeContext, WireType};
     let mut buf = data;
     while !buf.is_empty() {
@@ -492,25 +492,34 @@ pub struct WalTail {
 
 /// Streams the WAL records of `wal_dir` that may hold entries after `applied` (from the last
 /// segment whose first index is at or below `applied + 1`), one record in memory at a time,
-/// checking each record's CRC from the segment's own CRC record on. Read only.
-pub fn tail_after(wal_dir: &std::path::Path, applied: u64) -> std::io::Result<WalTail> {
+/// checking each record's CRC from the segment's own CRC record on, and calls `f` for every
+/// entry with an index above `applied`. Returns why the WAL could not be read to its end (a
+/// torn or damaged record), if it could not. Read only.
+pub fn for_each_entry_after(
+    wal_dir: &std::path::Path,
+    applied: u64,
+    mut f: impl FnMut(&Entry),
+) -> std::io::Result<Option<String>> {
     use std::io::{BufReader, Read};
-    let mut files: Vec<(u64, std::path::PathBuf)> = std::fs::read_dir(wal_dir)?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "wal"))
-        .filter_map(|p| {
-            let name = p.file_stem()?.to_str()?.to_string();
-            let (_, index) = name.split_once('-')?;
-            Some((u64::from_str_radix(index, 16).ok()?, p))
-        })
-        .collect();
+    let mut files: Vec<(u64, std::path::PathBuf)> = match std::fs::read_dir(wal_dir) {
+        Ok(rd) => rd
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "wal"))
+            .filter_map(|p| {
+                let name = p.file_stem()?.to_str()?.to_string();
+                let (_, index) = name.split_once('-')?;
+                Some((u64::from_str_radix(index, 16).ok()?, p))
+            })
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
     files.sort();
     let first = files
         .iter()
         .rposition(|(index, _)| *index <= applied.saturating_add(1))
         .unwrap_or(0);
-    let mut tail = WalTail::default();
-    for (_, path) in &files[first..] {
+    for (_, path) in files.iter().skip(first) {
         let what = path.display().to_string();
         let mut r = BufReader::with_capacity(1 << 20, std::fs::File::open(path)?);
         let mut crc: Option<u32> = None;
@@ -532,20 +541,19 @@ pub fn tail_after(wal_dir: &std::path::Path, applied: u64) -> std::io::Result<Wa
                 (word, 0)
             };
             if len + pad > MAX_RECORD {
-                tail.damaged = Some(format!("{what}: a record of {len} bytes at byte {offset}"));
-                return Ok(tail);
+                return Ok(Some(format!(
+                    "{what}: a record of {len} bytes at byte {offset}"
+                )));
             }
             let mut buf = vec![0u8; (len + pad) as usize];
             if let Err(e) = r.read_exact(&mut buf) {
                 if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                    tail.damaged = Some(format!("{what}: torn record at byte {offset}"));
-                    return Ok(tail);
+                    return Ok(Some(format!("{what}: torn record at byte {offset}")));
                 }
                 return Err(e);
             }
             let Ok(rec) = Record::decode(&buf[..len as usize]) else {
-                tail.damaged = Some(format!("{what}: undecodable record at byte {offset}"));
-                return Ok(tail);
+                return Ok(Some(format!("{what}: undecodable record at byte {offset}")));
             };
             let expect = if rec.r#type == CRC_TYPE {
                 rec.crc
@@ -553,24 +561,94 @@ pub fn tail_after(wal_dir: &std::path::Path, applied: u64) -> std::io::Result<Wa
                 crc32c::crc32c_append(crc.unwrap_or(0), &rec.data)
             };
             if crc.is_some() && rec.crc != expect {
-                tail.damaged = Some(format!("{what}: CRC mismatch at byte {offset}"));
-                return Ok(tail);
+                return Ok(Some(format!("{what}: CRC mismatch at byte {offset}")));
             }
             crc = Some(rec.crc);
             if rec.r#type == ENTRY_TYPE {
                 let Ok(e) = Entry::decode(rec.data.as_slice()) else {
-                    tail.damaged = Some(format!("{what}: undecodable entry at byte {offset}"));
-                    return Ok(tail);
+                    return Ok(Some(format!("{what}: undecodable entry at byte {offset}")));
                 };
-                tail.last_index = tail.last_index.max(e.index);
-                if e.index > applied && e.r#type == ENTRY_NORMAL && touches_v3_store(&e.data) {
-                    tail.requests += 1;
+                if e.index > applied {
+                    f(&e);
                 }
             }
             offset += 8 + len + pad;
         }
     }
+    Ok(None)
+}
+
+/// What [`for_each_entry_after`] finds after `applied`, for deciding whether the backend is
+/// complete.
+pub fn tail_after(wal_dir: &std::path::Path, applied: u64) -> std::io::Result<WalTail> {
+    let mut tail = WalTail::default();
+    tail.damaged = for_each_entry_after(wal_dir, applied, |e| {
+        tail.last_index = tail.last_index.max(e.index);
+        if e.r#type == ENTRY_NORMAL && touches_v3_store(&e.data) {
+            tail.requests += 1;
+        }
+    })?;
     Ok(tail)
+}
+
+/// The v2 request wrapped in an `InternalRaftRequest` (its field 2), if it is one.
+pub fn wrapped_v2_request(data: &[u8]) -> Option<Vec<u8>> {
+    use prost::encoding::{decode_key, decode_varint, skip_field, DecodeContext, WireType};
+    let mut buf = data;
+    while !buf.is_empty() {
+        let (tag, wire_type) = decode_key(&mut buf).ok()?;
+        if tag == 2 && wire_type == WireType::LengthDelimited {
+            let len = decode_varint(&mut buf).ok()? as usize;
+            return buf.get(..len).map(<[u8]>::to_vec);
+        }
+        skip_field(wire_type, tag, &mut buf, DecodeContext::default()).ok()?;
+    }
+    None
+}
+
+/// The cluster versions that WAL entries after `applied` set: 3.5+'s `ClusterVersionSet`
+/// (field 1300, its `ver`) and 3.4's v2 `PUT /0/version`.
+pub fn cluster_versions_after(
+    wal_dir: &std::path::Path,
+    applied: u64,
+) -> std::io::Result<Vec<String>> {
+    #[derive(Clone, PartialEq, Message)]
+    struct Wrapper {
+        #[prost(message, optional, tag = "1300")]
+        cluster_version_set: Option<ClusterVersionSet>,
+    }
+    #[derive(Clone, PartialEq, Message)]
+    struct ClusterVersionSet {
+        #[prost(string, tag = "1")]
+        ver: String,
+    }
+    #[derive(Clone, PartialEq, Message)]
+    struct V2Put {
+        #[prost(string, tag = "2")]
+        method: String,
+        #[prost(string, tag = "3")]
+        path: String,
+        #[prost(string, tag = "4")]
+        val: String,
+    }
+    let mut out = Vec::new();
+    for_each_entry_after(wal_dir, applied, |e| {
+        if e.r#type != ENTRY_NORMAL || e.data.is_empty() {
+            return;
+        }
+        if is_raw_v2_request(&e.data) {
+            if let Ok(r) = V2Put::decode(e.data.as_slice()) {
+                if r.method == "PUT" && r.path == "/0/version" {
+                    out.push(r.val);
+                }
+            }
+        } else if let Ok(w) = Wrapper::decode(e.data.as_slice()) {
+            if let Some(c) = w.cluster_version_set {
+                out.push(c.ver);
+            }
+        }
+    })?;
+    Ok(out)
 }
 
 #[cfg(test)]
