@@ -151,19 +151,44 @@ pub fn fixtures_bin() -> Option<PathBuf> {
     None
 }
 
-/// A bin dir holding only the versions under test (migrate discovers bundled versions there).
+/// A bin dir holding only the versions under test (migrate discovers bundled versions there),
+/// with etcdutl where the fixtures have it.
 pub fn bin_dir(fixtures: &Path, versions: &[&str]) -> tempfile::TempDir {
     let d = tempfile::tempdir().unwrap();
     for v in versions {
-        for name in ["etcd", "etcdctl"] {
-            std::os::unix::fs::symlink(
-                fixtures.join(format!("{name}-{v}")),
-                d.path().join(format!("{name}-{v}")),
-            )
-            .unwrap();
+        for name in ["etcd", "etcdctl", "etcdutl"] {
+            let from = fixtures.join(format!("{name}-{v}"));
+            if name == "etcdutl" && !from.exists() {
+                continue;
+            }
+            std::os::unix::fs::symlink(from, d.path().join(format!("{name}-{v}"))).unwrap();
         }
     }
     d
+}
+
+/// The etcd versions the version-matrix tests run, oldest first, and the directory holding
+/// their etcd-<V>/etcdctl-<V>/etcdutl-<V>: `ETCDIMG_TEST_ETCD_VERSIONS` and
+/// `ETCDIMG_TEST_ETCD_BIN_DIR` (the GitHub job sets them to official 3.4-3.7 releases), else
+/// the fixtures (3.4.23, 3.5.0, 3.5.1).
+pub fn matrix() -> Option<(PathBuf, Vec<semver::Version>)> {
+    let dir = match std::env::var_os("ETCDIMG_TEST_ETCD_BIN_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => fixtures_bin()?,
+    };
+    let list =
+        std::env::var("ETCDIMG_TEST_ETCD_VERSIONS").unwrap_or_else(|_| "3.4.23 3.5.0 3.5.1".into());
+    let mut versions: Vec<semver::Version> = list
+        .split([' ', ','])
+        .filter(|s| !s.is_empty())
+        .map(|s| semver::Version::parse(s).expect("a version in ETCDIMG_TEST_ETCD_VERSIONS"))
+        .collect();
+    versions.sort();
+    for v in &versions {
+        let etcd = dir.join(format!("etcd-{v}"));
+        assert!(etcd.is_file(), "{} is missing", etcd.display());
+    }
+    Some((dir, versions))
 }
 
 /// migrate with `--json` on `data` to `target`/etcd3 through the etcd versions in `bins`, with
