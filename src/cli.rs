@@ -74,6 +74,25 @@ pub enum Command {
     Report(ReportArgs),
     /// Print the resolved settings (after flags, environment and images.toml).
     Settings(SettingsArgs),
+    /// Download the official etcd releases of the bundled versions (or --versions), verified
+    /// against SHA256SUMS like a build, into a directory as etcd-<V>, etcdctl-<V>, etcdutl-<V>
+    /// (what migrate's --bin-dir expects).
+    Fetch(FetchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct FetchArgs {
+    /// Arch of the binaries (env ARCH).
+    #[arg(long, env = "ARCH", default_value = "amd64")]
+    pub arch: String,
+    /// Versions to fetch, space or comma separated [default: the bundled versions].
+    #[arg(long, value_name = "VERSIONS")]
+    pub versions: Option<String>,
+    /// Where to put them.
+    #[arg(long, value_name = "DIR")]
+    pub bin_dir: PathBuf,
+    #[command(flatten)]
+    pub overrides: OverrideArgs,
 }
 
 /// Overrides of images.toml keys, shared by the verbs that resolve a build.
@@ -156,6 +175,10 @@ pub struct PushFlags {
     /// Move a tag that already points to a different digest (refused otherwise).
     #[arg(long)]
     pub force: bool,
+    /// Release etcd versions the version policy warns about (below the production minimum,
+    /// or a known-bad release); they are recorded in the release report.
+    #[arg(long, env = "ETCDIMG_ALLOW_UNSAFE_VERSIONS")]
+    pub allow_unsafe_versions: bool,
     #[command(flatten)]
     pub format: FormatFlag,
 }
@@ -228,6 +251,9 @@ pub struct PlanArgs {
     /// tags are shown as refused and plan exits 1, as the push would stop.
     #[arg(long)]
     pub force: bool,
+    /// Plan a release of etcd versions the version policy warns about (refused otherwise).
+    #[arg(long, env = "ETCDIMG_ALLOW_UNSAFE_VERSIONS")]
+    pub allow_unsafe_versions: bool,
     #[command(flatten)]
     pub format: FormatFlag,
     /// Plan the release report with an SPDX document, as `all-push --spdx` would attach.

@@ -102,6 +102,7 @@ fn push_options(
     Ok(PushOptions {
         build,
         force: flags.force,
+        allow_unsafe_versions: flags.allow_unsafe_versions,
         format,
         report: report.map(|r| ReportOptions {
             dir: r.report_dir.clone(),
@@ -231,6 +232,7 @@ async fn run(cli: Cli) -> Result<()> {
             let cache = Cache::open(g.cache_dir.as_deref())?;
             let flags = PushFlags {
                 force: args.force,
+                allow_unsafe_versions: args.allow_unsafe_versions,
                 format: args.format.clone(),
             };
             let report = ReportFlags {
@@ -265,6 +267,7 @@ async fn run(cli: Cli) -> Result<()> {
             let settings = resolve(g, &args.overrides)?;
             let flags = PushFlags {
                 force: false,
+                allow_unsafe_versions: true,
                 format: args.format.clone(),
             };
             let options = push_options(
@@ -307,6 +310,8 @@ async fn run(cli: Cli) -> Result<()> {
                 Some(a) => vec![settings::selected_arch(&settings, a)?],
                 None => settings.arches.clone(),
             };
+            let reporter = ui::Ui::new();
+            build::warn_policy(&settings, &reporter);
             let mut reports = Vec::new();
             for arch in arches {
                 reports.push(etcdimg::commands::test::test_image(
@@ -358,6 +363,46 @@ async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Fetch(args) => {
+            let settings = resolve(g, &args.overrides)?;
+            let arch = settings::selected_arch(&settings, &args.arch)?;
+            let versions = match &args.versions {
+                Some(text) => text
+                    .split([',', ' '])
+                    .filter(|s| !s.is_empty())
+                    .map(|s| {
+                        config::parse_version(s).map_err(|e| {
+                            etcdimg::UserError::new(
+                                format!("--versions: {e}"),
+                                "list versions like 3.4.45,3.5.33",
+                            )
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?,
+                None => settings.bundled.clone(),
+            };
+            let cache = Cache::open(g.cache_dir.as_deref())?;
+            let reporter: Arc<dyn etcdimg::report::Reporter> = Arc::new(ui::Ui::new());
+            let fetched = etcdimg::commands::fetch::fetch_binaries(
+                &settings,
+                arch,
+                &versions,
+                &args.bin_dir,
+                &cache,
+                reporter,
+            )
+            .await?;
+            if g.json {
+                println!("{}", serde_json::to_string_pretty(&fetched)?);
+            } else {
+                for f in &fetched {
+                    for b in &f.binaries {
+                        println!("{b}");
+                    }
+                }
+            }
+            Ok(())
+        }
         Command::Settings(args) => {
             let settings = resolve(g, &args.overrides)?;
             let arch = settings::selected_arch(&settings, &args.arch)?;
@@ -377,6 +422,7 @@ async fn run(cli: Cli) -> Result<()> {
                 "binary_mode": format!("{:04o}", settings.binary_mode),
                 "insecure_registries": settings.insecure_registries,
                 "source_date_epoch": settings.source_date_epoch,
+                "policy_findings": settings.policy_findings().iter().map(|f| f.to_string()).collect::<Vec<_>>(),
             });
             println!("{}", serde_json::to_string_pretty(&value)?);
             Ok(())

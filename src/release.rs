@@ -123,6 +123,10 @@ pub struct Etcd {
     pub latest: String,
     pub bundled: Vec<String>,
     pub revision: String,
+    /// What the version policy had against these versions, when the release was allowed
+    /// anyway (`--allow-unsafe-versions`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unsafe_versions_allowed: Vec<String>,
 }
 
 /// One per-arch image as pushed.
@@ -555,6 +559,7 @@ mod tests {
                 latest: "3.5.1".into(),
                 bundled: vec!["3.4.23".into(), "3.5.1".into()],
                 revision: "0".into(),
+                unsafe_versions_allowed: Vec::new(),
             },
             index: IndexRef {
                 reference: "r.example/etcd:3.5.1-0".into(),

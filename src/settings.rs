@@ -41,9 +41,21 @@ pub struct Settings {
     pub source_date_epoch: u64,
     /// How arches with `source = "build"` are compiled.
     pub gobuild: crate::gobuild::GoBuildSettings,
+    /// etcd's version policy: the built-in one plus images.toml's `[policy]`.
+    pub policy: etcd_policy::Policy,
 }
 
 impl Settings {
+    /// What the policy has against the release's versions (latest first, then the bundled).
+    pub fn policy_findings(&self) -> Vec<etcd_policy::Finding> {
+        let mut versions = vec![&self.latest];
+        versions.extend(self.bundled.iter().filter(|v| **v != self.latest));
+        versions
+            .into_iter()
+            .flat_map(|v| self.policy.findings(v))
+            .collect()
+    }
+
     /// `<latest>-<revision>`, the Makefile's IMAGE_TAG.
     pub fn tag(&self) -> String {
         format!("{}-{}", self.latest, self.revision)
@@ -459,8 +471,15 @@ pub fn resolve(
     let ca_cert = doc.image.ca_cert.as_ref().map(|c| config_dir.join(c));
 
     let gobuild = resolve_gobuild(&r, overrides, &config_dir)?;
+    let mut policy = etcd_policy::Policy::builtin();
+    if let Some(ext) = &doc.policy {
+        policy
+            .extend(ext.get_ref())
+            .map_err(|message| loaded.error_at(ext.span(), "policy", message))?;
+    }
 
     Ok(Settings {
+        policy,
         gobuild,
         config_path: loaded.path.clone(),
         config_dir,

@@ -610,6 +610,8 @@ fn truncated_downloads_are_retried_with_range_and_fail_clearly_when_they_persist
 #[test]
 fn malformed_images_toml_is_a_located_usage_error() {
     let mut sb = Sandbox::new();
+    // Every case is about the file itself.
+    sb.unset("ETCD_VERSION").unset("BUNDLED_ETCD_VERSIONS");
     let cases = [
         (
             "[etcd]\nlatest = \"3.5.1\"\nbundled = [\"3.5.1\"]\nbundeld = 1\n",
@@ -666,16 +668,31 @@ fn malformed_images_toml_is_a_located_usage_error() {
 #[test]
 fn settings_follow_flag_env_file_precedence() {
     let mut sb = Sandbox::new();
+    sb.unset("ETCD_VERSION").unset("BUNDLED_ETCD_VERSIONS");
     let out = sb.etcdimg(&["settings"]);
     assert_success(&out);
     let v = json(&out);
-    assert_eq!(v["tag"], "3.5.1-0");
-    assert_eq!(v["image"], "registry.k8s.io/etcd:3.5.1-0-linux-amd64");
+    // images.toml's defaults: what a release would ship today, and the policy has nothing
+    // against them.
+    assert_eq!(v["tag"], "3.6.14-0");
+    assert_eq!(v["image"], "registry.k8s.io/etcd:3.6.14-0-linux-amd64");
+    assert_eq!(
+        v["bundled"],
+        serde_json::json!(["3.4.45", "3.5.33", "3.6.14"])
+    );
+    assert_eq!(v["policy_findings"], serde_json::json!([]));
     sb.set("REVISION", "3")
         .set("REGISTRY", "example.com/k8s")
+        .set("ETCD_VERSION", "3.5.1")
         .set("BUNDLED_ETCD_VERSIONS", "3.4.23 3.5.0 3.5.1");
     let v = json(&sb.etcdimg(&["settings", "--arch", "amd64"]));
     assert_eq!(v["tag"], "3.5.1-3");
+    let findings = v["policy_findings"].to_string();
+    assert!(
+        findings.contains("etcd 3.5.1 is below the production minimum 3.5.6"),
+        "{findings}"
+    );
+    assert!(findings.contains("etcd-io/etcd#13766"), "{findings}");
     assert_eq!(
         v["bundled"],
         serde_json::json!(["3.4.23", "3.5.0", "3.5.1"])
@@ -855,4 +872,69 @@ fn base_pull_follows_the_bearer_token_flow() {
         "{}",
         stderr(&out)
     );
+}
+
+#[test]
+fn fetch_installs_verified_release_binaries_and_refuses_a_corrupt_one() {
+    let t = "fetch_installs_verified_release_binaries_and_refuses_a_corrupt_one";
+    let Some(fx) = fixtures(t) else { return };
+    if !tools(t, &["python3"]) {
+        return;
+    }
+    let mut sb = Sandbox::new();
+    let mirror_dir = mirror_copy(&fx, sb.path());
+    let mirror = http_mirror(&mirror_dir);
+    sb.set(
+        "ETCD_RELEASE_URL",
+        format!("http://127.0.0.1:{}", mirror.port),
+    );
+    let bin = sb.path().join("bin");
+    let bin_s = bin.display().to_string();
+    let out = sb.etcdimg(&[
+        "fetch",
+        "--arch",
+        "amd64",
+        "--versions",
+        "3.4.23,3.5.1",
+        "--bin-dir",
+        &bin_s,
+        "--json",
+    ]);
+    assert_success(&out);
+    let fetched = json(&out);
+    assert_eq!(fetched.as_array().unwrap().len(), 2);
+    for (name, version) in [
+        ("etcd", "3.4.23"),
+        ("etcdctl", "3.4.23"),
+        ("etcd", "3.5.1"),
+        ("etcdctl", "3.5.1"),
+        ("etcdutl", "3.5.1"),
+    ] {
+        let path = bin.join(format!("{name}-{version}"));
+        let arg = if name == "etcdutl" {
+            "version"
+        } else {
+            "--version"
+        };
+        let o = std::process::Command::new(&path).arg(arg).output().unwrap();
+        let text = String::from_utf8_lossy(&o.stdout).to_string();
+        assert!(text.contains(version), "{}: {text}", path.display());
+    }
+    // The same bytes as upstream's: each sha256 is what SHA256SUMS lists.
+    for f in fetched.as_array().unwrap() {
+        let v = f["version"].as_str().unwrap();
+        let sums = std::fs::read_to_string(mirror_dir.join(format!("v{v}/SHA256SUMS"))).unwrap();
+        assert!(sums.contains(f["sha256"].as_str().unwrap()), "{v}");
+    }
+    // A corrupted tarball: refused, and nothing installed for it.
+    let amd = mirror_dir.join("v3.5.0/etcd-v3.5.0-linux-amd64.tar.gz");
+    flip_byte(&amd, 5000);
+    let out = sb.etcdimg(&["fetch", "--versions", "3.5.0", "--bin-dir", &bin_s]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("checksum mismatch"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!bin.join("etcd-3.5.0").exists());
 }

@@ -76,5 +76,19 @@ fn workflows_pass_actionlint_and_release_has_its_guards() {
         assert!(release.contains(needle), "release.yml lacks `{needle}`");
     }
     assert!(release.find("-- test --arch") < release.find("-- push --arch"));
+
+    // The version-matrix job: official 3.4-3.7 releases fetched by etcdimg's verified fetch,
+    // then migrate's chain tests on them.
+    let ci = std::fs::read_to_string(dir.join("ci.yml")).unwrap();
+    for needle in [
+        "etcd-versions:",
+        "-- fetch --arch amd64",
+        "3.4.45 3.5.21 3.5.33 3.6.14 3.7.1",
+        "ETCDIMG_TEST_ETCD_BIN_DIR",
+        "ETCDIMG_TEST_ETCD_VERSIONS",
+        "-p migrate --test chain",
+    ] {
+        assert!(ci.contains(needle), "ci.yml lacks `{needle}`");
+    }
     assert!(release.find("-- plan --arch") < release.find("-- push --arch"));
 }

@@ -34,6 +34,8 @@ use crate::settings::Settings;
 /// Bumped whenever the layout of our layers changes, so that old cache entries are not reused.
 const LAYER_FORMAT: &str = "etcdimg-layer-v1";
 const BIN_DIR: &str = "usr/local/bin";
+/// The version policy in the image, where migrate looks for it (`<bin-dir>/../share/...`).
+pub const POLICY_PATH: &str = "usr/local/share/etcdimg/version-policy.json";
 
 pub struct BuildOptions {
     pub output: PathBuf,
@@ -140,6 +142,7 @@ enum LayerInput {
     },
     Migrate {
         binary: Vec<u8>,
+        policy: Vec<u8>,
     },
 }
 
@@ -222,7 +225,7 @@ fn make_layer(
             binaries,
             latest,
         } => etcd_entries(version, binaries, *latest, mode),
-        LayerInput::Migrate { binary } => vec![
+        LayerInput::Migrate { binary, policy } => vec![
             Entry {
                 path: format!("{BIN_DIR}/migrate"),
                 mode,
@@ -232,6 +235,12 @@ fn make_layer(
                 path: format!("{BIN_DIR}/migrate-if-needed.sh"),
                 mode,
                 body: Body::File(script),
+            },
+            // migrate reads the effective version policy (images.toml's [policy] included) here.
+            Entry {
+                path: POLICY_PATH.to_string(),
+                mode: 0o444,
+                body: Body::File(policy),
             },
         ],
     };
@@ -255,7 +264,7 @@ fn make_layer(
 }
 
 /// Checks one version's binaries: ELF header always, `--version` where it can run.
-fn check_binaries(
+pub(crate) fn check_binaries(
     binaries: &[extract::Binary],
     version: &Version,
     arch: Arch,
@@ -286,12 +295,15 @@ pub struct Preflight {
     pub builder: Option<gobuild::Builder>,
 }
 
-/// Checks the inputs of building `arches`; see [`Preflight`].
+/// Checks the inputs of building `arches`; see [`Preflight`]. Versions the version policy has
+/// findings against are built, with a warning (a release of them is refused by push and plan).
 pub fn preflight(
     settings: &Settings,
     arches: &[Arch],
     options: &BuildOptions,
+    reporter: &dyn Reporter,
 ) -> Result<Preflight> {
+    warn_policy(settings, reporter);
     migrate_build::check_inputs(
         &settings.migrate_source_dir,
         options.migrate_binary.as_deref(),
@@ -342,6 +354,15 @@ pub fn preflight(
     Ok(Preflight { builder })
 }
 
+/// Says on stderr what the version policy has against the release's versions.
+pub fn warn_policy(settings: &Settings, reporter: &dyn Reporter) {
+    for f in settings.policy_findings() {
+        reporter.warn(&format!(
+            "{f}; push and plan refuse to release it without --allow-unsafe-versions"
+        ));
+    }
+}
+
 /// `etcdimg build --arch A`: [`preflight`], then [`build_checked`].
 pub async fn build(
     settings: &Settings,
@@ -350,7 +371,7 @@ pub async fn build(
     cache: &Cache,
     reporter: Arc<dyn Reporter>,
 ) -> Result<BuildReport> {
-    let pre = preflight(settings, &[arch], options)?;
+    let pre = preflight(settings, &[arch], options, &*reporter)?;
     build_checked(settings, arch, options, &pre, cache, reporter).await
 }
 
@@ -633,10 +654,12 @@ pub async fn build_checked(
 
     let migrate_sha256 = migrate.sha256.clone();
     let script_digest = fetch::cache::sha256_hex(migrate_build::WRAPPER_SCRIPT.as_bytes());
+    let policy_json = settings.policy.to_json().into_bytes();
     let migrate_key = layer_key(&[
         "migrate",
         &migrate.sha256,
         &script_digest,
+        &fetch::cache::sha256_hex(&policy_json),
         &mode_text,
         &mtime_text,
     ]);
@@ -652,6 +675,7 @@ pub async fn build_checked(
                     key: migrate_key,
                     make: LayerInput::Migrate {
                         binary: migrate.bytes,
+                        policy: policy_json,
                     },
                 },
             ));
@@ -664,7 +688,7 @@ pub async fn build_checked(
             LayerInput::Etcd { binaries, .. } => {
                 binaries.iter().map(|b| b.bytes.len()).sum::<usize>()
             }
-            LayerInput::Migrate { binary } => binary.len(),
+            LayerInput::Migrate { binary, .. } => binary.len(),
         })
     });
     let workers = options.jobs.max(1);
@@ -927,7 +951,7 @@ pub async fn all_build(
     reporter: Arc<dyn Reporter>,
 ) -> Result<AllBuildReport> {
     let started = Instant::now();
-    let pre = preflight(settings, &settings.arches, options)?;
+    let pre = preflight(settings, &settings.arches, options, &*reporter)?;
     let mut images = Vec::new();
     let n = settings.arches.len();
     for (i, arch) in settings.arches.iter().enumerate() {

@@ -1,6 +1,7 @@
 //! One file per verb. Each is thin: settings in, one pipeline call, a result out.
 
 pub mod build;
+pub mod fetch;
 pub mod plan;
 pub mod push;
 pub mod report;

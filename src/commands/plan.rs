@@ -377,6 +377,7 @@ pub async fn plan(
     cache: &Cache,
     reporter: Arc<dyn Reporter>,
 ) -> Result<Plan> {
+    push::check_policy(settings, &options.push, &*reporter)?;
     let arches = match options.arch {
         Some(a) => vec![a],
         None => settings.arches.clone(),

@@ -35,6 +35,8 @@ use crate::settings::Settings;
 pub struct PushOptions {
     pub build: BuildOptions,
     pub force: bool,
+    /// Release versions the version policy has findings against.
+    pub allow_unsafe_versions: bool,
     pub format: ManifestFormat,
     /// Write the release report and attach it to the index (push-manifest, all-push).
     pub report: Option<report::ReportOptions>,
@@ -244,6 +246,37 @@ pub(crate) fn pusher(
     Ok(Pusher::new(Arc::new(transport)))
 }
 
+/// Refuses a release of versions the version policy has findings against, unless the user
+/// allowed it (`--allow-unsafe-versions`); an allowed one is said on stderr (and recorded in the
+/// release report).
+pub fn check_policy(
+    settings: &Settings,
+    options: &PushOptions,
+    reporter: &dyn Reporter,
+) -> Result<()> {
+    let findings = settings.policy_findings();
+    if findings.is_empty() {
+        return Ok(());
+    }
+    let text: Vec<String> = findings.iter().map(|f| f.to_string()).collect();
+    if options.allow_unsafe_versions {
+        for t in &text {
+            reporter.warn(&format!(
+                "{t}; releasing it anyway (--allow-unsafe-versions)"
+            ));
+        }
+        return Ok(());
+    }
+    anyhow::bail!(crate::UserError::new(
+        format!(
+            "refusing to release {}: {}; nothing was pushed",
+            settings.tag(),
+            text.join("; ")
+        ),
+        "pick versions the policy accepts (README, \"etcd version policy\"), or pass --allow-unsafe-versions (ETCDIMG_ALLOW_UNSAFE_VERSIONS=1) to release them anyway; the release report records them",
+    ))
+}
+
 pub(crate) async fn build_all(
     settings: &Settings,
     arches: &[Arch],
@@ -251,7 +284,7 @@ pub(crate) async fn build_all(
     cache: &Cache,
     reporter: &Arc<dyn Reporter>,
 ) -> Result<Vec<build::BuildReport>> {
-    let pre = build::preflight(settings, arches, &options.build)?;
+    let pre = build::preflight(settings, arches, &options.build, &**reporter)?;
     let mut reports = Vec::new();
     for arch in arches {
         reports.push(
@@ -434,6 +467,7 @@ pub async fn push(
     reporter: Arc<dyn Reporter>,
 ) -> Result<PushReport> {
     let started = Instant::now();
+    check_policy(settings, options, &*reporter)?;
     build_all(settings, &[arch], options, cache, &reporter).await?;
     let layout = Layout::open(&options.build.output)?;
     let image = read_image(settings, &layout, arch, options.format)?;
@@ -481,6 +515,7 @@ pub async fn push_manifest(
     reporter: Arc<dyn Reporter>,
 ) -> Result<PushReport> {
     let started = Instant::now();
+    check_policy(settings, options, &*reporter)?;
     let p = plan_index(settings, options, reporter)?;
     let assembled = check_report(settings, &p, options)?;
     let outcome = push_index(settings, &p, options.force).await?;
@@ -504,6 +539,7 @@ pub async fn all_push(
     reporter: Arc<dyn Reporter>,
 ) -> Result<PushReport> {
     let started = Instant::now();
+    check_policy(settings, options, &*reporter)?;
     build_all(settings, &settings.arches, options, cache, &reporter).await?;
     let p = plan_index(settings, options, reporter)?;
     let mut planned: Vec<(&Target, &str)> = p

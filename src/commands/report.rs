@@ -65,6 +65,11 @@ pub(crate) fn assemble(settings: &Settings, plan: &IndexPlan) -> Result<ReleaseR
             latest: settings.latest.to_string(),
             bundled: settings.bundled.iter().map(|v| v.to_string()).collect(),
             revision: settings.revision.clone(),
+            unsafe_versions_allowed: settings
+                .policy_findings()
+                .iter()
+                .map(|f| f.to_string())
+                .collect(),
         },
         index: index_ref(plan),
         images: plan

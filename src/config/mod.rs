@@ -58,6 +58,8 @@ pub struct ImagesToml {
     pub migrate: MigrateSection,
     #[serde(default)]
     pub build: BuildSection,
+    /// Additions to etcd's version policy (new advisories, higher minimums).
+    pub policy: Option<Spanned<etcd_policy::Extension>>,
 }
 
 /// How etcd is cross-compiled for arches with `source = "build"`.

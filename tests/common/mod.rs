@@ -217,6 +217,18 @@ impl Sandbox {
                 repo_root().join("images.toml").display().to_string(),
             ),
             ("ETCDIMG_NO_PROGRESS".to_string(), "1".to_string()),
+            // images.toml's defaults (3.6.14, bundled 3.4.45/3.5.33/3.6.14) cannot be fetched
+            // here: the fixtures hold 3.4.23, 3.5.0 and 3.5.1. Tests on the repository's
+            // images.toml build those instead, through the Makefile's override variables
+            // (`use_config` drops these; `unset` them to see the file's defaults).
+            ("ETCD_VERSION".to_string(), "3.5.1".to_string()),
+            (
+                "BUNDLED_ETCD_VERSIONS".to_string(),
+                "3.4.23 3.5.1".to_string(),
+            ),
+            // Those are below etcd's production minimum (3.5.6): the release verbs refuse them
+            // unless allowed. The tests that are about that refusal unset this.
+            ("ETCDIMG_ALLOW_UNSAFE_VERSIONS".to_string(), "1".to_string()),
             ("ETCDIMG_HTTP_RETRY_DELAY_MS".to_string(), "20".to_string()),
             // HOME moves into the sandbox; Go's compile cache stays shared between tests (it
             // is keyed by content, and cross-compiling etcd cold takes a minute per arch).
@@ -249,6 +261,7 @@ impl Sandbox {
     pub fn use_config(&mut self, config: &str) -> &mut Sandbox {
         let path = self.path().join("images.toml");
         std::fs::write(&path, config).unwrap();
+        self.unset("ETCD_VERSION").unset("BUNDLED_ETCD_VERSIONS");
         let output = self.path().join("oci");
         self.set("ETCDIMG_CONFIG", path.display().to_string())
             .set("ETCDIMG_OUTPUT", output.display().to_string())
@@ -256,6 +269,11 @@ impl Sandbox {
 
     pub fn cache(&self) -> PathBuf {
         self.dir.path().join("cache")
+    }
+
+    pub fn unset(&mut self, key: &str) -> &mut Sandbox {
+        self.env.retain(|(k, _)| k != key);
+        self
     }
 
     pub fn set(&mut self, key: &str, value: impl Into<String>) -> &mut Sandbox {
