@@ -7,7 +7,10 @@
 #
 # Environment:
 #   TARGET_STORAGE, TARGET_VERSION, DATA_DIRECTORY   required
-#   ETCD_NAME                 default etcd-$ETCD_HOSTNAME, etcd-$HOSTNAME, or etcd-$(hostname)
+#   ETCD_NAME                 default etcd-$ETCD_HOSTNAME, etcd-$HOSTNAME, or etcd-<hostname>;
+#                             MIGRATE_ETCD_NAME too, which etcd itself does not read: a container
+#                             whose command runs `etcd --name ...` must not have ETCD_NAME in its
+#                             environment (etcd refuses a flag its environment also sets)
 #   INITIAL_CLUSTER           default <ETCD_NAME>=http://localhost:<peer port>
 #   LISTEN_PEER_URLS, INITIAL_ADVERTISE_PEER_URLS, LISTEN_CLIENT_URLS
 #   ETCD_DATA_PREFIX          default /registry
@@ -34,52 +37,31 @@ if [ -z "${TARGET_STORAGE:-}" ]; then
     exit 1
 fi
 
-if [ -z "${ETCD_NAME:-}" ]; then
-    host=${ETCD_HOSTNAME:-${HOSTNAME:-}}
-    if [ -z "$host" ]; then
-        host=$(hostname)
-    fi
-    ETCD_NAME="etcd-$host"
-fi
-
 case "$DATA_DIRECTORY" in
     *event*) PEER_PORT=2381; CLIENT_PORT=18631 ;;
     *) PEER_PORT=2380; CLIENT_PORT=18629 ;;
 esac
 
-if [ -z "${INITIAL_CLUSTER:-}" ]; then
-    echo "Warn: INITIAL_CLUSTER variable unset - defaulting to ${ETCD_NAME}=http://localhost:${PEER_PORT}"
-    INITIAL_CLUSTER="${ETCD_NAME}=http://localhost:${PEER_PORT}"
-fi
-if [ -z "${LISTEN_PEER_URLS:-}" ]; then
-    echo "Warn: LISTEN_PEER_URLS variable unset - defaulting to http://localhost:${PEER_PORT}"
-    LISTEN_PEER_URLS="http://localhost:${PEER_PORT}"
-fi
-if [ -z "${INITIAL_ADVERTISE_PEER_URLS:-}" ]; then
-    echo "Warn: INITIAL_ADVERTISE_PEER_URLS variable unset - defaulting to http://localhost:${PEER_PORT}"
-    INITIAL_ADVERTISE_PEER_URLS="http://localhost:${PEER_PORT}"
-fi
-ETCD_DATA_PREFIX=${ETCD_DATA_PREFIX:-/registry}
-ETCD_CREDS=${ETCD_CREDS:-}
-
-set -- --name "$ETCD_NAME" --port "$CLIENT_PORT" --peer-port "$PEER_PORT" \
-    --listen-peer-urls "$LISTEN_PEER_URLS" \
-    --initial-advertise-peer-urls "$INITIAL_ADVERTISE_PEER_URLS" \
+# The member name and the cluster (ETCD_NAME or MIGRATE_ETCD_NAME, ETCD_HOSTNAME, HOSTNAME,
+# INITIAL_CLUSTER, LISTEN_PEER_URLS, INITIAL_ADVERTISE_PEER_URLS, LISTEN_CLIENT_URLS) are read
+# from the environment by migrate itself, with the same defaults as the original wrapper
+# (etcd-<hostname>, <name>=http://localhost:<peer port>), so that its errors can say where
+# each value came from.
+set -- --port "$CLIENT_PORT" --peer-port "$PEER_PORT" \
     --data-dir "$DATA_DIRECTORY" \
-    --initial-cluster "$INITIAL_CLUSTER" \
     --target-version "$TARGET_VERSION" \
     --target-storage "$TARGET_STORAGE" \
-    --etcd-data-prefix "$ETCD_DATA_PREFIX" \
-    --ttl-keys-directory "${TTL_KEYS_DIRECTORY:-${ETCD_DATA_PREFIX}/events}" \
-    --etcd-server-extra-args "$ETCD_CREDS" \
+    --etcd-data-prefix "${ETCD_DATA_PREFIX:-/registry}" \
+    --etcd-server-extra-args "${ETCD_CREDS:-}" \
     --bin-dir "$BIN_DIR"
-if [ -n "${LISTEN_CLIENT_URLS:-}" ]; then
-    set -- "$@" --listen-client-urls "$LISTEN_CLIENT_URLS"
+if [ -n "${TTL_KEYS_DIRECTORY:-}" ]; then
+    set -- "$@" --ttl-keys-directory "$TTL_KEYS_DIRECTORY"
 fi
 if [ -n "${BUNDLED_VERSIONS:-}" ]; then
     set -- "$@" --bundled-versions "$BUNDLED_VERSIONS"
 fi
 
-# migrate swaps the default etcd/etcdctl for the TARGET_VERSION pair (by rename, never through
-# a hard link) unless DO_NOT_MOVE_BINARIES=true.
+# When migrate exits, the default etcd/etcdctl are those of the version version.txt names (the
+# target after a success, the data's own after a failure), swapped by rename, never through a
+# hard link; DO_NOT_MOVE_BINARIES=true keeps them as they are.
 "$BIN_DIR/migrate" "$@"

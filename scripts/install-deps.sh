@@ -10,6 +10,9 @@
 #   docker-registry                    the real registry (distribution 2.8) the tests push to / pull from
 #   skopeo, umoci                      independent checkers of our OCI output; umoci is also the benchmark rival
 #   qemu-user-static                   run foreign-arch binaries (etcd --version for arm64 etc.)
+#   containerd, runc                   run the image as Kubernetes nodes do (etcdimg test --runtime
+#                                      containerd, tests/containerd.rs); each test starts a private
+#                                      containerd under a temp dir, none runs system-wide
 #   busybox-static (per arch)          the base image fixture, downloaded with `apt-get download`
 #   pigz, hyperfine                    benchmark rivals and timing
 #   gcc-<triple>, libc6-dev-<arch>-cross  link the static gnu `migrate` for ppc64le, s390x and arm
@@ -24,7 +27,7 @@ set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 need_apt=()
 for pkg in golang-go golang-etcd-server-dev etcd-server etcd-client docker-registry skopeo umoci \
-    qemu-user-static busybox-static pigz hyperfine openssl apache2-utils patch python3-venv curl \
+    qemu-user-static containerd runc busybox-static pigz hyperfine openssl apache2-utils patch python3-venv curl \
     gcc-powerpc64le-linux-gnu libc6-dev-ppc64el-cross gcc-s390x-linux-gnu libc6-dev-s390x-cross \
     gcc-arm-linux-gnueabihf libc6-dev-armhf-cross; do
     status=$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)

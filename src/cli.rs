@@ -177,7 +177,7 @@ pub struct PushFlags {
     pub force: bool,
     /// Release etcd versions the version policy warns about (below the production minimum,
     /// or a known-bad release); they are recorded in the release report.
-    #[arg(long, env = "ETCDIMG_ALLOW_UNSAFE_VERSIONS")]
+    #[arg(long, env = "ETCDIMG_ALLOW_UNSAFE_VERSIONS", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new())]
     pub allow_unsafe_versions: bool,
     #[command(flatten)]
     pub format: FormatFlag,
@@ -206,6 +206,14 @@ pub struct TestArgs {
     /// OCI image layout holding the images.
     #[arg(long, env = "ETCDIMG_OUTPUT", default_value = "_output/oci")]
     pub output: PathBuf,
+    /// Where the image's binaries run: `rootfs` (unpacked, no daemon) or `containerd` (real
+    /// containers with runc, as a Kubernetes node runs them).
+    #[arg(long, default_value = "rootfs", value_parser = ["rootfs", "containerd"])]
+    pub runtime: String,
+    /// The containerd to use with --runtime containerd [default: a private one, started and
+    /// stopped by this run; needs root].
+    #[arg(long, value_name = "SOCKET")]
+    pub containerd_address: Option<PathBuf>,
 }
 
 /// The release report written and attached after the index.
@@ -252,7 +260,7 @@ pub struct PlanArgs {
     #[arg(long)]
     pub force: bool,
     /// Plan a release of etcd versions the version policy warns about (refused otherwise).
-    #[arg(long, env = "ETCDIMG_ALLOW_UNSAFE_VERSIONS")]
+    #[arg(long, env = "ETCDIMG_ALLOW_UNSAFE_VERSIONS", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new())]
     pub allow_unsafe_versions: bool,
     #[command(flatten)]
     pub format: FormatFlag,

@@ -9,6 +9,7 @@ pub mod binary;
 pub mod cli;
 pub mod commands;
 pub mod config;
+pub mod containerd;
 pub mod fetch;
 pub mod gobuild;
 pub mod lockfile;

@@ -312,12 +312,19 @@ async fn run(cli: Cli) -> Result<()> {
             };
             let reporter = ui::Ui::new();
             build::warn_policy(&settings, &reporter);
+            let runtime = match args.runtime.as_str() {
+                "containerd" => etcdimg::commands::test::Runtime::Containerd {
+                    address: args.containerd_address.clone(),
+                },
+                _ => etcdimg::commands::test::Runtime::Rootfs,
+            };
             let mut reports = Vec::new();
             for arch in arches {
                 reports.push(etcdimg::commands::test::test_image(
                     &settings,
                     arch,
                     &args.output,
+                    &runtime,
                 )?);
             }
             if g.json {

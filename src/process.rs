@@ -163,6 +163,23 @@ impl Cmd {
         })
     }
 
+    /// Starts the command in the background, stdout and stderr into `log` (for daemons and
+    /// long-running containers); the caller waits for or kills the child.
+    pub fn spawn_logged(&self, log: &Path) -> Result<std::process::Child, ProcessError> {
+        let spawn = || -> std::io::Result<std::process::Child> {
+            let out = std::fs::File::create(log)?;
+            self.command()
+                .stdin(Stdio::null())
+                .stdout(out.try_clone()?)
+                .stderr(out)
+                .spawn()
+        };
+        spawn().map_err(|source| ProcessError::Spawn {
+            cmdline: self.to_string(),
+            source,
+        })
+    }
+
     /// Runs with stderr passed through to ours (for long tools with their own progress).
     pub fn run_inherit_stderr(&self) -> Result<(), ProcessError> {
         let status = self

@@ -60,8 +60,14 @@ fn edit_image(
     .unwrap();
 }
 
-/// Adds an uncompressed layer holding `files` (path in the image, bytes, mode) on top.
-fn add_layer(layout: &Path, manifest: &mut serde_json::Value, files: &[(&str, Vec<u8>, u32)]) {
+/// Adds an uncompressed layer holding `files` (path in the image, bytes, mode) on top, and its
+/// diff ID to the config (a container runtime checks they match).
+fn add_layer(
+    layout: &Path,
+    manifest: &mut serde_json::Value,
+    config: &mut serde_json::Value,
+    files: &[(&str, Vec<u8>, u32)],
+) {
     let mut b = tar::Builder::new(Vec::new());
     for (path, data, mode) in files {
         let mut h = tar::Header::new_ustar();
@@ -74,6 +80,10 @@ fn add_layer(layout: &Path, manifest: &mut serde_json::Value, files: &[(&str, Ve
     }
     let tar = b.into_inner().unwrap();
     let digest = put_blob(layout, &tar);
+    config["rootfs"]["diff_ids"]
+        .as_array_mut()
+        .unwrap()
+        .push(digest.clone().into());
     manifest["layers"]
         .as_array_mut()
         .unwrap()
@@ -94,6 +104,66 @@ fn failing(out: &std::process::Output) -> Vec<String> {
         .filter(|c| c["ok"] == false)
         .map(|c| c["name"].as_str().unwrap().to_string())
         .collect()
+}
+
+type Break = Box<dyn Fn(&Path, &mut serde_json::Value, &mut serde_json::Value)>;
+
+/// Copies of a good image broken one way each (the order the tests' expectations follow).
+fn broken_images(fx: &Path) -> Vec<(&'static str, Break)> {
+    let old_etcd = std::fs::read(fx.join("bin/etcd-3.4.23")).unwrap();
+    vec![
+        (
+            "a binary reporting the wrong version",
+            Box::new(
+                move |l: &Path, m: &mut serde_json::Value, c: &mut serde_json::Value| {
+                    add_layer(
+                        l,
+                        m,
+                        c,
+                        &[("usr/local/bin/etcd-3.5.1", old_etcd.clone(), 0o555)],
+                    );
+                },
+            ),
+        ),
+        (
+            "a config with the wrong architecture",
+            Box::new(
+                |_: &Path, _: &mut serde_json::Value, c: &mut serde_json::Value| {
+                    c["architecture"] = "arm64".into();
+                },
+            ),
+        ),
+        (
+            "a missing etcdctl",
+            Box::new(
+                |l: &Path, m: &mut serde_json::Value, c: &mut serde_json::Value| {
+                    add_layer(
+                        l,
+                        m,
+                        c,
+                        &[("usr/local/bin/.wh.etcdctl-3.5.1", Vec::new(), 0o644)],
+                    );
+                },
+            ),
+        ),
+        (
+            "a migrate that exits 1",
+            Box::new(
+                |l: &Path, m: &mut serde_json::Value, c: &mut serde_json::Value| {
+                    let script = b"#!/bin/sh\nexit 1\n".to_vec();
+                    add_layer(l, m, c, &[("usr/local/bin/migrate", script, 0o555)]);
+                },
+            ),
+        ),
+        (
+            "an image that runs as another user",
+            Box::new(
+                |_: &Path, _: &mut serde_json::Value, c: &mut serde_json::Value| {
+                    c["config"]["User"] = "65534".into();
+                },
+            ),
+        ),
+    ]
 }
 
 #[test]
@@ -139,63 +209,19 @@ fn test_verb_passes_a_good_image_and_fails_each_broken_one() {
         stdout(&table)
     );
 
-    let old_etcd = std::fs::read(fx.join("bin/etcd-3.4.23")).unwrap();
-    type Break = Box<dyn Fn(&Path, &mut serde_json::Value, &mut serde_json::Value)>;
-    let cases: Vec<(&str, Break, Vec<&str>)> = vec![
-        (
-            "a binary reporting the wrong version",
-            Box::new(
-                move |l: &Path, m: &mut serde_json::Value, _: &mut serde_json::Value| {
-                    add_layer(
-                        l,
-                        m,
-                        &[("usr/local/bin/etcd-3.5.1", old_etcd.clone(), 0o555)],
-                    );
-                },
-            ),
-            vec!["etcd-3.5.1"],
-        ),
-        (
-            "a config with the wrong architecture",
-            Box::new(
-                |_: &Path, _: &mut serde_json::Value, c: &mut serde_json::Value| {
-                    c["architecture"] = "arm64".into();
-                },
-            ),
-            vec!["config platform"],
-        ),
-        (
-            "a missing etcdctl",
-            Box::new(
-                |l: &Path, m: &mut serde_json::Value, _: &mut serde_json::Value| {
-                    add_layer(
-                        l,
-                        m,
-                        &[("usr/local/bin/.wh.etcdctl-3.5.1", Vec::new(), 0o644)],
-                    );
-                },
-            ),
-            // migrate refuses to run a step without its etcdctl, so the migration fails too.
-            vec!["etcdctl-3.5.1", "migration"],
-        ),
-        (
-            "a migrate that exits 1",
-            Box::new(
-                |l: &Path, m: &mut serde_json::Value, _: &mut serde_json::Value| {
-                    add_layer(
-                        l,
-                        m,
-                        &[(
-                            "usr/local/bin/migrate",
-                            b"#!/bin/sh\nexit 1\n".to_vec(),
-                            0o555,
-                        )],
-                    );
-                },
-            ),
-            vec!["migration"],
-        ),
+    let want: [&[&str]; 4] = [
+        &["etcd-3.5.1"],
+        &["config platform"],
+        // migrate refuses to run a step without its etcdctl, so the migration fails too.
+        &["etcdctl-3.5.1", "migration"],
+        &["migration"],
     ];
+    let cases: Vec<(&str, Break, Vec<&str>)> = broken_images(&fx)
+        .into_iter()
+        .filter(|(what, _)| *what != "an image that runs as another user")
+        .zip(want)
+        .map(|((what, damage), want)| (what, damage, want.to_vec()))
+        .collect();
     for (what, damage, want) in cases {
         let layout = sb.path().join(what.replace(' ', "-"));
         run(std::process::Command::new("cp")
@@ -247,7 +273,9 @@ gopath = "/usr/share/gocode"
     );
     let path = sb.path().join(format!("images-{arch}.toml"));
     std::fs::write(&path, config).unwrap();
-    sb.set("ETCDIMG_CONFIG", path.display().to_string());
+    sb.set("ETCDIMG_CONFIG", path.display().to_string())
+        .unset("ETCD_VERSION")
+        .unset("BUNDLED_ETCD_VERSIONS");
 }
 
 /// Foreign arches under qemu-user: an arm64 image from the release mirror (3.4.23 and 3.5.1;
@@ -294,5 +322,94 @@ fn test_verb_passes_arm64_and_ppc64le_images_under_qemu() {
             detail("config platform").starts_with(&format!("linux/{arch}")),
             "{arch}"
         );
+    }
+}
+
+// `etcdimg test --runtime containerd`: the same image and the same broken copies, run in real
+// containers by a private containerd (root only).
+#[test]
+fn test_verb_in_containerd_passes_a_good_image_and_fails_each_broken_one() {
+    let t = "test_verb_in_containerd_passes_a_good_image_and_fails_each_broken_one";
+    let Some(fx) = fixtures(t) else { return };
+    if !(require(t, "containerd") && require(t, "ctr") && require(t, "runc")) {
+        return;
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        assert!(!require_all(), "{t}: a private containerd needs root");
+        return;
+    }
+    let mirror = http_mirror(&fx.join("mirror"));
+    let mut sb = Sandbox::new();
+    sb.local_sources(&fx, &mirror);
+    let good = sb.path().join("good");
+    assert_success(&sb.etcdimg(&[
+        "build",
+        "--arch",
+        "amd64",
+        "--output",
+        good.to_str().unwrap(),
+    ]));
+    let test = |layout: &Path| {
+        sb.etcdimg(&[
+            "test",
+            "--arch",
+            "amd64",
+            "--runtime",
+            "containerd",
+            "--json",
+            "--output",
+            layout.to_str().unwrap(),
+        ])
+    };
+    let out = test(&good);
+    assert_success(&out);
+    assert_eq!(failing(&out), Vec::<String>::new());
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<&str> = report[0]["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"container user and env") && names.contains(&"migration"),
+        "{names:?}"
+    );
+    let migration = report[0]["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "migration")
+        .unwrap()["detail"]
+        .to_string();
+    assert!(
+        migration.contains("3.4.23 -> 3.5.1 -> 3.4.23"),
+        "{migration}"
+    );
+
+    let want: [&[&str]; 5] = [
+        // In a container the pod's etcd after the upgrade is that binary: it serves 3.4.23.
+        &["etcd-3.5.1", "migration"],
+        &["config platform"],
+        &["etcdctl-3.5.1", "migration"],
+        &["migration"],
+        &["container user and env", "migration"],
+    ];
+    let cases: Vec<(&str, Break, Vec<&str>)> = broken_images(&fx)
+        .into_iter()
+        .zip(want)
+        .map(|((what, damage), want)| (what, damage, want.to_vec()))
+        .collect();
+    for (what, damage, want) in cases {
+        let layout = sb.path().join(what.replace(' ', "-"));
+        run(std::process::Command::new("cp")
+            .arg("-a")
+            .arg(&good)
+            .arg(&layout));
+        edit_image(&layout, |l, m, c| damage(l, m, c));
+        let out = test(&layout);
+        assert_eq!(out.status.code(), Some(1), "{what}: {}", stderr(&out));
+        assert_eq!(failing(&out), want, "{what}");
     }
 }

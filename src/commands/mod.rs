@@ -6,3 +6,4 @@ pub mod plan;
 pub mod push;
 pub mod report;
 pub mod test;
+pub mod test_containerd;

@@ -1,13 +1,25 @@
-//! `etcdimg test [--arch A]`: the Makefile's `make test` for a built image, without a daemon.
+//! `etcdimg test [--arch A] [--runtime rootfs|containerd]`: the Makefile's `make test` for a
+//! built image.
 //!
-//! The image is read from the OCI layout, its layers unpacked into a temp rootfs (whiteouts
-//! applied), and each check becomes one row of a pass/fail table:
+//! With the default runtime, `rootfs`, no daemon is needed: the image is read from the OCI
+//! layout, its layers unpacked into a temp rootfs (whiteouts applied), and each check becomes
+//! one row of a pass/fail table:
 //! - the config's os/architecture/variant, its env (PATH; ETCD_UNSUPPORTED_ARCH off amd64);
 //! - every bundled `etcd-<V>`/`etcdctl-<V>` present with the configured mode and reporting V
 //!   (qemu-user for foreign arches), and the default `etcd`/`etcdctl` reporting the latest;
 //! - a real migration in the rootfs: `migrate-if-needed.sh` (the image's own, with its own
 //!   migrate and etcd binaries) initialises a temp data dir at the oldest bundled version,
 //!   then brings it to the latest, starting the image's etcd of each step.
+//!
+//! With `--runtime containerd` the same rows run in real containers, as a Kubernetes node runs
+//! the image (containerd + runc, [`crate::containerd`]): the image is imported from the layout
+//! into a private containerd (or the one at `--containerd-address`); the user and env as the
+//! container sees them; every bundled binary's reported version; and the static-pod command
+//! (`migrate-if-needed.sh ...; exec /usr/local/bin/etcd ...`) on a bind-mounted /var/etcd, from
+//! the oldest bundled version to the latest and back one minor, with the served `/version`,
+//! version.txt and a key written at the start checked each time. A foreign arch runs only where
+//! binfmt_misc already has its qemu handler; otherwise its container rows say why they did not
+//! run (SKIP).
 
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
@@ -31,7 +43,19 @@ const BIN_DIR: &str = "usr/local/bin";
 pub struct Check {
     pub name: String,
     pub ok: bool,
+    /// Not run here (the detail says why); not a failure.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub skipped: bool,
     pub detail: String,
+}
+
+/// Where the image's binaries run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Runtime {
+    /// Unpacked into a temp rootfs (qemu-user for foreign arches); no daemon.
+    Rootfs,
+    /// In containers of containerd (a private one, or the one at `address`).
+    Containerd { address: Option<std::path::PathBuf> },
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -46,7 +70,7 @@ impl TestReport {
         self.checks.iter().all(|c| c.ok)
     }
 
-    fn check(&mut self, name: impl Into<String>, result: Result<String, String>) {
+    pub(crate) fn check(&mut self, name: impl Into<String>, result: Result<String, String>) {
         let (ok, detail) = match result {
             Ok(d) => (true, d),
             Err(d) => (false, d),
@@ -54,7 +78,17 @@ impl TestReport {
         self.checks.push(Check {
             name: name.into(),
             ok,
+            skipped: false,
             detail,
+        });
+    }
+
+    pub(crate) fn skip(&mut self, name: impl Into<String>, why: &str) {
+        self.checks.push(Check {
+            name: name.into(),
+            ok: true,
+            skipped: true,
+            detail: format!("not run: {why}"),
         });
     }
 
@@ -65,7 +99,11 @@ impl TestReport {
         for c in &self.checks {
             out.push_str(&format!(
                 "  {}  {:width$}  {}\n",
-                if c.ok { "PASS" } else { "FAIL" },
+                match (c.ok, c.skipped) {
+                    (_, true) => "SKIP",
+                    (true, false) => "PASS",
+                    (false, false) => "FAIL",
+                },
                 c.name,
                 c.detail
             ));
@@ -74,8 +112,13 @@ impl TestReport {
     }
 }
 
-/// Tests the image of `arch` in the layout at `layout_dir`.
-pub fn test_image(settings: &Settings, arch: Arch, layout_dir: &Path) -> Result<TestReport> {
+/// Tests the image of `arch` in the layout at `layout_dir`, its binaries run by `runtime`.
+pub fn test_image(
+    settings: &Settings,
+    arch: Arch,
+    layout_dir: &Path,
+    runtime: &Runtime,
+) -> Result<TestReport> {
     let image = settings.layout_ref(arch);
     let layout = Layout::open(layout_dir)?;
     let desc = layout.resolve(Some(&image))?;
@@ -136,6 +179,16 @@ pub fn test_image(settings: &Settings, arch: Arch, layout_dir: &Path) -> Result<
         },
     );
 
+    if let Runtime::Containerd { address } = runtime {
+        super::test_containerd::checks(
+            &mut report,
+            settings,
+            arch,
+            layout_dir,
+            address.as_deref(),
+        )?;
+        return Ok(report);
+    }
     let root = tempfile::tempdir().context("a temp dir for the rootfs")?;
     let mut stats = unpack::Unpacked::default();
     for layer in manifest.layers() {

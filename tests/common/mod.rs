@@ -17,7 +17,7 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn require_all() -> bool {
+pub fn require_all() -> bool {
     std::env::var("ETCDIMG_TEST_REQUIRE")
         .map(|v| v == "all")
         .unwrap_or(false)

@@ -1,0 +1,439 @@
+//! The container rows of `etcdimg test --runtime containerd` (see `commands::test`): the image
+//! imported into containerd and run with runc, as a Kubernetes node runs it.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use semver::Version;
+
+use super::test::TestReport;
+use crate::containerd::{self, Containerd, RunSpec, Running};
+use crate::oci;
+use crate::platform::Arch;
+use crate::settings::Settings;
+
+/// The member name the pod command runs as (passed as MIGRATE_ETCD_NAME, which etcd itself does
+/// not read, so the exec'd `etcd --name` meets no conflicting ETCD_NAME).
+const MEMBER: &str = "etcd-image-test";
+
+/// Adds the container rows to `report`.
+pub fn checks(
+    report: &mut TestReport,
+    settings: &Settings,
+    arch: Arch,
+    layout_dir: &Path,
+    address: Option<&Path>,
+) -> Result<()> {
+    let ctd = match address {
+        Some(a) => Containerd::connect(a),
+        None => Containerd::start_private(),
+    }
+    .context("the containerd to run the image in")?;
+    let platform = oci::platform_string(&oci::platform_for(arch));
+    let mut rows: Vec<String> = vec!["container user and env".into()];
+    for v in &settings.bundled {
+        rows.push(format!("etcd-{v}"));
+        rows.push(format!("etcdctl-{v}"));
+    }
+    rows.extend([
+        "etcd (default)".into(),
+        "etcdctl (default)".into(),
+        "migration".into(),
+    ]);
+    // An image containerd refuses (say, layers that do not match the config's diff IDs) is
+    // a broken image: one failed row, the container rows not run.
+    let image = match ctd.import(
+        layout_dir,
+        &settings.layout_ref(arch),
+        "etcdimg.test/etcd",
+        &platform,
+    ) {
+        Ok(image) => {
+            report.check(
+                "containerd import",
+                Ok(format!("imported as {image} for {platform}")),
+            );
+            image
+        }
+        Err(e) => {
+            report.check("containerd import", Err(e.to_string()));
+            for r in rows {
+                report.skip(r, "containerd did not import the image");
+            }
+            return Ok(());
+        }
+    };
+    if let Err(why) = containerd::runnable(arch) {
+        for r in rows {
+            report.skip(r, &why);
+        }
+        return Ok(());
+    }
+    let ids = Ids::new();
+    report.check(
+        "container user and env",
+        user_and_env(&ctd, &image, &ids, arch),
+    );
+    for v in &settings.bundled {
+        for name in ["etcd", "etcdctl"] {
+            let path = format!("/usr/local/bin/{name}-{v}");
+            report.check(
+                format!("{name}-{v}"),
+                version_in(&ctd, &image, &ids, &path, name, v),
+            );
+        }
+    }
+    for name in ["etcd", "etcdctl"] {
+        let path = format!("/usr/local/bin/{name}");
+        report.check(
+            format!("{name} (default)"),
+            version_in(&ctd, &image, &ids, &path, name, &settings.latest),
+        );
+    }
+    report.check(
+        "migration",
+        pod_migration(&ctd, &image, &ids, settings, arch),
+    );
+    Ok(())
+}
+
+/// Container ids unique to this process.
+struct Ids(std::cell::Cell<u32>);
+
+impl Ids {
+    fn new() -> Ids {
+        Ids(std::cell::Cell::new(0))
+    }
+
+    fn next(&self, what: &str) -> String {
+        let n = self.0.get() + 1;
+        self.0.set(n);
+        format!("etcdimg-test-{}-{what}-{n}", std::process::id())
+    }
+}
+
+fn shell(image: &str, id: String, script: &str) -> RunSpec {
+    RunSpec {
+        image: image.into(),
+        id,
+        args: vec!["/bin/sh".into(), "-c".into(), script.into()],
+        ..Default::default()
+    }
+}
+
+fn user_and_env(ctd: &Containerd, image: &str, ids: &Ids, arch: Arch) -> Result<String, String> {
+    let script = "echo uid=$(id -u); echo path=$PATH; echo unsupported=${ETCD_UNSUPPORTED_ARCH:-}";
+    let out = ctd
+        .run(&shell(image, ids.next("env"), script))
+        .map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let get = |k: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}=")))
+            .unwrap_or("")
+            .to_string()
+    };
+    let want_unsupported = if arch == Arch::Amd64 { "" } else { arch.name() };
+    if !out.status.success()
+        || get("uid") != "0"
+        || !get("path").split(':').any(|p| p == "/usr/local/bin")
+        || get("unsupported") != want_unsupported
+    {
+        return Err(format!(
+            "{}; expected uid 0, /usr/local/bin on PATH, ETCD_UNSUPPORTED_ARCH={want_unsupported:?}",
+            text.trim().replace('\n', ", ")
+        ));
+    }
+    Ok(text.trim().replace('\n', ", "))
+}
+
+fn version_in(
+    ctd: &Containerd,
+    image: &str,
+    ids: &Ids,
+    path: &str,
+    name: &str,
+    want: &Version,
+) -> Result<String, String> {
+    let arg = if name == "etcd" {
+        "--version"
+    } else {
+        "version"
+    };
+    let spec = RunSpec {
+        image: image.into(),
+        id: ids.next(name),
+        env: vec![("ETCDCTL_API".into(), "3".into())],
+        args: vec![path.into(), arg.into()],
+        ..Default::default()
+    };
+    let out = ctd.run(&spec).map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    if !out.status.success() {
+        return Err(format!(
+            "{path} {arg}: {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    match crate::binary::parse_reported_version(name, &text) {
+        Some(v)
+            if Version::parse(&v).is_ok_and(|r| {
+                (r.major, r.minor, r.patch) == (want.major, want.minor, want.patch)
+            }) =>
+        {
+            Ok(format!("{path} reports {v} in a container"))
+        }
+        Some(v) => Err(format!("{path} reports {v}, expected {want}")),
+        None => Err(format!("{path} reports no version: {}", text.trim())),
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or(0)
+}
+
+/// One etcd member of a static pod, on loopback ports.
+#[derive(Debug, Clone)]
+pub struct Member {
+    pub name: String,
+    pub client: u16,
+    pub peer: u16,
+    /// `--initial-cluster`; `None`: this member alone.
+    pub cluster: Option<String>,
+}
+
+impl Member {
+    /// A member alone, named [`MEMBER`].
+    pub fn alone(client: u16, peer: u16) -> Member {
+        Member {
+            name: MEMBER.into(),
+            client,
+            peer,
+            cluster: None,
+        }
+    }
+
+    fn peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.peer)
+    }
+
+    fn cluster(&self) -> String {
+        self.cluster
+            .clone()
+            .unwrap_or_else(|| format!("{}={}", self.name, self.peer_url()))
+    }
+}
+
+/// The command of a Kubernetes etcd static pod (the manifests' form) for `m`; `errexit` adds
+/// `set -o errexit` in front, as the newer manifests do.
+pub fn pod_command(m: &Member, errexit: bool) -> String {
+    let (c, peer) = (m.client, m.peer_url());
+    let state = if m.cluster.is_some() {
+        // A new multi-member cluster: etcd's default timers, a little shorter for the tests.
+        " --initial-cluster-state new --heartbeat-interval 50 --election-timeout 500"
+    } else {
+        ""
+    };
+    format!(
+        "{}if [ -e /usr/local/bin/migrate-if-needed.sh ]; then /usr/local/bin/migrate-if-needed.sh 1>>/var/log/etcd.log 2>&1; fi; exec /usr/local/bin/etcd --name {} --data-dir /var/etcd/data --listen-client-urls http://127.0.0.1:{c} --advertise-client-urls http://127.0.0.1:{c} --listen-peer-urls {peer} --initial-advertise-peer-urls {peer} --initial-cluster {}{state}",
+        if errexit { "set -o errexit; " } else { "" },
+        m.name,
+        m.cluster(),
+    )
+}
+
+/// The pod's environment for `m`, as the manifests set it.
+pub fn pod_env(m: &Member, target: &Version, arch: Arch) -> Vec<(String, String)> {
+    let mut env = vec![
+        ("TARGET_STORAGE".to_string(), "etcd3".to_string()),
+        ("TARGET_VERSION".into(), target.to_string()),
+        ("DATA_DIRECTORY".into(), "/var/etcd/data".into()),
+        ("MIGRATE_ETCD_NAME".into(), m.name.clone()),
+        ("INITIAL_CLUSTER".into(), m.cluster()),
+        ("LISTEN_PEER_URLS".into(), m.peer_url()),
+        ("INITIAL_ADVERTISE_PEER_URLS".into(), m.peer_url()),
+    ];
+    if arch != Arch::Amd64 {
+        env.push(("ETCD_UNSUPPORTED_ARCH".into(), arch.name().into()));
+    }
+    env
+}
+
+/// The pod spec of `m` on `host` (its `etcd/` and `log/` mounted as /var/etcd and /var/log).
+pub fn pod_spec(
+    image: &str,
+    id: String,
+    host: &Path,
+    m: &Member,
+    target: &Version,
+    arch: Arch,
+    errexit: bool,
+) -> RunSpec {
+    RunSpec {
+        image: image.into(),
+        id,
+        env: pod_env(m, target, arch),
+        mounts: vec![
+            (host.join("etcd"), "/var/etcd".into()),
+            (host.join("log"), "/var/log".into()),
+        ],
+        args: vec!["/bin/sh".into(), "-c".into(), pod_command(m, errexit)],
+    }
+}
+
+/// One HTTP/1.0 request to 127.0.0.1:`port`; the body of a 200 answer.
+fn http(port: u16, method: &str, path: &str, body: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(
+        &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_millis(300),
+    )
+    .ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .ok()?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).ok()?;
+    let (head, body) = raw.split_once("\r\n\r\n")?;
+    head.starts_with("HTTP/1.").then_some(())?;
+    head.split_whitespace()
+        .nth(1)
+        .filter(|c| *c == "200")
+        .map(|_| body.to_string())
+}
+
+/// Waits until the etcd of `running` answers /health, or its container exits.
+fn wait_healthy(running: &mut Running, port: u16, timeout: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if http(port, "GET", "/health", "").is_some_and(|b| b.contains("\"health\":\"true\"")) {
+            return Ok(());
+        }
+        if let Some(status) = running.exited() {
+            return Err(format!(
+                "the container exited ({status}) before etcd was healthy"
+            ));
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "etcd was not healthy after {} s",
+                timeout.as_secs()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().rev().take(6).collect();
+    lines.into_iter().rev().collect::<Vec<_>>().join(" | ")
+}
+
+fn b64(s: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+/// The static-pod command on a bind-mounted /var/etcd: oldest bundled, then the latest, then
+/// back one minor; each time etcd must serve the target's version and the key written first.
+fn pod_migration(
+    ctd: &Containerd,
+    image: &str,
+    ids: &Ids,
+    settings: &Settings,
+    arch: Arch,
+) -> Result<String, String> {
+    let (Some(oldest), latest) = (settings.bundled.iter().min(), &settings.latest) else {
+        return Err("no bundled versions".into());
+    };
+    let mut targets = vec![oldest.clone(), latest.clone()];
+    if latest.minor > 0 {
+        if let Some(back) = settings
+            .bundled
+            .iter()
+            .filter(|v| v.major == latest.major && v.minor + 1 == latest.minor)
+            .max()
+        {
+            targets.push(back.clone());
+        }
+    }
+    targets.dedup();
+    let host = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let (etcd_dir, log_dir) = (host.path().join("etcd"), host.path().join("log"));
+    for d in [&etcd_dir, &log_dir] {
+        std::fs::create_dir_all(d).map_err(|e| e.to_string())?;
+    }
+    let key = b64("/registry/etcdimg-test");
+    for (i, target) in targets.iter().enumerate() {
+        let (client, peer) = (free_port(), free_port());
+        let member = Member::alone(client, peer);
+        let spec = pod_spec(
+            image,
+            ids.next("pod"),
+            host.path(),
+            &member,
+            target,
+            arch,
+            true,
+        );
+        let ctr_log = host.path().join(format!("ctr-{i}.log"));
+        let mut running = ctd.start(&spec, &ctr_log).map_err(|e| e.to_string())?;
+        let checked = (|| -> Result<(), String> {
+            wait_healthy(&mut running, client, Duration::from_secs(90))?;
+            let served = http(client, "GET", "/version", "").unwrap_or_default();
+            if !served.contains(&format!("\"etcdserver\":\"{target}\"")) {
+                return Err(format!("it serves {served}, expected etcdserver {target}"));
+            }
+            if i == 0 {
+                let put = format!(
+                    r#"{{"key":"{key}","value":"{}"}}"#,
+                    b64("written by etcd {target}")
+                );
+                http(client, "POST", "/v3/kv/put", &put)
+                    .ok_or("the test key could not be written")?;
+            } else {
+                let got = http(
+                    client,
+                    "POST",
+                    "/v3/kv/range",
+                    &format!(r#"{{"key":"{key}"}}"#),
+                )
+                .unwrap_or_default();
+                if !got.contains("\"kvs\"") {
+                    return Err(format!("the key written at {} is gone: {got}", targets[0]));
+                }
+            }
+            Ok(())
+        })();
+        let stopped = ctd.stop(&mut running, Duration::from_secs(30));
+        checked.map_err(|e| {
+            format!(
+                "to {target}: {e}; etcd.log: {}; ctr: {}",
+                log_tail(&log_dir.join("etcd.log")),
+                log_tail(&ctr_log)
+            )
+        })?;
+        let written =
+            std::fs::read_to_string(etcd_dir.join("data/version.txt")).unwrap_or_default();
+        if written.trim() != format!("{target}/etcd3") {
+            return Err(format!(
+                "to {target}: version.txt says {written:?} ({stopped:?})"
+            ));
+        }
+    }
+    let path: Vec<String> = targets.iter().map(|t| t.to_string()).collect();
+    Ok(format!(
+        "static-pod command: {} served, key kept",
+        path.join(" -> ")
+    ))
+}
