@@ -375,7 +375,40 @@ pub async fn build(
     build_checked(settings, arch, options, &pre, cache, reporter).await
 }
 
-/// One arch's image, after [`preflight`] checked its inputs.
+/// What one arch's build works from, resolved once; every stage takes it.
+pub struct BuildPlan<'a> {
+    pub settings: &'a Settings,
+    pub arch: Arch,
+    pub options: &'a BuildOptions,
+    pub cache: &'a Cache,
+    pub reporter: Arc<dyn Reporter>,
+    /// `binary_mode` and the mtime of every file (SOURCE_DATE_EPOCH or 0).
+    pub mode: u32,
+    pub mtime: u64,
+    /// The arch's etcd is compiled from source (else: release tarballs).
+    pub from_source: bool,
+}
+
+impl BuildPlan<'_> {
+    fn etcd_key(&self, kind: &str, input: &str, version: &Version) -> String {
+        etcd_layer_key(
+            kind,
+            input,
+            version,
+            self.arch,
+            *version == self.settings.latest,
+            self.mode,
+            self.mtime,
+        )
+    }
+
+    /// A cached layer for `key`, unless `--no-layer-cache`.
+    fn reuse(&self, key: &str) -> Option<LayerDigests> {
+        cached_layer(self.cache, key).filter(|_| self.options.reuse_layers)
+    }
+}
+
+/// One arch's image, after [`preflight`] checked its inputs: the pipeline, stage by stage.
 pub async fn build_checked(
     settings: &Settings,
     arch: Arch,
@@ -385,26 +418,116 @@ pub async fn build_checked(
     reporter: Arc<dyn Reporter>,
 ) -> Result<BuildReport> {
     let started = Instant::now();
-    let from_source = settings.source_for(arch) == crate::config::Source::Build;
-    let mode = settings.binary_mode;
-    let mtime = settings.source_date_epoch;
+    let plan = BuildPlan {
+        settings,
+        arch,
+        options,
+        cache,
+        reporter,
+        mode: settings.binary_mode,
+        mtime: settings.source_date_epoch,
+        from_source: settings.source_for(arch) == crate::config::Source::Build,
+    };
+    let base = pull_base(&plan).await?;
+    let etcd = obtain_etcd(&plan, pre).await?;
+    let tarballs = etcd.tarball_reports();
+    let compiles: Vec<gobuild::CompileReport> =
+        etcd.compiled.iter().map(|c| c.report.clone()).collect();
+    let mut layers = etcd_layers(&plan, etcd).await?;
+    let migrate_sha256 = migrate_layer(&plan, &mut layers).await?;
+    let layers = compress(&plan, layers)?;
+    let image = assemble(&plan, &base, &layers)?;
+    let written = write_layout(
+        &plan,
+        &base,
+        &layers,
+        &image,
+        &tarballs,
+        &compiles,
+        &migrate_sha256,
+    )?;
+    write_docker_archive(&plan, &image, &written)?;
+    Ok(BuildReport {
+        arch: arch.to_string(),
+        platform: oci::platform_string(&oci::platform_for(arch)),
+        layout: display_path(&options.output),
+        reference: written.reference,
+        image: settings.arch_image(&settings.registry, arch),
+        manifest_digest: format!("sha256:{}", image.manifest_digest),
+        manifest_size: image.manifest.len() as u64,
+        config_digest: format!("sha256:{}", image.config_digest),
+        base: base.name.clone(),
+        base_digest: format!("sha256:{}", base.manifest_digest),
+        total_size: written.layers.iter().map(|l| l.size).sum::<u64>()
+            + image.config.len() as u64
+            + image.manifest.len() as u64,
+        layers: written.layers,
+        tarballs,
+        compiles,
+        docker_archive: options.docker_archive.as_deref().map(display_path),
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
 
-    // 2. base
-    let base_ref = settings.base_for(arch).to_string();
-    let base = registry::pull_base(&base_ref, arch, cache, &options.registry, &*reporter)
-        .await
-        .with_context(|| format!("resolving the base image `{base_ref}` for {arch}"))?;
+/// Stage 1, base: the base image's platform manifest for the arch, its config and layers in
+/// the cache (verified by digest).
+async fn pull_base(plan: &BuildPlan<'_>) -> Result<registry::BaseImage> {
+    let base_ref = plan.settings.base_for(plan.arch).to_string();
+    registry::pull_base(
+        &base_ref,
+        plan.arch,
+        plan.cache,
+        &plan.options.registry,
+        &*plan.reporter,
+    )
+    .await
+    .with_context(|| format!("resolving the base image `{base_ref}` for {}", plan.arch))
+}
 
-    // 3. fetch (concurrently; the network is the limit, not the CPU), or compile from source
-    //    (in sequence: each `go build` already uses every core)
-    let mut compiled: Vec<gobuild::BuiltEtcd> = Vec::new();
-    let mut releases: Vec<Release> = Vec::new();
-    let mut tarball_locks = Vec::new();
-    if from_source {
+/// What stage 2 obtained for the bundled versions: release tarballs (or the layers already
+/// cached for them), or binaries compiled from source; and the locks of the tarballs this run
+/// downloads, held until they are kept.
+struct EtcdInputs {
+    releases: Vec<Release>,
+    compiled: Vec<gobuild::BuiltEtcd>,
+    tarball_locks: Vec<crate::lockfile::Held>,
+}
+
+impl EtcdInputs {
+    fn tarball_reports(&self) -> Vec<TarballReport> {
+        self.releases
+            .iter()
+            .map(|r| match r {
+                Release::Layer(e, _) => TarballReport {
+                    version: e.version.to_string(),
+                    url: e.url.clone(),
+                    sha256: e.sha256.clone(),
+                    downloaded: false,
+                },
+                Release::Tarball(t) => TarballReport {
+                    version: t.version.to_string(),
+                    url: t.url.clone(),
+                    sha256: t.sha256.clone(),
+                    downloaded: t.downloaded(),
+                },
+            })
+            .collect()
+    }
+}
+
+/// Stage 2, fetch or compile: every bundled version, from its release tarball (verified
+/// against SHA256SUMS and the pin; a version whose layer is cached needs only SHA256SUMS) or
+/// compiled from source (verified before it enters the build cache). Nothing fetched here is in
+/// the cache yet: stage 3 keeps the tarballs once their contents passed.
+async fn obtain_etcd(plan: &BuildPlan<'_>, pre: &Preflight) -> Result<EtcdInputs> {
+    let (settings, arch, cache, reporter) = (plan.settings, plan.arch, plan.cache, &plan.reporter);
+    if plan.from_source {
+        // In sequence: each `go build` already uses every core.
         let builder = pre
             .builder
             .as_ref()
             .expect("preflight detects the builder for source-built arches");
+        let mut compiled = Vec::new();
         for version in &settings.bundled {
             let built = gobuild::build_etcd(
                 &settings.gobuild,
@@ -427,143 +550,141 @@ pub async fn build_checked(
             }
             compiled.push(built);
         }
-    } else {
-        // SHA256SUMS first: a version whose layer the cache already holds needs no tarball.
-        let http = Http::new()?;
-        let expectations = settings.bundled.iter().map(|version| {
-            let http = &http;
-            let reporter = &*reporter;
-            async move {
-                fetch::expected(
-                    http,
-                    cache,
-                    &settings.release_url,
-                    version,
-                    arch,
-                    settings.pin_for(version, arch),
-                    reporter,
-                )
-                .await
-                .with_context(|| format!("fetching etcd {version} for {arch}"))
-            }
+        return Ok(EtcdInputs {
+            releases: Vec::new(),
+            compiled,
+            tarball_locks: Vec::new(),
         });
-        let expectations = futures_util::future::join_all(expectations)
+    }
+    // Concurrently: the network is the limit, not the CPU. SHA256SUMS first.
+    let http = Http::new()?;
+    let expectations = settings.bundled.iter().map(|version| {
+        let (http, reporter) = (&http, &**reporter);
+        async move {
+            fetch::expected(
+                http,
+                cache,
+                &settings.release_url,
+                version,
+                arch,
+                settings.pin_for(version, arch),
+                reporter,
+            )
             .await
-            .into_iter()
-            .collect::<Result<Vec<_>>>()?;
-        // Tarballs this run must read (no cached layer): lock them, sorted, before any
-        // download, so that concurrent builds sharing the cache download each once and never
-        // wait on each other in a cycle. The locks are held until the tarballs are kept.
-        let mut need: Vec<&str> = expectations
-            .iter()
-            .filter(|e| {
-                let key = etcd_layer_key(
-                    "etcd",
-                    &e.sha256,
-                    &e.version,
-                    arch,
-                    e.version == settings.latest,
-                    mode,
-                    mtime,
-                );
-                !options.reuse_layers || cached_layer(cache, &key).is_none()
-            })
-            .map(|e| e.sha256.as_str())
-            .collect();
-        need.sort_unstable();
-        need.dedup();
-        tarball_locks = tokio::task::block_in_place(|| {
-            need.iter()
-                .map(|sha| {
-                    cache.lock("tarball", sha, &format!("the download of {sha}"), &|m| {
+            .with_context(|| format!("fetching etcd {version} for {arch}"))
+        }
+    });
+    let expectations = futures_util::future::join_all(expectations)
+        .await
+        .into_iter()
+        .collect::<Result<Vec<_>>>()?;
+    let tarball_locks = lock_tarballs(plan, &expectations)?;
+    let fetches = expectations.into_iter().map(|e| {
+        let (http, reporter) = (&http, &**reporter);
+        let key = plan.etcd_key("etcd", &e.sha256, &e.version);
+        async move {
+            if let Some(d) = plan.reuse(&key) {
+                return Ok(Release::Layer(e, d));
+            }
+            let version = e.version.clone();
+            fetch::fetch(http, cache, e, reporter)
+                .await
+                .map(Release::Tarball)
+                .with_context(|| format!("fetching etcd {version} for {arch}"))
+        }
+    });
+    let releases = futures_util::future::join_all(fetches)
+        .await
+        .into_iter()
+        .collect::<Result<_>>()?;
+    Ok(EtcdInputs {
+        releases,
+        compiled: Vec::new(),
+        tarball_locks,
+    })
+}
+
+/// The locks of the tarballs a build must read (no cached layer), taken sorted before any
+/// download, so that concurrent builds sharing the cache download each once and never wait on
+/// each other in a cycle.
+fn lock_tarballs(
+    plan: &BuildPlan<'_>,
+    expectations: &[fetch::Expected],
+) -> Result<Vec<crate::lockfile::Held>> {
+    let mut need: Vec<&str> = expectations
+        .iter()
+        .filter(|e| {
+            plan.reuse(&plan.etcd_key("etcd", &e.sha256, &e.version))
+                .is_none()
+        })
+        .map(|e| e.sha256.as_str())
+        .collect();
+    need.sort_unstable();
+    need.dedup();
+    let reporter = &plan.reporter;
+    Ok(tokio::task::block_in_place(|| {
+        need.iter()
+            .map(|sha| {
+                plan.cache
+                    .lock("tarball", sha, &format!("the download of {sha}"), &|m| {
                         reporter.status("Waiting", m)
                     })
-                })
-                .collect::<Result<Vec<_>, _>>()
-        })?;
-        let fetches = expectations.into_iter().map(|e| {
-            let http = &http;
-            let reporter = &*reporter;
-            let key = etcd_layer_key(
-                "etcd",
-                &e.sha256,
-                &e.version,
-                arch,
-                e.version == settings.latest,
-                mode,
-                mtime,
-            );
-            async move {
-                if let Some(d) = cached_layer(cache, &key).filter(|_| options.reuse_layers) {
-                    return Ok(Release::Layer(e, d));
-                }
-                let version = e.version.clone();
-                fetch::fetch(http, cache, e, reporter)
-                    .await
-                    .map(Release::Tarball)
-                    .with_context(|| format!("fetching etcd {version} for {arch}"))
-            }
-        });
-        releases = futures_util::future::join_all(fetches)
-            .await
-            .into_iter()
-            .collect::<Result<_>>()?;
-    }
-    let tarball_reports: Vec<TarballReport> = releases
-        .iter()
-        .map(|r| match r {
-            Release::Layer(e, _) => TarballReport {
-                version: e.version.to_string(),
-                url: e.url.clone(),
-                sha256: e.sha256.clone(),
-                downloaded: false,
-            },
-            Release::Tarball(t) => TarballReport {
-                version: t.version.to_string(),
-                url: t.url.clone(),
-                sha256: t.sha256.clone(),
-                downloaded: t.downloaded(),
-            },
-        })
-        .collect();
+            })
+            .collect::<Result<Vec<_>, _>>()
+    })?)
+}
 
-    // 4 + 6. verify and assemble; reuse layers whose inputs did not change
-    let mut jobs: Vec<(usize, LayerJob)> = Vec::new();
-    let mut layers: Vec<Option<(LayerDigests, String, bool)>> = Vec::new();
-    let mode_text = format!("{mode:o}");
-    let mtime_text = mtime.to_string();
+/// The layers of an image being assembled: one slot per layer in image order (`Some` once
+/// its digests are known: `(digests, content, reused)`), and the jobs that fill the others.
+struct LayerSet {
+    slots: Vec<Option<(LayerDigests, String, bool)>>,
+    jobs: Vec<(usize, LayerJob)>,
+}
+
+impl LayerSet {
+    fn reused(&mut self, d: LayerDigests, content: String) {
+        self.slots.push(Some((d, content, true)));
+    }
+
+    fn queue(&mut self, job: LayerJob) {
+        self.slots.push(None);
+        self.jobs.push((self.slots.len() - 1, job));
+    }
+}
+
+/// Stage 3, verify: each fresh tarball's etcd/etcdctl/etcdutl extracted safely and checked
+/// (ELF header, `--version`), versions concurrently; compiled binaries were checked before
+/// they entered the build cache. Every version becomes a reused layer or a layer job. Only
+/// once every release passed do fresh downloads enter the cache.
+async fn etcd_layers(plan: &BuildPlan<'_>, etcd: EtcdInputs) -> Result<LayerSet> {
+    let (settings, arch) = (plan.settings, plan.arch);
+    let mut set = LayerSet {
+        slots: Vec::new(),
+        jobs: Vec::new(),
+    };
     let mut verified = Vec::new();
-    let mut pending_checks = Vec::new();
-    for release in releases {
+    let mut pending = Vec::new();
+    for release in etcd.releases {
         let tarball = match release {
             Release::Layer(e, d) => {
-                let content = etcd_layer_content(&e.version, e.version == settings.latest);
-                layers.push(Some((d, content, true)));
+                set.reused(
+                    d,
+                    etcd_layer_content(&e.version, e.version == settings.latest),
+                );
                 continue;
             }
             Release::Tarball(t) => t,
         };
         let latest = tarball.version == settings.latest;
         let content = etcd_layer_content(&tarball.version, latest);
-        let key = etcd_layer_key(
-            "etcd",
-            &tarball.sha256,
-            &tarball.version,
-            arch,
-            latest,
-            mode,
-            mtime,
-        );
-        if let Some(d) = cached_layer(cache, &key).filter(|_| options.reuse_layers) {
-            layers.push(Some((d, content, true)));
+        let key = plan.etcd_key("etcd", &tarball.sha256, &tarball.version);
+        if let Some(d) = plan.reuse(&key) {
+            set.reused(d, content);
             verified.push(tarball);
             continue;
         }
-        let version = tarball.version.clone();
-        let r = reporter.clone();
-        let path = tarball.path.clone();
-        let name = tarball.file_name.clone();
-        // Versions are extracted and checked concurrently (one blocking task each).
+        let (version, r) = (tarball.version.clone(), plan.reporter.clone());
+        let (path, name) = (tarball.path.clone(), tarball.file_name.clone());
         let handle = tokio::task::spawn_blocking(move || -> Result<Vec<extract::Binary>> {
             r.status(
                 "Verifying",
@@ -573,9 +694,9 @@ pub async fn build_checked(
             check_binaries(&binaries, &version, arch, &*r)?;
             Ok(binaries)
         });
-        layers.push(None);
-        pending_checks.push((
-            layers.len() - 1,
+        set.slots.push(None);
+        pending.push((
+            set.slots.len() - 1,
             content,
             key,
             latest,
@@ -584,105 +705,82 @@ pub async fn build_checked(
         ));
         verified.push(tarball);
     }
-    for (slot, content, key, latest, version, handle) in pending_checks {
+    for (slot, content, key, latest, version, handle) in pending {
         let binaries = handle.await??;
-        jobs.push((
-            slot,
-            LayerJob {
-                content,
-                key,
-                make: LayerInput::Etcd {
-                    version,
-                    binaries,
-                    latest,
-                },
-            },
-        ));
+        let make = LayerInput::Etcd {
+            version,
+            binaries,
+            latest,
+        };
+        set.jobs.push((slot, LayerJob { content, key, make }));
     }
-    // Compiled versions were verified before they entered the build cache.
-    for built in &compiled {
+    for built in etcd.compiled {
         let latest = built.version == settings.latest;
         let content = etcd_layer_content(&built.version, latest);
-        let key = etcd_layer_key(
-            "etcd-built",
-            &built.report.build.key,
-            &built.version,
-            arch,
-            latest,
-            mode,
-            mtime,
-        );
-        if let Some(d) = cached_layer(cache, &key).filter(|_| options.reuse_layers) {
-            layers.push(Some((d, content, true)));
-            continue;
-        }
-        layers.push(None);
-        jobs.push((
-            layers.len() - 1,
-            LayerJob {
+        let key = plan.etcd_key("etcd-built", &built.report.build.key, &built.version);
+        match plan.reuse(&key) {
+            Some(d) => set.reused(d, content),
+            None => set.queue(LayerJob {
                 content,
                 key,
                 make: LayerInput::Etcd {
-                    version: built.version.clone(),
-                    binaries: built.binaries.clone(),
+                    version: built.version,
+                    binaries: built.binaries,
                     latest,
                 },
-            },
-        ));
+            }),
+        }
     }
-    // Only now, with every release checked, do fresh downloads enter the cache.
     for tarball in verified {
-        tarball.keep(cache)?;
+        tarball.keep(plan.cache)?;
     }
-    drop(tarball_locks);
+    drop(etcd.tarball_locks);
+    Ok(set)
+}
 
-    // 5. compile migrate (after the etcd checks: a bad release must leave nothing in the cache)
-    let source_dir = settings.migrate_source_dir.clone();
-    let prebuilt = options.migrate_binary.clone();
-    let cache_for_migrate = cache.clone();
-    let reporter_for_migrate = reporter.clone();
+/// Stage 4, migrate: the static migrate binary for the arch (after the etcd checks, so that a
+/// bad release leaves nothing in the cache), with migrate-if-needed.sh and the effective version
+/// policy, as the last layer. Returns the binary's sha256.
+async fn migrate_layer(plan: &BuildPlan<'_>, set: &mut LayerSet) -> Result<String> {
+    let source_dir = plan.settings.migrate_source_dir.clone();
+    let prebuilt = plan.options.migrate_binary.clone();
+    let (cache, reporter, arch) = (plan.cache.clone(), plan.reporter.clone(), plan.arch);
     let migrate = tokio::task::spawn_blocking(move || {
-        migrate_build::migrate_binary(
-            &source_dir,
-            prebuilt.as_deref(),
-            arch,
-            &cache_for_migrate,
-            &*reporter_for_migrate,
-        )
+        migrate_build::migrate_binary(&source_dir, prebuilt.as_deref(), arch, &cache, &*reporter)
     })
     .await??;
-
-    let migrate_sha256 = migrate.sha256.clone();
     let script_digest = fetch::cache::sha256_hex(migrate_build::WRAPPER_SCRIPT.as_bytes());
-    let policy_json = settings.policy.to_json().into_bytes();
-    let migrate_key = layer_key(&[
+    let policy_json = plan.settings.policy.to_json().into_bytes();
+    let key = layer_key(&[
         "migrate",
         &migrate.sha256,
         &script_digest,
         &fetch::cache::sha256_hex(&policy_json),
-        &mode_text,
-        &mtime_text,
+        &format!("{:o}", plan.mode),
+        &plan.mtime.to_string(),
     ]);
-    let migrate_content = "migrate, migrate-if-needed.sh".to_string();
-    match cached_layer(cache, &migrate_key).filter(|_| options.reuse_layers) {
-        Some(d) => layers.push(Some((d, migrate_content, true))),
-        None => {
-            layers.push(None);
-            jobs.push((
-                layers.len() - 1,
-                LayerJob {
-                    content: migrate_content,
-                    key: migrate_key,
-                    make: LayerInput::Migrate {
-                        binary: migrate.bytes,
-                        policy: policy_json,
-                    },
-                },
-            ));
-        }
+    let content = "migrate, migrate-if-needed.sh".to_string();
+    match plan.reuse(&key) {
+        Some(d) => set.reused(d, content),
+        None => set.queue(LayerJob {
+            content,
+            key,
+            make: LayerInput::Migrate {
+                binary: migrate.bytes,
+                policy: policy_json,
+            },
+        }),
     }
+    Ok(migrate.sha256)
+}
 
-    // Compress the biggest layers first, `jobs` at a time; bytes never depend on the order.
+/// Stage 5, compress: every layer job, biggest first, `--jobs` at a time, into the layer
+/// cache; the bytes never depend on the order. Returns every layer in image order.
+fn compress(plan: &BuildPlan<'_>, set: LayerSet) -> Result<Vec<(LayerDigests, String, bool)>> {
+    let LayerSet {
+        mut slots,
+        mut jobs,
+    } = set;
     jobs.sort_by_key(|(_, j)| {
         std::cmp::Reverse(match &j.make {
             LayerInput::Etcd { binaries, .. } => {
@@ -691,19 +789,26 @@ pub async fn build_checked(
             LayerInput::Migrate { binary, .. } => binary.len(),
         })
     });
-    let workers = options.jobs.max(1);
     let queue = std::sync::Mutex::new(jobs.into_iter());
     let results = std::sync::Mutex::new(Vec::new());
     std::thread::scope(|scope| -> Result<()> {
         let mut handles = Vec::new();
-        for _ in 0..workers {
+        for _ in 0..plan.options.jobs.max(1) {
             handles.push(scope.spawn(|| -> Result<()> {
                 loop {
                     let next = queue.lock().expect("queue").next();
                     let Some((slot, job)) = next else {
                         return Ok(());
                     };
-                    let d = make_layer(&job, mode, mtime, cache, options.reuse_layers, &*reporter)?;
+                    let reuse = plan.options.reuse_layers;
+                    let d = make_layer(
+                        &job,
+                        plan.mode,
+                        plan.mtime,
+                        plan.cache,
+                        reuse,
+                        &*plan.reporter,
+                    )?;
                     results
                         .lock()
                         .expect("results")
@@ -718,45 +823,41 @@ pub async fn build_checked(
         Ok(())
     })?;
     for (slot, d, content) in results.into_inner().expect("results") {
-        layers[slot] = Some((d, content, false));
+        slots[slot] = Some((d, content, false));
     }
-    let layers: Vec<(LayerDigests, String, bool)> = layers
+    Ok(slots
         .into_iter()
         .map(|l| l.expect("every layer built"))
-        .collect();
+        .collect())
+}
 
-    // The image
-    let tag = settings.tag();
-    let created = image::rfc3339(mtime);
+/// Stage 6, assemble: the image config (the base's, plus env and labels) and manifest, as
+/// canonical JSON.
+fn assemble(
+    plan: &BuildPlan<'_>,
+    base: &registry::BaseImage,
+    layers: &[(LayerDigests, String, bool)],
+) -> Result<image::BuiltImage> {
+    let (settings, arch) = (plan.settings, plan.arch);
+    let created = image::rfc3339(plan.mtime);
     let bundled: Vec<String> = settings.bundled.iter().map(|v| v.to_string()).collect();
-    let mut labels = BTreeMap::new();
-    labels.insert(
-        "org.opencontainers.image.title".to_string(),
-        "etcd".to_string(),
-    );
-    labels.insert("org.opencontainers.image.version".to_string(), tag.clone());
-    labels.insert(
-        "org.opencontainers.image.created".to_string(),
-        created.clone(),
-    );
-    labels.insert(
-        "org.opencontainers.image.base.name".to_string(),
-        base.name.clone(),
-    );
-    labels.insert(
-        "org.opencontainers.image.base.digest".to_string(),
-        format!("sha256:{}", base.manifest_digest),
-    );
-    labels.insert(
-        "dev.etcdimg.etcd.version".to_string(),
-        settings.latest.to_string(),
-    );
-    labels.insert("dev.etcdimg.etcd.bundled".to_string(), bundled.join(","));
-    labels.insert(
-        "dev.etcdimg.revision".to_string(),
-        settings.revision.clone(),
-    );
-    labels.insert("dev.etcdimg.compression".to_string(), gzip::description());
+    let labels: BTreeMap<String, String> = [
+        ("org.opencontainers.image.title", "etcd".to_string()),
+        ("org.opencontainers.image.version", settings.tag()),
+        ("org.opencontainers.image.created", created.clone()),
+        ("org.opencontainers.image.base.name", base.name.clone()),
+        (
+            "org.opencontainers.image.base.digest",
+            format!("sha256:{}", base.manifest_digest),
+        ),
+        ("dev.etcdimg.etcd.version", settings.latest.to_string()),
+        ("dev.etcdimg.etcd.bundled", bundled.join(",")),
+        ("dev.etcdimg.revision", settings.revision.clone()),
+        ("dev.etcdimg.compression", gzip::description()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
     let mut env = Vec::new();
     if arch != Arch::Amd64 {
         // As the Makefile did for every non-amd64 arch: etcd refuses to start on arches it
@@ -790,27 +891,42 @@ pub async fn build_checked(
         exposed_ports: vec![2379, 2380, 4001, 7001],
         created,
     };
-    let built = image::build(&spec)?;
+    Ok(image::build(&spec)?)
+}
 
-    // 7. write: blobs first, index.json last
-    reporter.status(
-        "Writing",
-        &format!(
-            "{} to {}",
-            settings.layout_ref(arch),
-            options.output.display()
-        ),
-    );
-    let layout = Layout::create(&options.output)?;
+/// What stage 7 wrote: the layout ref, and every layer with where it came from.
+struct Written {
+    reference: String,
+    layers: Vec<LayerReport>,
+    layout: Layout,
+}
+
+/// Stage 7, write: base and added layers, config and manifest into the output layout, then the
+/// build record (the release report's input) as a blob, then the image's ref in index.json
+/// (under the layout's lock) last, so a failure leaves the layout as it was.
+fn write_layout(
+    plan: &BuildPlan<'_>,
+    base: &registry::BaseImage,
+    layers: &[(LayerDigests, String, bool)],
+    built: &image::BuiltImage,
+    tarballs: &[TarballReport],
+    compiles: &[gobuild::CompileReport],
+    migrate_sha256: &str,
+) -> Result<Written> {
+    let (settings, arch, output) = (plan.settings, plan.arch, &plan.options.output);
+    let reference = settings.layout_ref(arch);
+    plan.reporter
+        .status("Writing", &format!("{reference} to {}", output.display()));
+    let layout = Layout::create(output)?;
     for l in &base.layers {
         layout.put_blob_file(&l.path, &oci::hex(&l.descriptor), l.descriptor.size())?;
     }
-    for (d, _, _) in &layers {
-        layout.put_blob_file(&cache.blob_path(&d.digest), &d.digest, d.size)?;
+    for (d, _, _) in layers {
+        layout.put_blob_file(&plan.cache.blob_path(&d.digest), &d.digest, d.size)?;
     }
     layout.put_blob_bytes(&built.config)?;
     layout.put_blob_bytes(&built.manifest)?;
-    let mut layer_reports: Vec<LayerReport> = base
+    let mut reports: Vec<LayerReport> = base
         .layers
         .iter()
         .map(|l| LayerReport {
@@ -820,23 +936,65 @@ pub async fn build_checked(
             cached: true,
         })
         .collect();
-    layer_reports.extend(layers.iter().map(|(d, content, cached)| LayerReport {
+    reports.extend(layers.iter().map(|(d, content, cached)| LayerReport {
         digest: format!("sha256:{}", d.digest),
         size: d.size,
         content: content.clone(),
         cached: *cached,
     }));
-    let record = release::BuildRecord {
-        arch: arch.to_string(),
+    let record = build_record(
+        plan,
+        base,
+        built,
+        tarballs,
+        compiles,
+        migrate_sha256,
+        &reports,
+    );
+    let record_hex = layout.put_blob_bytes(&oci::canonical_json(&record))?;
+    let mut desc = oci::descriptor(
+        MediaType::ImageManifest,
+        &built.manifest_digest,
+        built.manifest.len() as u64,
+    );
+    desc.set_platform(Some(oci::platform_for(arch)));
+    desc.set_annotations(Some(
+        [(
+            release::BUILD_RECORD_ANNOTATION.to_string(),
+            format!("sha256:{record_hex}"),
+        )]
+        .into(),
+    ));
+    let reporter = &plan.reporter;
+    layout.set_ref(&reference, desc, &|m| reporter.status("Waiting", m))?;
+    Ok(Written {
+        reference,
+        layers: reports,
+        layout,
+    })
+}
+
+/// The build record of an image: where every input came from (the release report's input).
+fn build_record(
+    plan: &BuildPlan<'_>,
+    base: &registry::BaseImage,
+    built: &image::BuiltImage,
+    tarballs: &[TarballReport],
+    compiles: &[gobuild::CompileReport],
+    migrate_sha256: &str,
+    layers: &[LayerReport],
+) -> release::BuildRecord {
+    release::BuildRecord {
+        arch: plan.arch.to_string(),
         manifest_digest: format!("sha256:{}", built.manifest_digest),
         config_digest: format!("sha256:{}", built.config_digest),
         provenance: release::Provenance {
-            platform: oci::platform_string(&oci::platform_for(arch)),
+            platform: oci::platform_string(&oci::platform_for(plan.arch)),
             base: release::Base {
                 name: base.name.clone(),
                 digest: format!("sha256:{}", base.manifest_digest),
             },
-            upstream: tarball_reports
+            upstream: tarballs
                 .iter()
                 .map(|t| release::Upstream {
                     version: t.version.clone(),
@@ -844,12 +1002,12 @@ pub async fn build_checked(
                     sha256: t.sha256.clone(),
                 })
                 .collect(),
-            compiles: compiled.iter().map(|c| c.report.build.clone()).collect(),
-            migrate_sha256: migrate_sha256.clone(),
+            compiles: compiles.iter().map(|c| c.build.clone()).collect(),
+            migrate_sha256: migrate_sha256.to_string(),
             compression: gzip::description(),
-            binary_mode: mode_text.clone(),
-            source_date_epoch: mtime,
-            layers: layer_reports
+            binary_mode: format!("{:o}", plan.mode),
+            source_date_epoch: plan.mtime,
+            layers: layers
                 .iter()
                 .map(|l| release::Layer {
                     digest: l.digest.clone(),
@@ -858,70 +1016,37 @@ pub async fn build_checked(
                 })
                 .collect(),
         },
-    };
-    let record_hex = layout.put_blob_bytes(&oci::canonical_json(&record))?;
-    let mut manifest_desc = oci::descriptor(
-        MediaType::ImageManifest,
-        &built.manifest_digest,
-        built.manifest.len() as u64,
-    );
-    manifest_desc.set_platform(Some(oci::platform_for(arch)));
-    manifest_desc.set_annotations(Some(
-        [(
-            release::BUILD_RECORD_ANNOTATION.to_string(),
-            format!("sha256:{record_hex}"),
-        )]
-        .into(),
-    ));
-    let reference = settings.layout_ref(arch);
-    layout.set_ref(&reference, manifest_desc, &|m| {
-        reporter.status("Waiting", m)
-    })?;
-
-    let image_name = settings.arch_image(&settings.registry, arch);
-    if let Some(archive) = &options.docker_archive {
-        let layer_paths: Vec<(String, PathBuf)> = built
-            .layers
-            .iter()
-            .map(|d| (oci::hex(d), layout.blob_path(&oci::hex(d))))
-            .collect();
-        docker_archive::write(
-            archive,
-            &docker_archive::ArchiveImage {
-                repo_tag: image_name.clone(),
-                config: &built.config,
-                config_hex: &built.config_digest,
-                layers: layer_paths
-                    .iter()
-                    .map(|(h, p)| (h.clone(), p.as_path()))
-                    .collect(),
-            },
-            mtime,
-        )
-        .with_context(|| format!("writing the docker archive `{}`", archive.display()))?;
     }
+}
 
-    let total_size = layer_reports.iter().map(|l| l.size).sum::<u64>()
-        + built.config.len() as u64
-        + built.manifest.len() as u64;
-    Ok(BuildReport {
-        arch: arch.to_string(),
-        platform: oci::platform_string(&oci::platform_for(arch)),
-        layout: display_path(&options.output),
-        reference,
-        image: image_name,
-        manifest_digest: format!("sha256:{}", built.manifest_digest),
-        manifest_size: built.manifest.len() as u64,
-        config_digest: format!("sha256:{}", built.config_digest),
-        base: base.name.clone(),
-        base_digest: format!("sha256:{}", base.manifest_digest),
-        layers: layer_reports,
-        total_size,
-        tarballs: tarball_reports,
-        compiles: compiled.iter().map(|c| c.report.clone()).collect(),
-        docker_archive: options.docker_archive.as_deref().map(display_path),
-        seconds: started.elapsed().as_secs_f64(),
-    })
+/// Stage 8, docker archive (`--docker-archive`): the image as `docker load` reads it.
+fn write_docker_archive(
+    plan: &BuildPlan<'_>,
+    built: &image::BuiltImage,
+    written: &Written,
+) -> Result<()> {
+    let Some(archive) = &plan.options.docker_archive else {
+        return Ok(());
+    };
+    let layer_paths: Vec<(String, PathBuf)> = built
+        .layers
+        .iter()
+        .map(|d| (oci::hex(d), written.layout.blob_path(&oci::hex(d))))
+        .collect();
+    docker_archive::write(
+        archive,
+        &docker_archive::ArchiveImage {
+            repo_tag: plan.settings.arch_image(&plan.settings.registry, plan.arch),
+            config: &built.config,
+            config_hex: &built.config_digest,
+            layers: layer_paths
+                .iter()
+                .map(|(h, p)| (h.clone(), p.as_path()))
+                .collect(),
+        },
+        plan.mtime,
+    )
+    .with_context(|| format!("writing the docker archive `{}`", archive.display()))
 }
 
 fn display_path(p: &Path) -> String {
