@@ -116,6 +116,7 @@ enum Origin<'a> {
 struct Resolver<'a> {
     loaded: &'a Loaded,
     env: EnvLookup<'a>,
+    overrides: &'a OverrideArgs,
 }
 
 impl<'a> Resolver<'a> {
@@ -174,334 +175,425 @@ impl<'a> Resolver<'a> {
 }
 
 /// Resolves the settings for `loaded` with CLI overrides and the environment.
+///
+/// Each field group is resolved by its own [`Resolver`] method, which applies the sources in
+/// the same order (flag > environment > images.toml > default) and names the winner's origin
+/// in any error.
 pub fn resolve(
     loaded: &Loaded,
     overrides: &OverrideArgs,
     cli_insecure: &[String],
     env: EnvLookup<'_>,
 ) -> Result<Settings, ConfigError> {
-    let r = Resolver { loaded, env };
-    let doc = &loaded.doc;
-    fn flag<'v>(name: &'static str, value: &'v Option<String>) -> Option<(&'static str, &'v str)> {
-        value.as_deref().map(|v| (name, v))
-    }
-
-    // etcd.bundled: a list in the file, a space/comma separated string in env and flags.
-    let bundled_override = r.pick(
-        flag("--bundled-versions", &overrides.bundled_versions),
-        Some("BUNDLED_ETCD_VERSIONS"),
-        None,
-    );
-    let bundled: Vec<Version> = match bundled_override {
-        Some((text, origin)) => {
-            let items: Vec<&str> = text.split([' ', ',']).filter(|s| !s.is_empty()).collect();
-            if items.is_empty() {
-                return Err(r.error(
-                    &origin,
-                    "etcd.bundled",
-                    "empty version list; list at least the latest version".into(),
-                ));
-            }
-            items
-                .iter()
-                .map(|s| config::parse_version(s).map_err(|m| r.error(&origin, "etcd.bundled", m)))
-                .collect::<Result<_, _>>()?
-        }
-        None => match &doc.etcd.bundled {
-            Some(list) => {
-                if list.get_ref().is_empty() {
-                    return Err(loaded.error_at(
-                        list.span(),
-                        "etcd.bundled",
-                        "empty version list; list at least the latest version",
-                    ));
-                }
-                list.get_ref()
-                    .iter()
-                    .map(|v| {
-                        config::parse_version(v.get_ref())
-                            .map_err(|m| loaded.error_at(v.span(), "etcd.bundled", m))
-                    })
-                    .collect::<Result<_, _>>()?
-            }
-            None => {
-                return Err(r.error(
-                    &Origin::File(0..0),
-                    "etcd.bundled",
-                    "missing; list the etcd versions to bundle, oldest first".into(),
-                ))
-            }
-        },
+    let r = Resolver {
+        loaded,
+        env,
+        overrides,
     };
-    let bundled_origin = if overrides.bundled_versions.is_some() {
-        Origin::Flag("--bundled-versions")
-    } else if env("BUNDLED_ETCD_VERSIONS").is_some() {
-        Origin::Env("BUNDLED_ETCD_VERSIONS")
-    } else {
-        Origin::File(doc.etcd.bundled.as_ref().map(|b| b.span()).unwrap_or(0..0))
-    };
-    for pair in bundled.windows(2) {
-        if pair[0] >= pair[1] {
-            return Err(r.error(
-                &bundled_origin,
-                "etcd.bundled",
-                format!("versions must be unique and ascending (oldest first), but `{}` comes before `{}`", pair[0], pair[1]),
-            ));
-        }
-    }
-
-    let latest = match r.pick(
-        flag("--etcd-version", &overrides.etcd_version),
-        // LATEST_ETCD_VERSION is the Makefile's name; ETCD_VERSION the older one.
-        r.first_set(&["ETCD_VERSION", "LATEST_ETCD_VERSION"]),
-        doc.etcd.latest.as_ref(),
-    ) {
-        Some((text, origin)) => {
-            let v = config::parse_version(&text).map_err(|m| r.error(&origin, "etcd.latest", m))?;
-            if !bundled.contains(&v) {
-                let list: Vec<String> = bundled.iter().map(|v| v.to_string()).collect();
-                let mut err = r.error(
-                    &origin,
-                    "etcd.latest",
-                    format!(
-                        "latest version `{v}` is not in the bundled list [{}]",
-                        list.join(", ")
-                    ),
-                );
-                err.hint = Some(
-                    "add it to etcd.bundled (BUNDLED_ETCD_VERSIONS) or pick a bundled version"
-                        .into(),
-                );
-                return Err(err);
-            }
-            v
-        }
-        None => bundled.last().cloned().expect("bundled is non-empty"),
-    };
-
-    let revision = match (&overrides.revision, env("REVISION"), &doc.etcd.revision) {
-        (Some(v), _, _) => check_revision(v)
-            .map_err(|m| r.error(&Origin::Flag("--revision"), "etcd.revision", m))?,
-        (None, Some(v), _) => {
-            check_revision(&v).map_err(|m| r.error(&Origin::Env("REVISION"), "etcd.revision", m))?
-        }
-        (None, None, Some(v)) => v.get_ref().to_string(),
-        (None, None, None) => "0".into(),
-    };
-
-    let arches = match (env("ALL_ARCH"), &doc.image.arches) {
-        (Some(text), _) => {
-            let list: Vec<&str> = text.split([' ', ',']).filter(|s| !s.is_empty()).collect();
-            let origin = Origin::Env("ALL_ARCH");
-            parse_arch_list(&list, |m| r.error(&origin, "image.arches", m))?
-        }
-        (None, Some(list)) => {
-            if list.get_ref().is_empty() {
-                return Err(loaded.error_at(list.span(), "image.arches", "empty arch list"));
-            }
-            let mut out = Vec::new();
-            for a in list.get_ref() {
-                let arch = config::parse_arch(a.get_ref())
-                    .map_err(|m| loaded.error_at(a.span(), "image.arches", m))?;
-                if !out.contains(&arch) {
-                    out.push(arch);
-                }
-            }
-            out
-        }
-        (None, None) => Arch::ALL.to_vec(),
-    };
-
-    let string = |flag_value: Option<(&'static str, &str)>,
-                  var: Option<&'static str>,
-                  file: Option<&Spanned<String>>,
-                  default: &str| {
-        r.pick(flag_value, var, file)
-            .map(|(v, _)| v)
-            .unwrap_or_else(|| default.to_string())
-    };
-    let registry = string(
-        flag("--registry", &overrides.registry),
-        Some("REGISTRY"),
-        doc.image.registry.as_ref(),
-        "registry.k8s.io",
-    );
-    let push_registry = string(
-        flag("--push-registry", &overrides.push_registry),
-        Some("PUSH_REGISTRY"),
-        doc.image.push_registry.as_ref(),
-        "staging-k8s.gcr.io",
-    );
-    let image_name = string(
-        None,
-        Some("ETCDIMG_IMAGE_NAME"),
-        doc.image.name.as_ref(),
-        "etcd",
-    );
-    let release_url = string(
-        flag("--release-url", &overrides.release_url),
-        Some("ETCD_RELEASE_URL"),
-        doc.etcd.release_url.as_ref(),
-        config::DEFAULT_RELEASE_URL,
-    )
-    .trim_end_matches('/')
-    .to_string();
-    if !(release_url.starts_with("http://") || release_url.starts_with("https://")) {
-        let origin = if overrides.release_url.is_some() {
-            Origin::Flag("--release-url")
-        } else if env("ETCD_RELEASE_URL").is_some() {
-            Origin::Env("ETCD_RELEASE_URL")
-        } else {
-            doc.etcd
-                .release_url
-                .as_ref()
-                .map(|v| Origin::File(v.span()))
-                .unwrap_or(Origin::Default)
-        };
-        return Err(r.error(
-            &origin,
-            "etcd.release_url",
-            format!("`{release_url}` is not an http(s) URL"),
-        ));
-    }
-
-    let naming = match &doc.image.naming {
-        Some(n) => config::parse_naming(n.get_ref())
-            .map_err(|m| loaded.error_at(n.span(), "image.naming", m))?,
-        None => Naming::Suffix,
-    };
-    let binary_mode = match &doc.image.binary_mode {
-        Some(m) => config::parse_mode(m.get_ref())
-            .map_err(|e| loaded.error_at(m.span(), "image.binary_mode", e))?,
-        None => 0o555,
-    };
-
-    // Base: BASEIMAGE / --base-image override every arch's base, as the Makefile's did per run.
-    let base_override = r
-        .pick(
-            flag("--base-image", &overrides.base_image),
-            Some("BASEIMAGE"),
-            None,
-        )
-        .map(|(v, _)| v);
-    let base_default = base_override.clone().unwrap_or_else(|| {
-        doc.image
-            .base
-            .as_ref()
-            .map(|b| b.get_ref().clone())
-            .unwrap_or_else(|| config::DEFAULT_BASE_IMAGE.into())
-    });
-    let mut base_per_arch = BTreeMap::new();
-    let mut sources = BTreeMap::new();
-    for (name, section) in &doc.arch {
-        let arch = config::parse_arch(name.get_ref())
-            .map_err(|m| loaded.error_at(name.span(), "arch", m))?;
-        if let (Some(base), None) = (&section.base, &base_override) {
-            base_per_arch.insert(arch, base.get_ref().clone());
-        }
-        if let Some(source) = &section.source {
-            let s = config::parse_source(source.get_ref())
-                .map_err(|m| loaded.error_at(source.span(), &format!("arch.{arch}.source"), m))?;
-            sources.insert(arch, s);
-        }
-    }
-
-    let mut pins = BTreeMap::new();
-    for (key, value) in &doc.etcd.sha256 {
-        let k = key.get_ref();
-        let (v, a) = k.split_once('/').ok_or_else(|| {
-            loaded.error_at(
-                key.span(),
-                "etcd.sha256",
-                format!("key `{k}` must be `<version>/<arch>`, e.g. `3.5.1/amd64`"),
-            )
-        })?;
-        let version =
-            config::parse_version(v).map_err(|m| loaded.error_at(key.span(), "etcd.sha256", m))?;
-        let arch =
-            config::parse_arch(a).map_err(|m| loaded.error_at(key.span(), "etcd.sha256", m))?;
-        let digest = value.get_ref().trim().to_ascii_lowercase();
-        let digest = digest
-            .strip_prefix("sha256:")
-            .unwrap_or(&digest)
-            .to_string();
-        if digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(loaded.error_at(
-                value.span(),
-                &format!("etcd.sha256.\"{k}\""),
-                "expected 64 hex digits of a sha256",
-            ));
-        }
-        pins.insert((version, arch), digest);
-    }
-
-    let mut insecure_registries = doc.image.insecure_registries.clone();
-    insecure_registries.extend(cli_insecure.iter().cloned());
-    if let Some(list) = env("ETCDIMG_INSECURE_REGISTRIES") {
-        insecure_registries.extend(
-            list.split([',', ' '])
-                .filter(|s| !s.is_empty())
-                .map(String::from),
-        );
-    }
-
-    let source_date_epoch = match env("SOURCE_DATE_EPOCH") {
-        Some(v) => v.trim().parse::<u64>().map_err(|_| {
-            r.error(
-                &Origin::Env("SOURCE_DATE_EPOCH"),
-                "SOURCE_DATE_EPOCH",
-                format!("`{v}` is not a unix timestamp"),
-            )
-        })?,
-        None => 0,
-    };
-
-    let config_dir = loaded
-        .path
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
-    let config_dir = if config_dir.as_os_str().is_empty() {
-        PathBuf::from(".")
-    } else {
-        config_dir
-    };
-    let migrate_source_dir =
-        config_dir.join(doc.migrate.source_dir.as_deref().unwrap_or("migrate"));
-    let ca_cert = doc.image.ca_cert.as_ref().map(|c| config_dir.join(c));
-
-    let gobuild = resolve_gobuild(&r, overrides, &config_dir)?;
-    let mut policy = etcd_policy::Policy::builtin();
-    if let Some(ext) = &doc.policy {
-        policy
-            .extend(ext.get_ref())
-            .map_err(|message| loaded.error_at(ext.span(), "policy", message))?;
-    }
-
+    // In the order errors are reported when several values are bad.
+    let bundled = r.bundled()?;
+    let latest = r.latest(&bundled)?;
+    let revision = r.revision()?;
+    let arches = r.arches()?;
+    let names = r.names()?;
+    let bases = r.bases()?;
+    let pins = r.pins()?;
+    let insecure_registries = r.insecure_registries(cli_insecure);
+    let source_date_epoch = r.source_date_epoch()?;
+    let paths = r.paths();
+    let gobuild = resolve_gobuild(&r, overrides, &paths.config_dir)?;
+    let policy = r.policy()?;
     Ok(Settings {
         policy,
         gobuild,
         config_path: loaded.path.clone(),
-        config_dir,
+        config_dir: paths.config_dir,
         latest,
         bundled,
         revision,
         arches,
-        registry,
-        push_registry,
-        image_name,
-        naming,
-        release_url,
-        binary_mode,
+        registry: names.registry,
+        push_registry: names.push_registry,
+        image_name: names.image_name,
+        naming: names.naming,
+        release_url: names.release_url,
+        binary_mode: names.binary_mode,
         insecure_registries,
-        ca_cert,
-        migrate_source_dir,
-        base_default,
-        base_per_arch,
-        sources,
+        ca_cert: paths.ca_cert,
+        migrate_source_dir: paths.migrate_source_dir,
+        base_default: bases.default,
+        base_per_arch: bases.per_arch,
+        sources: bases.sources,
         pins,
         source_date_epoch,
     })
+}
+
+/// Where the image goes and how it is named.
+struct Names {
+    registry: String,
+    push_registry: String,
+    image_name: String,
+    naming: Naming,
+    release_url: String,
+    binary_mode: u32,
+}
+
+/// Base images and etcd sources, per arch.
+struct Bases {
+    default: String,
+    per_arch: BTreeMap<Arch, String>,
+    sources: BTreeMap<Arch, Source>,
+}
+
+/// Paths relative to images.toml's directory.
+struct Paths {
+    config_dir: PathBuf,
+    migrate_source_dir: PathBuf,
+    ca_cert: Option<PathBuf>,
+}
+
+fn flag<'v>(name: &'static str, value: &'v Option<String>) -> Option<(&'static str, &'v str)> {
+    value.as_deref().map(|v| (name, v))
+}
+
+impl Resolver<'_> {
+    /// etcd.bundled: a list in the file, a space/comma separated string in env and flags;
+    /// non-empty, unique and ascending.
+    fn bundled(&self) -> Result<Vec<Version>, ConfigError> {
+        let (loaded, doc) = (self.loaded, &self.loaded.doc);
+        let (bundled, origin) = match self.pick(
+            flag("--bundled-versions", &self.overrides.bundled_versions),
+            Some("BUNDLED_ETCD_VERSIONS"),
+            None,
+        ) {
+            Some((text, origin)) => {
+                let items: Vec<&str> = text.split([' ', ',']).filter(|s| !s.is_empty()).collect();
+                if items.is_empty() {
+                    return Err(self.error(
+                        &origin,
+                        "etcd.bundled",
+                        "empty version list; list at least the latest version".into(),
+                    ));
+                }
+                let versions = items
+                    .iter()
+                    .map(|s| {
+                        config::parse_version(s).map_err(|m| self.error(&origin, "etcd.bundled", m))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                (versions, origin)
+            }
+            None => match &doc.etcd.bundled {
+                Some(list) => {
+                    if list.get_ref().is_empty() {
+                        return Err(loaded.error_at(
+                            list.span(),
+                            "etcd.bundled",
+                            "empty version list; list at least the latest version",
+                        ));
+                    }
+                    let versions = list
+                        .get_ref()
+                        .iter()
+                        .map(|v| {
+                            config::parse_version(v.get_ref())
+                                .map_err(|m| loaded.error_at(v.span(), "etcd.bundled", m))
+                        })
+                        .collect::<Result<Vec<_>, _>>()?;
+                    (versions, Origin::File(list.span()))
+                }
+                None => {
+                    return Err(self.error(
+                        &Origin::File(0..0),
+                        "etcd.bundled",
+                        "missing; list the etcd versions to bundle, oldest first".into(),
+                    ))
+                }
+            },
+        };
+        for pair in bundled.windows(2) {
+            if pair[0] >= pair[1] {
+                return Err(self.error(
+                    &origin,
+                    "etcd.bundled",
+                    format!("versions must be unique and ascending (oldest first), but `{}` comes before `{}`", pair[0], pair[1]),
+                ));
+            }
+        }
+        Ok(bundled)
+    }
+
+    /// etcd.latest: one of `bundled`; the newest bundled version when unset.
+    fn latest(&self, bundled: &[Version]) -> Result<Version, ConfigError> {
+        let Some((text, origin)) = self.pick(
+            flag("--etcd-version", &self.overrides.etcd_version),
+            // LATEST_ETCD_VERSION is the Makefile's name; ETCD_VERSION the older one.
+            self.first_set(&["ETCD_VERSION", "LATEST_ETCD_VERSION"]),
+            self.loaded.doc.etcd.latest.as_ref(),
+        ) else {
+            return Ok(bundled.last().cloned().expect("bundled is non-empty"));
+        };
+        let v = config::parse_version(&text).map_err(|m| self.error(&origin, "etcd.latest", m))?;
+        if !bundled.contains(&v) {
+            let list: Vec<String> = bundled.iter().map(|v| v.to_string()).collect();
+            let mut err = self.error(
+                &origin,
+                "etcd.latest",
+                format!(
+                    "latest version `{v}` is not in the bundled list [{}]",
+                    list.join(", ")
+                ),
+            );
+            err.hint = Some(
+                "add it to etcd.bundled (BUNDLED_ETCD_VERSIONS) or pick a bundled version".into(),
+            );
+            return Err(err);
+        }
+        Ok(v)
+    }
+
+    /// etcd.revision: the tag's suffix, `0` when unset.
+    fn revision(&self) -> Result<String, ConfigError> {
+        match (
+            &self.overrides.revision,
+            (self.env)("REVISION"),
+            &self.loaded.doc.etcd.revision,
+        ) {
+            (Some(v), _, _) => check_revision(v)
+                .map_err(|m| self.error(&Origin::Flag("--revision"), "etcd.revision", m)),
+            (None, Some(v), _) => check_revision(&v)
+                .map_err(|m| self.error(&Origin::Env("REVISION"), "etcd.revision", m)),
+            (None, None, Some(v)) => Ok(v.get_ref().to_string()),
+            (None, None, None) => Ok("0".into()),
+        }
+    }
+
+    /// image.arches (ALL_ARCH): de-duplicated, in the order given; every arch when unset.
+    fn arches(&self) -> Result<Vec<Arch>, ConfigError> {
+        let loaded = self.loaded;
+        match ((self.env)("ALL_ARCH"), &loaded.doc.image.arches) {
+            (Some(text), _) => {
+                let list: Vec<&str> = text.split([' ', ',']).filter(|s| !s.is_empty()).collect();
+                let origin = Origin::Env("ALL_ARCH");
+                parse_arch_list(&list, |m| self.error(&origin, "image.arches", m))
+            }
+            (None, Some(list)) => {
+                if list.get_ref().is_empty() {
+                    return Err(loaded.error_at(list.span(), "image.arches", "empty arch list"));
+                }
+                let mut out = Vec::new();
+                for a in list.get_ref() {
+                    let arch = config::parse_arch(a.get_ref())
+                        .map_err(|m| loaded.error_at(a.span(), "image.arches", m))?;
+                    if !out.contains(&arch) {
+                        out.push(arch);
+                    }
+                }
+                Ok(out)
+            }
+            (None, None) => Ok(Arch::ALL.to_vec()),
+        }
+    }
+
+    /// A string field: flag > env > file > `default`.
+    fn string(
+        &self,
+        flag_value: Option<(&'static str, &str)>,
+        var: Option<&'static str>,
+        file: Option<&Spanned<String>>,
+        default: &str,
+    ) -> String {
+        self.pick(flag_value, var, file)
+            .map(|(v, _)| v)
+            .unwrap_or_else(|| default.to_string())
+    }
+
+    /// Registries, image name, naming scheme, release URL (http or https) and binary mode.
+    fn names(&self) -> Result<Names, ConfigError> {
+        let (loaded, doc, o) = (self.loaded, &self.loaded.doc, self.overrides);
+        let (release_url, url_origin) = self
+            .pick(
+                flag("--release-url", &o.release_url),
+                Some("ETCD_RELEASE_URL"),
+                doc.etcd.release_url.as_ref(),
+            )
+            .unwrap_or_else(|| (config::DEFAULT_RELEASE_URL.to_string(), Origin::Default));
+        let release_url = release_url.trim_end_matches('/').to_string();
+        if !(release_url.starts_with("http://") || release_url.starts_with("https://")) {
+            return Err(self.error(
+                &url_origin,
+                "etcd.release_url",
+                format!("`{release_url}` is not an http(s) URL"),
+            ));
+        }
+        Ok(Names {
+            registry: self.string(
+                flag("--registry", &o.registry),
+                Some("REGISTRY"),
+                doc.image.registry.as_ref(),
+                "registry.k8s.io",
+            ),
+            push_registry: self.string(
+                flag("--push-registry", &o.push_registry),
+                Some("PUSH_REGISTRY"),
+                doc.image.push_registry.as_ref(),
+                "staging-k8s.gcr.io",
+            ),
+            image_name: self.string(
+                None,
+                Some("ETCDIMG_IMAGE_NAME"),
+                doc.image.name.as_ref(),
+                "etcd",
+            ),
+            release_url,
+            naming: match &doc.image.naming {
+                Some(n) => config::parse_naming(n.get_ref())
+                    .map_err(|m| loaded.error_at(n.span(), "image.naming", m))?,
+                None => Naming::Suffix,
+            },
+            binary_mode: match &doc.image.binary_mode {
+                Some(m) => config::parse_mode(m.get_ref())
+                    .map_err(|e| loaded.error_at(m.span(), "image.binary_mode", e))?,
+                None => 0o555,
+            },
+        })
+    }
+
+    /// Bases and sources. BASEIMAGE / --base-image override every arch's base, as the
+    /// Makefile's did per run.
+    fn bases(&self) -> Result<Bases, ConfigError> {
+        let (loaded, doc) = (self.loaded, &self.loaded.doc);
+        let base_override = self
+            .pick(
+                flag("--base-image", &self.overrides.base_image),
+                Some("BASEIMAGE"),
+                None,
+            )
+            .map(|(v, _)| v);
+        let default = base_override.clone().unwrap_or_else(|| {
+            doc.image
+                .base
+                .as_ref()
+                .map(|b| b.get_ref().clone())
+                .unwrap_or_else(|| config::DEFAULT_BASE_IMAGE.into())
+        });
+        let mut per_arch = BTreeMap::new();
+        let mut sources = BTreeMap::new();
+        for (name, section) in &doc.arch {
+            let arch = config::parse_arch(name.get_ref())
+                .map_err(|m| loaded.error_at(name.span(), "arch", m))?;
+            if let (Some(base), None) = (&section.base, &base_override) {
+                per_arch.insert(arch, base.get_ref().clone());
+            }
+            if let Some(source) = &section.source {
+                let s = config::parse_source(source.get_ref()).map_err(|m| {
+                    loaded.error_at(source.span(), &format!("arch.{arch}.source"), m)
+                })?;
+                sources.insert(arch, s);
+            }
+        }
+        Ok(Bases {
+            default,
+            per_arch,
+            sources,
+        })
+    }
+
+    /// etcd.sha256: `"<version>/<arch>" = "<hex>"` pins, lower-cased, `sha256:` stripped.
+    fn pins(&self) -> Result<BTreeMap<(Version, Arch), String>, ConfigError> {
+        let loaded = self.loaded;
+        let mut pins = BTreeMap::new();
+        for (key, value) in &loaded.doc.etcd.sha256 {
+            let k = key.get_ref();
+            let (v, a) = k.split_once('/').ok_or_else(|| {
+                loaded.error_at(
+                    key.span(),
+                    "etcd.sha256",
+                    format!("key `{k}` must be `<version>/<arch>`, e.g. `3.5.1/amd64`"),
+                )
+            })?;
+            let version = config::parse_version(v)
+                .map_err(|m| loaded.error_at(key.span(), "etcd.sha256", m))?;
+            let arch =
+                config::parse_arch(a).map_err(|m| loaded.error_at(key.span(), "etcd.sha256", m))?;
+            let digest = value.get_ref().trim().to_ascii_lowercase();
+            let digest = digest
+                .strip_prefix("sha256:")
+                .unwrap_or(&digest)
+                .to_string();
+            if digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(loaded.error_at(
+                    value.span(),
+                    &format!("etcd.sha256.\"{k}\""),
+                    "expected 64 hex digits of a sha256",
+                ));
+            }
+            pins.insert((version, arch), digest);
+        }
+        Ok(pins)
+    }
+
+    /// The file's list, then `--insecure-registry` flags, then ETCDIMG_INSECURE_REGISTRIES.
+    fn insecure_registries(&self, cli_insecure: &[String]) -> Vec<String> {
+        let mut out = self.loaded.doc.image.insecure_registries.clone();
+        out.extend(cli_insecure.iter().cloned());
+        if let Some(list) = (self.env)("ETCDIMG_INSECURE_REGISTRIES") {
+            out.extend(
+                list.split([',', ' '])
+                    .filter(|s| !s.is_empty())
+                    .map(String::from),
+            );
+        }
+        out
+    }
+
+    /// SOURCE_DATE_EPOCH, or 0.
+    fn source_date_epoch(&self) -> Result<u64, ConfigError> {
+        match (self.env)("SOURCE_DATE_EPOCH") {
+            Some(v) => v.trim().parse::<u64>().map_err(|_| {
+                self.error(
+                    &Origin::Env("SOURCE_DATE_EPOCH"),
+                    "SOURCE_DATE_EPOCH",
+                    format!("`{v}` is not a unix timestamp"),
+                )
+            }),
+            None => Ok(0),
+        }
+    }
+
+    /// images.toml's directory (`.` for a bare file name) and the paths relative to it.
+    fn paths(&self) -> Paths {
+        let doc = &self.loaded.doc;
+        let config_dir = self
+            .loaded
+            .path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let config_dir = if config_dir.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            config_dir
+        };
+        Paths {
+            migrate_source_dir: config_dir
+                .join(doc.migrate.source_dir.as_deref().unwrap_or("migrate")),
+            ca_cert: doc.image.ca_cert.as_ref().map(|c| config_dir.join(c)),
+            config_dir,
+        }
+    }
+
+    /// The built-in policy, tightened by images.toml's `[policy]`.
+    fn policy(&self) -> Result<etcd_policy::Policy, ConfigError> {
+        let mut policy = etcd_policy::Policy::builtin();
+        if let Some(ext) = &self.loaded.doc.policy {
+            policy
+                .extend(ext.get_ref())
+                .map_err(|message| self.loaded.error_at(ext.span(), "policy", message))?;
+        }
+        Ok(policy)
+    }
 }
 
 fn resolve_gobuild(
