@@ -10,9 +10,9 @@ use anyhow::Result;
 use clap::Parser;
 use etcdimg::cli::{Cli, Command, GlobalArgs, ImageArgs, OverrideArgs, PushFlags, ReportFlags};
 use etcdimg::commands::build::{self, BuildOptions};
+use etcdimg::commands::index_plan::ReportOptions;
 use etcdimg::commands::plan::{self, PlanOptions};
 use etcdimg::commands::push::{self, PushOptions, PushReport};
-use etcdimg::commands::report::ReportOptions;
 use etcdimg::fetch::cache::Cache;
 use etcdimg::registry::RegistryOptions;
 use etcdimg::settings::{self, Settings};
@@ -235,15 +235,11 @@ async fn run(cli: Cli) -> Result<()> {
                 allow_unsafe_versions: args.allow_unsafe_versions,
                 format: args.format.clone(),
             };
-            let report = ReportFlags {
-                spdx: args.spdx,
-                report_dir: Default::default(),
-            };
-            let report = (!args.no_report).then_some(&report);
             let options = PlanOptions {
-                push: push_options(build_options(&settings, &args.image, None), &flags, report)?,
+                push: push_options(build_options(&settings, &args.image, None), &flags, None)?,
                 build: !args.no_build,
                 arch,
+                report: (!args.no_report).then_some(plan::ReportScope { spdx: args.spdx }),
             };
             let reporter: Arc<dyn etcdimg::report::Reporter> = Arc::new(ui::Ui::new());
             let plan = plan::plan(&settings, &options, &cache, reporter.clone()).await?;

@@ -2,8 +2,10 @@
 
 pub mod build;
 pub mod fetch;
+pub mod index_plan;
 pub mod plan;
 pub mod push;
 pub mod report;
 pub mod test;
 pub mod test_containerd;
+pub mod test_report;

@@ -18,7 +18,8 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use super::push::{self, ArchImage, PushOptions, Target};
+use super::index_plan::{self, ArchImage, IndexPlan, PushOptions, Target};
+use super::push;
 use super::report;
 use crate::fetch::cache::Cache;
 use crate::platform::Arch;
@@ -32,6 +33,15 @@ pub struct PlanOptions {
     pub build: bool,
     /// One arch's push (`push --arch A`) instead of `all-push`.
     pub arch: Option<Arch>,
+    /// Plan the release report's attach too (absent with `--no-report`). A plan writes no
+    /// report, so only the report's form matters here, not its directory.
+    pub report: Option<ReportScope>,
+}
+
+/// Which release report the push would attach.
+pub struct ReportScope {
+    /// With the SPDX document (`--spdx`).
+    pub spdx: bool,
 }
 
 /// Work the build did locally to compute the digests.
@@ -401,8 +411,8 @@ pub async fn plan(
         summary: Summary::default(),
     };
     if let Some(arch) = options.arch {
-        let layout = push::open_layout(&options.push.build.output)?;
-        let img = push::read_image(settings, &layout, arch, options.push.format)?;
+        let layout = index_plan::open_layout(&options.push.build.output)?;
+        let img = index_plan::read_image(settings, &layout, arch, options.push.format)?;
         let pusher = read_only(settings, &img.target.registry, reporter)?;
         plan.registry = img.target.registry.clone();
         // 2 + 3.
@@ -411,7 +421,7 @@ pub async fn plan(
         summarise(&mut plan);
         return Ok(plan);
     }
-    let p = push::plan_index(settings, &options.push, reporter.clone())?;
+    let p = index_plan::plan_index(settings, &options.push, reporter.clone())?;
     let pusher = Pusher::read_only(p.pusher.transport.clone());
     plan.registry = p.target.registry.clone();
     for img in &p.images {
@@ -435,9 +445,8 @@ pub async fn plan(
         tag,
         blobs: Vec::new(),
     });
-    if let Some(report_options) = &options.push.report {
-        plan.report =
-            Some(report_plan(settings, &p, &pusher, report_options.spdx, &mut known).await?);
+    if let Some(scope) = &options.report {
+        plan.report = Some(report_plan(settings, &p, &pusher, scope.spdx, &mut known).await?);
     }
     summarise(&mut plan);
     Ok(plan)
@@ -452,7 +461,7 @@ fn refused(tag: &TagChange, force: bool) -> bool {
 /// then list it through the referrers API or under the fallback tag, as `report::attach` would.
 async fn report_plan(
     settings: &Settings,
-    p: &push::IndexPlan,
+    p: &IndexPlan,
     pusher: &Pusher,
     spdx: bool,
     known: &mut Known,
@@ -529,7 +538,7 @@ async fn report_plan(
 }
 
 fn read_only(settings: &Settings, registry: &str, reporter: Arc<dyn Reporter>) -> Result<Pusher> {
-    let full = push::pusher(settings, registry, reporter)?;
+    let full = index_plan::pusher(settings, registry, reporter)?;
     Ok(Pusher::read_only(full.transport))
 }
 

@@ -1,29 +1,24 @@
 //! The release report: `etcdimg report`, and the attach step of `push-manifest` / `all-push`.
 //!
 //! 1. read: the index and its per-arch images as they are (or will be) pushed, each with the
-//!    build record its build left in the layout (`push::plan_index`)
+//!    build record its build left in the layout (`index_plan::plan_index`)
 //! 2. assemble: `release::report` (JSON) and, with `--spdx`, `release::spdx`
 //! 3. write: `<report-dir>/release-<tag>.json` (and `.spdx.json`), atomically
 //! 4. attach (optional): the report blobs and an artifact manifest whose `subject` is the index,
 //!    pushed by digest; where the registry has no referrers API, the artifact is added to the
 //!    index under the fallback tag `sha256-<index hex>` (other tools' entries are kept)
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use super::push::{IndexPlan, Target};
+use super::index_plan::{IndexPlan, ReportOptions, Target};
 use crate::oci::image;
 use crate::oci::index;
 use crate::registry::push::{LocalBlob, LocalManifest, Pusher, Referrers};
 use crate::release::{self, ArtifactBlob, ReleaseReport};
 use crate::settings::Settings;
-
-pub struct ReportOptions {
-    pub dir: PathBuf,
-    pub spdx: bool,
-}
 
 /// The files a report was written to.
 #[derive(Debug, Clone, Serialize)]
@@ -456,7 +451,7 @@ fn retry_command(settings: &Settings, plan: &IndexPlan, options: &ReportOptions)
 /// `etcdimg report`: the report for the index over the layout's images; `push` attaches it.
 pub async fn report(
     settings: &Settings,
-    push_options: &super::push::PushOptions,
+    push_options: &super::index_plan::PushOptions,
     push: bool,
     reporter: std::sync::Arc<dyn crate::report::Reporter>,
 ) -> Result<ReportOutcome> {
@@ -464,7 +459,7 @@ pub async fn report(
         .report
         .as_ref()
         .expect("the report verb always has report options");
-    let plan = super::push::plan_index(settings, push_options, reporter)?;
+    let plan = super::index_plan::plan_index(settings, push_options, reporter)?;
     let report = assemble(settings, &plan)?;
     write_and_attach(settings, &plan, options, report, push).await
 }

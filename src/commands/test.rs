@@ -27,7 +27,6 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use semver::Version;
-use serde::Serialize;
 use serde_json::Value;
 
 use crate::binary::{self, VersionCheck};
@@ -37,17 +36,9 @@ use crate::platform::Arch;
 use crate::process::Cmd;
 use crate::settings::Settings;
 
-const BIN_DIR: &str = "usr/local/bin";
+pub use super::test_report::{Check, TestReport};
 
-#[derive(Debug, Clone, Serialize)]
-pub struct Check {
-    pub name: String,
-    pub ok: bool,
-    /// Not run here (the detail says why); not a failure.
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    pub skipped: bool,
-    pub detail: String,
-}
+const BIN_DIR: &str = "usr/local/bin";
 
 /// Where the image's binaries run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,60 +47,6 @@ pub enum Runtime {
     Rootfs,
     /// In containers of containerd (a private one, or the one at `address`).
     Containerd { address: Option<std::path::PathBuf> },
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct TestReport {
-    pub arch: String,
-    pub image: String,
-    pub checks: Vec<Check>,
-}
-
-impl TestReport {
-    pub fn passed(&self) -> bool {
-        self.checks.iter().all(|c| c.ok)
-    }
-
-    pub(crate) fn check(&mut self, name: impl Into<String>, result: Result<String, String>) {
-        let (ok, detail) = match result {
-            Ok(d) => (true, d),
-            Err(d) => (false, d),
-        };
-        self.checks.push(Check {
-            name: name.into(),
-            ok,
-            skipped: false,
-            detail,
-        });
-    }
-
-    pub(crate) fn skip(&mut self, name: impl Into<String>, why: &str) {
-        self.checks.push(Check {
-            name: name.into(),
-            ok: true,
-            skipped: true,
-            detail: format!("not run: {why}"),
-        });
-    }
-
-    /// The table: one row per check.
-    pub fn table(&self) -> String {
-        let width = self.checks.iter().map(|c| c.name.len()).max().unwrap_or(0);
-        let mut out = format!("{} ({})\n", self.image, self.arch);
-        for c in &self.checks {
-            out.push_str(&format!(
-                "  {}  {:width$}  {}\n",
-                match (c.ok, c.skipped) {
-                    (_, true) => "SKIP",
-                    (true, false) => "PASS",
-                    (false, false) => "FAIL",
-                },
-                c.name,
-                c.detail
-            ));
-        }
-        out
-    }
 }
 
 /// Tests the image of `arch` in the layout at `layout_dir`, its binaries run by `runtime`.

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use semver::Version;
 
-use super::test::TestReport;
+use super::test_report::TestReport;
 use crate::containerd::{self, Containerd, RunSpec, Running};
 use crate::oci;
 use crate::platform::Arch;
