@@ -8,13 +8,16 @@ use std::sync::Arc;
 
 use anyhow::Result;
 use clap::Parser;
-use etcdimg::cli::{Cli, Command, GlobalArgs, ImageArgs, OverrideArgs, PushFlags, ReportFlags};
+use etcdimg::cli::{
+    AllBuildArgs, BuildArgs, Cli, Command, FetchArgs, GlobalArgs, ImageArgs, OverrideArgs,
+    PlanArgs, PushFlags, ReportArgs, ReportFlags, SettingsArgs, TestArgs,
+};
 use etcdimg::commands::build::{self, BuildOptions};
 use etcdimg::commands::index_plan::ReportOptions;
 use etcdimg::commands::plan::{self, PlanOptions};
 use etcdimg::commands::push::{self, PushOptions, PushReport};
 use etcdimg::fetch::cache::Cache;
-use etcdimg::registry::RegistryOptions;
+use etcdimg::registry::{RegistryOptions, Session};
 use etcdimg::settings::{self, Settings};
 use etcdimg::{config, exit_code_for, hint_for};
 
@@ -72,6 +75,7 @@ fn build_options(
     settings: &Settings,
     image: &ImageArgs,
     docker_archive: Option<&Path>,
+    reporter: &Shared,
 ) -> BuildOptions {
     let jobs = image.jobs.unwrap_or_else(|| {
         std::thread::available_parallelism()
@@ -84,10 +88,14 @@ fn build_options(
         migrate_binary: image.migrate_binary.clone(),
         jobs,
         reuse_layers: !image.no_layer_cache,
-        registry: RegistryOptions {
-            insecure: settings.insecure_registries.clone(),
-            ca_cert: settings.ca_cert.clone(),
-        },
+        // One session per run: every base pull and push shares its HTTP client.
+        registry: Session::new(
+            RegistryOptions {
+                insecure: settings.insecure_registries.clone(),
+                ca_cert: settings.ca_cert.clone(),
+            },
+            reporter.clone(),
+        ),
     }
 }
 
@@ -159,45 +167,22 @@ fn print_push(
     Ok(())
 }
 
+type Shared = Arc<dyn etcdimg::report::Reporter>;
+
+/// The verb, run: each arm resolves the settings, calls one pipeline, prints its result
+/// (JSON with --json, else the human lines on stdout and status on stderr).
 async fn run(cli: Cli) -> Result<()> {
     let g = &cli.global;
+    let reporter: Shared = Arc::new(ui::Ui::new());
     match &cli.command {
-        Command::AllBuild(args) => {
-            let settings = resolve(g, &args.overrides)?;
-            let cache = Cache::open(g.cache_dir.as_deref())?;
-            let options = build_options(&settings, &args.image, None);
-            let reporter: Arc<dyn etcdimg::report::Reporter> = Arc::new(ui::Ui::new());
-            let report = build::all_build(&settings, &options, &cache, reporter.clone()).await?;
-            if g.json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                reporter.status(
-                    "Finished",
-                    &format!(
-                        "{} arches in {:.2}s ({} compiled): {}",
-                        report.images.len(),
-                        report.seconds,
-                        report.compiled,
-                        report.platforms.join(", ")
-                    ),
-                );
-                println!(
-                    "{}:{}@{}",
-                    report.layout, report.reference, report.index_digest
-                );
-            }
-            Ok(())
-        }
+        Command::Build(args) => build_verb(g, args, reporter).await,
+        Command::AllBuild(args) => all_build_verb(g, args, reporter).await,
         Command::Push(args) => {
             let settings = resolve(g, &args.overrides)?;
             let arch = settings::selected_arch(&settings, &args.arch)?;
             let cache = Cache::open(g.cache_dir.as_deref())?;
-            let options = push_options(
-                build_options(&settings, &args.image, None),
-                &args.push,
-                None,
-            )?;
-            let reporter: Arc<dyn etcdimg::report::Reporter> = Arc::new(ui::Ui::new());
+            let build = build_options(&settings, &args.image, None, &reporter);
+            let options = push_options(build, &args.push, None)?;
             let report = push::push(&settings, arch, &options, &cache, reporter.clone()).await?;
             print_push(&report, g.json, &*reporter)
         }
@@ -205,8 +190,8 @@ async fn run(cli: Cli) -> Result<()> {
             let settings = resolve(g, &args.overrides)?;
             let image = layout_only(&args.output);
             let report = (!args.no_report).then_some(&args.report);
-            let options = push_options(build_options(&settings, &image, None), &args.push, report)?;
-            let reporter: Arc<dyn etcdimg::report::Reporter> = Arc::new(ui::Ui::new());
+            let build = build_options(&settings, &image, None, &reporter);
+            let options = push_options(build, &args.push, report)?;
             let report = push::push_manifest(&settings, &options, reporter.clone()).await?;
             print_push(&report, g.json, &*reporter)
         }
@@ -214,221 +199,251 @@ async fn run(cli: Cli) -> Result<()> {
             let settings = resolve(g, &args.overrides)?;
             let cache = Cache::open(g.cache_dir.as_deref())?;
             let report = (!args.no_report).then_some(&args.report);
-            let options = push_options(
-                build_options(&settings, &args.image, None),
-                &args.push,
-                report,
-            )?;
-            let reporter: Arc<dyn etcdimg::report::Reporter> = Arc::new(ui::Ui::new());
+            let build = build_options(&settings, &args.image, None, &reporter);
+            let options = push_options(build, &args.push, report)?;
             let report = push::all_push(&settings, &options, &cache, reporter.clone()).await?;
             print_push(&report, g.json, &*reporter)
         }
-        Command::Plan(args) => {
-            let settings = resolve(g, &args.overrides)?;
-            let arch = match &args.arch {
-                Some(a) => Some(settings::selected_arch(&settings, a)?),
-                None => None,
-            };
-            let cache = Cache::open(g.cache_dir.as_deref())?;
-            let flags = PushFlags {
-                force: args.force,
-                allow_unsafe_versions: args.allow_unsafe_versions,
-                format: args.format.clone(),
-            };
-            let options = PlanOptions {
-                push: push_options(build_options(&settings, &args.image, None), &flags, None)?,
-                build: !args.no_build,
-                arch,
-                report: (!args.no_report).then_some(plan::ReportScope { spdx: args.spdx }),
-            };
-            let reporter: Arc<dyn etcdimg::report::Reporter> = Arc::new(ui::Ui::new());
-            let plan = plan::plan(&settings, &options, &cache, reporter.clone()).await?;
-            if g.json {
-                println!("{}", serde_json::to_string_pretty(&plan)?);
-            } else {
-                print!("{}", plan::render(&plan));
-            }
-            if plan.summary.tags_refused > 0 {
-                anyhow::bail!(etcdimg::UserError::new(
-                    format!(
-                        "the push would stop: {} tags already point to other digests",
-                        plan.summary.tags_refused
-                    ),
-                    "bump etcd.revision (REVISION) for a new tag, or pass --force to plan and push if moving the tags is intended",
-                ));
-            }
-            Ok(())
-        }
-        Command::Report(args) => {
-            let settings = resolve(g, &args.overrides)?;
-            let flags = PushFlags {
-                force: false,
-                allow_unsafe_versions: true,
-                format: args.format.clone(),
-            };
-            let options = push_options(
-                build_options(&settings, &layout_only(&args.output), None),
-                &flags,
-                Some(&args.report),
-            )?;
-            let reporter: Arc<dyn etcdimg::report::Reporter> = Arc::new(ui::Ui::new());
-            let outcome =
-                etcdimg::commands::report::report(&settings, &options, args.push, reporter.clone())
-                    .await?;
-            if g.json {
-                println!("{}", serde_json::to_string_pretty(&outcome)?);
-            } else {
-                println!("{}", outcome.written.json);
-                if let Some(spdx) = &outcome.written.spdx {
-                    println!("{spdx}");
-                }
-                if let Some(a) = &outcome.attached {
-                    println!("{}", a.artifact);
-                    reporter.status(
-                        "Attached",
-                        &format!(
-                            "the release report to {} ({}{})",
-                            a.subject,
-                            a.method,
-                            a.fallback_tag
-                                .as_deref()
-                                .map(|t| format!(" {t}"))
-                                .unwrap_or_default()
-                        ),
-                    );
-                }
-            }
-            Ok(())
-        }
-        Command::Test(args) => {
-            let settings = resolve(g, &args.overrides)?;
-            let arches = match &args.arch {
-                Some(a) => vec![settings::selected_arch(&settings, a)?],
-                None => settings.arches.clone(),
-            };
-            let reporter = ui::Ui::new();
-            build::warn_policy(&settings, &reporter);
-            let runtime = match args.runtime.as_str() {
-                "containerd" => etcdimg::commands::test::Runtime::Containerd {
-                    address: args.containerd_address.clone(),
-                },
-                _ => etcdimg::commands::test::Runtime::Rootfs,
-            };
-            let mut reports = Vec::new();
-            for arch in arches {
-                reports.push(etcdimg::commands::test::test_image(
-                    &settings,
-                    arch,
-                    &args.output,
-                    &runtime,
-                )?);
-            }
-            if g.json {
-                println!("{}", serde_json::to_string_pretty(&reports)?);
-            } else {
-                for r in &reports {
-                    print!("{}", r.table());
-                }
-            }
-            if reports.iter().all(|r| r.passed()) {
-                Ok(())
-            } else {
-                let failed: usize = reports
-                    .iter()
-                    .map(|r| r.checks.iter().filter(|c| !c.ok).count())
-                    .sum();
-                anyhow::bail!("{failed} image checks failed (see the table)")
-            }
-        }
-        Command::Build(args) => {
-            let settings = resolve(g, &args.overrides)?;
-            let arch = settings::selected_arch(&settings, &args.arch)?;
-            let cache = Cache::open(g.cache_dir.as_deref())?;
-            let options = build_options(&settings, &args.image, args.docker_archive.as_deref());
-            let reporter: Arc<dyn etcdimg::report::Reporter> = Arc::new(ui::Ui::new());
-            let report = build::build(&settings, arch, &options, &cache, reporter.clone()).await?;
-            if g.json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
-            } else {
-                let reused = report.layers.iter().filter(|l| l.cached).count();
-                reporter.status(
-                    "Finished",
-                    &format!(
-                        "{} in {:.2}s: {} layers ({} reused), {:.1} MB",
-                        report.image,
-                        report.seconds,
-                        report.layers.len(),
-                        reused,
-                        report.total_size as f64 / 1e6
-                    ),
-                );
-                println!("{}@{}", report.image, report.manifest_digest);
-            }
-            Ok(())
-        }
-        Command::Fetch(args) => {
-            let settings = resolve(g, &args.overrides)?;
-            let arch = settings::selected_arch(&settings, &args.arch)?;
-            let versions = match &args.versions {
-                Some(text) => text
-                    .split([',', ' '])
-                    .filter(|s| !s.is_empty())
-                    .map(|s| {
-                        config::parse_version(s).map_err(|e| {
-                            etcdimg::UserError::new(
-                                format!("--versions: {e}"),
-                                "list versions like 3.4.45,3.5.33",
-                            )
-                        })
-                    })
-                    .collect::<Result<Vec<_>, _>>()?,
-                None => settings.bundled.clone(),
-            };
-            let cache = Cache::open(g.cache_dir.as_deref())?;
-            let reporter: Arc<dyn etcdimg::report::Reporter> = Arc::new(ui::Ui::new());
-            let fetched = etcdimg::commands::fetch::fetch_binaries(
-                &settings,
-                arch,
-                &versions,
-                &args.bin_dir,
-                &cache,
-                reporter,
-            )
-            .await?;
-            if g.json {
-                println!("{}", serde_json::to_string_pretty(&fetched)?);
-            } else {
-                for f in &fetched {
-                    for b in &f.binaries {
-                        println!("{b}");
-                    }
-                }
-            }
-            Ok(())
-        }
-        Command::Settings(args) => {
-            let settings = resolve(g, &args.overrides)?;
-            let arch = settings::selected_arch(&settings, &args.arch)?;
-            let value = serde_json::json!({
-                "config": settings.config_path.display().to_string(),
-                "latest": settings.latest.to_string(),
-                "bundled": settings.bundled.iter().map(|v| v.to_string()).collect::<Vec<_>>(),
-                "revision": settings.revision,
-                "tag": settings.tag(),
-                "arches": settings.arches.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
-                "arch": arch.to_string(),
-                "image": settings.arch_image(&settings.registry, arch),
-                "push_image": settings.arch_image(&settings.push_registry, arch),
-                "base": settings.base_for(arch),
-                "source": format!("{:?}", settings.source_for(arch)).to_lowercase(),
-                "release_url": settings.release_url,
-                "binary_mode": format!("{:04o}", settings.binary_mode),
-                "insecure_registries": settings.insecure_registries,
-                "source_date_epoch": settings.source_date_epoch,
-                "policy_findings": settings.policy_findings().iter().map(|f| f.to_string()).collect::<Vec<_>>(),
-            });
-            println!("{}", serde_json::to_string_pretty(&value)?);
-            Ok(())
+        Command::Plan(args) => plan_verb(g, args, reporter).await,
+        Command::Report(args) => report_verb(g, args, reporter).await,
+        Command::Test(args) => test_verb(g, args, &*reporter),
+        Command::Fetch(args) => fetch_verb(g, args, reporter).await,
+        Command::Settings(args) => settings_verb(g, args),
+    }
+}
+
+/// `build --arch A`: the layout reference on stdout, a summary on stderr.
+async fn build_verb(g: &GlobalArgs, args: &BuildArgs, reporter: Shared) -> Result<()> {
+    let settings = resolve(g, &args.overrides)?;
+    let arch = settings::selected_arch(&settings, &args.arch)?;
+    let cache = Cache::open(g.cache_dir.as_deref())?;
+    let archive = args.docker_archive.as_deref();
+    let options = build_options(&settings, &args.image, archive, &reporter);
+    let report = build::build(&settings, arch, &options, &cache, reporter.clone()).await?;
+    if g.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    let reused = report.layers.iter().filter(|l| l.cached).count();
+    reporter.status(
+        "Finished",
+        &format!(
+            "{} in {:.2}s: {} layers ({} reused), {:.1} MB",
+            report.image,
+            report.seconds,
+            report.layers.len(),
+            reused,
+            report.total_size as f64 / 1e6
+        ),
+    );
+    println!("{}@{}", report.image, report.manifest_digest);
+    Ok(())
+}
+
+/// `all-build`: the layout's index on stdout.
+async fn all_build_verb(g: &GlobalArgs, args: &AllBuildArgs, reporter: Shared) -> Result<()> {
+    let settings = resolve(g, &args.overrides)?;
+    let cache = Cache::open(g.cache_dir.as_deref())?;
+    let options = build_options(&settings, &args.image, None, &reporter);
+    let report = build::all_build(&settings, &options, &cache, reporter.clone()).await?;
+    if g.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    reporter.status(
+        "Finished",
+        &format!(
+            "{} arches in {:.2}s ({} compiled): {}",
+            report.images.len(),
+            report.seconds,
+            report.compiled,
+            report.platforms.join(", ")
+        ),
+    );
+    println!(
+        "{}:{}@{}",
+        report.layout, report.reference, report.index_digest
+    );
+    Ok(())
+}
+
+/// `plan`: the plan; exit 1 when the push would stop at a moved tag.
+async fn plan_verb(g: &GlobalArgs, args: &PlanArgs, reporter: Shared) -> Result<()> {
+    let settings = resolve(g, &args.overrides)?;
+    let arch = match &args.arch {
+        Some(a) => Some(settings::selected_arch(&settings, a)?),
+        None => None,
+    };
+    let cache = Cache::open(g.cache_dir.as_deref())?;
+    let flags = PushFlags {
+        force: args.force,
+        allow_unsafe_versions: args.allow_unsafe_versions,
+        format: args.format.clone(),
+    };
+    let build = build_options(&settings, &args.image, None, &reporter);
+    let options = PlanOptions {
+        push: push_options(build, &flags, None)?,
+        build: !args.no_build,
+        arch,
+        report: (!args.no_report).then_some(plan::ReportScope { spdx: args.spdx }),
+    };
+    let plan = plan::plan(&settings, &options, &cache, reporter.clone()).await?;
+    if g.json {
+        println!("{}", serde_json::to_string_pretty(&plan)?);
+    } else {
+        print!("{}", plan::render(&plan));
+    }
+    if plan.summary.tags_refused > 0 {
+        anyhow::bail!(etcdimg::UserError::new(
+            format!(
+                "the push would stop: {} tags already point to other digests",
+                plan.summary.tags_refused
+            ),
+            "bump etcd.revision (REVISION) for a new tag, or pass --force to plan and push if moving the tags is intended",
+        ));
+    }
+    Ok(())
+}
+
+/// `report [--push]`: the report's files (and the attached artifact) on stdout.
+async fn report_verb(g: &GlobalArgs, args: &ReportArgs, reporter: Shared) -> Result<()> {
+    let settings = resolve(g, &args.overrides)?;
+    let flags = PushFlags {
+        force: false,
+        allow_unsafe_versions: true,
+        format: args.format.clone(),
+    };
+    let build = build_options(&settings, &layout_only(&args.output), None, &reporter);
+    let options = push_options(build, &flags, Some(&args.report))?;
+    let outcome = etcdimg::commands::report::report(&settings, &options, args.push).await?;
+    if g.json {
+        println!("{}", serde_json::to_string_pretty(&outcome)?);
+        return Ok(());
+    }
+    println!("{}", outcome.written.json);
+    if let Some(spdx) = &outcome.written.spdx {
+        println!("{spdx}");
+    }
+    if let Some(a) = &outcome.attached {
+        println!("{}", a.artifact);
+        let fallback = a
+            .fallback_tag
+            .as_deref()
+            .map(|t| format!(" {t}"))
+            .unwrap_or_default();
+        reporter.status(
+            "Attached",
+            &format!(
+                "the release report to {} ({}{fallback})",
+                a.subject, a.method
+            ),
+        );
+    }
+    Ok(())
+}
+
+/// `test`: one table per arch; exit 1 when any check failed.
+fn test_verb(
+    g: &GlobalArgs,
+    args: &TestArgs,
+    reporter: &dyn etcdimg::report::Reporter,
+) -> Result<()> {
+    use etcdimg::commands::test::{test_image, Runtime};
+    let settings = resolve(g, &args.overrides)?;
+    let arches = match &args.arch {
+        Some(a) => vec![settings::selected_arch(&settings, a)?],
+        None => settings.arches.clone(),
+    };
+    build::warn_policy(&settings, reporter);
+    let runtime = match args.runtime.as_str() {
+        "containerd" => Runtime::Containerd {
+            address: args.containerd_address.clone(),
+        },
+        _ => Runtime::Rootfs,
+    };
+    let reports = arches
+        .into_iter()
+        .map(|arch| test_image(&settings, arch, &args.output, &runtime))
+        .collect::<Result<Vec<_>>>()?;
+    if g.json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+    } else {
+        for r in &reports {
+            print!("{}", r.table());
         }
     }
+    let failed: usize = reports
+        .iter()
+        .map(|r| r.checks.iter().filter(|c| !c.ok).count())
+        .sum();
+    if failed == 0 {
+        Ok(())
+    } else {
+        anyhow::bail!("{failed} image checks failed (see the table)")
+    }
+}
+
+/// `fetch`: the installed binaries' paths on stdout.
+async fn fetch_verb(g: &GlobalArgs, args: &FetchArgs, reporter: Shared) -> Result<()> {
+    let settings = resolve(g, &args.overrides)?;
+    let arch = settings::selected_arch(&settings, &args.arch)?;
+    let versions = match &args.versions {
+        Some(text) => text
+            .split([',', ' '])
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                config::parse_version(s).map_err(|e| {
+                    etcdimg::UserError::new(
+                        format!("--versions: {e}"),
+                        "list versions like 3.4.45,3.5.33",
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+        None => settings.bundled.clone(),
+    };
+    let cache = Cache::open(g.cache_dir.as_deref())?;
+    let fetched = etcdimg::commands::fetch::fetch_binaries(
+        &settings,
+        arch,
+        &versions,
+        &args.bin_dir,
+        &cache,
+        reporter,
+    )
+    .await?;
+    if g.json {
+        println!("{}", serde_json::to_string_pretty(&fetched)?);
+        return Ok(());
+    }
+    for b in fetched.iter().flat_map(|f| &f.binaries) {
+        println!("{b}");
+    }
+    Ok(())
+}
+
+/// `settings`: the resolved settings for one arch, as JSON.
+fn settings_verb(g: &GlobalArgs, args: &SettingsArgs) -> Result<()> {
+    let settings = resolve(g, &args.overrides)?;
+    let arch = settings::selected_arch(&settings, &args.arch)?;
+    let value = serde_json::json!({
+        "config": settings.config_path.display().to_string(),
+        "latest": settings.latest.to_string(),
+        "bundled": settings.bundled.iter().map(|v| v.to_string()).collect::<Vec<_>>(),
+        "revision": settings.revision,
+        "tag": settings.tag(),
+        "arches": settings.arches.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+        "arch": arch.to_string(),
+        "image": settings.arch_image(&settings.registry, arch),
+        "push_image": settings.arch_image(&settings.push_registry, arch),
+        "base": settings.base_for(arch),
+        "source": format!("{:?}", settings.source_for(arch)).to_lowercase(),
+        "release_url": settings.release_url,
+        "binary_mode": format!("{:04o}", settings.binary_mode),
+        "insecure_registries": settings.insecure_registries,
+        "source_date_epoch": settings.source_date_epoch,
+        "policy_findings": settings.policy_findings().iter().map(|f| f.to_string()).collect::<Vec<_>>(),
+    });
+    println!("{}", serde_json::to_string_pretty(&value)?);
+    Ok(())
 }

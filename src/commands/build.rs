@@ -26,7 +26,7 @@ use crate::oci::layer::{self, Body, Entry, LayerDigests};
 use crate::oci::layout::Layout;
 use crate::oci::{self, docker_archive, gzip, MediaType};
 use crate::platform::Arch;
-use crate::registry::{self, RegistryOptions};
+use crate::registry::{self, Session};
 use crate::release;
 use crate::report::Reporter;
 use crate::settings::Settings;
@@ -42,7 +42,8 @@ pub struct BuildOptions {
     pub docker_archive: Option<PathBuf>,
     pub migrate_binary: Option<PathBuf>,
     pub jobs: usize,
-    pub registry: RegistryOptions,
+    /// The run's registry connections (base pulls; pushes share them).
+    pub registry: Arc<Session>,
     /// Reuse cached layers whose inputs match (off with --no-layer-cache).
     pub reuse_layers: bool,
 }

@@ -6,7 +6,6 @@
 //! (a [`Pusher`] is made here, but used by the callers).
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use serde_json::Value;
@@ -18,10 +17,8 @@ use crate::oci::index::{self, ManifestFormat};
 use crate::oci::layout::Layout;
 use crate::platform::Arch;
 use crate::registry::push::{LocalBlob, LocalManifest, Pusher};
-use crate::registry::transport::Transport;
-use crate::registry::{auth, parse_base, reference, BaseRef, RegistryError};
+use crate::registry::{parse_base, reference, BaseRef, RegistryError};
 use crate::release;
-use crate::report::Reporter;
 use crate::settings::Settings;
 
 /// How `push-manifest`, `all-push` and `report` write the release report.
@@ -201,21 +198,9 @@ pub(crate) fn read_image(
     })
 }
 
-pub(crate) fn pusher(
-    settings: &Settings,
-    registry: &str,
-    reporter: Arc<dyn Reporter>,
-) -> Result<Pusher> {
-    let insecure = settings.is_insecure(registry);
-    let credential = auth::lookup(registry)?;
-    let transport = Transport::new(
-        registry,
-        insecure,
-        settings.ca_cert.as_deref(),
-        credential,
-        reporter,
-    )?;
-    Ok(Pusher::new(Arc::new(transport)))
+/// A pusher to `registry` over the run's session (its transport shared with base pulls).
+pub(crate) fn pusher(options: &PushOptions, registry: &str) -> Result<Pusher> {
+    Ok(Pusher::new(options.build.registry.transport(registry)?))
 }
 
 pub(crate) fn built_index(
@@ -247,11 +232,7 @@ pub(crate) struct IndexPlan {
     pub pusher: Pusher,
 }
 
-pub(crate) fn plan_index(
-    settings: &Settings,
-    options: &PushOptions,
-    reporter: Arc<dyn Reporter>,
-) -> Result<IndexPlan> {
+pub(crate) fn plan_index(settings: &Settings, options: &PushOptions) -> Result<IndexPlan> {
     let layout = open_layout(&options.build.output)?;
     let images = settings
         .arches
@@ -260,7 +241,7 @@ pub(crate) fn plan_index(
         .collect::<Result<Vec<_>>>()?;
     let built = built_index(settings, &images, options.format)?;
     let target = index_target(settings)?;
-    let pusher = pusher(settings, &target.registry, reporter)?;
+    let pusher = pusher(options, &target.registry)?;
     Ok(IndexPlan {
         layout,
         images,

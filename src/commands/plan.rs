@@ -413,7 +413,7 @@ pub async fn plan(
     if let Some(arch) = options.arch {
         let layout = index_plan::open_layout(&options.push.build.output)?;
         let img = index_plan::read_image(settings, &layout, arch, options.push.format)?;
-        let pusher = read_only(settings, &img.target.registry, reporter)?;
+        let pusher = read_only(&options.push, &img.target.registry)?;
         plan.registry = img.target.registry.clone();
         // 2 + 3.
         plan.images
@@ -421,7 +421,7 @@ pub async fn plan(
         summarise(&mut plan);
         return Ok(plan);
     }
-    let p = index_plan::plan_index(settings, &options.push, reporter.clone())?;
+    let p = index_plan::plan_index(settings, &options.push)?;
     let pusher = Pusher::read_only(p.pusher.transport.clone());
     plan.registry = p.target.registry.clone();
     for img in &p.images {
@@ -537,9 +537,10 @@ async fn report_plan(
     })
 }
 
-fn read_only(settings: &Settings, registry: &str, reporter: Arc<dyn Reporter>) -> Result<Pusher> {
-    let full = index_plan::pusher(settings, registry, reporter)?;
-    Ok(Pusher::read_only(full.transport))
+fn read_only(options: &PushOptions, registry: &str) -> Result<Pusher> {
+    Ok(Pusher::read_only(
+        options.build.registry.transport(registry)?,
+    ))
 }
 
 fn tag_line(m: &ManifestPlan) -> String {

@@ -263,7 +263,7 @@ pub async fn push(
     build_all(settings, &[arch], options, cache, &reporter).await?;
     let layout = Layout::open(&options.build.output)?;
     let image = read_image(settings, &layout, arch, options.format)?;
-    let pusher = pusher(settings, &image.target.registry, reporter)?;
+    let pusher = pusher(options, &image.target.registry)?;
     let images = push_images(&pusher, std::slice::from_ref(&image), options.force).await?;
     Ok(push_report(&pusher, options, images, None, None, started))
 }
@@ -276,7 +276,7 @@ pub async fn push_manifest(
 ) -> Result<PushReport> {
     let started = Instant::now();
     check_policy(settings, options, &*reporter)?;
-    let p = plan_index(settings, options, reporter)?;
+    let p = plan_index(settings, options)?;
     let assembled = check_report(settings, &p, options)?;
     let outcome = push_index(settings, &p, options.force).await?;
     let report = attach_report(settings, &p, options, assembled).await?;
@@ -301,7 +301,7 @@ pub async fn all_push(
     let started = Instant::now();
     check_policy(settings, options, &*reporter)?;
     build_all(settings, &settings.arches, options, cache, &reporter).await?;
-    let p = plan_index(settings, options, reporter)?;
+    let p = plan_index(settings, options)?;
     let mut planned: Vec<(&Target, &str)> = p
         .images
         .iter()

@@ -453,13 +453,12 @@ pub async fn report(
     settings: &Settings,
     push_options: &super::index_plan::PushOptions,
     push: bool,
-    reporter: std::sync::Arc<dyn crate::report::Reporter>,
 ) -> Result<ReportOutcome> {
     let options = push_options
         .report
         .as_ref()
         .expect("the report verb always has report options");
-    let plan = super::index_plan::plan_index(settings, push_options, reporter)?;
+    let plan = super::index_plan::plan_index(settings, push_options)?;
     let report = assemble(settings, &plan)?;
     write_and_attach(settings, &plan, options, report, push).await
 }

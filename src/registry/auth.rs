@@ -303,7 +303,7 @@ pub async fn fetch_token(
                 "token service {shown} refused {} ({status})",
                 credential.map(Credential::describe).unwrap_or_else(|| "anonymous access".into())
             ),
-            "check the credentials for this registry in DOCKER_CONFIG (docker login), and that they may push to this repository",
+            "the token service refused the credentials for this registry in DOCKER_CONFIG (or anonymous access, where there are none): check them (docker login), and that they may pull this repository (and push, where etcdimg pushes)",
         ));
     }
     if !status.is_success() {

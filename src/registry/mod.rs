@@ -1,24 +1,28 @@
-//! Everything that talks to a registry. This file: references, and pulling a base image for
-//! one platform over oci-client. `auth`, `transport` and `push` are the push side.
+//! Everything that talks to a registry. This file: references, base images from an OCI
+//! layout, and the platform checks a base must pass.
 //!
-//! Owns: every socket to a registry. oci-client does the protocol (manifest and blob GETs,
-//! the bearer-token flow, digest checks of blobs); this module adds what it lacks for us:
-//! platform selection with variants (its resolvers ignore them), a check that a single-arch
-//! base really is the arch asked for, and the content-addressed cache.
+//! Owns: every socket to a registry, all through one [`Session`] per run (`session`: one HTTP
+//! client, one `transport` per registry: TLS, authentication, retries). `pull` reads base
+//! images, `push` writes images, indexes and artifacts, `auth` reads the docker config and
+//! speaks the token protocols. oci-client supplies the reference grammar (`Reference`, the
+//! docker-compatible normalisation); its `Client` is not used, because it cannot share our
+//! HTTP client and has no identity-token exchange (see docs/ARCHITECTURE.md).
 
 pub mod auth;
+mod pull;
 pub mod push;
 pub mod reference;
+pub mod session;
 pub mod transport;
+
+pub use session::{RegistryOptions, Session};
 
 use std::path::{Path, PathBuf};
 
-use oci_client::client::{ClientConfig, ClientProtocol};
-use oci_client::secrets::RegistryAuth;
-use oci_client::{Client, Reference};
+use oci_client::Reference;
 use serde_json::Value;
 
-use crate::fetch::cache::{sha256_hex, Cache};
+use crate::fetch::cache::Cache;
 use crate::oci::layout::{Layout, LayoutError};
 use crate::oci::{self, platform_matches, platform_string, Descriptor, ImageIndex, ImageManifest};
 use crate::platform::Arch;
@@ -167,95 +171,18 @@ pub struct BaseImage {
     pub layers: Vec<BaseLayer>,
 }
 
-/// Registry connection options.
-#[derive(Debug, Clone, Default)]
-pub struct RegistryOptions {
-    pub insecure: Vec<String>,
-    pub ca_cert: Option<PathBuf>,
-}
-
-pub fn client(options: &RegistryOptions) -> Result<Client, RegistryError> {
-    let mut config = ClientConfig {
-        protocol: if options.insecure.is_empty() {
-            ClientProtocol::Https
-        } else {
-            ClientProtocol::HttpsExcept(options.insecure.clone())
-        },
-        platform_resolver: None,
-        connect_timeout: Some(std::time::Duration::from_secs(10)),
-        read_timeout: Some(std::time::Duration::from_secs(60)),
-        ..Default::default()
-    };
-    if let Some(ca) = &options.ca_cert {
-        let data = transport::read_ca_cert(ca)?;
-        config
-            .extra_root_certificates
-            .push(oci_client::client::Certificate {
-                encoding: oci_client::client::CertificateEncoding::Pem,
-                data,
-            });
-    }
-    Ok(Client::new(config))
-}
-
-const ACCEPT: [&str; 4] = [
-    "application/vnd.oci.image.index.v1+json",
-    "application/vnd.docker.distribution.manifest.list.v2+json",
-    "application/vnd.oci.image.manifest.v1+json",
-    "application/vnd.docker.distribution.manifest.v2+json",
-];
-
-fn request_error(
-    op: &str,
-    reference: &str,
-    registry: &str,
-    insecure: bool,
-    err: impl std::fmt::Display,
-) -> RegistryError {
-    let message = err.to_string();
-    let lower = message.to_lowercase();
-    let hint = if lower.contains("not authorized")
-        || lower.contains("unauthorized")
-        || lower.contains("401")
-        || lower.contains("403")
-    {
-        Some(format!(
-            "`{registry}` refused the credentials for it in the docker config (or anonymous access, if there are none): check DOCKER_CONFIG / ~/.docker/config.json (docker login {registry})"
-        ))
-    } else if !insecure
-        && (lower.contains("http")
-            || lower.contains("tls")
-            || lower.contains("certificate")
-            || lower.contains("connect"))
-    {
-        Some(format!(
-            "is `{registry}` reachable? If it serves plain HTTP, declare it insecure with --insecure-registry {registry} (never implied); if it uses a private CA, pass --ca-cert"
-        ))
-    } else {
-        Some(format!(
-            "check that `{reference}` exists and `{registry}` is reachable"
-        ))
-    };
-    RegistryError::Request {
-        op: op.into(),
-        reference: reference.into(),
-        message,
-        hint,
-    }
-}
-
 /// Resolves `base` for `arch` and makes its config and layers available locally.
 pub async fn pull_base(
     base: &str,
     arch: Arch,
     cache: &Cache,
-    options: &RegistryOptions,
+    session: &Session,
     reporter: &dyn Reporter,
 ) -> Result<BaseImage, RegistryError> {
     match parse_base(base)? {
         BaseRef::Layout { path, name } => base_from_layout(base, &path, name.as_deref(), arch),
         BaseRef::Registry(reference) => {
-            base_from_registry(base, &reference, arch, cache, options, reporter).await
+            pull::base_from_registry(base, &reference, arch, cache, session, reporter).await
         }
     }
 }
@@ -363,128 +290,6 @@ fn base_from_layout(
     Ok(BaseImage {
         name: reference.into(),
         manifest_digest: oci::hex(&desc),
-        config,
-        layers,
-    })
-}
-
-async fn base_from_registry(
-    name: &str,
-    reference: &Reference,
-    arch: Arch,
-    cache: &Cache,
-    options: &RegistryOptions,
-    reporter: &dyn Reporter,
-) -> Result<BaseImage, RegistryError> {
-    let registry = reference.resolve_registry().to_string();
-    let insecure = options
-        .insecure
-        .iter()
-        .any(|h| h == &registry || h == reference.registry());
-    let client = client(options)?;
-    // The docker config's username/password, if any (a private base); oci-client has no
-    // identity-token exchange, so such a registry is read anonymously.
-    let auth = match auth::lookup(&registry)? {
-        Some(auth::Credential::Basic { username, password }) => {
-            RegistryAuth::Basic(username, password)
-        }
-        _ => RegistryAuth::Anonymous,
-    };
-    let err = |op: &str, e: oci_client::errors::OciDistributionError| {
-        request_error(op, name, &registry, insecure, e)
-    };
-
-    reporter.status("Resolving", &format!("base {name} for {arch}"));
-    let (bytes, digest) = client
-        .pull_manifest_raw(reference, &auth, &ACCEPT)
-        .await
-        .map_err(|e| err("GET manifest", e))?;
-    let top_hex = digest
-        .strip_prefix("sha256:")
-        .unwrap_or(&digest)
-        .to_string();
-    if let Some(pinned) = reference.digest() {
-        let actual = sha256_hex(&bytes);
-        let expected = pinned.strip_prefix("sha256:").unwrap_or(pinned);
-        if actual != expected {
-            return Err(RegistryError::DigestMismatch {
-                reference: name.into(),
-                expected: expected.into(),
-                actual,
-            });
-        }
-    }
-    let (manifest_hex, manifest_bytes) = if is_index_document(&bytes) {
-        let index: ImageIndex = parse_json(name, "image index", &bytes)?;
-        let desc = select(name, &index, arch)?;
-        let hex = oci::hex(&desc);
-        let by_digest = reference.clone_with_digest(format!("sha256:{hex}"));
-        let (m, _) = client
-            .pull_manifest_raw(&by_digest, &auth, &ACCEPT)
-            .await
-            .map_err(|e| err("GET manifest", e))?;
-        let actual = sha256_hex(&m);
-        if actual != hex {
-            return Err(RegistryError::DigestMismatch {
-                reference: name.into(),
-                expected: hex,
-                actual,
-            });
-        }
-        (hex, m.to_vec())
-    } else {
-        (top_hex, bytes.to_vec())
-    };
-    let manifest: ImageManifest = parse_json(name, "image manifest", &manifest_bytes)?;
-
-    // Blobs come from the cache when present; new ones are pulled (oci-client checks digests)
-    // and verified again as they enter the cache.
-    let fetch_blob = async |d: &Descriptor| -> Result<PathBuf, RegistryError> {
-        let hex = oci::hex(d);
-        if let Some(p) = cache.get(&hex) {
-            return Ok(p);
-        }
-        reporter.status(
-            "Pulling",
-            &format!("{} ({} bytes) from {name}", d.digest(), d.size()),
-        );
-        let mut buf: Vec<u8> = Vec::with_capacity(d.size() as usize);
-        let digest = d.digest().to_string();
-        client
-            .pull_blob(reference, digest.as_str(), &mut buf)
-            .await
-            .map_err(|e| err("GET blob", e))?;
-        let actual = sha256_hex(&buf);
-        if actual != hex {
-            return Err(RegistryError::DigestMismatch {
-                reference: name.into(),
-                expected: hex,
-                actual,
-            });
-        }
-        cache.put_bytes(&buf)?;
-        Ok(cache.blob_path(&hex))
-    };
-    let config_path = fetch_blob(manifest.config()).await?;
-    let config_bytes = std::fs::read(&config_path).map_err(|e| {
-        RegistryError::Cache(crate::fetch::cache::CacheError::Io {
-            path: config_path.clone(),
-            source: e,
-        })
-    })?;
-    let config: Value = parse_json(name, "image config", &config_bytes)?;
-    check_config_platform(name, &config, arch)?;
-    let mut layers = Vec::new();
-    for d in manifest.layers() {
-        let path = fetch_blob(d).await?;
-        layers.push(BaseLayer {
-            descriptor: d.clone(),
-            path,
-        });
-    }
-    Ok(BaseImage {
-        name: name.into(),
-        manifest_digest: manifest_hex,
         config,
         layers,
     })

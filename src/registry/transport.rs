@@ -96,9 +96,7 @@ pub struct Transport {
     reached: std::sync::atomic::AtomicBool,
 }
 
-/// Builds the HTTP client: system roots plus `ca_cert`.
-/// The extra CA certificate (PEM) of `--ca-cert` / `ca_cert`, for both HTTP clients (the push
-/// transport here and oci-client's for base pulls).
+/// The extra CA certificate (PEM) of `--ca-cert` / `ca_cert`.
 pub fn read_ca_cert(path: &Path) -> Result<Vec<u8>, RegistryError> {
     std::fs::read(path).map_err(|e| RegistryError::Request {
         op: "reading the CA certificate".into(),
@@ -108,6 +106,7 @@ pub fn read_ca_cert(path: &Path) -> Result<Vec<u8>, RegistryError> {
     })
 }
 
+/// Builds the HTTP client: system roots plus `ca_cert`. One per run ([`super::session`]).
 pub fn http_client(ca_cert: Option<&Path>) -> Result<reqwest::Client, RegistryError> {
     let mut builder = reqwest::Client::builder()
         .user_agent(concat!("etcdimg/", env!("CARGO_PKG_VERSION")))
@@ -136,7 +135,7 @@ impl Transport {
     pub fn new(
         registry: &str,
         insecure: bool,
-        ca_cert: Option<&Path>,
+        client: reqwest::Client,
         credential: Option<Credential>,
         reporter: Arc<dyn Reporter>,
     ) -> Result<Transport, RegistryError> {
@@ -151,7 +150,7 @@ impl Transport {
         // that wants a token must not see the password.
         let authorization = Authorization::Anonymous;
         Ok(Transport {
-            client: http_client(ca_cert)?,
+            client,
             registry: registry.into(),
             base,
             insecure,
@@ -354,7 +353,7 @@ impl Transport {
             registry: self.registry.clone(),
             message,
             hint: format!(
-                "log in to {} (credentials are read from $DOCKER_CONFIG/config.json or ~/.docker/config.json: auths, credsStore, credHelpers) with an account that may push here",
+                "`{0}` refused the credentials (or anonymous access, where there are none): log in to {0} (credentials are read from $DOCKER_CONFIG/config.json or ~/.docker/config.json: auths, credsStore, credHelpers) with an account that may pull here, and push where etcdimg pushes",
                 self.registry
             ),
         }
