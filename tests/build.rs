@@ -521,58 +521,40 @@ fn truncated_downloads_are_retried_with_range_and_fail_clearly_when_they_persist
     let base = format!("oci:{}:1.35", fx.join("busybox-oci").display());
     let mirror = fx.join("mirror");
 
-    // A server that cuts every first attempt at a tarball mid-body, then honours Range.
+    // In front of the mirror: every first attempt at a tarball is cut mid-body; a retry with
+    // Range gets the rest (the mirror's http.server has no Range support, so the proxy
+    // answers it), unless `cut_always`.
+    let upstream = http_mirror(&mirror);
+    let upstream_port = upstream.port;
     let serve = move |cut_always: bool| {
         let mirror = mirror.clone();
-        Hostile::start(move |req: &Request| {
-            let (path, range) = (req.path.as_str(), req.range);
-            let file = mirror.join(path.trim_start_matches('/'));
-            let Ok(bytes) = std::fs::read(&file) else {
-                return http_response("404 Not Found", &[], b"");
-            };
-            match range {
-                Some(start) if !cut_always => {
-                    let body = &bytes[start as usize..];
-                    http_response(
-                        "206 Partial Content",
-                        &[
-                            ("Content-Length", body.len().to_string()),
-                            (
-                                "Content-Range",
-                                format!("bytes {start}-{}/{}", bytes.len() - 1, bytes.len()),
-                            ),
-                        ],
-                        body,
-                    )
-                }
-                _ if path.ends_with(".tar.gz") => {
-                    let start = range.unwrap_or(0) as usize;
-                    let body = &bytes[start..];
-                    // Announce the whole body, send a third, hang up.
-                    let mut r = http_response(
-                        if start > 0 {
-                            "206 Partial Content"
-                        } else {
-                            "200 OK"
-                        },
-                        &[
-                            ("Content-Length", body.len().to_string()),
-                            (
-                                "Content-Range",
-                                format!("bytes {start}-{}/{}", bytes.len() - 1, bytes.len()),
-                            ),
-                        ],
-                        &[],
-                    );
-                    r.extend_from_slice(&body[..body.len() / 3]);
-                    r
-                }
-                _ => http_response(
-                    "200 OK",
-                    &[("Content-Length", bytes.len().to_string())],
-                    &bytes,
-                ),
+        FaultProxy::start(upstream_port, move |req: &ProxyRequest| {
+            let path = req.path.as_str();
+            if !path.ends_with(".tar.gz") {
+                return Fault::Forward;
             }
+            let Ok(bytes) = std::fs::read(mirror.join(path.trim_start_matches('/'))) else {
+                return Fault::Forward;
+            };
+            let start = req.range().unwrap_or(0) as usize;
+            let body = &bytes[start..];
+            let content_range = format!("bytes {start}-{}/{}", bytes.len() - 1, bytes.len());
+            let status = if start > 0 {
+                "206 Partial Content"
+            } else {
+                "200 OK"
+            };
+            let headers = [
+                ("Content-Length", body.len().to_string()),
+                ("Content-Range", content_range),
+            ];
+            if start > 0 && !cut_always {
+                return Fault::Respond(http_response(status, &headers, body));
+            }
+            // Announce the whole body, send a third, hang up.
+            let mut r = http_response(status, &headers, &[]);
+            r.extend_from_slice(&body[..body.len() / 3]);
+            Fault::Respond(r)
         })
     };
 
@@ -703,116 +685,53 @@ fn settings_follow_flag_env_file_precedence() {
 }
 
 /// A registry that demands the bearer-token flow: `/v2/` answers 401 with a Bearer challenge,
-/// the realm hands out a token for the requested scope, and manifests and blobs (served from
-/// the fixture layout) need it. docker-registry's token auth needs a separate token service,
-/// so this small one stands in; anonymous pulls from the real registry are tested above.
+/// the realm hands out a token for the requested scope, and manifests and blobs need it.
+/// docker-registry's token auth needs a separate token service, so a proxy in front of the
+/// real registry plays both parts (challenge and token); what is pulled comes from the real
+/// registry. Anonymous pulls without the proxy are tested above.
 #[test]
 fn base_pull_follows_the_bearer_token_flow() {
     let t = "base_pull_follows_the_bearer_token_flow";
     let Some(fx) = fixtures(t) else { return };
-    if !tools(t, &["python3", "skopeo"]) {
+    if !tools(t, &["python3", "skopeo", "docker-registry"]) {
         return;
     }
     let layout = fx.join("busybox-oci");
     let index: serde_json::Value =
         serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
     let top = index["manifests"][0].clone();
+    let real = registry();
+    push_base(&fx, &real);
     let seen_scope = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
     let seen = seen_scope.clone();
-    let (layout_for_server, top_for_server) = (layout.clone(), top.clone());
-    let server = Hostile::start(move |req: &Request| {
-        let (layout, top) = (&layout_for_server, &top_for_server);
-        let port_line = req
-            .head
-            .lines()
-            .find(|l| l.to_ascii_lowercase().starts_with("host:"))
-            .unwrap_or("")
-            .to_string();
-        let host = port_line
-            .split_once(':')
-            .map(|x| x.1.trim().to_string())
-            .unwrap_or_default();
-        let authed = req
-            .head
-            .lines()
-            .any(|l| l.eq_ignore_ascii_case("authorization: bearer good-token"));
+    let server = FaultProxy::start(real.port, move |req: &ProxyRequest| {
         if req.path.starts_with("/token") {
             *seen.lock().unwrap() = req.path.clone();
             let body = br#"{"token":"good-token","expires_in":300}"#;
-            return http_response(
+            return Fault::Respond(http_response(
                 "200 OK",
                 &[
                     ("Content-Type", "application/json".into()),
                     ("Content-Length", body.len().to_string()),
                 ],
                 body,
-            );
+            ));
         }
-        if !authed {
-            let challenge = format!(
-                r#"Bearer realm="http://{host}/token",service="test-registry",scope="repository:library/busybox:pull""#
-            );
-            return http_response(
-                "401 Unauthorized",
-                &[
-                    ("WWW-Authenticate", challenge),
-                    ("Content-Length", "0".into()),
-                ],
-                b"",
-            );
+        if req.header("authorization") == Some("Bearer good-token") {
+            return Fault::Forward;
         }
-        let blob = |digest: &str| {
-            std::fs::read(
-                layout
-                    .join("blobs/sha256")
-                    .join(digest.trim_start_matches("sha256:")),
-            )
-            .ok()
-        };
-        if let Some(reference) = req.path.strip_prefix("/v2/library/busybox/manifests/") {
-            let (digest, media) = if reference == "1.35" {
-                (
-                    top["digest"].as_str().unwrap().to_string(),
-                    top["mediaType"].as_str().unwrap().to_string(),
-                )
-            } else {
-                let bytes = blob(reference).unwrap_or_default();
-                let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
-                (
-                    reference.to_string(),
-                    v["mediaType"]
-                        .as_str()
-                        .unwrap_or("application/vnd.oci.image.manifest.v1+json")
-                        .to_string(),
-                )
-            };
-            return match blob(&digest) {
-                Some(bytes) => http_response(
-                    "200 OK",
-                    &[
-                        ("Content-Type", media),
-                        ("Docker-Content-Digest", digest.clone()),
-                        ("Content-Length", bytes.len().to_string()),
-                    ],
-                    &bytes,
-                ),
-                None => http_response("404 Not Found", &[("Content-Length", "0".into())], b""),
-            };
-        }
-        if let Some(digest) = req.path.strip_prefix("/v2/library/busybox/blobs/") {
-            if let Some(bytes) = blob(digest) {
-                return http_response(
-                    "200 OK",
-                    &[
-                        ("Content-Length", bytes.len().to_string()),
-                        ("Docker-Content-Digest", digest.to_string()),
-                    ],
-                    &bytes,
-                );
-            }
-            return http_response("404 Not Found", &[("Content-Length", "0".into())], b"");
-        }
-        http_response("200 OK", &[("Content-Length", "0".into())], b"")
+        let host = req.header("host").unwrap_or_default();
+        let challenge = format!(
+            r#"Bearer realm="http://{host}/token",service="test-registry",scope="repository:library/busybox:pull""#
+        );
+        Fault::Respond(http_response(
+            "401 Unauthorized",
+            &[
+                ("WWW-Authenticate", challenge),
+                ("Content-Length", "0".into()),
+            ],
+            b"",
+        ))
     });
     let mirror = http_mirror(&fx.join("mirror"));
     let mut sb = Sandbox::new();
@@ -937,4 +856,146 @@ fn fetch_installs_verified_release_binaries_and_refuses_a_corrupt_one() {
         stderr(&out)
     );
     assert!(!bin.join("etcd-3.5.0").exists());
+}
+
+/// Base layers are streamed from a real registry into the cache. A proxy in front of it cuts
+/// the first response mid-body (retried from the start, then the build succeeds), or sends
+/// other bytes of the right length, or more bytes than the manifest lists: those fail
+/// naming the blob, and the layer never enters the cache (no temp file is left either).
+#[test]
+fn base_layer_pulls_retry_a_cut_body_and_refuse_wrong_or_oversized_bytes() {
+    let t = "base_layer_pulls_retry_a_cut_body_and_refuse_wrong_or_oversized_bytes";
+    let Some(fx) = fixtures(t) else { return };
+    if !tools(t, &["python3", "skopeo", "docker-registry"]) {
+        return;
+    }
+    let layout = fx.join("busybox-oci");
+    let blob = |digest: &str| {
+        std::fs::read(
+            layout
+                .join("blobs/sha256")
+                .join(digest.trim_start_matches("sha256:")),
+        )
+        .unwrap()
+    };
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let top: serde_json::Value =
+        serde_json::from_slice(&blob(index["manifests"][0]["digest"].as_str().unwrap())).unwrap();
+    let amd64 = top["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["platform"]["architecture"] == "amd64")
+        .unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&blob(amd64["digest"].as_str().unwrap())).unwrap();
+    let layer = manifest["layers"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let layer_bytes = blob(&layer);
+    let real = registry();
+    push_base(&fx, &real);
+    let mirror = http_mirror(&fx.join("mirror"));
+
+    for case in ["cut", "wrong", "long"] {
+        let (needle, bytes) = (format!("/blobs/{layer}"), layer_bytes.clone());
+        let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = answered.clone();
+        let proxy = FaultProxy::start(real.port, move |req: &ProxyRequest| {
+            if req.method != "GET" || !req.path.ends_with(&needle) {
+                return Fault::Forward;
+            }
+            let n = count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let full = [("Content-Length", bytes.len().to_string())];
+            match case {
+                "cut" if n == 0 => {
+                    let mut r = http_response("200 OK", &full, &[]);
+                    r.extend_from_slice(&bytes[..bytes.len() / 2]);
+                    Fault::Respond(r)
+                }
+                "wrong" => {
+                    let mut other = bytes.clone();
+                    other[bytes.len() / 2] ^= 0xff;
+                    Fault::Respond(http_response("200 OK", &full, &other))
+                }
+                "long" => {
+                    let mut more = bytes.clone();
+                    more.extend_from_slice(&[0u8; 4096]);
+                    let len = [("Content-Length", more.len().to_string())];
+                    Fault::Respond(http_response("200 OK", &len, &more))
+                }
+                _ => Fault::Forward,
+            }
+        });
+        let host = format!("127.0.0.1:{}", proxy.port);
+        let mut sb = Sandbox::new();
+        sb.set(
+            "ETCD_RELEASE_URL",
+            format!("http://127.0.0.1:{}", mirror.port),
+        )
+        .set("BASEIMAGE", format!("{host}/library/busybox:1.35"))
+        .set("ETCDIMG_HTTP_RETRY_DELAY_MS", "10");
+        let out_dir = sb.path().join("out");
+        let out = sb.etcdimg(&[
+            "build",
+            "--insecure-registry",
+            &host,
+            "--output",
+            out_dir.to_str().unwrap(),
+        ]);
+        let err = stderr(&out);
+        let cached = sb
+            .cache()
+            .join("blobs/sha256")
+            .join(layer.trim_start_matches("sha256:"));
+        let tmp: Vec<_> = std::fs::read_dir(sb.cache().join("tmp")).unwrap().collect();
+        assert!(tmp.is_empty(), "{case}: a temp file was left in the cache");
+        if case == "cut" {
+            assert_success(&out);
+            assert!(
+                err.contains("GET blob") && err.contains("retrying"),
+                "{err}"
+            );
+            assert!(answered.load(std::sync::atomic::Ordering::SeqCst) >= 2);
+            assert_eq!(
+                sha256_of(&cached),
+                layer.trim_start_matches("sha256:"),
+                "the cached layer is the registry's"
+            );
+            continue;
+        }
+        assert!(!out.status.success(), "{case}: {err}");
+        let expect = if case == "wrong" {
+            "digest mismatch"
+        } else {
+            "more than the"
+        };
+        assert!(
+            err.contains(expect) && err.contains("busybox"),
+            "{case}: {err}"
+        );
+        assert!(
+            !cached.exists(),
+            "{case}: the refused layer entered the cache"
+        );
+        assert!(
+            !out_dir.join("index.json").exists() || {
+                let v: serde_json::Value =
+                    serde_json::from_slice(&std::fs::read(out_dir.join("index.json")).unwrap())
+                        .unwrap();
+                v["manifests"].as_array().is_none_or(|a| a.is_empty())
+            }
+        );
+    }
+}
+
+fn sha256_of(path: &Path) -> String {
+    let out = run(Command::new("sha256sum").arg(path));
+    stdout(&out)
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .to_string()
 }

@@ -871,7 +871,7 @@ fn token_service(dir: &Path, user: &str, password: &str, identity: &str) -> Toke
         password.to_string(),
         identity.to_string(),
     );
-    let server = FaultProxy::start(0, move |r| {
+    let server = FaultProxy::serve(move |r| {
         let (r, log, key, x5c) = (r.clone(), log2.clone(), key.clone(), x5c.clone());
         let (user, password, identity) = (user.clone(), password.clone(), identity.clone());
         Fault::Answer(Box::new(move |body| {

@@ -96,9 +96,15 @@ mod tests {
         let a = session.transport("127.0.0.1:5000").unwrap();
         let b = session.transport("127.0.0.1:5000").unwrap();
         let c = session.transport("registry.example").unwrap();
-        assert!(Arc::ptr_eq(&a, &b), "the same registry shares one transport");
+        assert!(
+            Arc::ptr_eq(&a, &b),
+            "the same registry shares one transport"
+        );
         assert!(!Arc::ptr_eq(&a, &c));
-        assert!(session.client.get().is_some(), "the client was built once, on first use");
+        assert!(
+            session.client.get().is_some(),
+            "the client was built once, on first use"
+        );
         assert!(session.is_insecure("127.0.0.1:5000"));
         assert!(!session.is_insecure("registry.example"));
     }

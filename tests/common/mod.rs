@@ -401,93 +401,6 @@ pub fn regenerate_sums(version_dir: &Path) {
     std::fs::write(version_dir.join("SHA256SUMS"), lines).unwrap();
 }
 
-/// One request as the hostile server saw it.
-pub struct Request {
-    pub path: String,
-    pub range: Option<u64>,
-    /// Request number, from 0.
-    pub n: usize,
-    /// The raw request head (request line and headers).
-    pub head: String,
-}
-
-/// A one-connection-at-a-time hostile HTTP server for faults a real server will not produce.
-/// `respond(request)` returns the raw bytes to send, then the connection is closed.
-pub struct Hostile {
-    pub port: u16,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    handle: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Hostile {
-    pub fn start<F>(respond: F) -> Hostile
-    where
-        F: Fn(&Request) -> Vec<u8> + Send + 'static,
-    {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.set_nonblocking(true).unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let stop2 = stop.clone();
-        let handle = std::thread::spawn(move || {
-            let mut n = 0;
-            let deadline = Instant::now() + Duration::from_secs(120);
-            while !stop2.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < deadline {
-                match listener.accept() {
-                    Ok((mut stream, _)) => {
-                        stream.set_nonblocking(false).unwrap();
-                        stream
-                            .set_read_timeout(Some(Duration::from_secs(5)))
-                            .unwrap();
-                        let mut buf = Vec::new();
-                        let mut chunk = [0u8; 4096];
-                        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                            match stream.read(&mut chunk) {
-                                Ok(0) | Err(_) => break,
-                                Ok(k) => buf.extend_from_slice(&chunk[..k]),
-                            }
-                        }
-                        let head = String::from_utf8_lossy(&buf).into_owned();
-                        let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
-                        let range = head
-                            .lines()
-                            .find_map(|l| {
-                                l.to_ascii_lowercase()
-                                    .strip_prefix("range: bytes=")
-                                    .map(String::from)
-                            })
-                            .and_then(|r| r.trim_end_matches('-').parse::<u64>().ok());
-                        let reply = respond(&Request {
-                            path,
-                            range,
-                            n,
-                            head,
-                        });
-                        n += 1;
-                        let _ = stream.write_all(&reply);
-                        let _ = stream.flush();
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
-                }
-            }
-        });
-        Hostile {
-            port,
-            stop,
-            handle: Some(handle),
-        }
-    }
-}
-
-impl Drop for Hostile {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
-        }
-    }
-}
-
 pub fn http_response(status: &str, headers: &[(&str, String)], body: &[u8]) -> Vec<u8> {
     let mut out = format!("HTTP/1.1 {status}\r\nConnection: close\r\n").into_bytes();
     for (k, v) in headers {
@@ -535,6 +448,13 @@ impl ProxyRequest {
     pub fn is_blob_upload(&self) -> bool {
         self.path.contains("/blobs/uploads/")
     }
+
+    /// The first byte of a download's `Range: bytes=N-`, if it asked for one.
+    pub fn range(&self) -> Option<u64> {
+        self.header("range")
+            .and_then(|v| v.strip_prefix("bytes="))
+            .and_then(|r| r.trim_end_matches('-').parse().ok())
+    }
 }
 
 /// Makes a response from a request body.
@@ -552,9 +472,11 @@ pub enum Fault {
     Cut(usize),
 }
 
-/// A threaded HTTP/1.1 proxy in front of a real registry that injects faults the registry
-/// will not produce by itself, and logs every request (what "uploaded zero bytes" counts).
-/// Each response closes its connection.
+/// The tests' one in-process server: a threaded HTTP/1.1 proxy in front of a real server (the
+/// registry, the release mirror) that injects faults the real one will not produce by itself,
+/// and logs every request (what "uploaded zero bytes" counts). Each response closes its
+/// connection. [`FaultProxy::serve`] has no upstream, for a server of our own (a token
+/// service).
 pub struct FaultProxy {
     pub port: u16,
     pub log: std::sync::Arc<std::sync::Mutex<Vec<ProxyRequest>>>,
@@ -562,6 +484,14 @@ pub struct FaultProxy {
 }
 
 impl FaultProxy {
+    /// No upstream: every request is answered by `decide` (`Forward` gets a 502).
+    pub fn serve<F>(decide: F) -> FaultProxy
+    where
+        F: Fn(&ProxyRequest) -> Fault + Send + Sync + 'static,
+    {
+        FaultProxy::start(0, decide)
+    }
+
     pub fn start<F>(upstream: u16, decide: F) -> FaultProxy
     where
         F: Fn(&ProxyRequest) -> Fault + Send + Sync + 'static,
@@ -672,6 +602,14 @@ fn proxy_connection(
         }
         Fault::Answer(answer) => {
             client.write_all(&answer(&body))?;
+            client.flush()
+        }
+        Fault::Forward if upstream == 0 => {
+            client.write_all(&http_response(
+                "502 Bad Gateway",
+                &[("Content-Length", "0".into())],
+                b"",
+            ))?;
             client.flush()
         }
         Fault::Forward => {
