@@ -11,8 +11,9 @@ use std::path::Path;
 use semver::Version;
 
 use crate::datadir::DataDir;
+use crate::error::MigrateError;
 use crate::options::Options;
-use crate::{log, MigrateError};
+use crate::report::log;
 
 /// Makes the default `etcd` and `etcdctl` those of the version in the data dir's version.txt
 /// (that version if bundled, else the newest bundled patch of its minor). Without a readable

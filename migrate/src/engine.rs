@@ -30,9 +30,11 @@ use semver::Version;
 use serde_json::Value;
 
 use crate::datadir::{fsync_dir, write_atomic, DataDir};
+use crate::error::MigrateError;
+use crate::report::log;
 use crate::server::{Launch, Peers, Server};
 use crate::version::{Storage, VersionPair};
-use crate::{backend, log, options::Options, process, raftlog, stage, MigrateError};
+use crate::{backend, options::Options, process, raftlog, stage};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
 

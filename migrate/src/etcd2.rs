@@ -24,10 +24,12 @@ use serde_json::Value;
 
 use crate::datadir::{write_atomic, DataDir};
 use crate::engine::{self, failpoint, Sidecar, StepFingerprints};
+use crate::error::MigrateError;
 use crate::keyspace::{self, Fingerprint, KeyspaceError};
+use crate::options::Options;
+use crate::report::log;
 use crate::server::{http, Server};
 use crate::version::{Storage, VersionPair};
-use crate::{log, options::Options, MigrateError};
 
 /// `etcdctl migrate` rewrites the whole v2 store into the v3 backend.
 const CONVERT_TIMEOUT: Duration = Duration::from_secs(1800);

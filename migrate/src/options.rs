@@ -255,114 +255,41 @@ pub fn discover_bundled(bin_dir: &std::path::Path) -> Vec<Version> {
     out
 }
 
+/// Reads the environment; empty counts as unset.
+type Env<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+/// The member's URLs, each the flag or its default.
+struct Urls {
+    initial_cluster: String,
+    initial_cluster_source: String,
+    listen_peer_urls: String,
+    initial_advertise_peer_urls: String,
+    listen_client_urls: String,
+}
+
+fn system_hostname() -> Option<String> {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most buf.len() bytes into buf.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+    (rc == 0 && end > 0).then(|| String::from_utf8_lossy(&buf[..end]).into_owned())
+}
+
 impl Flags {
     /// Applies defaults in the reference's order; `env` reads the environment (empty = unset).
+    /// Every default taken is logged (`defaults_log`), as the original's script did.
     pub fn resolve(&self, env: &dyn Fn(&str) -> Option<String>) -> Result<Options, OptionsError> {
         let get = |k: &str| env(k).filter(|v| !v.is_empty());
         let mut log = Vec::new();
-        let hostname = || {
-            let mut buf = [0u8; 256];
-            // SAFETY: gethostname writes at most buf.len() bytes into buf.
-            let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
-            let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
-            (rc == 0 && end > 0).then(|| String::from_utf8_lossy(&buf[..end]).into_owned())
-        };
-        let (name, name_source) = match (
-            &self.name,
-            get("MIGRATE_ETCD_NAME"),
-            get("ETCD_NAME"),
-            get("ETCD_HOSTNAME"),
-            get("HOSTNAME"),
-        ) {
-            (Some(n), ..) if !n.is_empty() => (n.clone(), "--name".to_string()),
-            (_, Some(n), ..) => (n, "MIGRATE_ETCD_NAME".into()),
-            (_, None, Some(n), ..) => (n, "ETCD_NAME".into()),
-            (_, None, None, Some(h), _) => {
-                log.push(format!(
-                    "--name unset, defaulting to etcd-{h} (ETCD_HOSTNAME)"
-                ));
-                (format!("etcd-{h}"), "etcd-$ETCD_HOSTNAME".into())
-            }
-            (_, None, None, None, Some(h)) => {
-                log.push(format!("--name unset, defaulting to etcd-{h} (HOSTNAME)"));
-                (format!("etcd-{h}"), "etcd-$HOSTNAME".into())
-            }
-            _ => match hostname() {
-                Some(h) => {
-                    log.push(format!("--name unset, defaulting to etcd-{h} (hostname)"));
-                    (format!("etcd-{h}"), "etcd-<hostname>".into())
-                }
-                None => return Err(OptionsError::NoName),
-            },
-        };
+        let (name, name_source) = self.member_name(&get, &mut log)?;
         let data_dir = self
             .data_dir
             .clone()
             .filter(|p| !p.as_os_str().is_empty())
             .ok_or(OptionsError::Required("data-dir", "DATA_DIRECTORY"))?;
-        let events = data_dir.to_string_lossy().contains("event");
-        let port = if self.port != 0 {
-            self.port
-        } else if events {
-            18631
-        } else {
-            18629
-        };
-        let peer_port = if self.peer_port != 0 {
-            self.peer_port
-        } else if events {
-            2381
-        } else {
-            2380
-        };
-        let mut default = |value: &Option<String>, flag: &str, def: String| -> String {
-            match value.as_ref().filter(|v| !v.is_empty()) {
-                Some(v) => v.clone(),
-                None => {
-                    log.push(format!("--{flag} unset - defaulting to {def}"));
-                    def
-                }
-            }
-        };
-        let initial_cluster_source = match self.initial_cluster.as_ref().filter(|v| !v.is_empty()) {
-            None => "the default <name>=http://localhost:<peer port>".to_string(),
-            Some(v) if get("INITIAL_CLUSTER").as_ref() == Some(v) => "INITIAL_CLUSTER".into(),
-            Some(_) => "--initial-cluster".into(),
-        };
-        let initial_cluster = default(
-            &self.initial_cluster,
-            "initial-cluster",
-            format!("{name}=http://localhost:{peer_port}"),
-        );
-        let listen_peer_urls = default(
-            &self.listen_peer_urls,
-            "listen-peer-urls",
-            format!("http://localhost:{peer_port}"),
-        );
-        let initial_advertise_peer_urls = default(
-            &self.initial_advertise_peer_urls,
-            "initial-advertise-peer-urls",
-            format!("http://localhost:{peer_port}"),
-        );
-        let listen_client_urls = default(
-            &self.listen_client_urls,
-            "listen-client-urls",
-            format!("http://127.0.0.1:{port}"),
-        );
-        let target_version = self
-            .target_version
-            .clone()
-            .filter(|v| !v.is_empty())
-            .ok_or(OptionsError::Required("target-version", "TARGET_VERSION"))?;
-        let target_storage = self
-            .target_storage
-            .clone()
-            .filter(|v| !v.is_empty())
-            .ok_or(OptionsError::Required("target-storage", "TARGET_STORAGE"))?;
-        let version =
-            parse_version(target_version.trim()).map_err(OptionsError::BadTargetVersion)?;
-        let storage =
-            Storage::parse(target_storage.trim()).map_err(OptionsError::UnknownStorage)?;
+        let (port, peer_port) = self.ports(&data_dir);
+        let urls = self.urls(&name, port, peer_port, &get, &mut log);
+        let target = self.target()?;
         let prefix = self.etcd_data_prefix.clone();
         let ttl_keys_directory = match self
             .ttl_keys_directory
@@ -385,12 +312,12 @@ impl Flags {
             data_dir,
             port,
             peer_port,
-            initial_cluster,
-            initial_cluster_source,
-            listen_peer_urls,
-            initial_advertise_peer_urls,
-            listen_client_urls,
-            target: VersionPair::new(version, storage),
+            initial_cluster: urls.initial_cluster,
+            initial_cluster_source: urls.initial_cluster_source,
+            listen_peer_urls: urls.listen_peer_urls,
+            initial_advertise_peer_urls: urls.initial_advertise_peer_urls,
+            listen_client_urls: urls.listen_client_urls,
+            target,
             etcd_data_prefix: prefix,
             ttl_keys_directory,
             lease_duration: self.lease_duration,
@@ -406,6 +333,116 @@ impl Flags {
             lock_wait: self.lock_wait,
             defaults_log: log,
         })
+    }
+
+    /// The member name and where it came from: --name, MIGRATE_ETCD_NAME, ETCD_NAME, then
+    /// `etcd-<host>` from ETCD_HOSTNAME, HOSTNAME or the system's hostname.
+    fn member_name(
+        &self,
+        get: Env<'_>,
+        log: &mut Vec<String>,
+    ) -> Result<(String, String), OptionsError> {
+        if let Some(n) = self.name.as_ref().filter(|n| !n.is_empty()) {
+            return Ok((n.clone(), "--name".into()));
+        }
+        for var in ["MIGRATE_ETCD_NAME", "ETCD_NAME"] {
+            if let Some(n) = get(var) {
+                return Ok((n, var.into()));
+            }
+        }
+        for var in ["ETCD_HOSTNAME", "HOSTNAME"] {
+            if let Some(h) = get(var) {
+                log.push(format!("--name unset, defaulting to etcd-{h} ({var})"));
+                return Ok((format!("etcd-{h}"), format!("etcd-${var}")));
+            }
+        }
+        match system_hostname() {
+            Some(h) => {
+                log.push(format!("--name unset, defaulting to etcd-{h} (hostname)"));
+                Ok((format!("etcd-{h}"), "etcd-<hostname>".into()))
+            }
+            None => Err(OptionsError::NoName),
+        }
+    }
+
+    /// Client and peer ports: the flags, else the reference's defaults (events data dirs get
+    /// their own pair, so that both members of a host can migrate at once).
+    fn ports(&self, data_dir: &std::path::Path) -> (u16, u16) {
+        let events = data_dir.to_string_lossy().contains("event");
+        let port = match (self.port, events) {
+            (0, true) => 18631,
+            (0, false) => 18629,
+            (p, _) => p,
+        };
+        let peer_port = match (self.peer_port, events) {
+            (0, true) => 2381,
+            (0, false) => 2380,
+            (p, _) => p,
+        };
+        (port, peer_port)
+    }
+
+    fn urls(
+        &self,
+        name: &str,
+        port: u16,
+        peer_port: u16,
+        get: Env<'_>,
+        log: &mut Vec<String>,
+    ) -> Urls {
+        let mut default = |value: &Option<String>, flag: &str, def: String| -> String {
+            match value.as_ref().filter(|v| !v.is_empty()) {
+                Some(v) => v.clone(),
+                None => {
+                    log.push(format!("--{flag} unset - defaulting to {def}"));
+                    def
+                }
+            }
+        };
+        let initial_cluster_source = match self.initial_cluster.as_ref().filter(|v| !v.is_empty()) {
+            None => "the default <name>=http://localhost:<peer port>".to_string(),
+            Some(v) if get("INITIAL_CLUSTER").as_ref() == Some(v) => "INITIAL_CLUSTER".into(),
+            Some(_) => "--initial-cluster".into(),
+        };
+        let peer = format!("http://localhost:{peer_port}");
+        Urls {
+            initial_cluster: default(
+                &self.initial_cluster,
+                "initial-cluster",
+                format!("{name}={peer}"),
+            ),
+            initial_cluster_source,
+            listen_peer_urls: default(&self.listen_peer_urls, "listen-peer-urls", peer.clone()),
+            initial_advertise_peer_urls: default(
+                &self.initial_advertise_peer_urls,
+                "initial-advertise-peer-urls",
+                peer,
+            ),
+            listen_client_urls: default(
+                &self.listen_client_urls,
+                "listen-client-urls",
+                format!("http://127.0.0.1:{port}"),
+            ),
+        }
+    }
+
+    /// TARGET_VERSION and TARGET_STORAGE, both required.
+    fn target(&self) -> Result<VersionPair, OptionsError> {
+        let target_version = self
+            .target_version
+            .clone()
+            .filter(|v| !v.is_empty())
+            .ok_or(OptionsError::Required("target-version", "TARGET_VERSION"))?;
+        let target_storage = self
+            .target_storage
+            .clone()
+            .filter(|v| !v.is_empty())
+            .ok_or(OptionsError::Required("target-storage", "TARGET_STORAGE"))?;
+        let version =
+            parse_version(target_version.trim()).map_err(OptionsError::BadTargetVersion)?;
+        let storage =
+            Storage::parse(target_storage.trim()).map_err(OptionsError::UnknownStorage)?;
+        Ok(VersionPair::new(version, storage))
     }
 }
 

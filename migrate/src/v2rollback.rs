@@ -24,11 +24,13 @@ use serde_json::Value;
 
 use crate::datadir::DataDir;
 use crate::engine::{self, failpoint, Sidecar, StepFingerprints};
+use crate::error::MigrateError;
 use crate::keyspace::{self, Fingerprint, KeyspaceError};
+use crate::options::Options;
+use crate::report::log;
 use crate::server::Server;
 use crate::v2store::{Member, V2Key};
 use crate::version::VersionPair;
-use crate::{log, options::Options, MigrateError};
 
 /// How far a v2 expiry may drift from the v3 lease's remaining TTL (reading takes time).
 const EXPIRY_TOLERANCE: Duration = Duration::from_secs(120);

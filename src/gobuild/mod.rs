@@ -520,7 +520,24 @@ fn load_cached(cache: &Cache, key: &str) -> Option<(Vec<Binary>, CompileReport)>
     Some((binaries, record.report))
 }
 
-/// Builds (or takes from the cache) etcd `version` for `arch`.
+/// Everything one compile is a function of, resolved before it starts: the recipe, the
+/// prepared source, the patches, the flags, and the cache key over all of them.
+struct Inputs {
+    recipe: Recipe,
+    spec: SourceSpec,
+    prepared: source::Prepared,
+    patches: patch::Patches,
+    git_sha: String,
+    flags: Vec<String>,
+    goarm: Option<String>,
+    /// `gopath` or `module`.
+    mode: &'static str,
+    key: String,
+}
+
+/// Builds (or takes from the cache) etcd `version` for `arch`: resolve the inputs, wait for
+/// any other process compiling the same key, reuse its result or compile each binary into a
+/// private work dir, check each (ELF, `--version`), and only then store them in the cache.
 pub async fn build_etcd(
     settings: &GoBuildSettings,
     builder: &Builder,
@@ -530,6 +547,61 @@ pub async fn build_etcd(
     reporter: Arc<dyn Reporter>,
 ) -> Result<BuiltEtcd, GoBuildError> {
     let started = Instant::now();
+    let inputs = resolve_inputs(settings, builder, version, arch, cache, &*reporter).await?;
+    // Another process compiling the same thing into this cache: wait for it, then reuse.
+    let _held = cache
+        .lock(
+            "gobuild",
+            &inputs.key,
+            &format!("the compile of etcd {version} for {arch}"),
+            &|m| reporter.status("Waiting", m),
+        )
+        .map_err(GoBuildError::from)?;
+    if let Some((binaries, mut report)) = load_cached(cache, &inputs.key) {
+        report.compiled = false;
+        report.seconds = started.elapsed().as_secs_f64();
+        return Ok(BuiltEtcd {
+            version: version.clone(),
+            binaries,
+            report,
+        });
+    }
+    let work = work_dir(cache)?;
+    let overlay = patch_overlay(settings, &inputs, version, work.path(), &*reporter)?;
+    let out_dir = work.path().join("out");
+    std::fs::create_dir_all(&out_dir).map_err(|source| GoBuildError::Io {
+        path: out_dir.clone(),
+        source,
+    })?;
+    let binaries = compile_all(
+        builder,
+        &inputs,
+        version,
+        arch,
+        overlay.as_deref(),
+        &out_dir,
+        reporter,
+    )
+    .await?;
+    let report = compile_report(builder, &inputs, version, arch, started);
+    store(cache, &inputs.key, &binaries, &report)?;
+    Ok(BuiltEtcd {
+        version: version.clone(),
+        binaries,
+        report,
+    })
+}
+
+/// The recipe for `version`, the source prepared (fetched, unpacked, checked against its
+/// mode), the patches listed, and the cache key.
+async fn resolve_inputs(
+    settings: &GoBuildSettings,
+    builder: &Builder,
+    version: &Version,
+    arch: Arch,
+    cache: &Cache,
+    reporter: &dyn Reporter,
+) -> Result<Inputs, GoBuildError> {
     let recipe = recipe(version)?;
     let spec = settings.source_for(version);
     let gopath_mode = spec.gopath().is_some();
@@ -545,7 +617,7 @@ pub async fn build_etcd(
             message: format!("etcd before 3.4 builds in GOPATH mode only: set [build.source.\"{version}\"] dir = \"<GOPATH>/src/{}\" and gopath = \"<GOPATH>\"", recipe.import_path),
         });
     }
-    let prepared = source::prepare(&spec, version, recipe.import_path, cache, &*reporter).await?;
+    let prepared = source::prepare(&spec, version, recipe.import_path, cache, reporter).await?;
     if let Some(g) = prepared.gopath.first() {
         let expected = g.join("src").join(recipe.import_path);
         if prepared.root != expected {
@@ -583,66 +655,83 @@ pub async fn build_etcd(
         .join("\n")
         .as_bytes(),
     );
-    // Another process compiling the same thing into this cache: wait for it, then reuse.
-    let _held = cache
-        .lock(
-            "gobuild",
-            &key,
-            &format!("the compile of etcd {version} for {arch}"),
-            &|m| reporter.status("Waiting", m),
-        )
-        .map_err(GoBuildError::from)?;
-    if let Some((binaries, mut report)) = load_cached(cache, &key) {
-        report.compiled = false;
-        report.seconds = started.elapsed().as_secs_f64();
-        return Ok(BuiltEtcd {
-            version: version.clone(),
-            binaries,
-            report,
-        });
-    }
+    Ok(Inputs {
+        recipe,
+        spec,
+        prepared,
+        patches,
+        git_sha,
+        flags,
+        goarm,
+        mode,
+        key,
+    })
+}
 
-    let work = tempfile::Builder::new()
-        .prefix("gobuild-")
-        .tempdir_in({
-            let t = cache.root().join("tmp");
-            std::fs::create_dir_all(&t).map_err(|source| GoBuildError::Io {
-                path: t.clone(),
-                source,
-            })?;
-            t
-        })
-        .map_err(|source| GoBuildError::Io {
-            path: cache.root().join("tmp"),
-            source,
-        })?;
-    let overlay = if patches.files.is_empty() {
-        None
-    } else {
-        reporter.status(
-            "Patching",
-            &format!(
-                "etcd {version}: {} patch(es) from {}",
-                patches.files.len(),
-                settings.patches_dir.join(version.to_string()).display()
-            ),
-        );
-        let patched = patch::apply(&patches, &prepared.root, &version.to_string(), work.path())?;
-        Some(write_overlay(
-            &patched,
-            &prepared.root,
-            prepared.gopath.first().map(PathBuf::as_path),
-            work.path(),
-        )?)
-    };
-    let out_dir = work.path().join("out");
-    std::fs::create_dir_all(&out_dir).map_err(|source| GoBuildError::Io {
-        path: out_dir.clone(),
+/// A private work dir under the cache's `tmp/` (same filesystem; removed when dropped).
+fn work_dir(cache: &Cache) -> Result<tempfile::TempDir, GoBuildError> {
+    let t = cache.root().join("tmp");
+    std::fs::create_dir_all(&t).map_err(|source| GoBuildError::Io {
+        path: t.clone(),
         source,
     })?;
+    tempfile::Builder::new()
+        .prefix("gobuild-")
+        .tempdir_in(&t)
+        .map_err(|source| GoBuildError::Io { path: t, source })
+}
+
+/// The patches applied into `work` and the `go build -overlay` file naming them; `None`
+/// without patches. The source tree itself is never modified.
+fn patch_overlay(
+    settings: &GoBuildSettings,
+    inputs: &Inputs,
+    version: &Version,
+    work: &Path,
+    reporter: &dyn Reporter,
+) -> Result<Option<PathBuf>, GoBuildError> {
+    let patches = &inputs.patches;
+    if patches.files.is_empty() {
+        return Ok(None);
+    }
+    reporter.status(
+        "Patching",
+        &format!(
+            "etcd {version}: {} patch(es) from {}",
+            patches.files.len(),
+            settings.patches_dir.join(version.to_string()).display()
+        ),
+    );
+    let root = &inputs.prepared.root;
+    let patched = patch::apply(patches, root, &version.to_string(), work)?;
+    Ok(Some(write_overlay(
+        &patched,
+        root,
+        inputs.prepared.gopath.first().map(PathBuf::as_path),
+        work,
+    )?))
+}
+
+/// Compiles each of the recipe's binaries into `out_dir`, one at a time (each `go build`
+/// already uses every core), checking each while the next compiles. Returns them only when
+/// all passed.
+async fn compile_all(
+    builder: &Builder,
+    inputs: &Inputs,
+    version: &Version,
+    arch: Arch,
+    overlay: Option<&Path>,
+    out_dir: &Path,
+    reporter: Arc<dyn Reporter>,
+) -> Result<Vec<Binary>, GoBuildError> {
+    let joined = |e: tokio::task::JoinError| GoBuildError::Io {
+        path: out_dir.to_path_buf(),
+        source: std::io::Error::other(e.to_string()),
+    };
+    let prepared = &inputs.prepared;
     let mut checks = Vec::new();
-    for target in &recipe.targets {
-        if !gopath_mode && !prepared.root.join(target.module_dir).is_dir() {
+    for target in &inputs.recipe.targets {
+        if inputs.mode == "module" && !prepared.root.join(target.module_dir).is_dir() {
             if target.name == "etcdutl" {
                 continue;
             }
@@ -652,14 +741,14 @@ pub async fn build_etcd(
             });
         }
         let job = Job {
-            recipe: &recipe,
+            recipe: &inputs.recipe,
             target,
             arch,
             root: &prepared.root,
             gopath: &prepared.gopath,
-            overlay: overlay.as_deref(),
-            out_dir: &out_dir,
-            git_sha: &git_sha,
+            overlay,
+            out_dir,
+            git_sha: &inputs.git_sha,
         };
         let cmd = command(builder, &job);
         reporter.status(
@@ -668,65 +757,80 @@ pub async fn build_etcd(
                 "{} {version} for {arch} ({}, {})",
                 target.name,
                 builder.identity(),
-                mode
+                inputs.mode
             ),
         );
         tokio::task::spawn_blocking(move || cmd.output())
             .await
-            .map_err(|e| GoBuildError::Io {
-                path: out_dir.clone(),
-                source: std::io::Error::other(e.to_string()),
-            })?
+            .map_err(joined)?
             .map_err(|source| GoBuildError::Compile {
                 binary: target.name.into(),
                 version: version.clone(),
                 arch,
                 source,
             })?;
-        let path = out_dir.join(target.name);
-        let bytes = std::fs::read(&path).map_err(|_| GoBuildError::NoOutput {
-            builder: builder.name().into(),
-            binary: target.name.into(),
-            version: version.clone(),
-        })?;
-        // Check this binary (ELF header, `--version` under qemu) while the next one compiles.
+        let bytes =
+            std::fs::read(out_dir.join(target.name)).map_err(|_| GoBuildError::NoOutput {
+                builder: builder.name().into(),
+                binary: target.name.into(),
+                version: version.clone(),
+            })?;
         let (name, v, r) = (target.name.to_string(), version.clone(), reporter.clone());
         checks.push(tokio::task::spawn_blocking(move || {
-            let check = |source| GoBuildError::Check {
-                binary: name.clone(),
-                version: v.clone(),
-                arch,
-                source,
-            };
-            binary::check_elf(&name, &bytes, arch).map_err(check)?;
-            if binary::check_version(&name, &bytes, arch, &v).map_err(check)?
-                == binary::VersionCheck::Skipped
-            {
-                r.warn(&format!(
-                    "cannot run {arch} binaries here (install qemu-user-static); checked the built `{name}` {v} by ELF header only"
-                ));
-            }
-            Ok::<Binary, GoBuildError>(Binary { name, bytes })
+            check_built(name, bytes, arch, &v, &*r)
         }));
     }
-    // Verified before anything enters the cache.
     let mut binaries = Vec::new();
     for c in checks {
-        binaries.push(c.await.map_err(|e| GoBuildError::Io {
-            path: out_dir.clone(),
-            source: std::io::Error::other(e.to_string()),
-        })??);
+        binaries.push(c.await.map_err(joined)??);
     }
-    let report = CompileReport {
+    Ok(binaries)
+}
+
+/// A compiled binary's checks: its ELF header is for `arch`, and `--version` (under qemu for
+/// a foreign arch, where qemu-user is installed) says `version`.
+fn check_built(
+    name: String,
+    bytes: Vec<u8>,
+    arch: Arch,
+    version: &Version,
+    reporter: &dyn Reporter,
+) -> Result<Binary, GoBuildError> {
+    let check = |source| GoBuildError::Check {
+        binary: name.clone(),
+        version: version.clone(),
+        arch,
+        source,
+    };
+    binary::check_elf(&name, &bytes, arch).map_err(check)?;
+    if binary::check_version(&name, &bytes, arch, version).map_err(check)?
+        == binary::VersionCheck::Skipped
+    {
+        reporter.warn(&format!(
+            "cannot run {arch} binaries here (install qemu-user-static); checked the built `{name}` {version} by ELF header only"
+        ));
+    }
+    Ok(Binary { name, bytes })
+}
+
+fn compile_report(
+    builder: &Builder,
+    inputs: &Inputs,
+    version: &Version,
+    arch: Arch,
+    started: Instant,
+) -> CompileReport {
+    CompileReport {
         build: crate::release::Compile {
             version: version.to_string(),
             builder: builder.name().into(),
             toolchain: builder.identity(),
-            goarm,
-            mode: mode.into(),
-            flags,
-            source: spec.to_string(),
-            patches: patches
+            goarm: inputs.goarm.clone(),
+            mode: inputs.mode.into(),
+            flags: inputs.flags.clone(),
+            source: inputs.spec.to_string(),
+            patches: inputs
+                .patches
                 .files
                 .iter()
                 .map(|p| {
@@ -736,31 +840,37 @@ pub async fn build_etcd(
                         .into_owned()
                 })
                 .collect(),
-            key: key.clone(),
+            key: inputs.key.clone(),
         },
         arch: arch.to_string(),
         compiled: true,
         seconds: started.elapsed().as_secs_f64(),
-    };
+    }
+}
+
+/// The binaries' blobs, then the record naming them (the record last: a reader never sees
+/// a record whose blobs are missing).
+fn store(
+    cache: &Cache,
+    key: &str,
+    binaries: &[Binary],
+    report: &CompileReport,
+) -> Result<(), GoBuildError> {
     let mut record = CacheRecord {
         binaries: BTreeMap::new(),
         report: report.clone(),
     };
-    for b in &binaries {
+    for b in binaries {
         record
             .binaries
             .insert(b.name.clone(), cache.put_bytes(&b.bytes)?);
     }
     cache.put_ref(
         "gobuild",
-        &key,
+        key,
         &serde_json::to_string(&record).expect("serialisable"),
     )?;
-    Ok(BuiltEtcd {
-        version: version.clone(),
-        binaries,
-        report,
-    })
+    Ok(())
 }
 
 #[cfg(test)]

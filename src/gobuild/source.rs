@@ -137,142 +137,170 @@ pub async fn prepare(
     cache: &Cache,
     reporter: &dyn Reporter,
 ) -> Result<Prepared, GoBuildError> {
-    let deps = |identity: String| -> Result<(Vec<PathBuf>, String), GoBuildError> {
-        match spec.gopath() {
-            Some(g) => {
-                if !g.join("src").is_dir() {
-                    return Err(GoBuildError::NoSourceDir(g.join("src")));
-                }
-                let f = fingerprint(&g.join("src"))?;
-                Ok((
-                    vec![g.to_path_buf()],
-                    sha256_hex(format!("{identity}\n{f}").as_bytes()),
-                ))
-            }
-            None => Ok((Vec::new(), identity)),
-        }
-    };
     match spec {
-        SourceSpec::Dir { path, .. } => {
-            if !path.is_dir() {
-                return Err(GoBuildError::NoSourceDir(path.clone()));
-            }
-            let (gopath, identity) = deps(fingerprint(path)?)?;
-            let commit = Cmd::new("git")
-                .arg("-C")
-                .arg(path)
-                .args(["rev-parse", "HEAD"])
-                .output()
-                .ok()
-                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-                .filter(|c| c.len() >= 7);
-            Ok(Prepared {
-                root: path.clone(),
-                gopath,
-                identity,
-                commit,
-            })
-        }
+        SourceSpec::Dir { path, .. } => prepare_dir(spec, path),
         SourceSpec::Git { repo, .. } => {
-            let tag = format!("v{version}");
-            let key = sha256_hex(format!("git\n{repo}\n{tag}").as_bytes());
-            let dir = cache.root().join("sources").join(&key[..32]);
-            if !dir.join(COMPLETE).is_file() {
-                reporter.status("Cloning", &format!("{repo} at {tag} (shallow)"));
-                let tmp = staging(cache, &key)?;
-                Cmd::new("git")
-                    .args(["clone", "--quiet", "--depth", "1", "--branch", &tag])
-                    .arg(repo)
-                    .arg(tmp.join("src").join(import_path))
-                    .env("GIT_TERMINAL_PROMPT", "0")
-                    .output()
-                    .map_err(|e| GoBuildError::Fetch {
-                        what: format!("cloning {repo} at {tag}"),
-                        message: e.to_string(),
-                    })?;
-                finish(&tmp, &dir)?;
-            }
-            let root = dir.join("src").join(import_path);
-            let commit = Cmd::new("git")
-                .arg("-C")
-                .arg(&root)
-                .args(["rev-parse", "HEAD"])
-                .output()
-                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-                .map_err(|e| GoBuildError::Fetch {
-                    what: format!("reading the commit of {}", dir.display()),
-                    message: e.to_string(),
-                })?;
-            let (mut gopath, identity) = deps(format!("git:{commit}"))?;
-            if !gopath.is_empty() {
-                gopath.insert(0, dir);
-            }
-            Ok(Prepared {
-                root,
-                gopath,
-                identity,
-                commit: Some(commit),
-            })
+            prepare_git(spec, repo, version, import_path, cache, reporter)
         }
         SourceSpec::Url { url, sha256, .. } => {
-            let key =
-                sha256_hex(format!("url\n{url}\n{}", sha256.as_deref().unwrap_or("")).as_bytes());
-            let dir = cache.root().join("sources").join(&key[..32]);
-            let digest_file = dir.join(COMPLETE);
-            if !digest_file.is_file() {
-                reporter.status(
-                    "Downloading",
-                    &format!(
-                        "etcd {version} source {}",
-                        crate::fetch::http::redact_url(url)
-                    ),
-                );
-                let http = Http::new().map_err(|e| GoBuildError::Fetch {
-                    what: "creating the HTTP client".into(),
-                    message: e.to_string(),
-                })?;
-                let bytes =
-                    http.get_bytes(url, reporter)
-                        .await
-                        .map_err(|e| GoBuildError::Fetch {
-                            what: format!("downloading {}", crate::fetch::http::redact_url(url)),
-                            message: e.to_string(),
-                        })?;
-                let actual = sha256_hex(&bytes);
-                if let Some(want) = sha256 {
-                    let want = want.trim_start_matches("sha256:").to_ascii_lowercase();
-                    if want != actual {
-                        return Err(GoBuildError::SourceDigest {
-                            url: crate::fetch::http::redact_url(url),
-                            expected: want,
-                            actual,
-                        });
-                    }
-                }
-                let tmp = staging(cache, &key)?;
-                unpack(&bytes, &tmp.join("src").join(import_path)).map_err(|e| {
-                    GoBuildError::Fetch {
-                        what: format!("unpacking {}", crate::fetch::http::redact_url(url)),
-                        message: e,
-                    }
-                })?;
-                std::fs::write(tmp.join(COMPLETE), &actual).map_err(io(&tmp))?;
-                finish_written(&tmp, &dir)?;
-            }
-            let actual = std::fs::read_to_string(&digest_file).map_err(io(&digest_file))?;
-            let (mut gopath, identity) = deps(format!("url:{}", actual.trim()))?;
-            let root = dir.join("src").join(import_path);
-            if !gopath.is_empty() {
-                gopath.insert(0, dir);
-            }
-            Ok(Prepared {
-                root,
-                gopath,
-                identity,
-                commit: None,
-            })
+            let sha256 = sha256.as_deref();
+            prepare_url(spec, url, sha256, version, import_path, cache, reporter).await
         }
     }
+}
+
+/// The dependencies GOPATH of `spec` (if any) and the identity over the source's and theirs.
+fn with_deps(spec: &SourceSpec, identity: String) -> Result<(Vec<PathBuf>, String), GoBuildError> {
+    match spec.gopath() {
+        Some(g) => {
+            if !g.join("src").is_dir() {
+                return Err(GoBuildError::NoSourceDir(g.join("src")));
+            }
+            let f = fingerprint(&g.join("src"))?;
+            Ok((
+                vec![g.to_path_buf()],
+                sha256_hex(format!("{identity}\n{f}").as_bytes()),
+            ))
+        }
+        None => Ok((Vec::new(), identity)),
+    }
+}
+
+/// A checked-out tree, used in place; identified by a fingerprint of its files.
+fn prepare_dir(spec: &SourceSpec, path: &Path) -> Result<Prepared, GoBuildError> {
+    if !path.is_dir() {
+        return Err(GoBuildError::NoSourceDir(path.to_path_buf()));
+    }
+    let (gopath, identity) = with_deps(spec, fingerprint(path)?)?;
+    let commit = Cmd::new("git")
+        .arg("-C")
+        .arg(path)
+        .args(["rev-parse", "HEAD"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .filter(|c| c.len() >= 7);
+    Ok(Prepared {
+        root: path.to_path_buf(),
+        gopath,
+        identity,
+        commit,
+    })
+}
+
+/// A shallow clone of tag `v<version>`, cached by repo and tag; identified by its commit.
+fn prepare_git(
+    spec: &SourceSpec,
+    repo: &str,
+    version: &Version,
+    import_path: &str,
+    cache: &Cache,
+    reporter: &dyn Reporter,
+) -> Result<Prepared, GoBuildError> {
+    let tag = format!("v{version}");
+    let key = sha256_hex(format!("git\n{repo}\n{tag}").as_bytes());
+    let dir = cache.root().join("sources").join(&key[..32]);
+    if !dir.join(COMPLETE).is_file() {
+        reporter.status("Cloning", &format!("{repo} at {tag} (shallow)"));
+        let tmp = staging(cache, &key)?;
+        Cmd::new("git")
+            .args(["clone", "--quiet", "--depth", "1", "--branch", &tag])
+            .arg(repo)
+            .arg(tmp.join("src").join(import_path))
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .output()
+            .map_err(|e| GoBuildError::Fetch {
+                what: format!("cloning {repo} at {tag}"),
+                message: e.to_string(),
+            })?;
+        finish(&tmp, &dir)?;
+    }
+    let root = dir.join("src").join(import_path);
+    let commit = Cmd::new("git")
+        .arg("-C")
+        .arg(&root)
+        .args(["rev-parse", "HEAD"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .map_err(|e| GoBuildError::Fetch {
+            what: format!("reading the commit of {}", dir.display()),
+            message: e.to_string(),
+        })?;
+    let identity = format!("git:{commit}");
+    in_cache(spec, dir, root, identity, Some(commit))
+}
+
+/// A source stored in the cache at `dir` (GOPATH-shaped): with a dependencies GOPATH, `dir`
+/// is the first GOPATH entry.
+fn in_cache(
+    spec: &SourceSpec,
+    dir: PathBuf,
+    root: PathBuf,
+    identity: String,
+    commit: Option<String>,
+) -> Result<Prepared, GoBuildError> {
+    let (mut gopath, identity) = with_deps(spec, identity)?;
+    if !gopath.is_empty() {
+        gopath.insert(0, dir);
+    }
+    Ok(Prepared {
+        root,
+        gopath,
+        identity,
+        commit,
+    })
+}
+
+/// A source tarball, checked against its pinned sha256 (if given), unpacked and cached by
+/// URL and pin; identified by the tarball's digest.
+async fn prepare_url(
+    spec: &SourceSpec,
+    url: &str,
+    sha256: Option<&str>,
+    version: &Version,
+    import_path: &str,
+    cache: &Cache,
+    reporter: &dyn Reporter,
+) -> Result<Prepared, GoBuildError> {
+    let shown = crate::fetch::http::redact_url(url);
+    let key = sha256_hex(format!("url\n{url}\n{}", sha256.unwrap_or("")).as_bytes());
+    let dir = cache.root().join("sources").join(&key[..32]);
+    let digest_file = dir.join(COMPLETE);
+    if !digest_file.is_file() {
+        reporter.status("Downloading", &format!("etcd {version} source {shown}"));
+        let fetch_err = |what: String| {
+            move |e: crate::fetch::FetchError| GoBuildError::Fetch {
+                what,
+                message: e.to_string(),
+            }
+        };
+        let http = Http::new().map_err(fetch_err("creating the HTTP client".into()))?;
+        let bytes = http
+            .get_bytes(url, reporter)
+            .await
+            .map_err(fetch_err(format!("downloading {shown}")))?;
+        let actual = sha256_hex(&bytes);
+        if let Some(want) = sha256 {
+            let want = want.trim_start_matches("sha256:").to_ascii_lowercase();
+            if want != actual {
+                return Err(GoBuildError::SourceDigest {
+                    url: shown,
+                    expected: want,
+                    actual,
+                });
+            }
+        }
+        let tmp = staging(cache, &key)?;
+        unpack(&bytes, &tmp.join("src").join(import_path)).map_err(|e| GoBuildError::Fetch {
+            what: format!("unpacking {shown}"),
+            message: e,
+        })?;
+        std::fs::write(tmp.join(COMPLETE), &actual).map_err(io(&tmp))?;
+        finish_written(&tmp, &dir)?;
+    }
+    let actual = std::fs::read_to_string(&digest_file).map_err(io(&digest_file))?;
+    let root = dir.join("src").join(import_path);
+    in_cache(spec, dir, root, format!("url:{}", actual.trim()), None)
 }
 
 fn staging(cache: &Cache, key: &str) -> Result<PathBuf, GoBuildError> {

@@ -182,151 +182,199 @@ struct TokenResponse {
     access_token: Option<String>,
 }
 
-/// Asks the token service named in `challenge` for a token covering `scopes`.
-///
-/// With an identity token this is docker's OAuth2 refresh-token grant (POST); otherwise a GET,
-/// with basic auth when there are credentials, anonymous when not. Credentials go to a
-/// plain-HTTP realm only when the registry itself was declared insecure. 429, 5xx and resets
-/// are retried like registry requests.
-#[allow(clippy::too_many_arguments)]
-pub async fn fetch_token(
-    client: &reqwest::Client,
-    registry: &str,
-    challenge: &Challenge,
-    scopes: &[String],
-    credential: Option<&Credential>,
-    insecure: bool,
-    policy: &crate::fetch::http::RetryPolicy,
-    reporter: &dyn crate::report::Reporter,
-) -> Result<String, RegistryError> {
-    let auth_err = |message: String, hint: &str| RegistryError::Auth {
-        registry: registry.into(),
-        message,
-        hint: hint.into(),
-    };
-    let realm = challenge.params.get("realm").ok_or_else(|| {
-        auth_err(
-            "the registry asked for a bearer token but named no realm".into(),
-            "the registry's auth configuration is broken; ask its operator",
-        )
-    })?;
-    let mut url = reqwest::Url::parse(realm).map_err(|e| {
-        auth_err(
-            format!("token realm `{realm}` is not a URL: {e}"),
-            "the registry's auth configuration is broken; ask its operator",
-        )
-    })?;
-    let shown = {
-        let mut u = url.clone();
-        u.set_query(None);
-        crate::fetch::http::redact_url(u.as_str())
-    };
-    if url.scheme() != "https" && credential.is_some() && !insecure {
-        return Err(auth_err(
-            format!("the token service {shown} is plain HTTP; credentials are not sent over it"),
-            "use an HTTPS token service, or declare the registry with --insecure-registry if plain HTTP is intended",
-        ));
-    }
-    let service = challenge.params.get("service").cloned().unwrap_or_default();
-    let scope = scopes.join(" ");
-    {
-        let mut q = url.query_pairs_mut();
-        if !service.is_empty() {
-            q.append_pair("service", &service);
-        }
-        for s in scopes {
-            q.append_pair("scope", s);
+/// One token request: who asks the token service of `challenge`, for what.
+pub struct TokenRequest<'a> {
+    pub client: &'a reqwest::Client,
+    pub registry: &'a str,
+    pub challenge: &'a Challenge,
+    pub scopes: &'a [String],
+    pub credential: Option<&'a Credential>,
+    /// The registry was declared plain HTTP (credentials may then go to a plain-HTTP realm).
+    pub insecure: bool,
+    pub policy: &'a crate::fetch::http::RetryPolicy,
+    pub reporter: &'a dyn crate::report::Reporter,
+}
+
+/// The token service's URL (with `service` and `scope` in the query), and its redacted form.
+struct Realm {
+    url: reqwest::Url,
+    shown: String,
+    service: String,
+}
+
+impl TokenRequest<'_> {
+    fn error(&self, message: String, hint: &str) -> RegistryError {
+        RegistryError::Auth {
+            registry: self.registry.into(),
+            message,
+            hint: hint.into(),
         }
     }
-    let make = || match credential {
-        Some(Credential::IdentityToken(token)) => {
-            let form: Vec<(&str, &str)> = vec![
-                ("grant_type", "refresh_token"),
-                ("client_id", "etcdimg"),
-                ("refresh_token", token.as_str()),
-                ("service", service.as_str()),
-                ("scope", scope.as_str()),
-            ];
-            let mut plain = url.clone();
-            plain.set_query(None);
-            client.post(plain).form(&form)
-        }
-        other => {
-            let mut r = client.get(url.clone());
-            if let Some(h) = other.and_then(Credential::basic_header) {
-                r = r.header(reqwest::header::AUTHORIZATION, h);
-            }
-            r
-        }
-    };
-    let mut attempt = 0;
-    let response = loop {
-        let (cause, after) = match make().send().await {
-            Ok(r) if crate::fetch::http::is_transient(r.status()) => {
-                (r.status().to_string(), crate::fetch::http::retry_after(&r))
-            }
-            Ok(r) => break r,
-            Err(e) if e.is_connect() || attempt >= policy.retries => {
-                return Err(auth_err(
-                    format!(
-                        "token service {shown}: {}",
-                        crate::fetch::http::error_chain(&e)
-                    ),
-                    "is the token service reachable from here?",
-                ))
-            }
-            Err(e) => (crate::fetch::http::error_chain(&e), None),
+
+    /// Asks the token service named in the challenge for a token covering the scopes.
+    ///
+    /// With an identity token this is docker's OAuth2 refresh-token grant (POST); otherwise a
+    /// GET, with basic auth when there are credentials, anonymous when not. Credentials go to
+    /// a plain-HTTP realm only when the registry itself was declared insecure. 429, 5xx and
+    /// resets are retried like registry requests.
+    pub async fn fetch(&self) -> Result<String, RegistryError> {
+        let realm = self.realm()?;
+        let response = self.send(&realm).await?;
+        self.read_token(&realm, response).await
+    }
+
+    fn realm(&self) -> Result<Realm, RegistryError> {
+        let broken = "the registry's auth configuration is broken; ask its operator";
+        let realm = self.challenge.params.get("realm").ok_or_else(|| {
+            self.error(
+                "the registry asked for a bearer token but named no realm".into(),
+                broken,
+            )
+        })?;
+        let mut url = reqwest::Url::parse(realm)
+            .map_err(|e| self.error(format!("token realm `{realm}` is not a URL: {e}"), broken))?;
+        let shown = {
+            let mut u = url.clone();
+            u.set_query(None);
+            crate::fetch::http::redact_url(u.as_str())
         };
-        if attempt >= policy.retries {
-            return Err(auth_err(
-                format!(
-                    "token service {shown} answered {cause} {} times",
-                    attempt + 1
-                ),
+        if url.scheme() != "https" && self.credential.is_some() && !self.insecure {
+            return Err(self.error(
+                format!("the token service {shown} is plain HTTP; credentials are not sent over it"),
+                "use an HTTPS token service, or declare the registry with --insecure-registry if plain HTTP is intended",
+            ));
+        }
+        let service = self
+            .challenge
+            .params
+            .get("service")
+            .cloned()
+            .unwrap_or_default();
+        {
+            let mut q = url.query_pairs_mut();
+            if !service.is_empty() {
+                q.append_pair("service", &service);
+            }
+            for s in self.scopes {
+                q.append_pair("scope", s);
+            }
+        }
+        Ok(Realm {
+            url,
+            shown,
+            service,
+        })
+    }
+
+    /// The request for the credential: the refresh-token grant, or a GET.
+    fn request(&self, realm: &Realm) -> reqwest::RequestBuilder {
+        match self.credential {
+            Some(Credential::IdentityToken(token)) => {
+                let scope = self.scopes.join(" ");
+                let form: Vec<(&str, &str)> = vec![
+                    ("grant_type", "refresh_token"),
+                    ("client_id", "etcdimg"),
+                    ("refresh_token", token.as_str()),
+                    ("service", realm.service.as_str()),
+                    ("scope", scope.as_str()),
+                ];
+                let mut plain = realm.url.clone();
+                plain.set_query(None);
+                self.client.post(plain).form(&form)
+            }
+            other => {
+                let mut r = self.client.get(realm.url.clone());
+                if let Some(h) = other.and_then(Credential::basic_header) {
+                    r = r.header(reqwest::header::AUTHORIZATION, h);
+                }
+                r
+            }
+        }
+    }
+
+    /// Sends the request, retrying 429, 5xx and resets (not a refused connection).
+    async fn send(&self, realm: &Realm) -> Result<reqwest::Response, RegistryError> {
+        let (policy, shown) = (self.policy, &realm.shown);
+        let mut attempt = 0;
+        loop {
+            let (cause, after) = match self.request(realm).send().await {
+                Ok(r) if crate::fetch::http::is_transient(r.status()) => {
+                    (r.status().to_string(), crate::fetch::http::retry_after(&r))
+                }
+                Ok(r) => return Ok(r),
+                Err(e) if e.is_connect() || attempt >= policy.retries => {
+                    return Err(self.error(
+                        format!(
+                            "token service {shown}: {}",
+                            crate::fetch::http::error_chain(&e)
+                        ),
+                        "is the token service reachable from here?",
+                    ))
+                }
+                Err(e) => (crate::fetch::http::error_chain(&e), None),
+            };
+            if attempt >= policy.retries {
+                return Err(self.error(
+                    format!(
+                        "token service {shown} answered {cause} {} times",
+                        attempt + 1
+                    ),
+                    "retry later, or ask the registry's operator",
+                ));
+            }
+            let delay = policy.delay(attempt, after);
+            self.reporter.warn(&format!(
+                "token service {shown}: {cause}; retrying in {:.1}s ({}/{})",
+                delay.as_secs_f64(),
+                attempt + 1,
+                policy.retries
+            ));
+            tokio::time::sleep(delay).await;
+            attempt += 1;
+        }
+    }
+
+    /// The token of a 2xx answer (`token`, else `access_token`); a refusal names who was
+    /// refused, never the secret.
+    async fn read_token(
+        &self,
+        realm: &Realm,
+        response: reqwest::Response,
+    ) -> Result<String, RegistryError> {
+        let shown = &realm.shown;
+        let status = response.status();
+        if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
+            let who = self
+                .credential
+                .map(Credential::describe)
+                .unwrap_or_else(|| "anonymous access".into());
+            return Err(self.error(
+                format!("token service {shown} refused {who} ({status})"),
+                "the token service refused the credentials for this registry in DOCKER_CONFIG (or anonymous access, where there are none): check them (docker login), and that they may pull this repository (and push, where etcdimg pushes)",
+            ));
+        }
+        if !status.is_success() {
+            return Err(self.error(
+                format!("token service {shown} answered {status}"),
                 "retry later, or ask the registry's operator",
             ));
         }
-        let delay = policy.delay(attempt, after);
-        reporter.warn(&format!(
-            "token service {shown}: {cause}; retrying in {:.1}s ({}/{})",
-            delay.as_secs_f64(),
-            attempt + 1,
-            policy.retries
-        ));
-        tokio::time::sleep(delay).await;
-        attempt += 1;
-    };
-    let status = response.status();
-    if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
-        return Err(auth_err(
-            format!(
-                "token service {shown} refused {} ({status})",
-                credential.map(Credential::describe).unwrap_or_else(|| "anonymous access".into())
-            ),
-            "the token service refused the credentials for this registry in DOCKER_CONFIG (or anonymous access, where there are none): check them (docker login), and that they may pull this repository (and push, where etcdimg pushes)",
-        ));
-    }
-    if !status.is_success() {
-        return Err(auth_err(
-            format!("token service {shown} answered {status}"),
-            "retry later, or ask the registry's operator",
-        ));
-    }
-    let body: TokenResponse = response.json().await.map_err(|e| {
-        auth_err(
-            format!("token service {shown} sent no token: {e}"),
-            "ask the registry's operator",
-        )
-    })?;
-    body.token
-        .filter(|t| !t.is_empty())
-        .or(body.access_token.filter(|t| !t.is_empty()))
-        .ok_or_else(|| {
-            auth_err(
-                format!("token service {shown} sent an empty token"),
+        let body: TokenResponse = response.json().await.map_err(|e| {
+            self.error(
+                format!("token service {shown} sent no token: {e}"),
                 "ask the registry's operator",
             )
-        })
+        })?;
+        body.token
+            .filter(|t| !t.is_empty())
+            .or(body.access_token.filter(|t| !t.is_empty()))
+            .ok_or_else(|| {
+                self.error(
+                    format!("token service {shown} sent an empty token"),
+                    "ask the registry's operator",
+                )
+            })
+    }
 }
 
 #[cfg(test)]

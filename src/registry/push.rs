@@ -509,6 +509,10 @@ impl Pusher {
     }
 
     /// One pass of the upload state machine. `Ok(true)` when the blob is committed.
+    ///
+    /// No session: open one. A session in doubt: ask where it stands. At byte 0 (and
+    /// monolithic uploads not refused yet): one PUT. Otherwise PATCH chunks from the offset,
+    /// then close with an empty PUT.
     async fn upload_step(
         &self,
         repo: &str,
@@ -517,7 +521,6 @@ impl Pusher {
         state: &mut Upload,
         progress: &Arc<dyn Progress>,
     ) -> Result<bool, Failure> {
-        let t = &self.transport;
         let what = format!("upload blob {} to {repo}", short(&blob.digest));
         let Some(location) = state.location.clone() else {
             state.location = Some(self.start_upload(repo).await?);
@@ -526,70 +529,136 @@ impl Pusher {
             return Ok(false);
         };
         if state.resync {
-            // Ask the registry how much of the upload it holds. The flag is cleared only once
-            // it has answered: sending at a stale offset would corrupt the upload.
-            let response = t.attempt(&what, &|c| c.get(location.clone())).await?;
-            state.resync = false;
-            let end = match response.status() {
-                StatusCode::NO_CONTENT | StatusCode::OK => response
-                    .headers()
-                    .get(RANGE)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(range_end)
-                    .unwrap_or(0),
-                _ => 0,
-            };
-            if end == 0 || end > data.len() as u64 {
-                // Nothing held (or `0-0`, which distribution also says for one byte), or a
-                // session the registry lost: a fresh session is the only unambiguous start.
-                state.location = None;
-                return Ok(false);
-            }
-            if let Ok(l) = self.location(&what, &response) {
-                state.location = Some(l);
-            }
-            t.reporter().warn(&format!(
-                "{what}: resuming at byte {end} of {}, where the registry's copy ends",
-                blob.size
-            ));
-            // Resuming is chunked: the monolithic branch only ever starts at byte 0.
-            state.offset = end;
+            self.resync(&what, blob, data, &location, state).await?;
             return Ok(false);
         }
         progress.set_position(state.offset);
         if !self.chunked.load(Ordering::Relaxed) && state.offset == 0 {
-            let mut url = location.clone();
-            url.query_pairs_mut().append_pair("digest", &blob.digest);
-            let len = data.len();
-            state.sent += len as u64;
-            t.count_upload(len as u64);
-            let response = self
-                .in_session(state, &what, &|c| {
-                    c.put(url.clone())
-                        .header(CONTENT_TYPE, "application/octet-stream")
-                        .header(CONTENT_LENGTH, len.to_string())
-                        .body(progress_body(data.clone(), progress.clone()))
-                })
-                .await?;
-            return match response.status() {
-                StatusCode::CREATED => Ok(true),
-                StatusCode::PAYLOAD_TOO_LARGE => {
-                    self.chunked.store(true, Ordering::Relaxed);
-                    t.reporter().warn(&format!(
-                        "{what}: the registry refused a {len}-byte monolithic upload (413); switching to chunked uploads of {} bytes",
-                        self.chunk.load(Ordering::Relaxed)
-                    ));
-                    state.resync = true;
-                    Ok(false)
-                }
-                StatusCode::NOT_FOUND | StatusCode::RANGE_NOT_SATISFIABLE => {
-                    state.location = None;
-                    Ok(false)
-                }
-                _ => Err(Failure::Fatal(t.unexpected(&what, response).await)),
-            };
+            return self
+                .put_whole(&what, blob, data, &location, state, progress)
+                .await;
         }
-        // Chunked: PATCH from the offset, then close with an empty PUT.
+        if !self.patch_chunks(&what, data, state, progress).await? {
+            return Ok(false);
+        }
+        let mut url = state.location.clone().expect("session open");
+        url.query_pairs_mut().append_pair("digest", &blob.digest);
+        let response = self
+            .in_session(state, &what, &|c| {
+                c.put(url.clone()).header(CONTENT_LENGTH, "0")
+            })
+            .await?;
+        self.committed(&what, response, state).await
+    }
+
+    /// The answer to a PUT that closes a session: committed, or a session to start over.
+    async fn committed(
+        &self,
+        what: &str,
+        response: reqwest::Response,
+        state: &mut Upload,
+    ) -> Result<bool, Failure> {
+        match response.status() {
+            StatusCode::CREATED => Ok(true),
+            StatusCode::NOT_FOUND | StatusCode::RANGE_NOT_SATISFIABLE => {
+                state.location = None;
+                Ok(false)
+            }
+            _ => Err(Failure::Fatal(
+                self.transport.unexpected(what, response).await,
+            )),
+        }
+    }
+
+    /// Asks the registry how much of the upload it holds. The flag is cleared only once it
+    /// has answered: sending at a stale offset would corrupt the upload.
+    async fn resync(
+        &self,
+        what: &str,
+        blob: &LocalBlob,
+        data: &Bytes,
+        location: &reqwest::Url,
+        state: &mut Upload,
+    ) -> Result<(), Failure> {
+        let response = self
+            .transport
+            .attempt(what, &|c| c.get(location.clone()))
+            .await?;
+        state.resync = false;
+        let end = match response.status() {
+            StatusCode::NO_CONTENT | StatusCode::OK => response
+                .headers()
+                .get(RANGE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(range_end)
+                .unwrap_or(0),
+            _ => 0,
+        };
+        if end == 0 || end > data.len() as u64 {
+            // Nothing held (or `0-0`, which distribution also says for one byte), or a
+            // session the registry lost: a fresh session is the only unambiguous start.
+            state.location = None;
+            return Ok(());
+        }
+        if let Ok(l) = self.location(what, &response) {
+            state.location = Some(l);
+        }
+        self.transport.reporter().warn(&format!(
+            "{what}: resuming at byte {end} of {}, where the registry's copy ends",
+            blob.size
+        ));
+        // Resuming is chunked: the monolithic branch only ever starts at byte 0.
+        state.offset = end;
+        Ok(())
+    }
+
+    /// The whole blob in one PUT; a 413 switches this pusher to chunked uploads.
+    async fn put_whole(
+        &self,
+        what: &str,
+        blob: &LocalBlob,
+        data: &Bytes,
+        location: &reqwest::Url,
+        state: &mut Upload,
+        progress: &Arc<dyn Progress>,
+    ) -> Result<bool, Failure> {
+        let t = &self.transport;
+        let mut url = location.clone();
+        url.query_pairs_mut().append_pair("digest", &blob.digest);
+        let len = data.len();
+        state.sent += len as u64;
+        t.count_upload(len as u64);
+        let response = self
+            .in_session(state, what, &|c| {
+                c.put(url.clone())
+                    .header(CONTENT_TYPE, "application/octet-stream")
+                    .header(CONTENT_LENGTH, len.to_string())
+                    .body(progress_body(data.clone(), progress.clone()))
+            })
+            .await?;
+        if response.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            self.chunked.store(true, Ordering::Relaxed);
+            t.reporter().warn(&format!(
+                "{what}: the registry refused a {len}-byte monolithic upload (413); switching to chunked uploads of {} bytes",
+                self.chunk.load(Ordering::Relaxed)
+            ));
+            state.resync = true;
+            return Ok(false);
+        }
+        self.committed(what, response, state).await
+    }
+
+    /// PATCHes the rest of the blob from `state.offset`, a chunk at a time. `Ok(true)` when
+    /// every byte was accepted; `Ok(false)` when the session must be asked about or
+    /// restarted first (a 413 halves the chunk).
+    async fn patch_chunks(
+        &self,
+        what: &str,
+        data: &Bytes,
+        state: &mut Upload,
+        progress: &Arc<dyn Progress>,
+    ) -> Result<bool, Failure> {
+        let t = &self.transport;
         let len = data.len() as u64;
         while state.offset < len {
             let chunk = self.chunk.load(Ordering::Relaxed) as u64;
@@ -600,7 +669,7 @@ impl Pusher {
             state.sent += end - start;
             t.count_upload(end - start);
             let response = self
-                .in_session(state, &what, &|c| {
+                .in_session(state, what, &|c| {
                     c.patch(url.clone())
                         .header(CONTENT_TYPE, "application/octet-stream")
                         .header("Content-Range", format!("{start}-{}", end - 1))
@@ -610,7 +679,7 @@ impl Pusher {
                 .await?;
             match response.status() {
                 StatusCode::ACCEPTED | StatusCode::NO_CONTENT => {
-                    state.location = Some(self.location(&what, &response)?);
+                    state.location = Some(self.location(what, &response)?);
                     state.offset = response
                         .headers()
                         .get(RANGE)
@@ -622,7 +691,7 @@ impl Pusher {
                 StatusCode::PAYLOAD_TOO_LARGE => {
                     let smaller = (chunk as usize / 2).max(MIN_CHUNK);
                     if smaller == chunk as usize {
-                        return Err(Failure::Fatal(t.unexpected(&what, response).await));
+                        return Err(Failure::Fatal(t.unexpected(what, response).await));
                     }
                     self.chunk.store(smaller, Ordering::Relaxed);
                     t.reporter().warn(&format!(
@@ -636,24 +705,10 @@ impl Pusher {
                     state.location = None;
                     return Ok(false);
                 }
-                _ => return Err(Failure::Fatal(t.unexpected(&what, response).await)),
+                _ => return Err(Failure::Fatal(t.unexpected(what, response).await)),
             }
         }
-        let mut url = state.location.clone().expect("session open");
-        url.query_pairs_mut().append_pair("digest", &blob.digest);
-        let response = self
-            .in_session(state, &what, &|c| {
-                c.put(url.clone()).header(CONTENT_LENGTH, "0")
-            })
-            .await?;
-        match response.status() {
-            StatusCode::CREATED => Ok(true),
-            StatusCode::NOT_FOUND | StatusCode::RANGE_NOT_SATISFIABLE => {
-                state.location = None;
-                Ok(false)
-            }
-            _ => Err(Failure::Fatal(t.unexpected(&what, response).await)),
-        }
+        Ok(true)
     }
 
     async fn upload(
@@ -758,6 +813,10 @@ impl Pusher {
     /// Pushes `manifest` and its blobs to `repo` at `reference` (a tag, or the manifest's
     /// digest). Blobs the repository has are skipped; blobs in `mount_from` repositories (same
     /// registry) are mounted.
+    ///
+    /// Stages: the tag (or digest) checked, nothing sent when it is already there; the blobs,
+    /// concurrently; every blob confirmed present; then the manifest, checked against the
+    /// digest the registry computed.
     pub async fn push(
         &self,
         repo: &str,
@@ -800,12 +859,34 @@ impl Pusher {
                 return Ok(outcome);
             }
         }
+        self.push_blobs(repo, manifest, mount_from, &shown, &mut outcome)
+            .await?;
+        self.confirm_blobs(repo, manifest, &shown).await?;
+        outcome.oci_subject = self.put_manifest(repo, manifest, reference, &shown).await?;
+        outcome.manifest_put = true;
+        let pushed = if is_digest(reference) {
+            shown
+        } else {
+            format!("{shown}@{}", manifest.digest)
+        };
+        t.reporter().status("Pushed", &pushed);
+        Ok(outcome)
+    }
 
+    /// Every blob of `manifest`, [`CONCURRENT_BLOBS`] at a time, counted into `outcome`.
+    async fn push_blobs(
+        &self,
+        repo: &str,
+        manifest: &LocalManifest,
+        mount_from: &[String],
+        shown: &str,
+        outcome: &mut PushOutcome,
+    ) -> Result<(), RegistryError> {
         let total: u64 = manifest.blobs.iter().map(|b| b.size).sum();
         let overall: Box<dyn Progress> = if manifest.blobs.is_empty() {
             Box::new(crate::report::NoProgress)
         } else {
-            t.reporter().progress(
+            self.transport.reporter().progress(
                 "Pushing",
                 &format!("{shown} ({} blobs)", manifest.blobs.len()),
                 Some(total),
@@ -828,21 +909,39 @@ impl Pusher {
                 }
             }
         }
-        // Every blob must be there before the manifest names it.
+        Ok(())
+    }
+
+    /// Every blob must be there before the manifest names it.
+    async fn confirm_blobs(
+        &self,
+        repo: &str,
+        manifest: &LocalManifest,
+        shown: &str,
+    ) -> Result<(), RegistryError> {
         for b in &manifest.blobs {
-            match self.blob_size(repo, &b.digest).await? {
-                Some(_) => {}
-                None => {
-                    return Err(RegistryError::Request {
-                        op: format!("confirming blob {} in {repo}", short(&b.digest)),
-                        reference: shown,
-                        message: "the registry does not have it after the upload".into(),
-                        hint: Some("the manifest was not pushed; retry the push".into()),
-                    })
-                }
+            if self.blob_size(repo, &b.digest).await?.is_none() {
+                return Err(RegistryError::Request {
+                    op: format!("confirming blob {} in {repo}", short(&b.digest)),
+                    reference: shown.into(),
+                    message: "the registry does not have it after the upload".into(),
+                    hint: Some("the manifest was not pushed; retry the push".into()),
+                });
             }
         }
+        Ok(())
+    }
 
+    /// PUTs the manifest; returns the `OCI-Subject` the registry answered with, if any. A
+    /// registry that computes another digest is an error.
+    async fn put_manifest(
+        &self,
+        repo: &str,
+        manifest: &LocalManifest,
+        reference: &str,
+        shown: &str,
+    ) -> Result<Option<String>, RegistryError> {
+        let t = &self.transport;
         let url = t.url(&format!("/v2/{repo}/manifests/{reference}"))?;
         let what = format!("PUT manifest {shown}");
         let body = Bytes::from(manifest.bytes.clone());
@@ -856,12 +955,6 @@ impl Pusher {
         if response.status() != StatusCode::CREATED {
             return Err(t.unexpected(&what, response).await);
         }
-        outcome.manifest_put = true;
-        outcome.oci_subject = response
-            .headers()
-            .get("oci-subject")
-            .and_then(|v| v.to_str().ok())
-            .map(String::from);
         if let Some(d) = response
             .headers()
             .get("docker-content-digest")
@@ -869,19 +962,17 @@ impl Pusher {
         {
             if d != manifest.digest {
                 return Err(RegistryError::DigestMismatch {
-                    reference: shown,
+                    reference: shown.into(),
                     expected: manifest.digest.trim_start_matches("sha256:").into(),
                     actual: d.trim_start_matches("sha256:").into(),
                 });
             }
         }
-        let pushed = if is_digest(reference) {
-            shown
-        } else {
-            format!("{shown}@{}", manifest.digest)
-        };
-        t.reporter().status("Pushed", &pushed);
-        Ok(outcome)
+        Ok(response
+            .headers()
+            .get("oci-subject")
+            .and_then(|v| v.to_str().ok())
+            .map(String::from))
     }
 }
 

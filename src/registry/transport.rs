@@ -298,16 +298,17 @@ impl Transport {
         scopes: BTreeSet<String>,
     ) -> Result<Authorization, RegistryError> {
         let list: Vec<String> = scopes.iter().cloned().collect();
-        let token = auth::fetch_token(
-            &self.client,
-            &self.registry,
+        let token = auth::TokenRequest {
+            client: &self.client,
+            registry: &self.registry,
             challenge,
-            &list,
-            self.credential.as_ref(),
-            self.insecure,
-            &self.policy,
-            &*self.reporter,
-        )
+            scopes: &list,
+            credential: self.credential.as_ref(),
+            insecure: self.insecure,
+            policy: &self.policy,
+            reporter: &*self.reporter,
+        }
+        .fetch()
         .await?;
         Ok(Authorization::Bearer {
             header: format!("Bearer {token}"),
