@@ -1067,9 +1067,8 @@ pub struct AllBuildReport {
     pub seconds: f64,
 }
 
-/// `etcdimg all-build`: every arch in images.toml into one OCI layout, plus an OCI image index
-/// over them under the plain tag. Arches build one after another: a compile already uses
-/// every core, and layer compression inside a build runs `--jobs` wide.
+/// `etcdimg all-build`: [`preflight`] for every arch, each arch through [`build_checked`]
+/// into one layout, then the index over them under the plain tag.
 pub async fn all_build(
     settings: &Settings,
     options: &BuildOptions,
@@ -1078,56 +1077,8 @@ pub async fn all_build(
 ) -> Result<AllBuildReport> {
     let started = Instant::now();
     let pre = preflight(settings, &settings.arches, options, &*reporter)?;
-    let mut images = Vec::new();
-    let n = settings.arches.len();
-    for (i, arch) in settings.arches.iter().enumerate() {
-        reporter.status(
-            "Building",
-            &format!("[{}/{n}] {arch} ({:?})", i + 1, settings.source_for(*arch)).to_lowercase(),
-        );
-        let report = build_checked(settings, *arch, options, &pre, cache, reporter.clone())
-            .await
-            .with_context(|| format!("building the {arch} image ({}/{n})", i + 1))?;
-        images.push(report);
-    }
-    let layout = Layout::open(&options.output)?;
-    let mut entries = Vec::new();
-    for (arch, report) in settings.arches.iter().zip(&images) {
-        let config = layout.read_blob(report.config_digest.trim_start_matches("sha256:"))?;
-        entries.push(oci::index::Entry {
-            arch: *arch,
-            media_type: oci::index::OCI_MANIFEST.into(),
-            digest: report.manifest_digest.clone(),
-            size: report.manifest_size,
-            config: serde_json::from_slice(&config)?,
-        });
-    }
-    let mut annotations = BTreeMap::new();
-    annotations.insert(
-        "org.opencontainers.image.version".to_string(),
-        settings.tag(),
-    );
-    annotations.insert(
-        "org.opencontainers.image.created".to_string(),
-        image::rfc3339(settings.source_date_epoch),
-    );
-    let built = oci::index::build(
-        oci::index::ManifestFormat::Oci,
-        &settings.arches,
-        &entries,
-        &annotations,
-    )?;
-    layout.put_blob_bytes(&built.bytes)?;
-    let tag = settings.tag();
-    layout.set_ref(
-        &tag,
-        oci::descriptor(
-            MediaType::ImageIndex,
-            built.digest.trim_start_matches("sha256:"),
-            built.bytes.len() as u64,
-        ),
-        &|m| reporter.status("Waiting", m),
-    )?;
+    let images = build_each(settings, options, &pre, cache, &reporter).await?;
+    let (tag, built) = write_index(settings, options, &images, &*reporter)?;
     Ok(AllBuildReport {
         layout: display_path(&options.output),
         reference: tag,
@@ -1145,4 +1096,69 @@ pub async fn all_build(
         images,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// Every arch's image, one after another (each build already uses every core: parallel
+/// compression, or `go build`); the first failure stops the run, naming the arch.
+async fn build_each(
+    settings: &Settings,
+    options: &BuildOptions,
+    pre: &Preflight,
+    cache: &Cache,
+    reporter: &Arc<dyn Reporter>,
+) -> Result<Vec<BuildReport>> {
+    let mut images = Vec::new();
+    let n = settings.arches.len();
+    for (i, arch) in settings.arches.iter().enumerate() {
+        reporter.status(
+            "Building",
+            &format!("[{}/{n}] {arch} ({:?})", i + 1, settings.source_for(*arch)).to_lowercase(),
+        );
+        let report = build_checked(settings, *arch, options, pre, cache, reporter.clone())
+            .await
+            .with_context(|| format!("building the {arch} image ({}/{n})", i + 1))?;
+        images.push(report);
+    }
+    Ok(images)
+}
+
+/// The OCI index over `images` (checked against image.arches and each config's platform),
+/// its blob in the layout, and the plain tag pointing at it.
+fn write_index(
+    settings: &Settings,
+    options: &BuildOptions,
+    images: &[BuildReport],
+    reporter: &dyn Reporter,
+) -> Result<(String, oci::index::BuiltIndex)> {
+    let layout = Layout::open(&options.output)?;
+    let mut entries = Vec::new();
+    for (arch, report) in settings.arches.iter().zip(images) {
+        let config = layout.read_blob(report.config_digest.trim_start_matches("sha256:"))?;
+        entries.push(oci::index::Entry {
+            arch: *arch,
+            media_type: oci::index::OCI_MANIFEST.into(),
+            digest: report.manifest_digest.clone(),
+            size: report.manifest_size,
+            config: serde_json::from_slice(&config)?,
+        });
+    }
+    let tag = settings.tag();
+    let annotations = oci::index::annotations(&tag, settings.source_date_epoch);
+    let built = oci::index::build(
+        oci::index::ManifestFormat::Oci,
+        &settings.arches,
+        &entries,
+        &annotations,
+    )?;
+    layout.put_blob_bytes(&built.bytes)?;
+    layout.set_ref(
+        &tag,
+        oci::descriptor(
+            MediaType::ImageIndex,
+            built.digest.trim_start_matches("sha256:"),
+            built.bytes.len() as u64,
+        ),
+        &|m| reporter.status("Waiting", m),
+    )?;
+    Ok((tag, built))
 }

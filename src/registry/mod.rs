@@ -4,9 +4,9 @@
 //! Owns: every socket to a registry, all through one [`Session`] per run (`session`: one HTTP
 //! client, one `transport` per registry: TLS, authentication, retries). `pull` reads base
 //! images, `push` writes images, indexes and artifacts, `auth` reads the docker config and
-//! speaks the token protocols. oci-client supplies the reference grammar (`Reference`, the
-//! docker-compatible normalisation); its `Client` is not used, because it cannot share our
-//! HTTP client and has no identity-token exchange (see docs/ARCHITECTURE.md).
+//! speaks the token protocols, `reference` parses image references into oci-spec's
+//! `Reference`. No oci-client: its `Client` cannot share our HTTP client and has no
+//! identity-token exchange (see docs/ARCHITECTURE.md, Decisions).
 
 pub mod auth;
 mod pull;
@@ -19,7 +19,7 @@ pub use session::{RegistryOptions, Session};
 
 use std::path::{Path, PathBuf};
 
-use oci_client::Reference;
+use oci_spec::distribution::Reference;
 use serde_json::Value;
 
 use crate::fetch::cache::Cache;

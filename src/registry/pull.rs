@@ -11,7 +11,7 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use futures_util::StreamExt;
-use oci_client::Reference;
+use oci_spec::distribution::Reference;
 use serde_json::Value;
 
 use super::push::{short, Pusher};

@@ -10,7 +10,7 @@
 //! non-ASCII letters); a first component without `.`, `:` or `localhost` is a path, so it must
 //! be lowercase (oci-spec takes `Foo/bar`); digest hex is lowercase (go-digest).
 
-use oci_client::Reference;
+use oci_spec::distribution::Reference;
 
 const NAME_TOTAL_LENGTH_MAX: usize = 255;
 

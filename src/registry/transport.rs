@@ -1,9 +1,9 @@
 //! One registry's HTTP: scheme and TLS, authentication on 401, and retries.
 //!
-//! Written over reqwest rather than oci-client because pushing needs what oci-client's request
-//! layer does not expose: per-request retries that honour Retry-After and warn, a token whose
-//! scopes cover several repositories (cross-repository mounts), the identity-token exchange,
-//! and byte counters.
+//! Written over reqwest rather than oci-client because pushes and pulls need what
+//! oci-client's request layer does not expose (nor can it take our HTTP client): per-request
+//! retries that honour Retry-After and warn, a token whose scopes cover several repositories
+//! (cross-repository mounts), the identity-token exchange, and byte counters.
 //!
 //! TLS verifies against the system roots plus an optional extra CA. Plain HTTP is used only for
 //! a registry the user declared insecure; a TLS failure is never retried over HTTP.
