@@ -37,7 +37,9 @@ start_registry "$work"
 host=127.0.0.1:$reg
 export ETCDIMG_CACHE=$work/cache ETCDIMG_NO_PROGRESS=1 ETCDIMG_OUTPUT=$work/oci
 export ETCD_RELEASE_URL=http://127.0.0.1:$mirror BASEIMAGE=oci:$fixtures/busybox-oci:1.35
-"$bin" build --arch amd64 --json >"$work/build.json" 2>/dev/null
+fixture_versions
+"$bin" build --arch amd64 --json >"$work/build.json" 2>"$work/build.err" \
+    || { cat "$work/build.err" >&2; exit 1; }
 "$bin" push --arch amd64 --insecure-registry "$host" --push-registry "$host/again" >/dev/null 2>&1
 echo 0 >"$work/n"
 

@@ -19,17 +19,17 @@ cargo build --release --locked -q
 bin=$PWD/target/release/etcdimg
 
 work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+source scripts/bench-lib.sh
+cleanup() { kill_servers; rm -rf "$work"; }
 trap cleanup EXIT
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-python3 -m http.server "$port" --bind 127.0.0.1 --directory "$fixtures/mirror" >/dev/null 2>&1 &
-pids+=($!)
-for _ in $(seq 100); do (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.05; done
+start_mirror "$fixtures/mirror"
+port=$mirror
+fixture_versions
 
 export ETCDIMG_CACHE=$work/cache ETCDIMG_NO_PROGRESS=1
 export ETCD_RELEASE_URL=http://127.0.0.1:$port BASEIMAGE=oci:$fixtures/busybox-oci:1.35
-"$bin" build --arch amd64 --output "$work/prime" --json >"$work/prime.json" 2>/dev/null
+"$bin" build --arch amd64 --output "$work/prime" --json >"$work/prime.json" 2>"$work/prime.err" \
+    || { cat "$work/prime.err" >&2; exit 1; }
 
 # The same files for umoci.
 stage=$work/stage

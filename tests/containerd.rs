@@ -63,6 +63,18 @@ fn image(w: &mut World, ctd: &Containerd) -> String {
     .unwrap()
 }
 
+/// The fixtures' world, a private containerd, and the amd64 image built and imported into it;
+/// `None` (the test is skipped) when the tools or root are missing.
+fn with_image(t: &str) -> Option<(World, Containerd, String)> {
+    let mut w = world(t, &[])?;
+    if !needs_runtime(t) {
+        return None;
+    }
+    let ctd = Containerd::start_private().unwrap();
+    let image = image(&mut w, &ctd);
+    Some((w, ctd, image))
+}
+
 fn http(port: u16, method: &str, path: &str, body: &str) -> String {
     use std::io::{Read, Write};
     let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
@@ -237,12 +249,9 @@ fn containerd_pulls_the_pushed_index_and_records_every_platform() {
 #[test]
 fn the_static_pod_command_upgrades_and_rolls_back_the_data_it_mounts() {
     let t = "the_static_pod_command_upgrades_and_rolls_back_the_data_it_mounts";
-    let Some(mut w) = world(t, &[]) else { return };
-    if !needs_runtime(t) {
+    let Some((w, ctd, image)) = with_image(t) else {
         return;
-    }
-    let ctd = Containerd::start_private().unwrap();
-    let image = image(&mut w, &ctd);
+    };
     let host = tempfile::tempdir().unwrap();
     let want = data_by_3_4(&w.fx, host.path());
     let data = host.path().join("etcd/data");
@@ -287,12 +296,9 @@ fn the_static_pod_command_upgrades_and_rolls_back_the_data_it_mounts() {
 #[test]
 fn an_ha_cluster_rolls_to_3_5_one_container_at_a_time_losing_no_write() {
     let t = "an_ha_cluster_rolls_to_3_5_one_container_at_a_time_losing_no_write";
-    let Some(mut w) = world(t, &[]) else { return };
-    if !needs_runtime(t) {
+    let Some((w, ctd, image)) = with_image(t) else {
         return;
-    }
-    let ctd = Containerd::start_private().unwrap();
-    let image = image(&mut w, &ctd);
+    };
     let host = tempfile::tempdir().unwrap();
     let names = ["etcd-a", "etcd-b", "etcd-c"];
     let clients: Vec<u16> = names.iter().map(|_| free_port()).collect();
@@ -404,12 +410,9 @@ fn an_ha_cluster_rolls_to_3_5_one_container_at_a_time_losing_no_write() {
 #[test]
 fn a_failed_migration_leaves_the_data_and_the_default_etcd_at_the_datas_version() {
     let t = "a_failed_migration_leaves_the_data_and_the_default_etcd_at_the_datas_version";
-    let Some(mut w) = world(t, &[]) else { return };
-    if !needs_runtime(t) {
+    let Some((w, ctd, image)) = with_image(t) else {
         return;
-    }
-    let ctd = Containerd::start_private().unwrap();
-    let image = image(&mut w, &ctd);
+    };
     let host = tempfile::tempdir().unwrap();
     data_by_3_4(&w.fx, host.path());
     let data = host.path().join("etcd/data");

@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use common::*;
 use sha2::{Digest, Sha256};
@@ -166,13 +166,11 @@ fn broken_images(fx: &Path) -> Vec<(&'static str, Break)> {
     ]
 }
 
-#[test]
-fn test_verb_passes_a_good_image_and_fails_each_broken_one() {
-    let t = "test_verb_passes_a_good_image_and_fails_each_broken_one";
-    let Some(fx) = fixtures(t) else { return };
+/// The amd64 image built from the fixtures into `<sandbox>/good` (the mirror must outlive it).
+fn good_image(fx: &Path) -> (Server, Sandbox, PathBuf) {
     let mirror = http_mirror(&fx.join("mirror"));
     let mut sb = Sandbox::new();
-    sb.local_sources(&fx, &mirror);
+    sb.local_sources(fx, &mirror);
     let good = sb.path().join("good");
     assert_success(&sb.etcdimg(&[
         "build",
@@ -181,17 +179,23 @@ fn test_verb_passes_a_good_image_and_fails_each_broken_one() {
         "--output",
         good.to_str().unwrap(),
     ]));
+    (mirror, sb, good)
+}
 
-    let test = |layout: &Path| {
-        sb.etcdimg(&[
-            "test",
-            "--arch",
-            "amd64",
-            "--json",
-            "--output",
-            layout.to_str().unwrap(),
-        ])
-    };
+/// `etcdimg test --arch amd64 --json` of the layout, with `extra` flags.
+fn test_json(sb: &Sandbox, layout: &Path, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["test", "--arch", "amd64"];
+    args.extend_from_slice(extra);
+    args.extend(["--json", "--output", layout.to_str().unwrap()]);
+    sb.etcdimg(&args)
+}
+
+#[test]
+fn test_verb_passes_a_good_image_and_fails_each_broken_one() {
+    let t = "test_verb_passes_a_good_image_and_fails_each_broken_one";
+    let Some(fx) = fixtures(t) else { return };
+    let (_mirror, sb, good) = good_image(&fx);
+    let test = |layout: &Path| test_json(&sb, layout, &[]);
     let out = test(&good);
     assert_success(&out);
     assert_eq!(failing(&out), Vec::<String>::new());
@@ -339,29 +343,8 @@ fn test_verb_in_containerd_passes_a_good_image_and_fails_each_broken_one() {
         assert!(!require_all(), "{t}: a private containerd needs root");
         return;
     }
-    let mirror = http_mirror(&fx.join("mirror"));
-    let mut sb = Sandbox::new();
-    sb.local_sources(&fx, &mirror);
-    let good = sb.path().join("good");
-    assert_success(&sb.etcdimg(&[
-        "build",
-        "--arch",
-        "amd64",
-        "--output",
-        good.to_str().unwrap(),
-    ]));
-    let test = |layout: &Path| {
-        sb.etcdimg(&[
-            "test",
-            "--arch",
-            "amd64",
-            "--runtime",
-            "containerd",
-            "--json",
-            "--output",
-            layout.to_str().unwrap(),
-        ])
-    };
+    let (_mirror, sb, good) = good_image(&fx);
+    let test = |layout: &Path| test_json(&sb, layout, &["--runtime", "containerd"]);
     let out = test(&good);
     assert_success(&out);
     assert_eq!(failing(&out), Vec::<String>::new());

@@ -549,6 +549,54 @@ fn compare(
     }
 }
 
+/// The end of a swap step (upgrade or rollback) whose new copy was built and verified at
+/// `side.new`: a failure removes that copy (the data dir was never changed); success swaps it
+/// in under the journal.
+struct Done {
+    step: &'static str,
+    /// What `side.new` holds, for the log.
+    copy: &'static str,
+    /// The step in the past tense, for the log.
+    past: &'static str,
+}
+
+impl Done {
+    fn commit(
+        &self,
+        options: &Options,
+        side: &Sidecar,
+        built: Result<StepFingerprints, MigrateError>,
+        from: &Version,
+        to: &Version,
+        mut phases: Phases,
+    ) -> Result<StepFingerprints, MigrateError> {
+        let mut fps = match built {
+            Ok(fps) => fps,
+            Err(e) => {
+                log(&format!(
+                    "the step failed; removing the {} (the data dir was not changed)",
+                    self.copy
+                ));
+                remove_tree(&side.new)?;
+                return Err(e);
+            }
+        };
+        let record = serde_json::json!({
+            "step": self.step, "method": "swap", "from": from.to_string(), "to": to.to_string(),
+            "before": fps.before,
+        });
+        swap_in(options, side, &record, self.step)?;
+        phases.mark("swap");
+        fps.seconds = phases.seconds;
+        log(&format!(
+            "{} to {to}/etcd3; fingerprints identical ({})",
+            self.past,
+            format_phases(&fps.seconds)
+        ));
+        Ok(fps)
+    }
+}
+
 /// One minor up, from `from` (version.txt) to `to`; see the module doc.
 pub fn upgrade(
     options: &Options,
@@ -593,26 +641,12 @@ pub fn upgrade(
         phases.mark("durable");
         Ok::<_, MigrateError>(fps)
     })();
-    let mut fps = match staged {
-        Ok(fps) => fps,
-        Err(e) => {
-            log("the step failed; removing the working copy (the data dir was not changed)");
-            remove_tree(&side.new)?;
-            return Err(e);
-        }
+    let done = Done {
+        step: "upgrade",
+        copy: "working copy",
+        past: "upgraded",
     };
-    let record = serde_json::json!({
-        "step": "upgrade", "method": "swap", "from": from.to_string(), "to": to.to_string(),
-        "before": fps.before,
-    });
-    swap_in(options, &side, &record, "upgrade")?;
-    phases.mark("swap");
-    fps.seconds = phases.seconds;
-    log(&format!(
-        "upgraded to {to}/etcd3; fingerprints identical ({})",
-        format_phases(&fps.seconds)
-    ));
-    Ok(fps)
+    done.commit(options, &side, staged, from, to, phases)
 }
 
 /// `stage 0.41 s, etcd 2.10 s, ...`
@@ -787,26 +821,12 @@ pub fn rollback(
         phases.mark("durable");
         Ok::<_, MigrateError>(fps)
     })();
-    let mut fps = match restored {
-        Ok(fps) => fps,
-        Err(e) => {
-            log("the step failed; removing the restored copy (the data dir was not changed)");
-            remove_tree(&side.new)?;
-            return Err(e);
-        }
+    let done = Done {
+        step: "rollback",
+        copy: "restored copy",
+        past: "rolled back",
     };
-    let record = serde_json::json!({
-        "step": "rollback", "method": "swap", "from": from.to_string(), "to": to.to_string(),
-        "before": fps.before,
-    });
-    swap_in(options, &side, &record, "rollback")?;
-    phases.mark("swap");
-    fps.seconds = phases.seconds;
-    log(&format!(
-        "rolled back to {to}/etcd3; fingerprints identical ({})",
-        format_phases(&fps.seconds)
-    ));
-    Ok(fps)
+    done.commit(options, &side, restored, from, to, phases)
 }
 
 /// `etcdutl-<current> migrate` of the restored `dir` down to `to`'s minor.
