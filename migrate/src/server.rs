@@ -92,6 +92,12 @@ pub struct Server {
     log: PathBuf,
 }
 
+/// How many times a start that lost one of its picked ports to another process is tried.
+const PORT_ATTEMPTS: u32 = 5;
+
+/// What Go's net package says when a listener's port is taken.
+const ADDRESS_IN_USE: &str = "address already in use";
+
 fn free_port() -> std::io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
@@ -138,7 +144,28 @@ fn healthy(client_port: u16) -> bool {
 
 impl Server {
     /// Starts the etcd of `launch` and waits until it is healthy.
+    ///
+    /// The loopback ports are picked free, then released for etcd to bind, so another process
+    /// can take one in between (any outgoing connection on the host may get it as its local
+    /// port). etcd binds its listeners before it opens the data dir, so a start that failed
+    /// with "address already in use" touched nothing: it is retried on fresh ports, up to
+    /// [`PORT_ATTEMPTS`] times.
     pub fn start(launch: &Launch) -> Result<Server, ServerError> {
+        let mut attempt = 1;
+        loop {
+            match Server::spawn(launch)?.wait_ready(launch.timeout) {
+                Err(ServerError::Exited { log, .. })
+                    if attempt < PORT_ATTEMPTS && log.contains(ADDRESS_IN_USE) =>
+                {
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Spawns the etcd of `launch` on fresh loopback ports, its output in the log file.
+    fn spawn(launch: &Launch) -> Result<Server, ServerError> {
         let Launch {
             bin,
             version,
@@ -147,7 +174,7 @@ impl Server {
             peers,
             extra_args,
             log_dir,
-            timeout,
+            timeout: _,
         } = *launch;
         let client = free_port()?;
         let client_url = format!("http://127.0.0.1:{client}");
@@ -188,31 +215,35 @@ impl Server {
             bin: bin.display().to_string(),
             source,
         })?;
-        let mut server = Server {
+        Ok(Server {
             child: Some(child),
             version: version.into(),
             client_url,
             port: client,
             log,
-        };
+        })
+    }
+
+    /// Waits until the spawned etcd answers `/health`, exits, or `timeout` passes (then it is
+    /// stopped).
+    fn wait_ready(mut self, timeout: Duration) -> Result<Server, ServerError> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(status) = server.child.as_mut().and_then(Spawned::try_wait) {
-                server.child = None;
+            if let Some(status) = self.exited() {
                 return Err(ServerError::Exited {
-                    version: version.into(),
+                    version: self.version.clone(),
                     status: status.to_string(),
-                    log: tail(&server.log, 15),
+                    log: tail(&self.log, 15),
                 });
             }
-            if healthy(client) {
-                return Ok(server);
+            if healthy(self.port) {
+                return Ok(self);
             }
             if Instant::now() > deadline {
-                let log = tail(&server.log, 15);
-                server.stop();
+                let log = tail(&self.log, 15);
+                self.stop();
                 return Err(ServerError::NotReady {
-                    version: version.into(),
+                    version: self.version.clone(),
                     seconds: timeout.as_secs(),
                     log,
                 });

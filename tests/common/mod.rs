@@ -61,13 +61,9 @@ pub fn fixtures(test: &str) -> Option<PathBuf> {
     None
 }
 
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+#[path = "../../migrate/tests/common/ports.rs"]
+mod ports;
+pub use ports::free_port;
 
 pub fn wait_for_port(port: u16, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);

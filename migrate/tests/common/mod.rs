@@ -10,13 +10,8 @@ use std::process::{Child, Command, Output, Stdio};
 use base64::Engine;
 use std::time::{Duration, Instant};
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+mod ports;
+pub use ports::free_port;
 
 pub struct Etcd {
     pub child: Child,
