@@ -20,7 +20,11 @@ pub fn free_port() -> u16 {
     let offset = (std::process::id() % 100) * (SPAN / 100);
     loop {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        assert!(n < SPAN, "no free loopback port left in {FIRST}..{}", FIRST + SPAN);
+        assert!(
+            n < SPAN,
+            "no free loopback port left in {FIRST}..{}",
+            FIRST + SPAN
+        );
         let port = (FIRST + (offset + n) % SPAN) as u16;
         if TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
