@@ -16,6 +16,7 @@ pub mod lockfile;
 pub mod migrate_build;
 pub mod oci;
 pub mod platform;
+pub mod ports;
 pub mod process;
 pub mod registry;
 pub mod release;

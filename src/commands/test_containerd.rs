@@ -190,13 +190,6 @@ fn version_in(
     }
 }
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or(0)
-}
-
 /// One etcd member of a static pod, on loopback ports.
 #[derive(Debug, Clone)]
 pub struct Member {
@@ -375,8 +368,9 @@ fn pod_migration(
     }
     let key = b64("/registry/etcdimg-test");
     for (i, target) in targets.iter().enumerate() {
-        let (client, peer) = (free_port(), free_port());
-        let member = Member::alone(client, peer);
+        let port = || crate::ports::free_port().map_err(|e| e.to_string());
+        let client = port()?;
+        let member = Member::alone(client, port()?);
         let spec = pod_spec(
             image,
             ids.next("pod"),
@@ -436,4 +430,30 @@ fn pod_migration(
         "static-pod command: {} served, key kept",
         path.join(" -> ")
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::ports::free_port;
+    use std::net::TcpListener;
+
+    #[test]
+    fn ports_are_free_distinct_and_below_the_ephemeral_range() {
+        let ports: Vec<u16> = (0..50).map(|_| free_port().unwrap()).collect();
+        let mut unique = ports.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), ports.len(), "{ports:?}");
+        assert!(
+            ports.iter().all(|&p| (20_000..32_000).contains(&p)),
+            "{ports:?}"
+        );
+        // A port someone listens on is skipped.
+        let next = free_port().unwrap() + 1;
+        let held = TcpListener::bind(("127.0.0.1", next));
+        let after = free_port().unwrap();
+        if held.is_ok() {
+            assert_ne!(after, next);
+        }
+    }
 }

@@ -61,9 +61,10 @@ pub fn fixtures(test: &str) -> Option<PathBuf> {
     None
 }
 
-#[path = "../../migrate/tests/common/ports.rs"]
-mod ports;
-pub use ports::free_port;
+/// A free loopback port (see [`etcdimg::ports`]).
+pub fn free_port() -> u16 {
+    etcdimg::ports::free_port().expect("a free loopback port")
+}
 
 pub fn wait_for_port(port: u16, what: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);

@@ -10,8 +10,13 @@ use std::process::{Child, Command, Output, Stdio};
 use base64::Engine;
 use std::time::{Duration, Instant};
 
+#[path = "../../../src/ports.rs"]
 mod ports;
-pub use ports::free_port;
+
+/// A free loopback port (see etcdimg's `ports`).
+pub fn free_port() -> u16 {
+    ports::free_port().expect("a free loopback port")
+}
 
 pub struct Etcd {
     pub child: Child,
