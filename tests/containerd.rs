@@ -185,23 +185,6 @@ fn data_by_3_4(fx: &Path, host: &Path) -> BTreeMap<String, String> {
     want
 }
 
-/// Every file under `dir` with its bytes.
-fn tree_bytes(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.insert(p.display().to_string(), std::fs::read(&p).unwrap());
-            }
-        }
-    }
-    out
-}
-
 #[test]
 fn containerd_pulls_the_pushed_index_and_records_every_platform() {
     let t = "containerd_pulls_the_pushed_index_and_records_every_platform";

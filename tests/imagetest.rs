@@ -166,6 +166,37 @@ fn broken_images(fx: &Path) -> Vec<(&'static str, Break)> {
     ]
 }
 
+/// For each of `broken` (paired in order with `want`): breaks a copy of the `good` layout,
+/// runs `test` on it and asserts it exits 1 failing exactly the wanted rows. Returns each
+/// case's output for the caller's own checks.
+fn fail_broken_copies(
+    sb: &Sandbox,
+    good: &Path,
+    broken: Vec<(&'static str, Break)>,
+    want: &[&[&str]],
+    test: impl Fn(&Path) -> std::process::Output,
+) -> Vec<(&'static str, std::process::Output)> {
+    assert_eq!(
+        broken.len(),
+        want.len(),
+        "one wanted row list per broken image"
+    );
+    let mut outputs = Vec::new();
+    for ((what, damage), want) in broken.into_iter().zip(want) {
+        let layout = sb.path().join(what.replace(' ', "-"));
+        run(std::process::Command::new("cp")
+            .arg("-a")
+            .arg(good)
+            .arg(&layout));
+        edit_image(&layout, |l, m, c| damage(l, m, c));
+        let out = test(&layout);
+        assert_eq!(out.status.code(), Some(1), "{what}: {}", stderr(&out));
+        assert_eq!(failing(&out), want.to_vec(), "{what}");
+        outputs.push((what, out));
+    }
+    outputs
+}
+
 /// The amd64 image built from the fixtures into `<sandbox>/good` (the mirror must outlive it).
 fn good_image(fx: &Path) -> (Server, Sandbox, PathBuf) {
     let mirror = http_mirror(&fx.join("mirror"));
@@ -220,22 +251,11 @@ fn test_verb_passes_a_good_image_and_fails_each_broken_one() {
         &["etcdctl-3.5.1", "migration"],
         &["migration"],
     ];
-    let cases: Vec<(&str, Break, Vec<&str>)> = broken_images(&fx)
+    let broken = broken_images(&fx)
         .into_iter()
         .filter(|(what, _)| *what != "an image that runs as another user")
-        .zip(want)
-        .map(|((what, damage), want)| (what, damage, want.to_vec()))
         .collect();
-    for (what, damage, want) in cases {
-        let layout = sb.path().join(what.replace(' ', "-"));
-        run(std::process::Command::new("cp")
-            .arg("-a")
-            .arg(&good)
-            .arg(&layout));
-        edit_image(&layout, |l, m, c| damage(l, m, c));
-        let out = test(&layout);
-        assert_eq!(out.status.code(), Some(1), "{what}: {}", stderr(&out));
-        assert_eq!(failing(&out), want, "{what}");
+    for (what, out) in fail_broken_copies(&sb, &good, broken, &want, test) {
         assert!(
             stderr(&out).contains("image checks failed"),
             "{what}: {}",
@@ -379,20 +399,5 @@ fn test_verb_in_containerd_passes_a_good_image_and_fails_each_broken_one() {
         &["migration"],
         &["container user and env", "migration"],
     ];
-    let cases: Vec<(&str, Break, Vec<&str>)> = broken_images(&fx)
-        .into_iter()
-        .zip(want)
-        .map(|((what, damage), want)| (what, damage, want.to_vec()))
-        .collect();
-    for (what, damage, want) in cases {
-        let layout = sb.path().join(what.replace(' ', "-"));
-        run(std::process::Command::new("cp")
-            .arg("-a")
-            .arg(&good)
-            .arg(&layout));
-        edit_image(&layout, |l, m, c| damage(l, m, c));
-        let out = test(&layout);
-        assert_eq!(out.status.code(), Some(1), "{what}: {}", stderr(&out));
-        assert_eq!(failing(&out), want, "{what}");
-    }
+    fail_broken_copies(&sb, &good, broken_images(&fx), &want, test);
 }

@@ -41,15 +41,6 @@ fn delete(etcd: &Etcd, key: &str) {
     assert!(r.contains("\"deleted\":\"1\""), "delete {key}: {r}");
 }
 
-fn grant(etcd: &Etcd, ttl: i64) -> String {
-    let r = etcd.post("/v3/lease/grant", &format!(r#"{{"TTL":{ttl}}}"#));
-    r.split("\"ID\":\"")
-        .nth(1)
-        .and_then(|r| r.split('"').next())
-        .expect("lease id")
-        .to_string()
-}
-
 /// `etcdctl-<version>` against 127.0.0.1:`port`, with `extra` global flags.
 fn etcdctl(fx: &Path, version: &str, port: u16, args: &[&str]) -> Output {
     Command::new(fx.join(format!("etcdctl-{version}")))
@@ -118,7 +109,7 @@ fn db(data: &Path) -> PathBuf {
 /// Puts, overwrites, deletes, a lease on some keys, a compaction at the then current revision,
 /// then new keys and a delete after it: every shape the key bucket has.
 fn write_history(etcd: &Etcd, fx: &Path, version: &str) {
-    let lease = grant(etcd, 600);
+    let lease = etcd.grant(600);
     for i in 0..200 {
         let lease = (i % 40 == 0).then_some(lease.as_str());
         put(

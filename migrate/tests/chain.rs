@@ -54,13 +54,7 @@ fn bins(
 
 /// Keys written through etcd's JSON gateway (one leased), what the data must hold after.
 fn fill(etcd: &Etcd, n: usize) -> BTreeMap<Vec<u8>, Vec<u8>> {
-    let lease = etcd.post("/v3/lease/grant", r#"{"TTL":3600}"#);
-    let id = lease
-        .split("\"ID\":\"")
-        .nth(1)
-        .and_then(|r| r.split('"').next())
-        .expect("lease id")
-        .to_string();
+    let id = etcd.grant(3600);
     let mut want = BTreeMap::new();
     for i in 0..n {
         let (k, v) = (

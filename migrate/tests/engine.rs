@@ -19,13 +19,7 @@ fn b64(bytes: &[u8]) -> String {
 /// Writes the test keyspace; returns what the final state must be.
 fn fill(etcd: &Etcd, n: usize) -> BTreeMap<Vec<u8>, Vec<u8>> {
     let mut want = BTreeMap::new();
-    let lease = etcd.post("/v3/lease/grant", r#"{"TTL":3600}"#);
-    let id = lease
-        .split("\"ID\":\"")
-        .nth(1)
-        .and_then(|r| r.split('"').next())
-        .expect("lease id")
-        .to_string();
+    let id = etcd.grant(3600);
     let put = |k: &[u8], v: &[u8], lease: Option<&str>| {
         let body = match lease {
             Some(l) => format!(

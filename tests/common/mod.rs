@@ -61,6 +61,11 @@ pub fn fixtures(test: &str) -> Option<PathBuf> {
     None
 }
 
+#[path = "../../migrate/tests/common/tree.rs"]
+mod tree;
+#[allow(unused_imports)]
+pub use tree::tree_bytes;
+
 /// A free loopback port (see [`etcdimg::ports`]).
 pub fn free_port() -> u16 {
     etcdimg::ports::free_port().expect("a free loopback port")

@@ -104,6 +104,16 @@ impl Etcd {
         }
     }
 
+    /// Grants a lease of `ttl` seconds through the gateway; its ID.
+    pub fn grant(&self, ttl: i64) -> String {
+        let r = self.post("/v3/lease/grant", &format!(r#"{{"TTL":{ttl}}}"#));
+        r.split("\"ID\":\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .unwrap_or_else(|| panic!("no lease ID in the grant's answer: {r}"))
+            .to_string()
+    }
+
     /// One JSON request to the gRPC gateway.
     pub fn post(&self, path: &str, body: &str) -> String {
         self.post_method("POST", path, body)
@@ -293,25 +303,9 @@ pub fn read_all(etcdctl: &Path, port: u16) -> BTreeMap<Vec<u8>, Vec<u8>> {
         .unwrap_or_default()
 }
 
-/// Every file under `dir` with its bytes (for byte-for-byte "nothing changed" checks).
-pub fn tree_bytes(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap().flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.insert(
-                    p.strip_prefix(dir).unwrap().display().to_string(),
-                    std::fs::read(&p).unwrap(),
-                );
-            }
-        }
-    }
-    out
-}
+#[path = "tree.rs"]
+mod tree;
+pub use tree::tree_bytes;
 
 /// Entries of `case` other than the data dir (journal, backup, snapshot, ...).
 pub fn leftovers(case: &Path) -> Vec<String> {
