@@ -129,6 +129,13 @@ fn step_names(report: &Value) -> Vec<String> {
         .collect()
 }
 
+/// The matrix's versions on 3.`minor`, in the matrix's order.
+fn on_minor(versions: &[Version], minor: u64) -> impl Iterator<Item = &Version> {
+    versions
+        .iter()
+        .filter(move |v| (v.major, v.minor) == (3, minor))
+}
+
 #[test]
 fn the_upgrade_chain_and_the_rollbacks_keep_every_key() {
     let Some((dir, versions)) = matrix() else {
@@ -187,13 +194,9 @@ fn an_old_patch_goes_through_a_safe_one_before_the_next_minor() {
         return;
     };
     // Needs a 3.5 below 3.5.32, one at or above it, and a 3.6: only in the GitHub job.
-    let old = versions
-        .iter()
-        .find(|v| (v.major, v.minor) == (3, 5) && v.patch < 32);
-    let safe = versions
-        .iter()
-        .find(|v| (v.major, v.minor) == (3, 5) && v.patch >= 32);
-    let next = versions.iter().find(|v| (v.major, v.minor) == (3, 6));
+    let old = on_minor(&versions, 5).find(|v| v.patch < 32);
+    let safe = on_minor(&versions, 5).find(|v| v.patch >= 32);
+    let next = on_minor(&versions, 6).next();
     let (Some(old), Some(safe), Some(next)) = (old, safe, next) else {
         eprintln!("skipping the patch-upgrade run: it needs 3.5.<32, 3.5.32+ and 3.6 (the GitHub job has them)");
         return;
@@ -219,15 +222,11 @@ fn an_old_3_5_without_a_safe_3_5_is_refused_before_anything_runs() {
     let Some((dir, versions)) = matrix() else {
         return;
     };
-    let old = versions
-        .iter()
-        .filter(|v| (v.major, v.minor) == (3, 5) && v.patch < 32)
+    let old = on_minor(&versions, 5)
+        .filter(|v| v.patch < 32)
         .max()
         .expect("a 3.5 below 3.5.32 in the matrix");
-    let real_36 = versions
-        .iter()
-        .find(|v| (v.major, v.minor) == (3, 6))
-        .cloned();
+    let real_36 = on_minor(&versions, 6).next().cloned();
     let target = real_36.clone().unwrap_or(Version::new(3, 6, 14));
     let fake = target.to_string();
     let bin = match &real_36 {
@@ -283,9 +282,7 @@ fn custom_v2_content_is_refused_before_3_6_and_named() {
     };
     // A 3.5 at or above the step minimum writes the data; where there is none (here), the
     // newest 3.5 at hand stands in for 3.5.33 (the check reads files, it runs no etcd).
-    let newest_35 = versions
-        .iter()
-        .filter(|v| (v.major, v.minor) == (3, 5))
+    let newest_35 = on_minor(&versions, 5)
         .max()
         .expect("a 3.5 in the matrix")
         .clone();
@@ -294,10 +291,7 @@ fn custom_v2_content_is_refused_before_3_6_and_named() {
     } else {
         Version::new(3, 5, 33)
     };
-    let real_36 = versions
-        .iter()
-        .find(|v| (v.major, v.minor) == (3, 6))
-        .cloned();
+    let real_36 = on_minor(&versions, 6).next().cloned();
     let target = real_36.clone().unwrap_or(Version::new(3, 6, 14));
     let fake = target.to_string();
     let alias = label.to_string();
