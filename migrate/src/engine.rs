@@ -876,17 +876,19 @@ fn check_rolled_back_versions(copy: &Path, to: &Version) -> Result<(), MigrateEr
     };
     let meta = backend::meta(&backend::db_path(copy)).map_err(|e| damaged(copy, e.to_string()))?;
     if let Some(v) = meta.storage_version.as_deref().filter(|v| above(v)) {
-        return Err(MigrateError::FingerprintMismatch {
+        return Err(MigrateError::VersionAboveTarget {
             step: format!("rollback to {to}"),
-            differences: format!("the restored backend still claims storage version {v}"),
+            to: to.to_string(),
+            found: format!("its backend claims storage version {v}"),
         });
     }
     let wal = copy.join("member/wal");
     let versions = raftlog::cluster_versions_after(&wal, 0).map_err(io_err(&wal))?;
     if let Some(v) = versions.iter().find(|v| above(v)) {
-        return Err(MigrateError::FingerprintMismatch {
+        return Err(MigrateError::VersionAboveTarget {
             step: format!("rollback to {to}"),
-            differences: format!("a WAL entry of the restored copy sets cluster version {v}"),
+            to: to.to_string(),
+            found: format!("a WAL entry sets cluster version {v}"),
         });
     }
     Ok(())

@@ -77,8 +77,15 @@ pub enum MigrateError {
     ClusterConfig(Box<cluster::ClusterConfigError>),
     #[error("the data directory `{dir}` cannot be brought to a complete backend: {message}; the data dir was not migrated")]
     Unsettled { dir: String, message: String },
-    #[error("{step}: the keyspace differs after the step ({differences}); the data dir was restored from its backup")]
+    // etcd3 steps worked on a copy, which is removed; etcd2 steps restore their backup.
+    #[error("{step}: the keyspace differs after the step ({differences}); the step was undone and the data dir is as it was")]
     FingerprintMismatch { step: String, differences: String },
+    #[error("{step}: the restored copy still carries a version above {to} ({found}); the copy was removed and the data dir was not changed")]
+    VersionAboveTarget {
+        step: String,
+        to: String,
+        found: String,
+    },
     #[error("`{path}`: {source}")]
     Io {
         path: String,
@@ -124,6 +131,7 @@ impl MigrateError {
             | MigrateError::Restore(_)
             | MigrateError::Unsettled { .. }
             | MigrateError::FingerprintMismatch { .. }
+            | MigrateError::VersionAboveTarget { .. }
             | MigrateError::Io { .. }
             | MigrateError::Journal { .. } => ExitCode::Failure,
             MigrateError::LockProbe { .. } => ExitCode::Failure,
@@ -150,6 +158,7 @@ impl MigrateError {
             MigrateError::RemovedFlags { .. } => Some("etcd 3.7 removed the deprecated --experimental-* flags: use their new names or feature gates (etcd's 3.7 upgrade guide) in ETCD_CREDS / --etcd-server-extra-args".into()),
             MigrateError::ClusterConfig(_) => Some("--name (MIGRATE_ETCD_NAME, ETCD_NAME, or etcd-$ETCD_HOSTNAME / etcd-$HOSTNAME) must be one of the names in --initial-cluster (INITIAL_CLUSTER), with --initial-advertise-peer-urls equal to that member's URLs there: etcd refuses anything else when it restores or starts a member".into()),
             MigrateError::Stage(stage::StageError::NoSpace { .. }) => Some("free space on that filesystem (or give the data dir's volume more), then run again; see the README for what each step needs".into()),
+            MigrateError::VersionAboveTarget { .. } => Some("the newer minor's etcdutl did not take the data down to the target; keep serving it with the current version (version.txt is unchanged), and report the data's WAL and meta bucket (`etcdutl migrate --target-version` on a copy shows what it refuses)".into()),
             MigrateError::InUse { .. } => Some("migrate runs before etcd starts; stop the etcd that uses this data directory (or wait for it to exit) and run again".into()),
             _ => None,
         }

@@ -306,9 +306,11 @@ fn refuse_custom_v2(
         );
         match run {
             Ok(_) => {}
-            Err(e) if e.to_string().contains("custom") => {
+            // Only the tool's own message counts: the command line holds the data dir's path,
+            // which may itself contain "custom".
+            Err(process::ToolError::Failed { message, .. }) if message.contains("custom") => {
                 by_etcdutl = Some(format!(
-                    "; `{} check v2store` found it too: {e}",
+                    "; `{} check v2store` found it too: {message}",
                     etcdutl.display()
                 ));
             }

@@ -198,7 +198,7 @@ fn load_policy(
     explicit: Option<&std::path::Path>,
     bin_dir: &std::path::Path,
 ) -> Result<etcd_policy::Policy, OptionsError> {
-    let shipped = bin_dir.join("../share/etcdimg/version-policy.json");
+    let shipped = bin_dir.join("..").join(etcd_policy::IMAGE_FILE);
     let path = match explicit {
         Some(p) => p.to_path_buf(),
         None if shipped.is_file() => shipped,
