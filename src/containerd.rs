@@ -86,18 +86,21 @@ impl Running {
     }
 }
 
+/// `tool` on PATH, or what to install.
+fn require(tool: &'static str) -> Result<(), ContainerdError> {
+    which::which(tool)
+        .map(drop)
+        .map_err(|e| ContainerdError::Missing {
+            tool,
+            why: format!("{e} (Debian: apt-get install containerd runc)"),
+        })
+}
+
 impl Containerd {
     /// Starts a private containerd under a temp dir; root only.
     pub fn start_private() -> Result<Containerd, ContainerdError> {
         for tool in ["containerd", "ctr", "runc"] {
-            which::which(tool).map_err(|e| ContainerdError::Missing {
-                tool: match tool {
-                    "containerd" => "containerd",
-                    "ctr" => "ctr",
-                    _ => "runc",
-                },
-                why: format!("{e} (Debian: apt-get install containerd runc)"),
-            })?;
+            require(tool)?;
         }
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
@@ -133,10 +136,7 @@ impl Containerd {
 
     /// A containerd already running at `address`.
     pub fn connect(address: &Path) -> Result<Containerd, ContainerdError> {
-        which::which("ctr").map_err(|e| ContainerdError::Missing {
-            tool: "ctr",
-            why: e.to_string(),
-        })?;
+        require("ctr")?;
         let c = Containerd {
             address: address.to_path_buf(),
             private: None,
@@ -235,9 +235,10 @@ impl Containerd {
         Ok(format!("{base}:{ref_name}"))
     }
 
-    fn run_args(spec: &RunSpec, foreground: bool) -> Vec<String> {
+    /// `ctr run` of `spec`; the same for a container run to completion or in the background
+    /// (ctr stays in the foreground either way, its child is what is waited for or not).
+    fn run_args(spec: &RunSpec) -> Vec<String> {
         let mut a = vec!["run".to_string(), "--rm".into(), "--net-host".into()];
-        let _ = foreground;
         for (k, v) in &spec.env {
             a.push("--env".into());
             a.push(format!("{k}={v}"));
@@ -257,15 +258,12 @@ impl Containerd {
 
     /// Runs a container to completion; its output and exit status, whatever the status.
     pub fn run(&self, spec: &RunSpec) -> Result<std::process::Output, ContainerdError> {
-        Ok(self.ctr().args(Self::run_args(spec, true)).output_any()?)
+        Ok(self.ctr().args(Self::run_args(spec)).output_any()?)
     }
 
     /// Starts a container in the background, its output in `log`.
     pub fn start(&self, spec: &RunSpec, log: &Path) -> Result<Running, ContainerdError> {
-        let child = self
-            .ctr()
-            .args(Self::run_args(spec, false))
-            .spawn_logged(log)?;
+        let child = self.ctr().args(Self::run_args(spec)).spawn_logged(log)?;
         Ok(Running {
             id: spec.id.clone(),
             child,

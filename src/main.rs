@@ -349,6 +349,7 @@ fn test_verb(
     reporter: &dyn etcdimg::report::Reporter,
 ) -> Result<()> {
     use etcdimg::commands::test::{test_image, Runtime};
+    use etcdimg::commands::test_containerd;
     let settings = resolve(g, &args.overrides)?;
     let arches = match &args.arch {
         Some(a) => vec![settings::selected_arch(&settings, a)?],
@@ -356,9 +357,9 @@ fn test_verb(
     };
     build::warn_policy(&settings, reporter);
     let runtime = match args.runtime.as_str() {
-        "containerd" => Runtime::Containerd {
-            address: args.containerd_address.clone(),
-        },
+        "containerd" => {
+            Runtime::Containerd(test_containerd::open(args.containerd_address.as_deref())?)
+        }
         _ => Runtime::Rootfs,
     };
     let reports = arches

@@ -92,10 +92,6 @@ impl Settings {
     pub fn pin_for(&self, version: &Version, arch: Arch) -> Option<&str> {
         self.pins.get(&(version.clone(), arch)).map(String::as_str)
     }
-
-    pub fn is_insecure(&self, host: &str) -> bool {
-        self.insecure_registries.iter().any(|h| h == host)
-    }
 }
 
 /// Reads an environment variable; empty counts as unset (as the Makefile and migrate do).

@@ -153,6 +153,12 @@ fn build_amd64_from_registry_base_is_correct_per_skopeo_and_umoci() {
         let mode = entry.metadata().unwrap().permissions().mode() & 0o7777;
         assert_eq!(mode, 0o555, "{:?}", entry.file_name());
     }
+    // The effective version policy sits where migrate looks for it, beside its bin dir.
+    let policy = bin.join("..").join(etcd_policy::IMAGE_FILE);
+    let policy_json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&policy).expect("the image's version policy"))
+            .unwrap();
+    assert!(policy_json.is_object(), "{policy_json}");
     // The default etcd is stored once: a hard link to etcd-3.5.1, not a second copy.
     assert_eq!(
         std::fs::metadata(bin.join("etcd")).unwrap().ino(),

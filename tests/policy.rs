@@ -95,6 +95,12 @@ fn unsafe_versions_warn_on_build_are_refused_on_release_and_recorded_when_allowe
         "{}",
         stderr(&out)
     );
+    // Said once, as allowed: not also as the build verbs' "push and plan refuse" warning.
+    assert!(
+        !stderr(&out).contains("refuse to release it without"),
+        "{}",
+        stderr(&out)
+    );
     let pushed = json(&out);
     let file = pushed["report"]["written"]["json"]
         .as_str()

@@ -18,6 +18,10 @@ use semver::Version;
 use serde::{Deserialize, Serialize};
 
 /// etcd's upgrade guide for 3.6: every member on a recent 3.5 first, no custom v2 data.
+/// Where an image holds its effective policy, relative to the prefix of the bin dir
+/// (`/usr/local`): etcdimg writes it there and migrate reads `<bin-dir>/../` + this.
+pub const IMAGE_FILE: &str = "share/etcdimg/version-policy.json";
+
 pub const UPGRADE_GUIDE_3_6: &str = "https://etcd.io/docs/v3.6/upgrades/upgrade_3_6/";
 /// etcd's upgrade guide for 3.7.
 pub const UPGRADE_GUIDE_3_7: &str = "https://etcd.io/docs/v3.7/upgrades/upgrade_3_7/";

@@ -34,8 +34,8 @@ use crate::settings::Settings;
 /// Bumped whenever the layout of our layers changes, so that old cache entries are not reused.
 const LAYER_FORMAT: &str = "etcdimg-layer-v1";
 const BIN_DIR: &str = "usr/local/bin";
-/// The version policy in the image, where migrate looks for it (`<bin-dir>/../share/...`).
-pub const POLICY_PATH: &str = "usr/local/share/etcdimg/version-policy.json";
+/// The prefix of [`BIN_DIR`]; the version policy goes at [`etcd_policy::IMAGE_FILE`] under it.
+const PREFIX: &str = "usr/local";
 
 pub struct BuildOptions {
     pub output: PathBuf,
@@ -239,7 +239,7 @@ fn make_layer(
             },
             // migrate reads the effective version policy (images.toml's [policy] included) here.
             Entry {
-                path: POLICY_PATH.to_string(),
+                path: format!("{PREFIX}/{}", etcd_policy::IMAGE_FILE),
                 mode: 0o444,
                 body: Body::File(policy),
             },
@@ -296,15 +296,13 @@ pub struct Preflight {
     pub builder: Option<gobuild::Builder>,
 }
 
-/// Checks the inputs of building `arches`; see [`Preflight`]. Versions the version policy has
-/// findings against are built, with a warning (a release of them is refused by push and plan).
+/// Checks the inputs of building `arches`; see [`Preflight`]. The version policy is not its
+/// business: the build verbs warn ([`warn_policy`]), push and plan refuse or allow first.
 pub fn preflight(
     settings: &Settings,
     arches: &[Arch],
     options: &BuildOptions,
-    reporter: &dyn Reporter,
 ) -> Result<Preflight> {
-    warn_policy(settings, reporter);
     migrate_build::check_inputs(
         &settings.migrate_source_dir,
         options.migrate_binary.as_deref(),
@@ -372,7 +370,8 @@ pub async fn build(
     cache: &Cache,
     reporter: Arc<dyn Reporter>,
 ) -> Result<BuildReport> {
-    let pre = preflight(settings, &[arch], options, &*reporter)?;
+    warn_policy(settings, &*reporter);
+    let pre = preflight(settings, &[arch], options)?;
     build_checked(settings, arch, options, &pre, cache, reporter).await
 }
 
@@ -1076,7 +1075,8 @@ pub async fn all_build(
     reporter: Arc<dyn Reporter>,
 ) -> Result<AllBuildReport> {
     let started = Instant::now();
-    let pre = preflight(settings, &settings.arches, options, &*reporter)?;
+    warn_policy(settings, &*reporter);
+    let pre = preflight(settings, &settings.arches, options)?;
     let images = build_each(settings, options, &pre, cache, &reporter).await?;
     let (tag, built) = write_index(settings, options, &images, &*reporter)?;
     Ok(AllBuildReport {

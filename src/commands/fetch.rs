@@ -4,7 +4,7 @@
 //! written to `DIR/etcd-<V>`, `etcdctl-<V>`, `etcdutl-<V>`: the layout migrate's `--bin-dir`
 //! expects. The GitHub job that runs migrate's version matrix on real 3.4-3.7 releases uses it.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
@@ -81,19 +81,8 @@ pub async fn fetch_binaries(
     Ok(out)
 }
 
-/// Writes `bytes` to `dest` by temp file and rename, mode 0755 before the umask.
+/// Writes `bytes` to `dest` by temp file and rename, executable (0777 under the umask).
 fn write_executable(dest: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::PermissionsExt;
-    let dir: PathBuf = dest.parent().map(Path::to_path_buf).unwrap_or_default();
-    let mut tmp = crate::fetch::cache::temp_builder(".tmp-")
-        .permissions(std::fs::Permissions::from_mode(0o777))
-        .tempfile_in(&dir)
-        .with_context(|| format!("writing into `{}`", dir.display()))?;
-    tmp.write_all(bytes)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(dest)
-        .map_err(|e| e.error)
-        .with_context(|| format!("writing `{}`", dest.display()))?;
-    Ok(())
+    crate::fetch::cache::write_atomic_mode(dest, bytes, 0o777)
+        .with_context(|| format!("writing `{}`", dest.display()))
 }

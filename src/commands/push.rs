@@ -96,7 +96,7 @@ pub(crate) async fn build_all(
     cache: &Cache,
     reporter: &Arc<dyn Reporter>,
 ) -> Result<Vec<build::BuildReport>> {
-    let pre = build::preflight(settings, arches, &options.build, &**reporter)?;
+    let pre = build::preflight(settings, arches, &options.build)?;
     let mut reports = Vec::new();
     for arch in arches {
         reports.push(

@@ -41,12 +41,12 @@ pub use super::test_report::{Check, TestReport};
 const BIN_DIR: &str = "usr/local/bin";
 
 /// Where the image's binaries run.
-#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Runtime {
     /// Unpacked into a temp rootfs (qemu-user for foreign arches); no daemon.
     Rootfs,
-    /// In containers of containerd (a private one, or the one at `address`).
-    Containerd { address: Option<std::path::PathBuf> },
+    /// In containers of this containerd (one per run, shared by every arch; see
+    /// [`super::test_containerd::open`]).
+    Containerd(crate::containerd::Containerd),
 }
 
 /// Tests the image of `arch` in the layout at `layout_dir`, its binaries run by `runtime`.
@@ -116,14 +116,8 @@ pub fn test_image(
         },
     );
 
-    if let Runtime::Containerd { address } = runtime {
-        super::test_containerd::checks(
-            &mut report,
-            settings,
-            arch,
-            layout_dir,
-            address.as_deref(),
-        )?;
+    if let Runtime::Containerd(ctd) = runtime {
+        super::test_containerd::checks(&mut report, settings, arch, layout_dir, ctd)?;
         return Ok(report);
     }
     let root = tempfile::tempdir().context("a temp dir for the rootfs")?;

@@ -17,19 +17,24 @@ use crate::settings::Settings;
 /// not read, so the exec'd `etcd --name` meets no conflicting ETCD_NAME).
 const MEMBER: &str = "etcd-image-test";
 
+/// The containerd a test run uses for every arch: the one at `address`, else a private one
+/// (stopped when dropped).
+pub fn open(address: Option<&Path>) -> Result<Containerd> {
+    match address {
+        Some(a) => Containerd::connect(a),
+        None => Containerd::start_private(),
+    }
+    .context("the containerd to run the image in")
+}
+
 /// Adds the container rows to `report`.
 pub fn checks(
     report: &mut TestReport,
     settings: &Settings,
     arch: Arch,
     layout_dir: &Path,
-    address: Option<&Path>,
+    ctd: &Containerd,
 ) -> Result<()> {
-    let ctd = match address {
-        Some(a) => Containerd::connect(a),
-        None => Containerd::start_private(),
-    }
-    .context("the containerd to run the image in")?;
     let platform = oci::platform_string(&oci::platform_for(arch));
     let mut rows: Vec<String> = vec!["container user and env".into()];
     for v in &settings.bundled {
@@ -73,14 +78,14 @@ pub fn checks(
     let ids = Ids::new();
     report.check(
         "container user and env",
-        user_and_env(&ctd, &image, &ids, arch),
+        user_and_env(ctd, &image, &ids, arch),
     );
     for v in &settings.bundled {
         for name in ["etcd", "etcdctl"] {
             let path = format!("/usr/local/bin/{name}-{v}");
             report.check(
                 format!("{name}-{v}"),
-                version_in(&ctd, &image, &ids, &path, name, v),
+                version_in(ctd, &image, &ids, &path, name, v),
             );
         }
     }
@@ -88,12 +93,12 @@ pub fn checks(
         let path = format!("/usr/local/bin/{name}");
         report.check(
             format!("{name} (default)"),
-            version_in(&ctd, &image, &ids, &path, name, &settings.latest),
+            version_in(ctd, &image, &ids, &path, name, &settings.latest),
         );
     }
     report.check(
         "migration",
-        pod_migration(&ctd, &image, &ids, settings, arch),
+        pod_migration(ctd, &image, &ids, settings, arch),
     );
     Ok(())
 }

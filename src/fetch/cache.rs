@@ -227,11 +227,20 @@ pub fn temp_builder(prefix: &str) -> tempfile::Builder<'_, 'static> {
 
 /// Writes `bytes` to `path` atomically: temp file beside it, fsync, rename, fsync the directory.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_atomic_mode(path, bytes, 0o666)
+}
+
+/// [`write_atomic`] with the file created as `mode` under the umask (0o777 for an executable,
+/// as a compiler or `cp` of one would make it).
+pub fn write_atomic_mode(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let mut tmp = temp_builder(".tmp-").tempfile_in(dir)?;
+    let mut tmp = temp_builder(".tmp-")
+        .permissions(fs::Permissions::from_mode(mode))
+        .tempfile_in(dir)?;
     tmp.write_all(bytes)?;
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;
