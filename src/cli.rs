@@ -91,6 +91,10 @@ pub struct FetchArgs {
     /// Where to put them.
     #[arg(long, value_name = "DIR")]
     pub bin_dir: PathBuf,
+    /// Where they come from: `release` (tarballs), `build` (a source tree) or `module` (the
+    /// release's Go modules through GOPROXY) [default: the arch's `source` in images.toml].
+    #[arg(long, value_name = "SOURCE")]
+    pub source: Option<String>,
     #[command(flatten)]
     pub overrides: OverrideArgs,
 }

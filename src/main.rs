@@ -403,10 +403,20 @@ async fn fetch_verb(g: &GlobalArgs, args: &FetchArgs, reporter: Shared) -> Resul
             .collect::<Result<Vec<_>, _>>()?,
         None => settings.bundled.clone(),
     };
+    let source = match &args.source {
+        Some(s) => config::parse_source(s).map_err(|e| {
+            etcdimg::UserError::new(
+                format!("--source: {e}"),
+                "--source release (tarballs), build (a source tree) or module (Go modules)",
+            )
+        })?,
+        None => settings.source_for(arch),
+    };
     let cache = Cache::open(g.cache_dir.as_deref())?;
     let fetched = etcdimg::commands::fetch::fetch_binaries(
         &settings,
         arch,
+        source,
         &versions,
         &args.bin_dir,
         &cache,

@@ -65,6 +65,20 @@ pub struct Compile {
     pub patches: Vec<String>,
     /// The build cache key: a digest of every input above and the source tree.
     pub key: String,
+    /// The release's Go modules the tree was assembled from (`source = "module"`), each with
+    /// the `h1:` sum the go command verified.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub modules: Vec<GoModule>,
+}
+
+/// One Go module of an etcd source tree.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GoModule {
+    pub path: String,
+    pub version: String,
+    pub sum: String,
+    /// Its folder in the tree.
+    pub dir: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -540,6 +554,7 @@ mod tests {
                     source: "/usr/share/gocode".into(),
                     patches: vec![],
                     key: "k".into(),
+                    modules: vec![],
                 }],
                 migrate_sha256: "cd".repeat(32),
                 compression: "gzip level 4".into(),

@@ -662,13 +662,13 @@ fn settings_follow_flag_env_file_precedence() {
     let v = json(&out);
     // images.toml's defaults: what a release would ship today, and the policy has nothing
     // against them.
-    assert_eq!(v["tag"], "3.6.14-0");
-    assert_eq!(v["image"], "registry.k8s.io/etcd:3.6.14-0-linux-amd64");
-    assert_eq!(
-        v["bundled"],
-        serde_json::json!(["3.4.45", "3.5.33", "3.6.14"])
-    );
+    assert_eq!(v["tag"], "3.6.17-0");
+    assert_eq!(v["image"], "registry.k8s.io/etcd:3.6.17-0-linux-amd64");
+    assert_eq!(v["bundled"], serde_json::json!(["3.5.36", "3.6.17"]));
     assert_eq!(v["policy_findings"], serde_json::json!([]));
+    // The compiled arches take the release's Go modules.
+    let arm64 = json(&sb.etcdimg(&["settings", "--arch", "arm64"]));
+    assert_eq!(arm64["source"], "module");
     sb.set("REVISION", "3")
         .set("REGISTRY", "example.com/k8s")
         .set("ETCD_VERSION", "3.5.1")

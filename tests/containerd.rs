@@ -408,7 +408,7 @@ fn a_failed_migration_leaves_the_data_and_the_default_etcd_at_the_datas_version(
             Some(("INITIAL_CLUSTER", "etcd-someone-else=http://127.0.0.1:1")),
             23,
         ),
-        ("a target version not bundled", "3.6.14", None, 12),
+        ("a target version not bundled", "3.6.17", None, 12),
     ];
     for (n, (what, target, change, code)) in cases.into_iter().enumerate() {
         let before = tree_bytes(&data);

@@ -189,6 +189,26 @@ pub fn meta(db_file: &Path) -> Result<MetaInfo, BackendError> {
     read_meta(&db, db_file)
 }
 
+/// `cluster/clusterVersion` of the backend at `db_file` (3.5+ store it there), if present.
+pub fn cluster_version(db_file: &Path) -> Result<Option<String>, BackendError> {
+    let db = Db::open(db_file)?;
+    Ok(db
+        .locate(b"cluster", b"clusterVersion")?
+        .map(|(_, v)| String::from_utf8_lossy(&v).into_owned()))
+}
+
+/// Rewrites `cluster/clusterVersion` from `from` to `to` in place (same length). The caller
+/// holds a working copy no etcd runs on.
+pub fn set_cluster_version(db_file: &Path, from: &str, to: &str) -> Result<(), BackendError> {
+    let db = Db::open(db_file)?;
+    let Some((offset, _)) = db.locate(b"cluster", b"clusterVersion")? else {
+        return Ok(());
+    };
+    drop(db);
+    crate::bbolt::patch_value(db_file, offset, from.as_bytes(), to.as_bytes())?;
+    Ok(())
+}
+
 /// The store's current revision: the newest revision key (the last key of the `key` bucket)
 /// or the compaction, whichever is higher. Cheap: one path down the tree.
 pub fn current_revision(db_file: &Path) -> Result<i64, BackendError> {

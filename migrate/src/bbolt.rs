@@ -3,9 +3,13 @@
 //! It owns one thing: walking a bucket's B+tree in key order and handing each key and value to
 //! a callback, reading pages with `pread` (never `mmap`, so a scan of a multi-GB file keeps the
 //! process's resident memory at a few pages: the page cache is the kernel's, not ours). It never
-//! writes, never takes bbolt's file lock, and checks every page it reads (id, kind, bounds)
-//! before trusting an offset in it. The caller must make sure no etcd writes the file meanwhile
-//! (migrate holds the data dir and probes etcd's own locks first).
+//! takes bbolt's file lock, and checks every page it reads (id, kind, bounds) before trusting
+//! an offset in it. The caller must make sure no etcd writes the file meanwhile (migrate holds
+//! the data dir and probes etcd's own locks first).
+//!
+//! Its one write, [`patch_value`], overwrites a value's bytes with as many other bytes, on a
+//! working copy only: no page, size or offset changes, so the tree stays what it was (bbolt
+//! keeps no checksum of data pages; the meta pages' checksums cover only the metas).
 //!
 //! Written by hand: the format is small and frozen (bbolt `page.go`, `meta.go`, `bucket.go`),
 //! and the one crate that reads it, `bbolt-rs`, maps the whole file into memory and brings
@@ -404,6 +408,61 @@ impl Db {
         Ok(kind)
     }
 
+    /// Where the value of `key` in the top-level bucket `bucket` lies in the file: its byte
+    /// offset and its bytes (`None` when the bucket or the key is absent). One path down each
+    /// tree; an inline bucket's page lies inside its parent's leaf, 16 bytes into the value.
+    pub fn locate(&self, bucket: &[u8], key: &[u8]) -> Result<Option<(u64, Vec<u8>)>, BoltError> {
+        let BucketRoot::Page(root) = self.root else {
+            return Err(self.corrupt("the root bucket is inline".into()));
+        };
+        let Some((offset, header)) = self.find(root, bucket, 0)? else {
+            return Ok(None);
+        };
+        if header.len() < 16 {
+            return Err(self.corrupt(format!("a bucket header of {} bytes", header.len())));
+        }
+        match u64_at(&header, 0) {
+            0 => {
+                let page = &header[16..];
+                if self.check_page(page, None)? != LEAF {
+                    return Err(self.corrupt("an inline bucket that is not a leaf".into()));
+                }
+                Ok(leaf_match(page, key).map(|(at, v)| (offset + 16 + at as u64, v)))
+            }
+            id => self.find(id, key, 0),
+        }
+    }
+
+    /// `key`'s value in the tree under page `id`: file offset and bytes.
+    fn find(&self, id: u64, key: &[u8], depth: usize) -> Result<Option<(u64, Vec<u8>)>, BoltError> {
+        if depth > MAX_DEPTH {
+            return Err(self.corrupt(format!(
+                "the tree is deeper than {MAX_DEPTH} pages at page {id}"
+            )));
+        }
+        let page = self.page(id)?;
+        if self.check_page(&page, Some(id))? == LEAF {
+            return Ok(leaf_match(&page, key).map(|(at, v)| (id * self.page_size + at as u64, v)));
+        }
+        // A branch element's key is the first key of its child: take the last child whose key
+        // is not above `key`.
+        let count = usize::from(u16_at(&page, 10));
+        let mut child = None;
+        for i in 0..count {
+            let e = PAGE_HEADER + i * ELEMENT;
+            let (pos, ksize) = (u32_at(&page, e) as usize, u32_at(&page, e + 4) as usize);
+            if i == 0 || page[e + pos..e + pos + ksize] <= *key {
+                child = Some(u64_at(&page, e + 8));
+            } else {
+                break;
+            }
+        }
+        match child {
+            Some(c) => self.find(c, key, depth + 1),
+            None => Ok(None),
+        }
+    }
+
     fn leaf<E: From<BoltError>>(&self, page: &[u8], f: &mut Visitor<'_, E>) -> Result<(), E> {
         let count = usize::from(u16_at(page, 10));
         for i in 0..count {
@@ -418,6 +477,56 @@ impl Db {
         }
         Ok(())
     }
+}
+
+/// The element of a checked leaf `page` whose key is `key`: the value's offset in the page,
+/// and the value.
+fn leaf_match(page: &[u8], key: &[u8]) -> Option<(usize, Vec<u8>)> {
+    let count = usize::from(u16_at(page, 10));
+    (0..count).find_map(|i| {
+        let e = PAGE_HEADER + i * ELEMENT;
+        let pos = u32_at(page, e + 4) as usize;
+        let ksize = u32_at(page, e + 8) as usize;
+        let vsize = u32_at(page, e + 12) as usize;
+        (&page[e + pos..e + pos + ksize] == key).then(|| {
+            let at = e + pos + ksize;
+            (at, page[at..at + vsize].to_vec())
+        })
+    })
+}
+
+/// Overwrites the value at file `offset` (from [`Db::locate`]) if it still reads `old`, with
+/// `new` of the same length, and syncs the file. Only ever on a working copy no etcd holds.
+pub fn patch_value(path: &Path, offset: u64, old: &[u8], new: &[u8]) -> Result<(), BoltError> {
+    let io_err = |source| BoltError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    if old.len() != new.len() {
+        return Err(BoltError::Corrupt {
+            path: path.to_path_buf(),
+            message: format!(
+                "cannot replace a value of {} bytes with {} bytes in place",
+                old.len(),
+                new.len()
+            ),
+        });
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(io_err)?;
+    let mut current = vec![0u8; old.len()];
+    read_full(&file, &mut current, offset).map_err(io_err)?;
+    if current != old {
+        return Err(BoltError::Corrupt {
+            path: path.to_path_buf(),
+            message: format!("the value at byte {offset} changed under us"),
+        });
+    }
+    file.write_all_at(new, offset).map_err(io_err)?;
+    file.sync_all().map_err(io_err)
 }
 
 /// `pread` until `buf` is full or the file ends; the number of bytes read.

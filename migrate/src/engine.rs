@@ -438,6 +438,55 @@ fn run_once(
     Ok(())
 }
 
+/// Before a step onto a minor without the v2 store (3.5 -> 3.6): when the copy's WAL after its
+/// newest snapshot holds v2 requests without data that `to` would not replay (3.4's `/health`
+/// QGETs; see [`v2check`]), the data's own etcd `runner` runs on the copy once with
+/// `--snapshot-count=1`, so that it snapshots right after it starts and `to` replays nothing
+/// older. The data is the same (the fingerprints still compare), the snapshot is etcd's own.
+fn snapshot_past_unreplayable(
+    options: &Options,
+    runner: &Version,
+    to: &Version,
+    copy: &Path,
+    logs: &Path,
+) -> Result<(), MigrateError> {
+    if options.policy.has_v2_api(to) || !options.policy.has_v2_api(runner) {
+        return Ok(());
+    }
+    let found = |copy: &Path| {
+        crate::v2check::scan(copy)
+            .map(|c| c.unreplayable)
+            .map_err(|e| damaged(copy, e))
+    };
+    let before = found(copy)?;
+    if before.is_empty() {
+        return Ok(());
+    }
+    log(&format!(
+        "etcd {runner} takes a snapshot of the working copy first: its WAL holds {} v2 request(s) etcd {to} would not replay ({})",
+        before.len(),
+        before.iter().take(3).cloned().collect::<Vec<_>>().join(", ")
+    ));
+    let mut server = start_etcd(options, runner, copy, logs, &["--snapshot-count=1"])?;
+    if !server.stop() {
+        return Err(MigrateError::Unsettled {
+            dir: copy.display().to_string(),
+            message: format!("etcd {runner} did not stop cleanly after its snapshot"),
+        });
+    }
+    let after = found(copy)?;
+    if !after.is_empty() {
+        return Err(MigrateError::Unsettled {
+            dir: copy.display().to_string(),
+            message: format!(
+                "after etcd {runner}'s snapshot the WAL still holds v2 requests etcd {to} would not replay: {}",
+                after.join(", ")
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// Runs etcd `version` on the copy once ([`run_once`]), then compares the copy's fingerprint
 /// with the original's ([`verify_copy`]). For a single member the original's fingerprint is read
 /// while etcd runs: the original is not touched by the step, and etcd's start leaves a core
@@ -632,6 +681,7 @@ pub fn upgrade(
         phases.mark("stage");
         failpoint("upgrade-staged");
         fill_disk_failpoint("upgrade-staged", parent);
+        snapshot_past_unreplayable(options, &old, to, &side.new, logs.path())?;
         log(&format!("starting etcd {to} on the working copy"));
         let step = format!("upgrade {from} -> {to}");
         let fps = run_and_verify(options, to, &step, &side.new, logs.path(), &mut phases)?;
@@ -807,6 +857,7 @@ pub fn rollback(
             // the WAL holds entries the target cannot read.
             storage_migrate(options, &current, to, &side.new)?;
         }
+        lower_cluster_version(&side.new, to)?;
         let meta = fs::metadata(&options.data_dir).map_err(io_err(&options.data_dir))?;
         stage::copy_owner_and_mode(&meta, &side.new)?;
         DataDir::new(&side.new).write_version(&VersionPair::new(to.clone(), Storage::Etcd3))?;
@@ -854,6 +905,37 @@ fn storage_migrate(
     Ok(())
 }
 
+/// A restore keeps the snapshot's `cluster/clusterVersion` (3.5+ keep it in the backend), and
+/// etcd 3.6+ refuses to start under a cluster version above its own ("invalid downgrade",
+/// etcd's `MustDetectDowngrade`); `etcdutl migrate` changes only the storage version. After a
+/// restore the membership is this one member, running the target, so the cluster version
+/// etcd itself decides on its first start is the target's minor: it is written in place now
+/// (`3.7.0` -> `3.6.0`, the same length), on the restored copy, before the target runs on it.
+/// etcd's own online downgrade writes the same value (`ClusterVersionSet`).
+fn lower_cluster_version(copy: &Path, to: &Version) -> Result<(), MigrateError> {
+    let db = backend::db_path(copy);
+    let damaged_copy = |e: backend::BackendError| damaged(copy, e.to_string());
+    let Some(found) = backend::cluster_version(&db).map_err(damaged_copy)? else {
+        return Ok(());
+    };
+    let target = format!("{}.{}.0", to.major, to.minor);
+    let above = Version::parse(&found).map_or(true, |v| (v.major, v.minor) > (to.major, to.minor));
+    if !above {
+        return Ok(());
+    }
+    if found.len() != target.len() {
+        return Err(MigrateError::VersionAboveTarget {
+            step: format!("rollback to {to}"),
+            to: to.to_string(),
+            found: format!("the restored backend keeps cluster version {found}, which cannot be rewritten in place as {target}"),
+        });
+    }
+    log(&format!(
+        "setting the restored backend's cluster version {found} to {target} (the one member now runs {to})"
+    ));
+    backend::set_cluster_version(&db, &found, &target).map_err(damaged_copy)
+}
+
 /// `migrate --data-dir <dir> --target-version <major.minor>` (etcdutl 3.6+).
 pub fn storage_migrate_args(dir: &Path, to: &Version) -> Vec<std::ffi::OsString> {
     vec![
@@ -874,12 +956,21 @@ fn check_rolled_back_versions(copy: &Path, to: &Version) -> Result<(), MigrateEr
         let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
         (major, minor) > (to.major, to.minor)
     };
-    let meta = backend::meta(&backend::db_path(copy)).map_err(|e| damaged(copy, e.to_string()))?;
+    let db = backend::db_path(copy);
+    let meta = backend::meta(&db).map_err(|e| damaged(copy, e.to_string()))?;
     if let Some(v) = meta.storage_version.as_deref().filter(|v| above(v)) {
         return Err(MigrateError::VersionAboveTarget {
             step: format!("rollback to {to}"),
             to: to.to_string(),
             found: format!("its backend claims storage version {v}"),
+        });
+    }
+    let cluster = backend::cluster_version(&db).map_err(|e| damaged(copy, e.to_string()))?;
+    if let Some(v) = cluster.as_deref().filter(|v| above(v)) {
+        return Err(MigrateError::VersionAboveTarget {
+            step: format!("rollback to {to}"),
+            to: to.to_string(),
+            found: format!("its backend claims cluster version {v}"),
         });
     }
     let wal = copy.join("member/wal");

@@ -290,6 +290,7 @@ fn refuse_custom_v2(
         .unwrap_or_else(|| from.clone());
     let etcdutl = options.bin_dir.join(format!("etcdutl-{runner}"));
     let mut by_etcdutl = None;
+    let mut wal_only = false;
     if options.policy.has_v2store_check(&runner) && etcdutl.is_file() {
         let args = [
             "check".into(),
@@ -309,6 +310,7 @@ fn refuse_custom_v2(
             // Only the tool's own message counts: the command line holds the data dir's path,
             // which may itself contain "custom".
             Err(process::ToolError::Failed { message, .. }) if message.contains("custom") => {
+                wal_only = message.contains("in WAL records") && !message.contains("both");
                 by_etcdutl = Some(format!(
                     "; `{} check v2store` found it too: {message}",
                     etcdutl.display()
@@ -320,10 +322,22 @@ fn refuse_custom_v2(
             )),
         }
     }
+    // etcdutl's WAL finding, explained by requests that hold no data: the step's snapshot
+    // run takes care of them (engine::upgrade), nothing is refused.
+    if custom.is_empty() && wal_only && !custom.unreplayable.is_empty() {
+        by_etcdutl = None;
+    }
     if custom.is_empty() && by_etcdutl.is_none() {
         log(&format!(
             "checked: the v2 store holds no custom content (etcd {to} refuses it)"
         ));
+        if !custom.unreplayable.is_empty() {
+            log(&format!(
+                "the WAL holds {} v2 request(s) without data that etcd {to} would not replay ({}); etcd {runner} takes a snapshot past them first",
+                custom.unreplayable.len(),
+                custom.unreplayable.iter().take(3).cloned().collect::<Vec<_>>().join(", ")
+            ));
+        }
         return Ok(());
     }
     Err(MigrateError::CustomV2 {

@@ -287,6 +287,11 @@ impl Flags {
             .clone()
             .filter(|p| !p.as_os_str().is_empty())
             .ok_or(OptionsError::Required("data-dir", "DATA_DIRECTORY"))?;
+        // Absolute from here on: the sidecars (journal, working copy, lock) are named after
+        // the data dir and placed beside it, and every etcd the run starts gets this path; a
+        // relative `data` would leave a journal named `.data.migrate-journal` that recovery
+        // then looked for in another directory.
+        let data_dir = std::path::absolute(&data_dir).unwrap_or(data_dir);
         let (port, peer_port) = self.ports(&data_dir);
         let urls = self.urls(&name, port, peer_port, &get, &mut log);
         let target = self.target()?;

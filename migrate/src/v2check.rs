@@ -6,6 +6,14 @@
 //! Custom content is anything outside `/0` (etcd's own membership and cluster version): keys
 //! under `/1` in the snapshot, and v2 writes (PUT, POST, DELETE) to paths outside `/0` in the
 //! WAL entries after the snapshot.
+//!
+//! Apart from that, etcd 3.6 replays only two kinds of v2 request from the WAL after the
+//! newest snapshot (`v2ToV3Request`: a PUT of a member's attributes or of `/0/version`) and
+//! panics on any other ("detected disallowed v2 WAL"). Some hold no data: the `QGET` that
+//! etcd 3.4's `/health` proposes on every probe (kubelet's liveness probe, migrate's own
+//! readiness check on 3.4), the leader's TTL `SYNC`. Those are [`Custom::unreplayable`]: not a
+//! reason to refuse, but the WAL must be cut past them by a 3.5 snapshot before 3.6 starts
+//! (`etcdutl check v2store` flags them as "custom v2 content in WAL records").
 
 use std::path::{Path, PathBuf};
 
@@ -22,9 +30,13 @@ pub const NAMED: usize = 20;
 pub struct Custom {
     pub in_snapshot: Vec<String>,
     pub in_wal: Vec<String>,
+    /// v2 requests after the newest snapshot that hold no data but that etcd 3.6 refuses to
+    /// replay (`QGET at index 17`).
+    pub unreplayable: Vec<String>,
 }
 
 impl Custom {
+    /// No custom data (unreplayable requests aside).
     pub fn is_empty(&self) -> bool {
         self.in_snapshot.is_empty() && self.in_wal.is_empty()
     }
@@ -147,10 +159,15 @@ pub fn scan(data_dir: &Path) -> Result<Custom, String> {
         };
         if let Some(r) = request {
             let writes = matches!(r.method.as_str(), "PUT" | "POST" | "DELETE");
-            if writes && !(r.path == "/0" || r.path.starts_with("/0/")) {
+            let membership = r.path == "/0" || r.path.starts_with("/0/");
+            if writes && !membership {
                 custom
                     .in_wal
                     .push(r.path.strip_prefix("/1").unwrap_or(&r.path).to_string());
+            } else if !replayed_by_3_6(&r.method, &r.path) {
+                custom.unreplayable.push(
+                    format!("{} {} at index {}", r.method, r.path, entry.index).replace("  ", " "),
+                );
             }
         }
     })
@@ -158,6 +175,20 @@ pub fn scan(data_dir: &Path) -> Result<Custom, String> {
     custom.in_wal.sort();
     custom.in_wal.dedup();
     Ok(custom)
+}
+
+/// etcd 3.6's `v2ToV3Request`: the only v2 requests it replays are PUTs of a member's
+/// attributes (`/0/members/<hex id>/attributes`) and of the cluster version (`/0/version`).
+fn replayed_by_3_6(method: &str, path: &str) -> bool {
+    if method != "PUT" {
+        return false;
+    }
+    if path == "/0/version" {
+        return true;
+    }
+    path.strip_prefix("/0/members/")
+        .and_then(|rest| rest.strip_suffix("/attributes"))
+        .is_some_and(|id| (1..=16).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 #[cfg(test)]
@@ -182,7 +213,26 @@ mod tests {
         let c = Custom {
             in_snapshot: (0..25).map(|i| format!("/k{i:02}")).collect(),
             in_wal: vec!["/k00".into()],
+            unreplayable: vec![],
         };
         assert!(c.named().ends_with("... (25 in all)"), "{}", c.named());
+    }
+
+    #[test]
+    fn etcd_3_6_replays_only_member_attributes_and_the_cluster_version() {
+        for (method, path, replayed) in [
+            ("PUT", "/0/version", true),
+            ("PUT", "/0/members/bdae9bbc11dd390d/attributes", true),
+            ("PUT", "/0/members/1/attributes", true),
+            ("QGET", "", false),
+            ("SYNC", "", false),
+            ("GET", "/0/version", false),
+            ("DELETE", "/0/members/bdae9bbc11dd390d", false),
+            ("PUT", "/0/members/bdae9bbc11dd390d/raftAttributes", false),
+            ("PUT", "/0/members/xyz/attributes", false),
+            ("PUT", "/0/members/12345678901234567/attributes", false),
+        ] {
+            assert_eq!(replayed_by_3_6(method, path), replayed, "{method} {path}");
+        }
     }
 }

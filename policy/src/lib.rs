@@ -60,6 +60,10 @@ pub struct Minor {
     pub v2_api: bool,
     /// The server refuses every `--experimental-*` flag (3.7 removed them).
     pub no_experimental_flags: bool,
+    /// etcd no longer supports this minor: where that is said (no patches follow; data of it
+    /// still migrates away).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_of_life: Option<String>,
 }
 
 /// A range of releases known to be unsafe, and why.
@@ -95,6 +99,10 @@ pub enum Finding {
         version: Version,
         advisory: Advisory,
     },
+    EndOfLife {
+        version: Version,
+        source: String,
+    },
 }
 
 impl fmt::Display for Finding {
@@ -113,6 +121,10 @@ impl fmt::Display for Finding {
                 "etcd {version} is a known-bad release ({} to {}: {}, {})",
                 advisory.from, advisory.to, advisory.summary, advisory.issue
             ),
+            Finding::EndOfLife { version, source } => write!(
+                f,
+                "etcd {version} is of a minor etcd no longer supports ({source}); data of it still migrates to the next minor"
+            ),
         }
     }
 }
@@ -122,6 +134,11 @@ fn v(s: &str) -> Version {
 }
 
 const K8S_MINIMUMS: &str = "etcd's minimum versions for production, kubernetes/website PR #40816";
+/// etcd's CHANGELOG-3.4, v3.4.45 (2026-06-01): "this release marks the end of support (EOL)
+/// for v3.4. No further patches will be issued."
+pub const EOL_3_4: &str =
+    "end of support since v3.4.45, 2026-06-01: etcd's CHANGELOG-3.4 (\"no further patches will be issued\")";
+const EOL_BEFORE_3_4: &str = "superseded before 3.4 reached its end of support (etcd supports the two newest minors, see etcd's CHANGELOG-3.4)";
 
 impl Policy {
     /// The policy etcdimg ships with (sources in each entry).
@@ -137,8 +154,10 @@ impl Policy {
             v2store_check: None,
             v2_api: true,
             no_experimental_flags: false,
+            end_of_life: None,
         };
         let mut m34 = minor("3.4", RestoreTool::Etcdctl);
+        m34.end_of_life = Some(EOL_3_4.into());
         m34.production_minimum = Some(v("3.4.22"));
         m34.production_minimum_source = Some(K8S_MINIMUMS.into());
         let mut m35 = minor("3.5", RestoreTool::EtcdutlPreferred);
@@ -161,7 +180,10 @@ impl Policy {
         m37.no_experimental_flags = true;
         let mut minors: Vec<Minor> = ["3.0", "3.1", "3.2", "3.3"]
             .into_iter()
-            .map(|m| minor(m, RestoreTool::Etcdctl))
+            .map(|m| Minor {
+                end_of_life: Some(EOL_BEFORE_3_4.into()),
+                ..minor(m, RestoreTool::Etcdctl)
+            })
             .collect();
         minors.extend([m34, m35, m36, m37]);
         Policy {
@@ -199,6 +221,12 @@ impl Policy {
     pub fn findings(&self, v: &Version) -> Vec<Finding> {
         let mut out = Vec::new();
         if let Some(m) = self.minor(v) {
+            if let Some(source) = &m.end_of_life {
+                out.push(Finding::EndOfLife {
+                    version: v.clone(),
+                    source: source.clone(),
+                });
+            }
             if let Some(min) = &m.production_minimum {
                 if v < min {
                     out.push(Finding::BelowMinimum {
@@ -329,6 +357,13 @@ impl Policy {
             if let Some(min) = &o.upgrade_minimum {
                 updated.upgrade_minimum = Some(min.clone());
             }
+            if o.end_of_life {
+                updated.end_of_life = Some(
+                    o.source
+                        .clone()
+                        .unwrap_or_else(|| "images.toml [policy]".into()),
+                );
+            }
             if let Some(m) = self.minors.iter_mut().find(|m| m.minor == *name) {
                 *m = updated;
             }
@@ -381,7 +416,10 @@ pub struct Extension {
 pub struct MinorOverride {
     pub production_minimum: Option<Version>,
     pub upgrade_minimum: Option<Version>,
-    /// Where the new minimum comes from (shown in messages).
+    /// etcd no longer supports this minor (an extension can only add this, never lift it).
+    #[serde(default)]
+    pub end_of_life: bool,
+    /// Where the new minimum or the end of support comes from (shown in messages).
     pub source: Option<String>,
 }
 
@@ -396,6 +434,7 @@ mod tests {
             .map(|f| match f {
                 Finding::BelowMinimum { minimum, .. } => format!("below {minimum}"),
                 Finding::KnownBad { advisory, .. } => advisory.issue.clone(),
+                Finding::EndOfLife { .. } => "end of life".into(),
             })
             .collect();
         assert_eq!(got, want, "{version}");
@@ -403,9 +442,10 @@ mod tests {
 
     #[test]
     fn findings_per_release() {
-        check("3.4.21", &["below 3.4.22"]);
-        check("3.4.22", &[]);
-        check("3.4.45", &[]);
+        check("3.4.21", &["end of life", "below 3.4.22"]);
+        check("3.4.22", &["end of life"]);
+        check("3.4.45", &["end of life"]);
+        check("3.3.27", &["end of life"]);
         check(
             "3.5.0",
             &["below 3.5.6", "etcd-io/etcd#13766", "etcd-io/etcd#14370"],
@@ -424,6 +464,36 @@ mod tests {
         check("3.5.33", &[]);
         check("3.6.14", &[]);
         check("3.7.1", &[]);
+        check("3.5.36", &[]);
+        check("3.6.17", &[]);
+        check("3.7.4", &[]);
+    }
+
+    #[test]
+    fn an_extension_can_end_a_minor_but_never_revive_one() {
+        let mut p = Policy::builtin();
+        let ext: Extension = serde_json::from_str(
+            r#"{"minor": {"3.5": {"end_of_life": true, "source": "etcd's CHANGELOG-3.5"}}}"#,
+        )
+        .unwrap();
+        p.extend(&ext).unwrap();
+        let f = p.findings(&v("3.5.36"));
+        assert_eq!(f.len(), 1);
+        assert!(
+            f[0].to_string().contains("etcd's CHANGELOG-3.5"),
+            "{}",
+            f[0]
+        );
+        // `end_of_life = false` is no override: 3.4 stays ended.
+        let ext: Extension =
+            serde_json::from_str(r#"{"minor": {"3.4": {"end_of_life": false}}}"#).unwrap();
+        p.extend(&ext).unwrap();
+        assert!(matches!(
+            p.findings(&v("3.4.45"))[0],
+            Finding::EndOfLife { .. }
+        ));
+        // It survives the trip into the image.
+        assert_eq!(Policy::from_json(&p.to_json()).unwrap(), p);
     }
 
     #[test]
@@ -460,6 +530,7 @@ mod tests {
                 MinorOverride {
                     production_minimum: Some(v("3.6.3")),
                     upgrade_minimum: None,
+                    end_of_life: false,
                     source: Some("a new advisory".into()),
                 },
             )]

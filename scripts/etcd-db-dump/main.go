@@ -6,6 +6,8 @@
 //	    one JSON line per top-level bucket: its name, its number of keys, and a SHA-256 over
 //	    every entry as (8-byte big-endian key length, key, 8-byte big-endian value length,
 //	    value) in bbolt's key order. Read only.
+//	etcd-db-dump get <db> <bucket> <key>
+//	    the raw value of one key (e.g. meta storageVersion), or exit 3 when it is absent.
 //	etcd-db-dump mutate <db> <change>
 //	    rewrites the file the way a faulty migration could, without a new revision:
 //	    value-last     the newest revision's value gets one more byte
@@ -128,14 +130,38 @@ func mutate(path, change string) {
 	}
 }
 
+func get(path, bucket, key string) {
+	db, err := bolt.Open(path, 0400, &bolt.Options{ReadOnly: true})
+	if err != nil {
+		fail(err)
+	}
+	defer db.Close()
+	var value []byte
+	err = db.View(func(tx *bolt.Tx) error {
+		if b := tx.Bucket([]byte(bucket)); b != nil {
+			value = append([]byte(nil), b.Get([]byte(key))...)
+		}
+		return nil
+	})
+	if err != nil {
+		fail(err)
+	}
+	if value == nil {
+		os.Exit(3)
+	}
+	os.Stdout.Write(value)
+}
+
 func main() {
 	switch {
 	case len(os.Args) == 2:
 		dump(os.Args[1])
+	case len(os.Args) == 5 && os.Args[1] == "get":
+		get(os.Args[2], os.Args[3], os.Args[4])
 	case len(os.Args) == 4 && os.Args[1] == "mutate":
 		mutate(os.Args[2], os.Args[3])
 	default:
-		fmt.Fprintln(os.Stderr, "usage: etcd-db-dump <db> | etcd-db-dump mutate <db> <change>")
+		fmt.Fprintln(os.Stderr, "usage: etcd-db-dump <db> | etcd-db-dump get <db> <bucket> <key> | etcd-db-dump mutate <db> <change>")
 		os.Exit(2)
 	}
 }

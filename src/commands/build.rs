@@ -339,10 +339,7 @@ pub fn preflight(
             })?;
         }
     }
-    let builder = if arches
-        .iter()
-        .any(|a| settings.source_for(*a) == crate::config::Source::Build)
-    {
+    let builder = if arches.iter().any(|a| settings.source_for(*a).compiles()) {
         Some(
             gobuild::Builder::detect(settings.gobuild.builder, &settings.gobuild.golang_version)
                 .context("choosing how to compile etcd from source")?,
@@ -385,8 +382,8 @@ pub struct BuildPlan<'a> {
     /// `binary_mode` and the mtime of every file (SOURCE_DATE_EPOCH or 0).
     pub mode: u32,
     pub mtime: u64,
-    /// The arch's etcd is compiled from source (else: release tarballs).
-    pub from_source: bool,
+    /// Where the arch's etcd comes from: release tarballs, or compiled (a tree or modules).
+    pub source: crate::config::Source,
 }
 
 impl BuildPlan<'_> {
@@ -426,7 +423,7 @@ pub async fn build_checked(
         reporter,
         mode: settings.binary_mode,
         mtime: settings.source_date_epoch,
-        from_source: settings.source_for(arch) == crate::config::Source::Build,
+        source: settings.source_for(arch),
     };
     let base = pull_base(&plan).await?;
     let etcd = obtain_etcd(&plan, pre).await?;
@@ -521,19 +518,37 @@ impl EtcdInputs {
 /// the cache yet: stage 3 keeps the tarballs once their contents passed.
 async fn obtain_etcd(plan: &BuildPlan<'_>, pre: &Preflight) -> Result<EtcdInputs> {
     let (settings, arch, cache, reporter) = (plan.settings, plan.arch, plan.cache, &plan.reporter);
-    if plan.from_source {
-        // In sequence: each `go build` already uses every core.
+    if plan.source.compiles() {
         let builder = pre
             .builder
             .as_ref()
             .expect("preflight detects the builder for source-built arches");
-        let mut compiled = Vec::new();
+        // Every version's source first (clones, tarballs, module downloads), so that a version
+        // the source cannot give fails before anything is compiled.
+        let mut resolved = Vec::new();
         for version in &settings.bundled {
-            let built = gobuild::build_etcd(
+            resolved.push(
+                gobuild::resolve(
+                    &settings.gobuild,
+                    builder,
+                    version,
+                    arch,
+                    plan.source,
+                    cache,
+                    &**reporter,
+                )
+                .await
+                .with_context(|| format!("resolving the source of etcd {version} for {arch}"))?,
+            );
+        }
+        // In sequence: each `go build` already uses every core.
+        let mut compiled = Vec::new();
+        for inputs in resolved {
+            let version = inputs.version.clone();
+            let built = gobuild::build_resolved(
                 &settings.gobuild,
                 builder,
-                version,
-                arch,
+                inputs,
                 cache,
                 reporter.clone(),
             )

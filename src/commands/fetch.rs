@@ -1,8 +1,11 @@
-//! `etcdimg fetch --arch A --bin-dir DIR`: the official etcd release binaries of the bundled
-//! versions (or `--versions`), downloaded through the cache and verified against SHA256SUMS (and
-//! the pins) exactly as a build does, checked (ELF header, `--version` where it can run), then
-//! written to `DIR/etcd-<V>`, `etcdctl-<V>`, `etcdutl-<V>`: the layout migrate's `--bin-dir`
-//! expects. The GitHub job that runs migrate's version matrix on real 3.4-3.7 releases uses it.
+//! `etcdimg fetch --arch A --bin-dir DIR`: the etcd binaries of the bundled versions (or
+//! `--versions`) from the arch's source (or `--source`), obtained exactly as a build obtains
+//! them: release tarballs through the cache, verified against SHA256SUMS (and the pins); or
+//! compiled from a source tree or the release's Go modules through the build cache. Each is
+//! checked (ELF header, `--version` where it can run), then written to `DIR/etcd-<V>`,
+//! `etcdctl-<V>`, `etcdutl-<V>`: the layout migrate's `--bin-dir` expects. The fixtures script
+//! builds the test suite's etcd 3.5-3.7 with it (`--source module`); the GitHub job that runs
+//! migrate's version matrix on official releases uses it with release tarballs.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -11,7 +14,9 @@ use anyhow::{Context, Result};
 use semver::Version;
 use serde::Serialize;
 
+use crate::config::Source;
 use crate::fetch::{self, cache::Cache, extract, http::Http};
+use crate::gobuild;
 use crate::platform::Arch;
 use crate::report::Reporter;
 use crate::settings::Settings;
@@ -19,16 +24,26 @@ use crate::settings::Settings;
 #[derive(Debug, Serialize)]
 pub struct Fetched {
     pub version: String,
-    pub url: String,
-    pub sha256: String,
+    /// `release`, `build` or `module`.
+    pub source: String,
+    /// The release tarball (release source).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// Downloaded now (release) or compiled now (build, module), not found in the cache.
     pub downloaded: bool,
+    /// How it was compiled (build and module sources).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compile: Option<gobuild::CompileReport>,
     pub binaries: Vec<String>,
 }
 
-/// Fetches `versions` for `arch` into `bin_dir`; see the module doc.
+/// Fetches `versions` for `arch` from `source` into `bin_dir`; see the module doc.
 pub async fn fetch_binaries(
     settings: &Settings,
     arch: Arch,
+    source: Source,
     versions: &[Version],
     bin_dir: &Path,
     cache: &Cache,
@@ -36,6 +51,9 @@ pub async fn fetch_binaries(
 ) -> Result<Vec<Fetched>> {
     std::fs::create_dir_all(bin_dir)
         .with_context(|| format!("creating `{}`", bin_dir.display()))?;
+    if source.compiles() {
+        return compile_binaries(settings, arch, source, versions, bin_dir, cache, reporter).await;
+    }
     let http = Http::new()?;
     let mut out = Vec::new();
     for version in versions {
@@ -71,12 +89,83 @@ pub async fn fetch_binaries(
         );
         out.push(Fetched {
             version: version.to_string(),
-            url: tarball.url.clone(),
-            sha256: tarball.sha256.clone(),
+            source: "release".into(),
+            url: Some(tarball.url.clone()),
+            sha256: Some(tarball.sha256.clone()),
             downloaded: tarball.downloaded(),
+            compile: None,
             binaries: names,
         });
         tarball.keep(cache)?;
+    }
+    Ok(out)
+}
+
+/// The compiled sources: every version's source resolved first (so that a version the source
+/// cannot give fails before anything compiles), then each compiled through the build cache.
+async fn compile_binaries(
+    settings: &Settings,
+    arch: Arch,
+    source: Source,
+    versions: &[Version],
+    bin_dir: &Path,
+    cache: &Cache,
+    reporter: Arc<dyn Reporter>,
+) -> Result<Vec<Fetched>> {
+    let builder =
+        gobuild::Builder::detect(settings.gobuild.builder, &settings.gobuild.golang_version)
+            .context("choosing how to compile etcd from source")?;
+    let mut resolved = Vec::new();
+    for version in versions {
+        resolved.push(
+            gobuild::resolve(
+                &settings.gobuild,
+                &builder,
+                version,
+                arch,
+                source,
+                cache,
+                &*reporter,
+            )
+            .await
+            .with_context(|| format!("resolving the source of etcd {version} for {arch}"))?,
+        );
+    }
+    let mut out = Vec::new();
+    for inputs in resolved {
+        let version = inputs.version.clone();
+        let built =
+            gobuild::build_resolved(&settings.gobuild, &builder, inputs, cache, reporter.clone())
+                .await
+                .with_context(|| format!("building etcd {version} for {arch} from source"))?;
+        let mut names = Vec::new();
+        for b in &built.binaries {
+            let dest = bin_dir.join(format!("{}-{version}", b.name));
+            write_executable(&dest, &b.bytes)?;
+            names.push(dest.display().to_string());
+        }
+        reporter.status(
+            "Installed",
+            &format!(
+                "etcd {version} ({}, {}) into {}",
+                built.binaries.len(),
+                if built.report.compiled {
+                    "compiled"
+                } else {
+                    "compiled earlier"
+                },
+                bin_dir.display()
+            ),
+        );
+        out.push(Fetched {
+            version: version.to_string(),
+            source: format!("{source:?}").to_lowercase(),
+            url: None,
+            sha256: None,
+            downloaded: built.report.compiled,
+            compile: Some(built.report),
+            binaries: names,
+        });
     }
     Ok(out)
 }

@@ -135,7 +135,8 @@ pub struct ImageSection {
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct ArchSection {
-    /// `release` (official tarball) or `build` (cross-compile from source).
+    /// `release` (official tarball), `build` (compile a source tree) or `module` (compile the
+    /// release's Go modules, fetched through GOPROXY).
     pub source: Option<Spanned<String>>,
     /// Base image override for this arch.
     pub base: Option<Spanned<String>>,
@@ -160,8 +161,20 @@ pub enum Naming {
 /// Where an arch's etcd binaries come from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Source {
+    /// The official release tarball, checked against SHA256SUMS.
     Release,
+    /// Compiled from a source tree: `[build.source."<V>"]`, else a clone of `build.source_repo`.
     Build,
+    /// Compiled from the release's Go modules through the Go module proxy (`[build.source."<V>"]`
+    /// still wins for its version, e.g. a GOPATH for 3.4).
+    Module,
+}
+
+impl Source {
+    /// Compiled here (from a tree or from modules), not downloaded.
+    pub fn compiles(self) -> bool {
+        matches!(self, Source::Build | Source::Module)
+    }
 }
 
 /// A loaded file: the parsed document and the text needed to locate spans.
@@ -261,8 +274,9 @@ pub fn parse_source(s: &str) -> Result<Source, String> {
     match s {
         "release" => Ok(Source::Release),
         "build" => Ok(Source::Build),
+        "module" => Ok(Source::Module),
         other => Err(format!(
-            "unknown source `{other}`, expected `release` or `build`"
+            "unknown source `{other}`, expected `release`, `build` or `module`"
         )),
     }
 }

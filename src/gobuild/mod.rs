@@ -14,6 +14,7 @@
 //! 6. verify: ELF machine/class/endianness, and under qemu-user `--version` must report the
 //!    version and `linux/<goarch>`; only then do the binaries enter the cache
 
+pub mod module;
 pub mod patch;
 pub mod source;
 
@@ -87,6 +88,21 @@ pub enum GoBuildError {
     },
     #[error(transparent)]
     Cache(#[from] crate::fetch::cache::CacheError),
+    #[error("`{module}@{version}` is not available from the Go module proxy ({proxy}): {message}")]
+    ModuleUnavailable {
+        module: String,
+        version: String,
+        proxy: String,
+        message: String,
+    },
+    #[error("the etcd source tree does not match the module sums: {message}")]
+    ModuleSum { message: String },
+    #[error("the Go toolchain for etcd {version} ({dir}) is not usable: {source}")]
+    ModuleToolchain {
+        version: Version,
+        dir: PathBuf,
+        source: ProcessError,
+    },
 }
 
 impl GoBuildError {
@@ -103,6 +119,9 @@ impl GoBuildError {
             GoBuildError::Patch(_) => "fix or remove the patch under patches/<V>/ (files apply in name order with `patch -p1`)".into(),
             GoBuildError::Compile { .. } => "the Go compiler's output is above; a newer Go may be needed for this etcd version (golang_version / a newer local Go)".into(),
             GoBuildError::Check { .. } => "the compiled binary is not what it should be; check the patches and the Go toolchain".into(),
+            GoBuildError::ModuleUnavailable { module, version, .. } => format!("check that your proxy serves it: `go mod download -json {module}@{version}`; an air-gapped proxy (Athens, Artifactory, a GOPROXY=file:// directory) needs etcd's modules of that version and their dependencies; or take the release tarball (source = \"release\")"),
+            GoBuildError::ModuleSum { .. } => "the module cache may be damaged: run `go clean -modcache` (or check it with `go mod verify`), then build again".into(),
+            GoBuildError::ModuleToolchain { .. } => "the release's go.mod names the Go it needs (`go` and `toolchain` lines); GOTOOLCHAIN decides which Go builds it: `local` (the Go on PATH), `auto` (etcd's own choice, downloaded through GOPROXY) or a version such as `go1.27.3`".into(),
             _ => return None,
         })
     }
@@ -142,14 +161,19 @@ pub struct GoBuildSettings {
 }
 
 impl GoBuildSettings {
-    pub fn source_for(&self, version: &Version) -> SourceSpec {
-        self.sources
-            .get(version)
-            .cloned()
-            .unwrap_or_else(|| SourceSpec::Git {
-                repo: self.source_repo.clone(),
-                gopath: None,
-            })
+    /// `version`'s source: its `[build.source."<V>"]` entry, else what the arch's `source`
+    /// says (`module`: the Go modules; `build`: a clone of `source_repo`).
+    pub fn source_for(&self, version: &Version, kind: crate::config::Source) -> SourceSpec {
+        self.sources.get(version).cloned().unwrap_or_else(|| {
+            if kind == crate::config::Source::Module {
+                SourceSpec::Module
+            } else {
+                SourceSpec::Git {
+                    repo: self.source_repo.clone(),
+                    gopath: None,
+                }
+            }
+        })
     }
 }
 
@@ -304,7 +328,7 @@ pub fn recipe(version: &Version) -> Result<Recipe, GoBuildError> {
     })
 }
 
-/// The `go build` flags, identical for both builders.
+/// The `go build` flags of a source tree, identical for both builders.
 pub fn go_flags(recipe: &Recipe, git_sha: &str) -> Vec<String> {
     vec![
         "-trimpath".into(),
@@ -313,18 +337,59 @@ pub fn go_flags(recipe: &Recipe, git_sha: &str) -> Vec<String> {
     ]
 }
 
+/// The `go build` flags of a module build: exactly those of etcd's release builds
+/// (`scripts/build-binary.sh` sets `GO_LDFLAGS="-s -w"`, `scripts/build_lib.sh` adds
+/// `-trimpath -installsuffix=cgo` and the GitSHA), plus `-mod=readonly`: every dependency at
+/// the version and sum of the release's go.sum, nothing resolved anew.
+pub fn module_flags(recipe: &Recipe, git_sha: &str) -> Vec<String> {
+    vec![
+        "-mod=readonly".into(),
+        "-trimpath".into(),
+        "-installsuffix=cgo".into(),
+        format!("-ldflags=-s -w -X={}.GitSHA={git_sha}", recipe.version_pkg),
+    ]
+}
+
+/// How the compile's environment treats the user's Go settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GoMode {
+    /// GOPATH mode (`GO111MODULE=off`, GOPATH set).
+    Gopath,
+    /// A source tree in module mode; GOFLAGS cleared (the tree's own build, nothing else).
+    Tree,
+    /// The release's modules: GOFLAGS, GOPROXY, GOSUMDB, GOTOOLCHAIN... stay the user's, and
+    /// no go.work above the tree applies (`GOWORK=off`).
+    Modules,
+}
+
 /// The environment every compile gets.
 pub fn go_env(arch: Arch, gopath: Option<&str>) -> Vec<(String, String)> {
+    go_env_for(
+        arch,
+        gopath,
+        if gopath.is_some() {
+            GoMode::Gopath
+        } else {
+            GoMode::Tree
+        },
+    )
+}
+
+/// [`go_env`] for a [`GoMode`].
+pub fn go_env_for(arch: Arch, gopath: Option<&str>, mode: GoMode) -> Vec<(String, String)> {
     let mut env = vec![
         ("GOOS".to_string(), "linux".to_string()),
         ("GOARCH".to_string(), arch.name().to_string()),
         ("CGO_ENABLED".to_string(), "0".to_string()),
         (
             "GO111MODULE".to_string(),
-            if gopath.is_some() { "off" } else { "on" }.to_string(),
+            if mode == GoMode::Gopath { "off" } else { "on" }.to_string(),
         ),
-        ("GOFLAGS".to_string(), String::new()),
     ];
+    match mode {
+        GoMode::Modules => env.push(("GOWORK".to_string(), "off".to_string())),
+        _ => env.push(("GOFLAGS".to_string(), String::new())),
+    }
     if arch == Arch::Arm {
         env.push(("GOARM".to_string(), "7".to_string()));
     }
@@ -344,7 +409,10 @@ pub struct Job<'a> {
     pub gopath: &'a [PathBuf],
     pub overlay: Option<&'a Path>,
     pub out_dir: &'a Path,
-    pub git_sha: &'a str,
+    /// The `go build` flags ([`go_flags`] or [`module_flags`]).
+    pub flags: &'a [String],
+    /// The release's modules ([`GoMode::Modules`]) rather than a source tree.
+    pub modules: bool,
 }
 
 /// Where the docker builder mounts GOPATH entry `i`.
@@ -358,8 +426,15 @@ fn container_gopath(i: usize) -> String {
 
 /// The command for one compile. Pure: the docker test checks exactly this.
 pub fn command(builder: &Builder, job: &Job<'_>) -> Cmd {
-    let flags = go_flags(job.recipe, job.git_sha);
+    let flags = job.flags;
     let gopath_mode = !job.gopath.is_empty();
+    let mode = if gopath_mode {
+        GoMode::Gopath
+    } else if job.modules {
+        GoMode::Modules
+    } else {
+        GoMode::Tree
+    };
     let package = if gopath_mode {
         job.target.package.clone()
     } else {
@@ -367,7 +442,7 @@ pub fn command(builder: &Builder, job: &Job<'_>) -> Cmd {
     };
     match builder {
         Builder::Go { go, .. } => {
-            let mut cmd = Cmd::new(go).arg("build").args(&flags);
+            let mut cmd = Cmd::new(go).arg("build").args(flags);
             if let Some(o) = job.overlay {
                 cmd = cmd.arg("-overlay").arg(o);
             }
@@ -378,7 +453,7 @@ pub fn command(builder: &Builder, job: &Job<'_>) -> Cmd {
             let gopath = std::env::join_paths(job.gopath)
                 .map(|p| p.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            for (k, v) in go_env(job.arch, gopath_mode.then_some(gopath.as_str())) {
+            for (k, v) in go_env_for(job.arch, gopath_mode.then_some(gopath.as_str()), mode) {
                 cmd = cmd.env(k, v);
             }
             cmd.current_dir(&if gopath_mode {
@@ -410,7 +485,7 @@ pub fn command(builder: &Builder, job: &Job<'_>) -> Cmd {
             }
             let container: Vec<String> = (0..job.gopath.len()).map(container_gopath).collect();
             let joined = container.join(":");
-            for (k, v) in go_env(job.arch, gopath_mode.then_some(joined.as_str())) {
+            for (k, v) in go_env_for(job.arch, gopath_mode.then_some(joined.as_str()), mode) {
                 cmd = cmd.arg("-e").arg(format!("{k}={v}"));
             }
             cmd = cmd
@@ -418,7 +493,7 @@ pub fn command(builder: &Builder, job: &Job<'_>) -> Cmd {
                 .arg(&workdir)
                 .arg(image)
                 .args(["go", "build"])
-                .args(&flags);
+                .args(flags);
             if job.overlay.is_some() {
                 cmd = cmd.args(["-overlay", "/overlay/overlay-docker.json"]);
             }
@@ -521,33 +596,50 @@ fn load_cached(cache: &Cache, key: &str) -> Option<(Vec<Binary>, CompileReport)>
 }
 
 /// Everything one compile is a function of, resolved before it starts: the recipe, the
-/// prepared source, the patches, the flags, and the cache key over all of them.
-struct Inputs {
+/// prepared source, the patches, the toolchain, the flags, and the cache key over all of them.
+pub struct Inputs {
+    pub version: Version,
+    pub arch: Arch,
     recipe: Recipe,
     spec: SourceSpec,
     prepared: source::Prepared,
     patches: patch::Patches,
-    git_sha: String,
     flags: Vec<String>,
     goarm: Option<String>,
-    /// `gopath` or `module`.
+    /// `gopath`, `module` (a tree in module mode) or `modules` (the release's Go modules).
     mode: &'static str,
-    key: String,
+    /// What built it: `go go1.26.8` (for modules, as GOTOOLCHAIN resolved it in the tree).
+    toolchain: String,
+    pub key: String,
 }
 
-/// Builds (or takes from the cache) etcd `version` for `arch`: resolve the inputs, wait for
-/// any other process compiling the same key, reuse its result or compile each binary into a
-/// private work dir, check each (ELF, `--version`), and only then store them in the cache.
+/// Builds (or takes from the cache) etcd `version` for `arch`: [`resolve`], then
+/// [`build_resolved`].
 pub async fn build_etcd(
     settings: &GoBuildSettings,
     builder: &Builder,
     version: &Version,
     arch: Arch,
+    kind: crate::config::Source,
+    cache: &Cache,
+    reporter: Arc<dyn Reporter>,
+) -> Result<BuiltEtcd, GoBuildError> {
+    let inputs = resolve(settings, builder, version, arch, kind, cache, &*reporter).await?;
+    build_resolved(settings, builder, inputs, cache, reporter).await
+}
+
+/// Compiles resolved inputs: wait for any other process compiling the same key, reuse its
+/// result or compile each binary into a private work dir, check each (ELF, `--version`), and
+/// only then store them in the cache.
+pub async fn build_resolved(
+    settings: &GoBuildSettings,
+    builder: &Builder,
+    inputs: Inputs,
     cache: &Cache,
     reporter: Arc<dyn Reporter>,
 ) -> Result<BuiltEtcd, GoBuildError> {
     let started = Instant::now();
-    let inputs = resolve_inputs(settings, builder, version, arch, cache, &*reporter).await?;
+    let (version, arch) = (inputs.version.clone(), inputs.arch);
     // Another process compiling the same thing into this cache: wait for it, then reuse.
     let _held = cache
         .lock(
@@ -561,13 +653,13 @@ pub async fn build_etcd(
         report.compiled = false;
         report.seconds = started.elapsed().as_secs_f64();
         return Ok(BuiltEtcd {
-            version: version.clone(),
+            version,
             binaries,
             report,
         });
     }
     let work = work_dir(cache)?;
-    let overlay = patch_overlay(settings, &inputs, version, work.path(), &*reporter)?;
+    let overlay = patch_overlay(settings, &inputs, &version, work.path(), &*reporter)?;
     let out_dir = work.path().join("out");
     std::fs::create_dir_all(&out_dir).map_err(|source| GoBuildError::Io {
         path: out_dir.clone(),
@@ -576,34 +668,37 @@ pub async fn build_etcd(
     let binaries = compile_all(
         builder,
         &inputs,
-        version,
+        &version,
         arch,
         overlay.as_deref(),
         &out_dir,
         reporter,
     )
     .await?;
-    let report = compile_report(builder, &inputs, version, arch, started);
+    let report = compile_report(builder, &inputs, &version, arch, started);
     store(cache, &inputs.key, &binaries, &report)?;
     Ok(BuiltEtcd {
-        version: version.clone(),
+        version,
         binaries,
         report,
     })
 }
 
-/// The recipe for `version`, the source prepared (fetched, unpacked, checked against its
-/// mode), the patches listed, and the cache key.
-async fn resolve_inputs(
+/// The recipe for `version`, the source prepared (fetched, unpacked or assembled from
+/// modules, checked against its mode), the patches listed, the toolchain, and the cache key.
+/// Nothing is compiled: a run resolves every version first, so that a version the source
+/// cannot give fails before the first compile.
+pub async fn resolve(
     settings: &GoBuildSettings,
     builder: &Builder,
     version: &Version,
     arch: Arch,
+    kind: crate::config::Source,
     cache: &Cache,
     reporter: &dyn Reporter,
 ) -> Result<Inputs, GoBuildError> {
     let recipe = recipe(version)?;
-    let spec = settings.source_for(version);
+    let spec = settings.source_for(version, kind);
     let gopath_mode = spec.gopath().is_some();
     if gopath_mode && !recipe.gopath_mode {
         return Err(GoBuildError::Unsupported {
@@ -617,7 +712,8 @@ async fn resolve_inputs(
             message: format!("etcd before 3.4 builds in GOPATH mode only: set [build.source.\"{version}\"] dir = \"<GOPATH>/src/{}\" and gopath = \"<GOPATH>\"", recipe.import_path),
         });
     }
-    let prepared = source::prepare(&spec, version, recipe.import_path, cache, reporter).await?;
+    let modules = spec == SourceSpec::Module;
+    let prepared = source::prepare(&spec, version, &recipe, builder, cache, reporter).await?;
     if let Some(g) = prepared.gopath.first() {
         let expected = g.join("src").join(recipe.import_path);
         if prepared.root != expected {
@@ -637,16 +733,29 @@ async fn resolve_inputs(
         .as_deref()
         .map(|c| c[..c.len().min(7)].to_string())
         .unwrap_or_else(|| "GitNotFound".into());
-    let flags = go_flags(&recipe, &git_sha);
+    let flags = if modules {
+        module_flags(&recipe, &git_sha)
+    } else {
+        go_flags(&recipe, &git_sha)
+    };
     let goarm = (arch == Arch::Arm).then(|| "7".to_string());
-    let mode = if gopath_mode { "gopath" } else { "module" };
+    let mode = match (gopath_mode, modules) {
+        (true, _) => "gopath",
+        (false, false) => "module",
+        (false, true) => "modules",
+    };
+    let (toolchain, toolchain_key) = if modules {
+        module_toolchain(builder, &prepared.root, &recipe, version, arch)?
+    } else {
+        (builder.identity(), builder.identity())
+    };
     let key = sha256_hex(
         [
             FORMAT,
             &version.to_string(),
             arch.name(),
             goarm.as_deref().unwrap_or(""),
-            &builder.identity(),
+            &toolchain_key,
             mode,
             &flags.join(" "),
             &patches.digest,
@@ -656,16 +765,71 @@ async fn resolve_inputs(
         .as_bytes(),
     );
     Ok(Inputs {
+        version: version.clone(),
+        arch,
         recipe,
         spec,
         prepared,
         patches,
-        git_sha,
         flags,
         goarm,
         mode,
+        toolchain,
         key,
     })
+}
+
+/// The Go that builds a module tree, as the go command resolves it in the tree with the
+/// user's environment (GOTOOLCHAIN may pick another Go than the one on PATH, or refuse when
+/// the go.mod needs a newer one), and the settings of it that change the bytes it writes
+/// (GOFLAGS, GOEXPERIMENT, the arch's microarchitecture level): (shown, cache key part).
+fn module_toolchain(
+    builder: &Builder,
+    root: &Path,
+    recipe: &Recipe,
+    version: &Version,
+    arch: Arch,
+) -> Result<(String, String), GoBuildError> {
+    let Builder::Go { go, .. } = builder else {
+        return Err(GoBuildError::Unsupported {
+            version: version.clone(),
+            message: "the Go-module source builds with the local Go toolchain (--builder go): GOPROXY, GOSUMDB and the module cache are the host's".into(),
+        });
+    };
+    let dir = root.join(recipe.targets[0].module_dir);
+    let vars = [
+        "GOVERSION",
+        "GOFLAGS",
+        "GOEXPERIMENT",
+        "GOAMD64",
+        "GOARM64",
+        "GOPPC64",
+        "GOARM",
+    ];
+    let mut cmd = Cmd::new(go).arg("env").args(vars).current_dir(&dir);
+    for (k, v) in go_env_for(arch, None, GoMode::Modules) {
+        cmd = cmd.env(k, v);
+    }
+    if arch == Arch::Arm {
+        cmd = cmd.env("GOARM", "7");
+    }
+    let out = cmd
+        .output()
+        .map_err(|source| GoBuildError::ModuleToolchain {
+            version: version.clone(),
+            dir: dir.clone(),
+            source,
+        })?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let values: Vec<&str> = text.lines().collect();
+    let goversion = values.first().copied().unwrap_or("").trim().to_string();
+    let key = vars
+        .iter()
+        .zip(values.iter())
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    Ok((format!("go {goversion}"), key))
 }
 
 /// A private work dir under the cache's `tmp/` (same filesystem; removed when dropped).
@@ -731,7 +895,7 @@ async fn compile_all(
     let prepared = &inputs.prepared;
     let mut checks = Vec::new();
     for target in &inputs.recipe.targets {
-        if inputs.mode == "module" && !prepared.root.join(target.module_dir).is_dir() {
+        if inputs.mode != "gopath" && !prepared.root.join(target.module_dir).is_dir() {
             if target.name == "etcdutl" {
                 continue;
             }
@@ -748,16 +912,15 @@ async fn compile_all(
             gopath: &prepared.gopath,
             overlay,
             out_dir,
-            git_sha: &inputs.git_sha,
+            flags: &inputs.flags,
+            modules: inputs.mode == "modules",
         };
         let cmd = command(builder, &job);
         reporter.status(
             "Compiling",
             &format!(
                 "{} {version} for {arch} ({}, {})",
-                target.name,
-                builder.identity(),
-                inputs.mode
+                target.name, inputs.toolchain, inputs.mode
             ),
         );
         tokio::task::spawn_blocking(move || cmd.output())
@@ -824,11 +987,22 @@ fn compile_report(
         build: crate::release::Compile {
             version: version.to_string(),
             builder: builder.name().into(),
-            toolchain: builder.identity(),
+            toolchain: inputs.toolchain.clone(),
             goarm: inputs.goarm.clone(),
             mode: inputs.mode.into(),
             flags: inputs.flags.clone(),
             source: inputs.spec.to_string(),
+            modules: inputs
+                .prepared
+                .modules
+                .iter()
+                .map(|m| crate::release::GoModule {
+                    path: m.path.clone(),
+                    version: m.version.clone(),
+                    sum: m.sum.clone(),
+                    dir: m.dir.clone(),
+                })
+                .collect(),
             patches: inputs
                 .patches
                 .files

@@ -33,6 +33,8 @@ pub enum SourceSpec {
         path: PathBuf,
         gopath: Option<PathBuf>,
     },
+    /// The release's Go modules, through the go command's GOPROXY ([`super::module`]).
+    Module,
 }
 
 impl std::fmt::Display for SourceSpec {
@@ -45,6 +47,7 @@ impl std::fmt::Display for SourceSpec {
                 path,
                 gopath: Some(g),
             } => write!(f, "dir {} (GOPATH {})", path.display(), g.display()),
+            SourceSpec::Module => write!(f, "go modules"),
         }
     }
 }
@@ -56,6 +59,7 @@ impl SourceSpec {
             SourceSpec::Git { gopath, .. }
             | SourceSpec::Url { gopath, .. }
             | SourceSpec::Dir { gopath, .. } => gopath.as_deref(),
+            SourceSpec::Module => None,
         }
     }
 }
@@ -70,6 +74,8 @@ pub struct Prepared {
     pub identity: String,
     /// The commit, when known (upstream's builds stamp its short form as GitSHA).
     pub commit: Option<String>,
+    /// The Go modules the tree was assembled from (module sources only).
+    pub modules: Vec<super::module::TreeModule>,
 }
 
 const COMPLETE: &str = ".etcdimg-complete";
@@ -133,11 +139,29 @@ pub fn fingerprint(dir: &Path) -> Result<String, GoBuildError> {
 pub async fn prepare(
     spec: &SourceSpec,
     version: &Version,
-    import_path: &str,
+    recipe: &super::Recipe,
+    builder: &super::Builder,
     cache: &Cache,
     reporter: &dyn Reporter,
 ) -> Result<Prepared, GoBuildError> {
+    let import_path = recipe.import_path;
     match spec {
+        SourceSpec::Module => {
+            let super::Builder::Go { go, .. } = builder else {
+                return Err(GoBuildError::Unsupported {
+                    version: version.clone(),
+                    message: "the Go-module source builds with the local Go toolchain (--builder go): GOPROXY, GOSUMDB and the module cache are the host's".into(),
+                });
+            };
+            let tree = super::module::prepare(go, version, recipe, cache, reporter)?;
+            Ok(Prepared {
+                root: tree.root,
+                gopath: Vec::new(),
+                identity: format!("modules:{}", tree.key),
+                commit: tree.commit,
+                modules: tree.modules,
+            })
+        }
         SourceSpec::Dir { path, .. } => prepare_dir(spec, path),
         SourceSpec::Git { repo, .. } => {
             prepare_git(spec, repo, version, import_path, cache, reporter)
@@ -185,6 +209,7 @@ fn prepare_dir(spec: &SourceSpec, path: &Path) -> Result<Prepared, GoBuildError>
         gopath,
         identity,
         commit,
+        modules: Vec::new(),
     })
 }
 
@@ -248,6 +273,7 @@ fn in_cache(
         gopath,
         identity,
         commit,
+        modules: Vec::new(),
     })
 }
 

@@ -199,6 +199,57 @@ pub fn push_base(fixtures: &Path, registry: &Server) -> String {
     reference
 }
 
+/// The Go module cache scripts/fixtures.sh filled, shared by the tests.
+pub fn go_mod_cache() -> PathBuf {
+    std::env::var_os("GOMODCACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/go/mod"))
+}
+
+/// The go command's module settings for tests: the shared module cache, and as GOPROXY its
+/// download folder (a GOPROXY directory that also serves the checksum database's cached
+/// tiles), so that no test reaches the network; the checksum database stays on.
+pub fn go_module_env() -> Vec<(String, String)> {
+    let cache = go_mod_cache();
+    vec![
+        ("GOMODCACHE".to_string(), cache.display().to_string()),
+        (
+            "GOPROXY".to_string(),
+            format!("file://{}", cache.join("cache/download").display()),
+        ),
+        ("GOSUMDB".to_string(), "sum.golang.org".to_string()),
+        ("GONOSUMDB".to_string(), String::new()),
+        ("GOPRIVATE".to_string(), String::new()),
+        ("GONOPROXY".to_string(), String::new()),
+        ("GOTOOLCHAIN".to_string(), "local".to_string()),
+    ]
+}
+
+/// The amd64 etcd versions scripts/fixtures.sh built into `<fixtures>/bin`, oldest first.
+pub fn fixture_versions(fx: &Path) -> Vec<semver::Version> {
+    let text = std::fs::read_to_string(fx.join("etcd-versions")).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}; run scripts/fixtures.sh",
+            fx.join("etcd-versions").display()
+        )
+    });
+    let mut v: Vec<semver::Version> = text
+        .split_whitespace()
+        .map(|s| semver::Version::parse(s).expect("a version in etcd-versions"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// The newest fixture version of minor 3.`minor`.
+pub fn newest_fixture(fx: &Path, minor: u64) -> semver::Version {
+    fixture_versions(fx)
+        .into_iter()
+        .filter(|v| (v.major, v.minor) == (3, minor))
+        .max()
+        .unwrap_or_else(|| panic!("no etcd 3.{minor} in the fixtures; run scripts/fixtures.sh"))
+}
+
 /// A per-test sandbox: its own cache, output dir and working dir.
 pub struct Sandbox {
     pub dir: tempfile::TempDir,
@@ -219,10 +270,10 @@ impl Sandbox {
                 repo_root().join("images.toml").display().to_string(),
             ),
             ("ETCDIMG_NO_PROGRESS".to_string(), "1".to_string()),
-            // images.toml's defaults (3.6.14, bundled 3.4.45/3.5.33/3.6.14) cannot be fetched
-            // here: the fixtures hold 3.4.23, 3.5.0 and 3.5.1. Tests on the repository's
-            // images.toml build those instead, through the Makefile's override variables
-            // (`use_config` drops these; `unset` them to see the file's defaults).
+            // Most tests build the fixtures' small, old pair (3.5.1 bundling 3.4.23) through the
+            // Makefile's override variables; `use_config` drops these, and `unset` them to
+            // build images.toml's defaults (3.6.17 bundling 3.5.36), which the loopback mirror
+            // also holds (built from their Go modules by scripts/fixtures.sh).
             ("ETCD_VERSION".to_string(), "3.5.1".to_string()),
             (
                 "BUNDLED_ETCD_VERSIONS".to_string(),
@@ -240,6 +291,8 @@ impl Sandbox {
                     .unwrap_or_else(|_| repo_root().join("target/go-build").display().to_string()),
             ),
         ];
+        let mut env = env;
+        env.extend(go_module_env());
         Sandbox { dir, env }
     }
 

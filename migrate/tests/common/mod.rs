@@ -179,17 +179,29 @@ pub fn bin_dir(fixtures: &Path, versions: &[&str]) -> tempfile::TempDir {
 
 /// The etcd versions the version-matrix tests run, oldest first, and the directory holding
 /// their etcd-<V>/etcdctl-<V>/etcdutl-<V>: `ETCDIMG_TEST_ETCD_VERSIONS` and
-/// `ETCDIMG_TEST_ETCD_BIN_DIR` (the GitHub job sets them to official 3.4-3.7 releases), else
-/// the fixtures (3.4.23, 3.5.0, 3.5.1).
+/// `ETCDIMG_TEST_ETCD_BIN_DIR` (the GitHub job sets them to official releases), else every
+/// amd64 version scripts/fixtures.sh built (`<fixtures>/etcd-versions`: 3.4.23 from Debian's
+/// source, 3.5.0/3.5.1 from PyPI, and the current 3.5, 3.6 and 3.7 from their Go modules).
 pub fn matrix() -> Option<(PathBuf, Vec<semver::Version>)> {
-    let dir = match std::env::var_os("ETCDIMG_TEST_ETCD_BIN_DIR") {
-        Some(d) => PathBuf::from(d),
-        None => fixtures_bin()?,
+    let (dir, list) = match std::env::var_os("ETCDIMG_TEST_ETCD_BIN_DIR") {
+        Some(d) => (
+            PathBuf::from(d),
+            std::env::var("ETCDIMG_TEST_ETCD_VERSIONS")
+                .expect("ETCDIMG_TEST_ETCD_VERSIONS with ETCDIMG_TEST_ETCD_BIN_DIR"),
+        ),
+        None => {
+            let bin = fixtures_bin()?;
+            let listed = bin.parent().expect("fixtures dir").join("etcd-versions");
+            let list = std::env::var("ETCDIMG_TEST_ETCD_VERSIONS").unwrap_or_else(|_| {
+                std::fs::read_to_string(&listed).unwrap_or_else(|e| {
+                    panic!("{}: {e} (run scripts/fixtures.sh)", listed.display())
+                })
+            });
+            (bin, list)
+        }
     };
-    let list =
-        std::env::var("ETCDIMG_TEST_ETCD_VERSIONS").unwrap_or_else(|_| "3.4.23 3.5.0 3.5.1".into());
     let mut versions: Vec<semver::Version> = list
-        .split([' ', ','])
+        .split([' ', ',', '\n'])
         .filter(|s| !s.is_empty())
         .map(|s| semver::Version::parse(s).expect("a version in ETCDIMG_TEST_ETCD_VERSIONS"))
         .collect();
@@ -199,6 +211,15 @@ pub fn matrix() -> Option<(PathBuf, Vec<semver::Version>)> {
         assert!(etcd.is_file(), "{} is missing", etcd.display());
     }
     Some((dir, versions))
+}
+
+/// Skips a test that needs versions the matrix lacks, or fails it where every tool and
+/// fixture is required (ETCDIMG_TEST_REQUIRE=all): then a missing etcd is a broken setup.
+pub fn missing_versions(test: &str, what: &str) {
+    if std::env::var("ETCDIMG_TEST_REQUIRE").as_deref() == Ok("all") {
+        panic!("{test}: the version matrix lacks {what} (ETCDIMG_TEST_REQUIRE=all); run scripts/fixtures.sh");
+    }
+    eprintln!("skipping {test}: the version matrix lacks {what}");
 }
 
 /// migrate with `--json` on `data` to `target`/etcd3 through the etcd versions in `bins`, with
@@ -280,9 +301,18 @@ pub fn assert_success(out: &std::process::Output) {
 
 /// Every key and value, read with etcdctl (not migrate's code).
 pub fn read_all(etcdctl: &Path, port: u16) -> BTreeMap<Vec<u8>, Vec<u8>> {
-    let out = Command::new(etcdctl)
-        .env("ETCDCTL_API", "3")
-        .arg(format!("--endpoints=http://127.0.0.1:{port}"))
+    read_all_as(etcdctl, port, None)
+}
+
+/// [`read_all`] as `user` (`name:password`) where auth is on.
+pub fn read_all_as(etcdctl: &Path, port: u16, user: Option<&str>) -> BTreeMap<Vec<u8>, Vec<u8>> {
+    let mut cmd = Command::new(etcdctl);
+    cmd.env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints=http://127.0.0.1:{port}"));
+    if let Some(u) = user {
+        cmd.arg(format!("--user={u}"));
+    }
+    let out = cmd
         .args(["get", "", "--prefix", "-w", "json"])
         .output()
         .unwrap();
