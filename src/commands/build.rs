@@ -523,48 +523,19 @@ async fn obtain_etcd(plan: &BuildPlan<'_>, pre: &Preflight) -> Result<EtcdInputs
             .builder
             .as_ref()
             .expect("preflight detects the builder for source-built arches");
-        // Every version's source first (clones, tarballs, module downloads), so that a version
-        // the source cannot give fails before anything is compiled.
-        let mut resolved = Vec::new();
-        for version in &settings.bundled {
-            resolved.push(
-                gobuild::resolve(
-                    &settings.gobuild,
-                    builder,
-                    version,
-                    arch,
-                    plan.source,
-                    cache,
-                    &**reporter,
-                )
-                .await
-                .with_context(|| format!("resolving the source of etcd {version} for {arch}"))?,
-            );
-        }
-        // In sequence: each `go build` already uses every core.
-        let mut compiled = Vec::new();
-        for inputs in resolved {
-            let version = inputs.version.clone();
-            let built = gobuild::build_resolved(
-                &settings.gobuild,
-                builder,
-                inputs,
-                cache,
-                reporter.clone(),
-            )
-            .await
-            .with_context(|| format!("building etcd {version} for {arch} from source"))?;
-            if !built.report.compiled {
-                reporter.status(
-                    "Cached",
-                    &format!(
-                        "etcd {version} for {arch} (compiled earlier, key {})",
-                        &built.report.build.key[..12]
-                    ),
-                );
-            }
-            compiled.push(built);
-        }
+        let compiled = gobuild::build_versions(
+            &settings.gobuild,
+            builder,
+            &settings.bundled,
+            arch,
+            plan.source,
+            cache,
+            reporter.clone(),
+        )
+        .await
+        .map_err(|(version, e)| {
+            anyhow::Error::new(e).context(format!("building etcd {version} for {arch} from source"))
+        })?;
         return Ok(EtcdInputs {
             releases: Vec::new(),
             compiled,

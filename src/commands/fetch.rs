@@ -115,29 +115,22 @@ async fn compile_binaries(
     let builder =
         gobuild::Builder::detect(settings.gobuild.builder, &settings.gobuild.golang_version)
             .context("choosing how to compile etcd from source")?;
-    let mut resolved = Vec::new();
-    for version in versions {
-        resolved.push(
-            gobuild::resolve(
-                &settings.gobuild,
-                &builder,
-                version,
-                arch,
-                source,
-                cache,
-                &*reporter,
-            )
-            .await
-            .with_context(|| format!("resolving the source of etcd {version} for {arch}"))?,
-        );
-    }
+    let compiled = gobuild::build_versions(
+        &settings.gobuild,
+        &builder,
+        versions,
+        arch,
+        source,
+        cache,
+        reporter.clone(),
+    )
+    .await
+    .map_err(|(version, e)| {
+        anyhow::Error::new(e).context(format!("building etcd {version} for {arch} from source"))
+    })?;
     let mut out = Vec::new();
-    for inputs in resolved {
-        let version = inputs.version.clone();
-        let built =
-            gobuild::build_resolved(&settings.gobuild, &builder, inputs, cache, reporter.clone())
-                .await
-                .with_context(|| format!("building etcd {version} for {arch} from source"))?;
+    for built in compiled {
+        let version = built.version.clone();
         let mut names = Vec::new();
         for b in &built.binaries {
             let dest = bin_dir.join(format!("{}-{version}", b.name));

@@ -109,7 +109,7 @@ impl GoBuildError {
     pub fn hint(&self) -> Option<String> {
         Some(match self {
             GoBuildError::NoBuilder => "install Go (Debian: apt-get install golang-go; or https://go.dev/dl) for --builder go, or Docker for --builder docker; or set the arch's source to \"release\" in images.toml".into(),
-            GoBuildError::Toolchain(_) => "check `go env GOVERSION` by hand, or use --builder docker".into(),
+            GoBuildError::Toolchain(_) => "check `go env GOVERSION` by hand: GOTOOLCHAIN, where set, names the Go the go command runs (`local` is the one on PATH); or use --builder docker".into(),
             GoBuildError::Missing("go") => "install Go (Debian: apt-get install golang-go), or use --builder docker".into(),
             GoBuildError::Missing(_) => "install Docker, or use --builder go with a local Go toolchain".into(),
             GoBuildError::Unsupported { .. } => "see the [build.source.\"<V>\"] keys in the README's images.toml reference".into(),
@@ -205,9 +205,10 @@ impl Builder {
         match choice {
             BuilderChoice::Go => go(),
             BuilderChoice::Docker => docker(),
-            BuilderChoice::Auto => go()
-                .or_else(|_| docker())
-                .map_err(|_| GoBuildError::NoBuilder),
+            // A Go on PATH that does not work (say, GOTOOLCHAIN names a Go that cannot be had)
+            // is reported, not passed over for docker.
+            BuilderChoice::Auto if which::which("go").is_ok() => go(),
+            BuilderChoice::Auto => docker().map_err(|_| GoBuildError::NoBuilder),
         }
     }
 
@@ -611,6 +612,47 @@ pub struct Inputs {
     /// What built it: `go go1.26.8` (for modules, as GOTOOLCHAIN resolved it in the tree).
     toolchain: String,
     pub key: String,
+}
+
+/// Builds (or takes from the cache) every version of `versions` for `arch`: all of them
+/// [`resolve`]d first, so that a version its source cannot give (a module the proxy does not
+/// serve, a missing tag) fails before anything is compiled; then each [`build_resolved`], in
+/// sequence (each `go build` already uses every core).
+#[allow(clippy::too_many_arguments)]
+pub async fn build_versions(
+    settings: &GoBuildSettings,
+    builder: &Builder,
+    versions: &[Version],
+    arch: Arch,
+    kind: crate::config::Source,
+    cache: &Cache,
+    reporter: Arc<dyn Reporter>,
+) -> Result<Vec<BuiltEtcd>, (Version, GoBuildError)> {
+    let mut resolved = Vec::new();
+    for version in versions {
+        let inputs = resolve(settings, builder, version, arch, kind, cache, &*reporter)
+            .await
+            .map_err(|e| (version.clone(), e))?;
+        resolved.push(inputs);
+    }
+    let mut built = Vec::new();
+    for inputs in resolved {
+        let version = inputs.version.clone();
+        let b = build_resolved(settings, builder, inputs, cache, reporter.clone())
+            .await
+            .map_err(|e| (version.clone(), e))?;
+        if !b.report.compiled {
+            reporter.status(
+                "Cached",
+                &format!(
+                    "etcd {version} for {arch} (compiled earlier, key {})",
+                    &b.report.build.key[..12]
+                ),
+            );
+        }
+        built.push(b);
+    }
+    Ok(built)
 }
 
 /// Builds (or takes from the cache) etcd `version` for `arch`: [`resolve`], then

@@ -222,6 +222,12 @@ pub fn go_module_env() -> Vec<(String, String)> {
         ("GOPRIVATE".to_string(), String::new()),
         ("GONOPROXY".to_string(), String::new()),
         ("GOTOOLCHAIN".to_string(), "local".to_string()),
+        // The checksum database's verified tree head (pkg/sumdb) of the fixtures' go runs.
+        (
+            "GOPATH".to_string(),
+            std::env::var("ETCDIMG_TEST_GOPATH")
+                .unwrap_or_else(|_| repo_root().join("target/go/path").display().to_string()),
+        ),
     ]
 }
 
