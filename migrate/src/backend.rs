@@ -197,6 +197,24 @@ pub fn cluster_version(db_file: &Path) -> Result<Option<String>, BackendError> {
         .map(|(_, v)| String::from_utf8_lossy(&v).into_owned()))
 }
 
+/// `cluster/downgrade` of the backend at `db_file` (3.5+): whether a downgrade is enabled and
+/// its target (`{"target-version":"3.6.0","enabled":true}`, etcd's `version.DowngradeInfo`).
+pub fn downgrade_info(db_file: &Path) -> Result<Option<(bool, String)>, BackendError> {
+    let db = Db::open(db_file)?;
+    let Some((_, value)) = db.locate(b"cluster", b"downgrade")? else {
+        return Ok(None);
+    };
+    let v: serde_json::Value = serde_json::from_slice(&value).map_err(|e| BackendError::Entry {
+        path: db_file.to_path_buf(),
+        bucket: "cluster".into(),
+        message: format!("`downgrade` is not etcd's DowngradeInfo JSON: {e}"),
+    })?;
+    Ok(Some((
+        v["enabled"].as_bool().unwrap_or(false),
+        v["target-version"].as_str().unwrap_or_default().to_string(),
+    )))
+}
+
 /// Rewrites `cluster/clusterVersion` from `from` to `to` in place (same length). The caller
 /// holds a working copy no etcd runs on.
 pub fn set_cluster_version(db_file: &Path, from: &str, to: &str) -> Result<(), BackendError> {

@@ -880,6 +880,92 @@ pub fn rollback(
     done.commit(options, &side, restored, from, to, phases)
 }
 
+/// Whether this member's data is ready for etcd `to` in a cluster that etcd itself downgrades
+/// online (`etcdctl downgrade enable`, 3.6+; etcd's `etcdctl/README.md` "Downgrade"): the
+/// member's backend holds the enabled downgrade to `to`'s minor, the cluster version and the
+/// storage version the running members lowered to it, and its WAL after the newest snapshot
+/// sets no higher cluster version (etcd forces a snapshot when it lowers the cluster version,
+/// and `to`'s etcd would panic replaying a higher one). Read offline; `Err` says what is
+/// missing.
+pub fn online_downgrade_ready(options: &Options, to: &Version) -> Result<(), String> {
+    let dir = &options.data_dir;
+    let db = backend::db_path(dir);
+    let minor = format!("{}.{}", to.major, to.minor);
+    let above = |text: &str| {
+        Version::parse(text).map_or(true, |v| (v.major, v.minor) > (to.major, to.minor))
+    };
+    let read = |e: backend::BackendError| format!("its backend cannot be read: {e}");
+    match backend::downgrade_info(&db).map_err(read)? {
+        Some((true, target)) if !above(&target) && target.starts_with(&format!("{minor}.")) => {}
+        Some((true, target)) => {
+            return Err(format!(
+                "the cluster is downgrading to {target}, not to {minor}"
+            ))
+        }
+        _ => {
+            return Err(format!(
+                "no downgrade to {minor} is enabled in this member's data (etcdctl downgrade enable {minor} was not run, or this member stopped before it)"
+            ))
+        }
+    }
+    if let Some(v) = backend::cluster_version(&db)
+        .map_err(read)?
+        .filter(|v| above(v))
+    {
+        return Err(format!(
+            "its backend still has cluster version {v}: the downgrade was enabled, but this member stopped before the cluster version dropped to {minor}"
+        ));
+    }
+    let meta = backend::meta(&db).map_err(read)?;
+    if let Some(v) = meta.storage_version.filter(|v| above(v)) {
+        return Err(format!(
+            "its storage version is still {v}: stop a member only after `etcdctl endpoint status` shows storageVersion {minor}.0 for it"
+        ));
+    }
+    let snap = crate::v2check::newest_snap(&dir.join("member/snap"))
+        .map_err(|e| format!("its snapshots cannot be read: {e}"))?
+        .map_or(0, |(_, index)| index);
+    let versions = raftlog::cluster_versions_after(&dir.join("member/wal"), snap)
+        .map_err(|e| format!("its WAL cannot be read: {e}"))?;
+    if let Some(v) = versions.iter().find(|v| above(v)) {
+        return Err(format!(
+            "its WAL after the newest snapshot still sets cluster version {v}, which etcd {to} would not replay"
+        ));
+    }
+    Ok(())
+}
+
+/// One member of a cluster that etcd downgrades online ([`online_downgrade_ready`], checked
+/// again under the data dir's lock): version.txt says `to`, nothing else changes. The
+/// fingerprint is read once, as both sides of the step.
+pub fn online_downgrade(
+    options: &Options,
+    data_dir: &DataDir,
+    to: &Version,
+) -> Result<StepFingerprints, MigrateError> {
+    let dir = &options.data_dir;
+    online_downgrade_ready(options, to).map_err(|why| MigrateError::ClusterRollback {
+        from: String::new(),
+        to: to.to_string(),
+        initial_cluster: options.initial_cluster.clone(),
+        why,
+        online: true,
+    })?;
+    let fp = backend::fingerprint(&backend::db_path(dir), None)
+        .map_err(|e| damaged(dir, e.to_string()))?
+        .to_json();
+    data_dir.write_version(&VersionPair::new(to.clone(), Storage::Etcd3))?;
+    log(&format!(
+        "online downgrade: the cluster runs at {}.{}, this member's data is at it; version.txt = {to}/etcd3, the data is unchanged",
+        to.major, to.minor
+    ));
+    Ok(StepFingerprints {
+        before: fp.clone(),
+        after: fp,
+        seconds: Vec::new(),
+    })
+}
+
 /// `etcdutl-<current> migrate` of the restored `dir` down to `to`'s minor.
 fn storage_migrate(
     options: &Options,

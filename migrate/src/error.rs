@@ -40,11 +40,14 @@ pub enum MigrateError {
     MissingBinary { binary: String, why: String },
     #[error("migration from {current} to {target} is not supported yet by this migrate; the data directory was not changed")]
     NotSupportedYet { current: String, target: String },
-    #[error("rolling back {from} -> {to} as one member of the cluster `{initial_cluster}` is not supported: a rollback restores a snapshot, which makes a new cluster")]
+    #[error("rolling back {from} -> {to} as one member of the cluster `{initial_cluster}`: {why}; the data dir was not changed")]
     ClusterRollback {
         from: String,
         to: String,
         initial_cluster: String,
+        why: String,
+        /// etcd's online downgrade exists for `from` (3.6+).
+        online: bool,
     },
     #[error(
         "the keyspace cannot be rolled back to etcd2: {key}: {why}; the data dir was not changed"
@@ -152,7 +155,11 @@ impl MigrateError {
             MigrateError::MissingBinary { .. } => Some("the image is incomplete: every bundled version needs etcd-<V> and etcdctl-<V> in --bin-dir".into()),
             MigrateError::NotRepresentableInV2 { .. } => Some("the v2 store holds UTF-8 strings at clean paths (Kubernetes must have stored JSON, --storage-media-type=application/json); keep etcd3 storage, or rewrite those keys first".into()),
             MigrateError::DamagedDataDir { .. } => Some("start this etcd version on the data once (it repairs a torn WAL tail) or restore a backup, then run migrate again".into()),
-            MigrateError::ClusterRollback { .. } => Some("as with the original image, HA rollbacks are not supported: stop every member, roll back one member with a single-member --initial-cluster, then re-add the others as new members".into()),
+            MigrateError::ClusterRollback { from, to, online: true, .. } => {
+                let minor = to.rsplit_once('.').map_or(to.as_str(), |(m, _)| m);
+                Some(format!("etcd downgrades a running cluster itself: 1. put this member back at {from} (TARGET_VERSION={from}) so that it rejoins; 2. `etcdctl downgrade validate {minor}`, then `etcdctl downgrade enable {minor}` (as root where auth is on); 3. wait until `etcdctl endpoint status -w json` shows storageVersion {minor}.0 on every member; 4. then set TARGET_VERSION={to} one member at a time: migrate finds the downgrade in the member's data and only records the version. etcd finishes the downgrade when every member runs {minor}"))
+            }
+            MigrateError::ClusterRollback { .. } => Some("as with the original image, HA rollbacks from before etcd 3.6 are not supported: stop every member, roll back one member with a single-member --initial-cluster, then re-add the others as new members".into()),
             MigrateError::Lock(lock::LockError::Held { .. }) => Some("two migrates never work on one data dir at once; wait for the other to finish (or stop it), or raise --lock-wait / MIGRATE_LOCK_WAIT".into()),
             MigrateError::CustomV2 { from, .. } => Some(format!("remove the custom v2 keys with etcd {from} (started with --enable-v2, through its v2 API), then migrate again; or follow {} (its --v2-deprecation=write-only-skip-check is at your own risk)", etcd_policy::UPGRADE_GUIDE_3_6)),
             MigrateError::RemovedFlags { .. } => Some("etcd 3.7 removed the deprecated --experimental-* flags: use their new names or feature gates (etcd's 3.7 upgrade guide) in ETCD_CREDS / --etcd-server-extra-args".into()),

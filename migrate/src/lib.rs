@@ -232,11 +232,25 @@ fn plan_steps(options: &Options, current: &VersionPair) -> Result<Vec<plan::Step
         steps.as_slice()
     {
         if matches!(engine::peers(options), server::Peers::Cluster { .. }) {
-            return Err(MigrateError::ClusterRollback {
+            let online = matches!(steps[0], plan::Step::Rollback { .. })
+                && policy.has_online_downgrade(from);
+            let refuse = |why: String| MigrateError::ClusterRollback {
                 from: from.to_string(),
                 to: options.target.to_string(),
                 initial_cluster: options.initial_cluster.clone(),
-            });
+                why,
+                online,
+            };
+            if !online {
+                return Err(refuse(
+                    "a rollback restores a snapshot, which makes a new cluster, and etcd before 3.6 has no online downgrade".into(),
+                ));
+            }
+            engine::online_downgrade_ready(options, &options.target.version).map_err(refuse)?;
+            return Ok(vec![plan::Step::OnlineDowngrade {
+                from: from.clone(),
+                to: options.target.version.clone(),
+            }]);
         }
     }
     Ok(steps)
@@ -380,6 +394,10 @@ fn run_steps(
             plan::Step::Rollback { from, to } => {
                 r.outcome = Outcome::RolledBack;
                 engine::rollback(options, from, to)?
+            }
+            plan::Step::OnlineDowngrade { to, .. } => {
+                r.outcome = Outcome::RolledBack;
+                engine::online_downgrade(options, data_dir, to)?
             }
             plan::Step::RollbackToEtcd2 { from, to } => {
                 r.outcome = Outcome::RolledBack;

@@ -38,6 +38,10 @@ pub enum Step {
     /// One 3.x minor down: a snapshot taken by etcd-`from`, restored with `to`'s tool into a new
     /// directory, verified, then swapped in.
     Rollback { from: Version, to: Version },
+    /// One member of a cluster that etcd itself is downgrading online (`etcdctl downgrade
+    /// enable`, 3.6+): the running members already lowered the cluster and storage versions in
+    /// this member's backend, so only version.txt changes and etcd-`to` rejoins the cluster.
+    OnlineDowngrade { from: Version, to: Version },
 }
 
 impl fmt::Display for Step {
@@ -63,6 +67,11 @@ impl fmt::Display for Step {
             Step::Rollback { from, to } => write!(
                 f,
                 "rollback {from} -> {to}: snapshot with etcd-{from}, restore with {to}'s tool beside the data dir, verify, swap, write version.txt = {to}/etcd3"
+            ),
+            Step::OnlineDowngrade { from, to } => write!(
+                f,
+                "online downgrade {from} -> {to}: the cluster downgrades to {}.{} (etcd's downgrade is enabled and this member's backend is at it); write version.txt = {to}/etcd3, the data is not touched",
+                to.major, to.minor
             ),
         }
     }
@@ -342,6 +351,7 @@ pub fn binaries_for(
     match step {
         Step::PatchChange { .. } => Vec::new(),
         Step::Convert { via, .. } => pair(via),
+        Step::OnlineDowngrade { to, .. } => pair(to),
         Step::RollbackToEtcd2 { from, .. } => pair(&runner(from)),
         Step::Upgrade { from, to } | Step::PatchUpgrade { from, to } => {
             let mut out = pair(&runner(from));

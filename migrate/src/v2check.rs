@@ -69,7 +69,9 @@ struct V2Request {
     path: String,
 }
 
-fn newest_snap(snap_dir: &Path) -> std::io::Result<Option<(PathBuf, u64)>> {
+/// The newest `<term>-<index>.snap` of `snap_dir` and its index: where etcd's replay of the
+/// WAL starts.
+pub fn newest_snap(snap_dir: &Path) -> std::io::Result<Option<(PathBuf, u64)>> {
     let mut best: Option<(u64, u64, PathBuf)> = None;
     let rd = match std::fs::read_dir(snap_dir) {
         Ok(rd) => rd,

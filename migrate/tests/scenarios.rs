@@ -5,7 +5,8 @@
 //!
 //! v2-v3-up starts from etcd2 data written by 3.4.23 through the v2 API (no 2.x etcd can be
 //! installed here). v3-v2-down (the 3.0 -> 2.2 rollback) is not here yet. Added: the HA
-//! rollback that the original did not support, which must be refused untouched.
+//! rollback that the original did not support, which before 3.6 must be refused untouched, and
+//! from 3.6 on follows etcd's own online downgrade (3.7 -> 3.6 on the current releases).
 
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
@@ -454,7 +455,7 @@ fn ha_v3_v3_down_is_refused_untouched() {
     let out = c.migrate(m, "3.4.23", None);
     assert_eq!(out.status.code(), Some(17), "{}", stderr(&out));
     assert!(
-        stderr(&out).contains("HA rollbacks are not supported"),
+        stderr(&out).contains("HA rollbacks from before etcd 3.6 are not supported"),
         "{}",
         stderr(&out)
     );
@@ -463,4 +464,103 @@ fn ha_v3_v3_down_is_refused_untouched() {
         "the data dir changed"
     );
     assert_eq!(read_version(&m.data), "3.5.1/etcd3");
+}
+
+/// The newest fixture etcd of minor 3.`minor` (built from its Go modules by fixtures.sh).
+fn newest(minor: u64) -> String {
+    let (_, versions) = common::matrix().expect("fixtures");
+    versions
+        .iter()
+        .filter(|v| (v.major, v.minor) == (3, minor))
+        .max()
+        .unwrap_or_else(|| panic!("no etcd 3.{minor} in the fixtures"))
+        .to_string()
+}
+
+/// `GET /version` of a member: (server, cluster, storage) versions.
+fn versions_of(e: &Etcd) -> (String, String, String) {
+    let answer = e.post_method("GET", "/version", "");
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+    let s = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+    (s("etcdserver"), s("etcdcluster"), s("storage"))
+}
+
+/// An HA rollback on etcd 3.6+, as etcd itself does it (decided for issue #20): migrate never
+/// starts a cluster-wide downgrade from one pod's init (one member's TARGET_VERSION would then
+/// downgrade every member), but it follows one. Without an enabled downgrade in the member's
+/// data it refuses (17) with etcd's procedure; once `etcdctl downgrade enable` ran and the
+/// running members lowered the cluster and storage versions, each member in turn only records
+/// the target, and etcd 3.6 rejoins on the data as it is. Every key survives, and etcd
+/// finishes the downgrade when the last member runs 3.6.
+#[test]
+fn ha_3_7_to_3_6_follows_etcds_online_downgrade() {
+    let (v36, v37) = (newest(6), newest(7));
+    let Some(c) = Cluster::new("ha-37-36", 3, &[&v36, &v37]) else {
+        return;
+    };
+    let mut running = c.start_at(&v37);
+    let ctl = |version: &str, e: &Etcd, args: &[&str]| {
+        let out = Command::new(c.fixtures.join(format!("etcdctl-{version}")))
+            .arg(format!("--endpoints=http://127.0.0.1:{}", e.port))
+            .args(args)
+            .output()
+            .unwrap();
+        common::assert_success(&out);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // 1. TARGET_VERSION one minor down before any downgrade: refused untouched, with the way.
+    let m = &c.members[2];
+    running.pop().unwrap().stop();
+    let before = common::tree_bytes(&m.data);
+    let out = c.migrate(m, &v36, None);
+    assert_eq!(out.status.code(), Some(17), "{}", stderr(&out));
+    let err = stderr(&out);
+    for needle in ["no downgrade to 3.6 is enabled", "etcdctl downgrade enable 3.6", "hint:"] {
+        assert!(err.contains(needle), "{needle}: {err}");
+    }
+    assert!(before == common::tree_bytes(&m.data), "the data dir changed");
+    // 2. etcd's procedure: the member back at 3.7, then validate and enable the downgrade, and
+    //    wait until every member reports cluster and storage version 3.6.
+    running.push(c.spawn(m, &v37));
+    running[2].wait_ready();
+    ctl(&v37, &running[0], &["downgrade", "validate", "3.6"]);
+    ctl(&v37, &running[0], &["downgrade", "enable", "3.6"]);
+    for e in &running {
+        e.wait_until(|| {
+            let (_, cluster, storage) = versions_of(e);
+            cluster == "3.6.0" && storage == "3.6.0"
+        });
+    }
+    // 3. One member at a time: stop, migrate (version.txt only), start 3.6 on the same data.
+    for (i, m) in c.members.iter().enumerate() {
+        running.remove(i).stop();
+        let fingerprint = common::fingerprint(&m.data);
+        let out = c.migrate(m, &v36, None);
+        assert!(out.status.success(), "{}: {}", m.name, stderr(&out));
+        assert!(
+            stderr(&out).contains("online downgrade"),
+            "{}: {}",
+            m.name,
+            stderr(&out)
+        );
+        assert_eq!(read_version(&m.data), format!("{v36}/etcd3"));
+        assert_eq!(common::fingerprint(&m.data), fingerprint, "{}", m.name);
+        running.insert(i, c.spawn(m, &v36));
+        running[i].wait_ready();
+        let (server, _, _) = versions_of(&running[i]);
+        assert_eq!(server, v36, "{} runs {v36}", m.name);
+    }
+    // 4. etcd ends the downgrade once every member runs 3.6; every key is there.
+    running[0].wait_until(|| {
+        let status = Command::new(c.fixtures.join(format!("etcdctl-{v36}")))
+            .arg(format!("--endpoints=http://127.0.0.1:{}", running[0].port))
+            .args(["endpoint", "status", "-w", "json"])
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap_or_default();
+        let info = &v[0]["Status"]["downgradeInfo"];
+        info.is_object() && info["enabled"] != true
+    });
+    c.check_end(running, &format!("{v36}/etcd3"));
 }

@@ -60,6 +60,10 @@ pub struct Minor {
     pub v2_api: bool,
     /// The server refuses every `--experimental-*` flag (3.7 removed them).
     pub no_experimental_flags: bool,
+    /// A cluster of this minor downgrades online to the previous minor (`etcdctl downgrade
+    /// enable`, 3.6+): the running members lower the cluster and storage versions themselves.
+    #[serde(default)]
+    pub online_downgrade: bool,
     /// etcd no longer supports this minor: where that is said (no patches follow; data of it
     /// still migrates away).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -154,6 +158,7 @@ impl Policy {
             v2store_check: None,
             v2_api: true,
             no_experimental_flags: false,
+            online_downgrade: false,
             end_of_life: None,
         };
         let mut m34 = minor("3.4", RestoreTool::Etcdctl);
@@ -174,9 +179,11 @@ impl Policy {
             Some(format!("etcd's upgrade guide for 3.7, {UPGRADE_GUIDE_3_7}"));
         m36.storage_migrate = true;
         m36.v2_api = false;
+        m36.online_downgrade = true;
         let mut m37 = minor("3.7", RestoreTool::EtcdutlOnly);
         m37.storage_migrate = true;
         m37.v2_api = false;
+        m37.online_downgrade = true;
         m37.no_experimental_flags = true;
         let mut minors: Vec<Minor> = ["3.0", "3.1", "3.2", "3.3"]
             .into_iter()
@@ -289,6 +296,12 @@ impl Policy {
     pub fn has_v2_api(&self, v: &Version) -> bool {
         self.minor(v)
             .map_or((v.major, v.minor) <= (3, 5), |m| m.v2_api)
+    }
+
+    /// A cluster at `v` downgrades online to the previous minor (etcd's downgrade API, 3.6+).
+    pub fn has_online_downgrade(&self, v: &Version) -> bool {
+        self.minor(v)
+            .map_or((v.major, v.minor) >= (3, 6), |m| m.online_downgrade)
     }
 
     /// etcd `v` refuses `--experimental-*` flags.
