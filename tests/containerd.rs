@@ -45,8 +45,16 @@ fn etcdctl(fx: &Path, v: &str, port: u16, args: &[&str]) -> std::process::Output
 
 /// Builds the amd64 image (etcd 3.5.1 bundling 3.4.23) and imports it into `ctd`.
 fn image(w: &mut World, ctd: &Containerd) -> String {
+    image_of(w, ctd, "3.5.1", &["3.4.23", "3.5.1"])
+}
+
+/// Builds the amd64 image of `latest` bundling `bundled` from the fixtures' mirror and imports
+/// it into `ctd`.
+fn image_of(w: &mut World, ctd: &Containerd, latest: &str, bundled: &[&str]) -> String {
     w.local_project("");
-    let layout = w.sb.path().join("image");
+    w.sb.set("ETCD_VERSION", latest)
+        .set("BUNDLED_ETCD_VERSIONS", bundled.join(" "));
+    let layout = w.sb.path().join(format!("image-{latest}"));
     assert_success(&w.sb.etcdimg(&[
         "build",
         "--arch",
@@ -56,11 +64,30 @@ fn image(w: &mut World, ctd: &Containerd) -> String {
     ]));
     ctd.import(
         &layout,
-        "3.5.1-0-linux-amd64",
-        "etcdimg.test/etcd",
+        &format!("{latest}-0-linux-amd64"),
+        &format!("etcdimg.test/etcd-{latest}"),
         "linux/amd64",
     )
     .unwrap()
+}
+
+/// The current etcd of minors 3.5, 3.6 and 3.7 in the fixtures (built from their modules).
+fn current(fx: &Path) -> (String, String, String) {
+    let v = |m| newest_fixture(fx, m).to_string();
+    (v(5), v(6), v(7))
+}
+
+/// The fixtures' world, a private containerd, and an image whose latest is the current 3.7
+/// bundling the current 3.5, 3.6 and 3.7.
+fn with_current_image(t: &str) -> Option<(World, Containerd, String)> {
+    let mut w = world(t, &[])?;
+    if !needs_runtime(t) {
+        return None;
+    }
+    let ctd = Containerd::start_private().unwrap();
+    let (v35, v36, v37) = current(&w.fx);
+    let image = image_of(&mut w, &ctd, &v37, &[&v35, &v36, &v37]);
+    Some((w, ctd, image))
 }
 
 /// The fixtures' world, a private containerd, and the amd64 image built and imported into it;
@@ -147,11 +174,16 @@ fn pod(
 
 /// A data dir written by etcd 3.4.23 on the host under `host/etcd/data`, labelled 3.4.23/etcd3.
 fn data_by_3_4(fx: &Path, host: &Path) -> BTreeMap<String, String> {
+    data_by(fx, host, "3.4.23")
+}
+
+/// A data dir written by etcd `version` on the host under `host/etcd/data`, labelled with it.
+fn data_by(fx: &Path, host: &Path, version: &str) -> BTreeMap<String, String> {
     let data = host.join("etcd/data");
     std::fs::create_dir_all(host.join("log")).unwrap();
     let (port, peer) = (free_port(), free_port());
     let peer_url = format!("http://127.0.0.1:{peer}");
-    let mut etcd = std::process::Command::new(etcd_bin(fx, "3.4.23"))
+    let mut etcd = std::process::Command::new(etcd_bin(fx, version))
         .arg("--data-dir")
         .arg(&data)
         .arg(format!("--listen-client-urls=http://127.0.0.1:{port}"))
@@ -174,14 +206,14 @@ fn data_by_3_4(fx: &Path, host: &Path) -> BTreeMap<String, String> {
     let mut want = BTreeMap::new();
     for i in 0..200 {
         let (k, v) = (format!("/registry/pods/p{i:03}"), format!("value {i}"));
-        let out = etcdctl(fx, "3.4.23", port, &["put", &k, &v]);
+        let out = etcdctl(fx, version, port, &["put", &k, &v]);
         assert!(out.status.success());
         want.insert(k, v);
     }
     // SAFETY: signalling our own child.
     unsafe { libc::kill(etcd.id() as libc::pid_t, libc::SIGTERM) };
     etcd.wait().unwrap();
-    std::fs::write(data.join("version.txt"), "3.4.23/etcd3").unwrap();
+    std::fs::write(data.join("version.txt"), format!("{version}/etcd3")).unwrap();
     want
 }
 
@@ -229,21 +261,19 @@ fn containerd_pulls_the_pushed_index_and_records_every_platform() {
     assert!(String::from_utf8_lossy(&run.stdout).contains("etcd Version: 3.5.1"));
 }
 
-#[test]
-fn the_static_pod_command_upgrades_and_rolls_back_the_data_it_mounts() {
-    let t = "the_static_pod_command_upgrades_and_rolls_back_the_data_it_mounts";
-    let Some((w, ctd, image)) = with_image(t) else {
-        return;
-    };
+/// The static-pod command, one pod per target in `targets`, on the data `written_by` wrote:
+/// each pod's etcd serves the target's version and every key, and the keyspace stays as
+/// written (migrate's offline fingerprint of the stopped data).
+fn pods_walk(w: &World, ctd: &Containerd, image: &str, written_by: &str, targets: &[&str]) {
     let host = tempfile::tempdir().unwrap();
-    let want = data_by_3_4(&w.fx, host.path());
+    let want = data_by(&w.fx, host.path(), written_by);
     let data = host.path().join("etcd/data");
     let written = history(&data);
-    for (round, target) in ["3.5.1", "3.4.23"].into_iter().enumerate() {
+    for (round, target) in targets.iter().enumerate() {
         let (client, peer) = (free_port(), free_port());
         let log = host.path().join(format!("ctr-{round}.log"));
         let spec = pod(
-            &image,
+            image,
             &format!("pod-{round}"),
             host.path(),
             target,
@@ -253,7 +283,7 @@ fn the_static_pod_command_upgrades_and_rolls_back_the_data_it_mounts() {
         );
         let mut running = ctd.start(&spec, &log).unwrap();
         wait_healthy(&mut running, client, &host.path().join("log/etcd.log"));
-        assert_eq!(served_version(client), target, "round {round}");
+        assert_eq!(served_version(client), *target, "round {round}");
         let out = etcdctl(
             &w.fx,
             target,
@@ -261,7 +291,7 @@ fn the_static_pod_command_upgrades_and_rolls_back_the_data_it_mounts() {
             &["get", "", "--prefix", "-w", "json"],
         );
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        assert_eq!(v["count"], 200, "round {round}: every key served");
+        assert_eq!(v["count"], want.len(), "round {round}: every key served");
         ctd.stop(&mut running, Duration::from_secs(30));
         assert_eq!(
             std::fs::read_to_string(data.join("version.txt")).unwrap(),
@@ -273,15 +303,33 @@ fn the_static_pod_command_upgrades_and_rolls_back_the_data_it_mounts() {
             "round {round}: the keyspace as written"
         );
     }
-    assert_eq!(want.len(), 200);
 }
 
 #[test]
-fn an_ha_cluster_rolls_to_3_5_one_container_at_a_time_losing_no_write() {
-    let t = "an_ha_cluster_rolls_to_3_5_one_container_at_a_time_losing_no_write";
+fn the_static_pod_command_upgrades_and_rolls_back_the_data_it_mounts() {
+    let t = "the_static_pod_command_upgrades_and_rolls_back_the_data_it_mounts";
     let Some((w, ctd, image)) = with_image(t) else {
         return;
     };
+    pods_walk(&w, &ctd, &image, "3.4.23", &["3.5.1", "3.4.23"]);
+}
+
+/// An image whose latest is the current 3.7: its pod takes 3.5 data up two minors (3.5 -> 3.6
+/// -> 3.7) in one start, and a pod at TARGET_VERSION 3.6 rolls it back one minor.
+#[test]
+fn a_3_7_image_upgrades_mounted_3_5_data_and_rolls_it_back_one_minor() {
+    let t = "a_3_7_image_upgrades_mounted_3_5_data_and_rolls_it_back_one_minor";
+    let Some((w, ctd, image)) = with_current_image(t) else {
+        return;
+    };
+    let (v35, v36, v37) = current(&w.fx);
+    pods_walk(&w, &ctd, &image, &v35, &[&v37, &v36]);
+}
+
+/// Three containers of `image` at `from`, rolled one at a time to `to` under a writer: no
+/// acknowledged write is lost, and every member serves `to` at the end.
+fn rolling_upgrade(w: &World, ctd: &Containerd, image: &str, from: &str, to: &str) {
+    let image = image.to_string();
     let host = tempfile::tempdir().unwrap();
     let names = ["etcd-a", "etcd-b", "etcd-c"];
     let clients: Vec<u16> = names.iter().map(|_| free_port()).collect();
@@ -308,8 +356,8 @@ fn an_ha_cluster_rolls_to_3_5_one_container_at_a_time_losing_no_write() {
         ctd.start(&spec, &dir.join(format!("ctr-{round}.log")))
             .unwrap()
     };
-    // A 3.4.23 cluster of three containers.
-    let mut running: Vec<Running> = (0..3).map(|i| member(i, "3.4.23", 0)).collect();
+    // A cluster of three containers at `from`.
+    let mut running: Vec<Running> = (0..3).map(|i| member(i, from, 0)).collect();
     for (i, r) in running.iter_mut().enumerate() {
         wait_healthy(
             r,
@@ -321,8 +369,13 @@ fn an_ha_cluster_rolls_to_3_5_one_container_at_a_time_losing_no_write() {
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let writer = {
-        let (stop, acked, clients, fx) =
-            (stop.clone(), acked.clone(), clients.clone(), w.fx.clone());
+        let (stop, acked, clients, fx, from) = (
+            stop.clone(),
+            acked.clone(),
+            clients.clone(),
+            w.fx.clone(),
+            from.to_string(),
+        );
         std::thread::spawn(move || {
             let mut n = 0;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -330,7 +383,7 @@ fn an_ha_cluster_rolls_to_3_5_one_container_at_a_time_losing_no_write() {
                 let key = format!("/registry/writes/{n:05}");
                 let out = etcdctl(
                     &fx,
-                    "3.4.23",
+                    &from,
                     port,
                     &["--command-timeout=2s", "put", &key, "x"],
                 );
@@ -343,16 +396,16 @@ fn an_ha_cluster_rolls_to_3_5_one_container_at_a_time_losing_no_write() {
         })
     };
     std::thread::sleep(Duration::from_secs(1));
-    // Roll each member: stop its container, start one with TARGET_VERSION=3.5.1.
+    // Roll each member: stop its container, start one with TARGET_VERSION=`to`.
     for i in 0..3 {
         ctd.stop(&mut running[i], Duration::from_secs(30));
-        running[i] = member(i, "3.5.1", 1);
+        running[i] = member(i, to, 1);
         wait_healthy(
             &mut running[i],
             clients[i],
             &host.path().join(names[i]).join("log/etcd.log"),
         );
-        assert_eq!(served_version(clients[i]), "3.5.1", "{}", names[i]);
+        assert_eq!(served_version(clients[i]), to, "{}", names[i]);
         std::thread::sleep(Duration::from_millis(500));
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -366,7 +419,7 @@ fn an_ha_cluster_rolls_to_3_5_one_container_at_a_time_losing_no_write() {
     for (i, port) in clients.iter().enumerate() {
         let out = etcdctl(
             &w.fx,
-            "3.5.1",
+            to,
             *port,
             &["get", "/registry/writes/", "--prefix", "--keys-only"],
         );
@@ -383,11 +436,22 @@ fn an_ha_cluster_rolls_to_3_5_one_container_at_a_time_losing_no_write() {
             lost.len(),
             &lost[..lost.len().min(5)]
         );
-        assert_eq!(served_version(*port), "3.5.1");
+        assert_eq!(served_version(*port), to);
     }
     for r in &mut running {
         ctd.stop(r, Duration::from_secs(30));
     }
+}
+
+/// The current releases: a 3.6 cluster rolled to 3.7 by an image whose latest is 3.7.
+#[test]
+fn an_ha_cluster_rolls_from_3_6_to_3_7_one_container_at_a_time_losing_no_write() {
+    let t = "an_ha_cluster_rolls_from_3_6_to_3_7_one_container_at_a_time_losing_no_write";
+    let Some((w, ctd, image)) = with_current_image(t) else {
+        return;
+    };
+    let (_, v36, v37) = current(&w.fx);
+    rolling_upgrade(&w, &ctd, &image, &v36, &v37);
 }
 
 #[test]

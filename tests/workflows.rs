@@ -83,7 +83,7 @@ fn workflows_pass_actionlint_and_release_has_its_guards() {
     for needle in [
         "etcd-versions:",
         "-- fetch --arch amd64",
-        "3.4.45 3.5.21 3.5.33 3.6.14 3.7.1",
+        "3.4.45 3.5.21 3.5.36 3.6.17 3.7.4",
         "ETCDIMG_TEST_ETCD_BIN_DIR",
         "ETCDIMG_TEST_ETCD_VERSIONS",
         "-p migrate --test chain",

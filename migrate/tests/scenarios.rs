@@ -516,10 +516,17 @@ fn ha_3_7_to_3_6_follows_etcds_online_downgrade() {
     let out = c.migrate(m, &v36, None);
     assert_eq!(out.status.code(), Some(17), "{}", stderr(&out));
     let err = stderr(&out);
-    for needle in ["no downgrade to 3.6 is enabled", "etcdctl downgrade enable 3.6", "hint:"] {
+    for needle in [
+        "no downgrade to 3.6 is enabled",
+        "etcdctl downgrade enable 3.6",
+        "hint:",
+    ] {
         assert!(err.contains(needle), "{needle}: {err}");
     }
-    assert!(before == common::tree_bytes(&m.data), "the data dir changed");
+    assert!(
+        before == common::tree_bytes(&m.data),
+        "the data dir changed"
+    );
     // 2. etcd's procedure: the member back at 3.7, then validate and enable the downgrade, and
     //    wait until every member reports cluster and storage version 3.6.
     running.push(c.spawn(m, &v37));
