@@ -14,20 +14,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-3}
 WARM_RUNS=${WARM_RUNS:-5}
-bash scripts/install-deps.sh >/dev/null
-bash scripts/fixtures.sh
-fixtures=${ETCDIMG_TEST_FIXTURES:-$PWD/target/fixtures}
-cargo build --release --locked -q
-bin=$PWD/target/release/etcdimg
+source scripts/bench-lib.sh
+bench_setup
 
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-python3 -m http.server "$port" --bind 127.0.0.1 --directory "$fixtures/mirror" >/dev/null 2>&1 &
-pids+=($!)
-for _ in $(seq 100); do (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.05; done
+start_mirror "$fixtures/mirror"
+port=$mirror
 
 gopath=/usr/share/gocode
 cat >"$work/images.toml" <<TOML

@@ -1,6 +1,10 @@
-# Shared by the benchmark scripts (sourced): loopback servers that die with the script.
+# Shared by the benchmark scripts (sourced): the common setup, and loopback servers that die
+# with the script.
 #
 #   source scripts/bench-lib.sh
+#   bench_setup [ARGS]    # install-deps, fixtures, `cargo build --release --locked -q ARGS`;
+#                         # sets $fixtures, $bin (etcdimg), $work (a temp dir removed on exit,
+#                         # with every server; define bench_extra_cleanup for more)
 #   start_mirror DIR      # python http.server on DIR; sets $mirror (its port)
 #   start_registry WORK   # Debian's docker-registry, storage under WORK; sets $reg (its port)
 #   kill_servers          # call from the script's EXIT trap
@@ -41,4 +45,20 @@ YML
 # benchmarks of the tool, not releases.
 fixture_versions() {
     export ETCD_VERSION=3.5.1 BUNDLED_ETCD_VERSIONS="3.4.23 3.5.1" ETCDIMG_ALLOW_UNSAFE_VERSIONS=1
+}
+
+bench_setup() {
+    bash scripts/install-deps.sh >/dev/null
+    bash scripts/fixtures.sh
+    fixtures=${ETCDIMG_TEST_FIXTURES:-$PWD/target/fixtures}
+    cargo build --release --locked -q "$@"
+    bin=$PWD/target/release/etcdimg
+    work=$(mktemp -d -p "${BENCH_DIR:-${TMPDIR:-/tmp}}")
+    trap bench_cleanup EXIT
+}
+
+bench_cleanup() {
+    kill_servers
+    if [ "$(type -t bench_extra_cleanup)" = function ]; then bench_extra_cleanup; fi
+    rm -rf "$work"
 }

@@ -21,17 +21,10 @@ KEYS=${KEYS:-10000}
 LARGE_RUNS=${LARGE_RUNS:-3}
 LARGE_KEYS=${LARGE_KEYS:-1100}
 HUGE_KEYS=${HUGE_KEYS:-0}
-bash scripts/install-deps.sh >/dev/null
-bash scripts/fixtures.sh
-fixtures=${ETCDIMG_TEST_FIXTURES:-$PWD/target/fixtures}
-cargo build --release --locked -q -p migrate
+source scripts/bench-lib.sh
+bench_setup -p migrate
 migrate=$PWD/target/release/migrate
 
-work=$(mktemp -d -p "${BENCH_DIR:-/tmp}")
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 mkdir -p "$work/bin"
 for b in etcd etcdctl; do

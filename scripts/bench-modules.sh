@@ -13,14 +13,10 @@ VERSION=${VERSION:-3.6.17}
 ARCH=${ARCH:-arm64}
 RUNS=${RUNS:-3}
 WARM_RUNS=${WARM_RUNS:-5}
-bash scripts/install-deps.sh >/dev/null
-bash scripts/fixtures.sh
-cargo build --release --locked -q
-bin=$PWD/target/release/etcdimg
+source scripts/bench-lib.sh
+bench_setup
 export GOMODCACHE=${GOMODCACHE:-$PWD/target/go/mod} GOPATH=$PWD/target/go/path GOPROXY=off GOFLAGS=-buildvcs=false
 
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
 export ETCDIMG_CONFIG=$PWD/images.toml ETCDIMG_NO_PROGRESS=1 GOCACHE=$work/gocache
 
 # The tree etcdimg assembles, copied once for the plain build.

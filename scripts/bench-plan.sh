@@ -12,15 +12,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-10}
-bash scripts/install-deps.sh >/dev/null
-bash scripts/fixtures.sh
-fixtures=${ETCDIMG_TEST_FIXTURES:-$PWD/target/fixtures}
-cargo build --release --locked -q
-bin=$PWD/target/release/etcdimg
-
-work=$(mktemp -d)
 source scripts/bench-lib.sh
-trap 'kill_servers; rm -rf "$work"' EXIT
+bench_setup
+
 start_mirror "$fixtures/mirror"
 start_registry "$work"
 host=127.0.0.1:$reg

@@ -11,26 +11,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-5}
-bash scripts/install-deps.sh >/dev/null
-bash scripts/fixtures.sh
-fixtures=${ETCDIMG_TEST_FIXTURES:-$PWD/target/fixtures}
-cargo build --release --locked -q
-bin=$PWD/target/release/etcdimg
-
-work=$(mktemp -d)
 source scripts/bench-lib.sh
+bench_setup
+
 # skopeo remembers which repositories hold a blob (its blob-info cache) and mounts from them,
 # which would make its "first" copy a mount. Set the cache aside, clear it before each skopeo
 # run, and put it back at the end.
 bic=/var/lib/containers/cache/blob-info-cache-v1.boltdb
 [ "$(id -u)" = 0 ] || bic=${XDG_DATA_HOME:-$HOME/.local/share}/containers/cache/blob-info-cache-v1.boltdb
 [ -f "$bic" ] && mv "$bic" "$work/bic.saved"
-cleanup() {
-    kill_servers
-    rm -f "$bic"; [ -f "$work/bic.saved" ] && mv "$work/bic.saved" "$bic"
-    rm -rf "$work"
-}
-trap cleanup EXIT
+bench_extra_cleanup() { rm -f "$bic"; if [ -f "$work/bic.saved" ]; then mv "$work/bic.saved" "$bic"; fi; }
 start_mirror "$fixtures/mirror"
 start_registry "$work"
 

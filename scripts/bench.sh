@@ -12,16 +12,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-5}
-bash scripts/install-deps.sh >/dev/null
-bash scripts/fixtures.sh
-fixtures=${ETCDIMG_TEST_FIXTURES:-$PWD/target/fixtures}
-cargo build --release --locked -q
-bin=$PWD/target/release/etcdimg
-
-work=$(mktemp -d)
 source scripts/bench-lib.sh
-cleanup() { kill_servers; rm -rf "$work"; }
-trap cleanup EXIT
+bench_setup
+
 start_mirror "$fixtures/mirror"
 port=$mirror
 fixture_versions

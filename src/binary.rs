@@ -13,7 +13,7 @@ use std::path::Path;
 use semver::Version;
 
 use crate::platform::{Arch, ElfIdent};
-use crate::process::Cmd;
+use hostio::process::Cmd;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BinaryError {
@@ -37,7 +37,7 @@ pub enum BinaryError {
     #[error("running `{name}` to check its version failed: {source}")]
     Run {
         name: String,
-        source: crate::process::ProcessError,
+        source: hostio::process::ProcessError,
     },
     #[error("writing a temp copy of `{name}`: {source}")]
     Io {
@@ -172,7 +172,7 @@ fn run_version(
     prefix: &[String],
     path: &Path,
     name: &str,
-) -> Result<String, crate::process::ProcessError> {
+) -> Result<String, hostio::process::ProcessError> {
     let (program, mut args): (String, Vec<String>) = match prefix.split_first() {
         Some((q, rest)) => (
             q.clone(),

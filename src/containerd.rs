@@ -10,12 +10,11 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Child;
 use std::time::{Duration, Instant};
 
 use crate::oci::layout::{Layout, REF_NAME};
 use crate::oci::{self, canonical_json, ImageManifest};
-use crate::process::{Cmd, ProcessError};
+use hostio::process::{Child, Cmd, ProcessError};
 
 /// The containerd namespace etcdimg uses (images and containers of its tests live there).
 pub const NAMESPACE: &str = "etcdimg";
@@ -82,7 +81,7 @@ pub struct Running {
 impl Running {
     /// The exit status once the container has exited.
     pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.try_wait().ok().flatten()
+        self.child.try_wait()
     }
 }
 
@@ -291,7 +290,7 @@ impl Containerd {
             .args(["task", "kill", "--signal", "SIGKILL"])
             .arg(&running.id)
             .output_any();
-        running.child.wait().ok()
+        running.child.wait()
     }
 }
 
@@ -313,17 +312,8 @@ impl Drop for Containerd {
                     .output_any();
             }
         }
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(p.daemon.id() as libc::pid_t, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = p.daemon.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = p.daemon.kill();
-        let _ = p.daemon.wait();
+        p.daemon.signal(libc::SIGTERM);
+        p.daemon.wait_or_kill(Duration::from_secs(10));
         // Anything containerd left mounted under its root goes before the dir does.
         if let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") {
             let root = p.dir.path().display().to_string();

@@ -12,11 +12,12 @@ use etcdimg::cli::{
     AllBuildArgs, BuildArgs, Cli, Command, FetchArgs, GlobalArgs, ImageArgs, OverrideArgs,
     PlanArgs, PushFlags, ReportArgs, ReportFlags, SettingsArgs, TestArgs,
 };
-use etcdimg::commands::build::{self, BuildOptions};
-use etcdimg::commands::index_plan::ReportOptions;
+use etcdimg::commands::build;
 use etcdimg::commands::plan::{self, PlanOptions};
 use etcdimg::commands::push::{self, PushOptions, PushReport};
 use etcdimg::fetch::cache::Cache;
+use etcdimg::pipeline::BuildOptions;
+use etcdimg::publish::layout::ReportOptions;
 use etcdimg::registry::{RegistryOptions, Session};
 use etcdimg::settings::{self, Settings};
 use etcdimg::{config, exit_code_for, hint_for};

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use crate::binary;
 use crate::fetch::cache::{sha256_hex, Cache};
 use crate::platform::Arch;
-use crate::process::{Cmd, ProcessError};
 use crate::report::Reporter;
+use hostio::process::{Cmd, ProcessError};
 
 /// The wrapper script every image carries, as shipped in the migrate crate.
 pub const WRAPPER_SCRIPT: &str = include_str!("../migrate/migrate-if-needed.sh");

@@ -15,6 +15,22 @@
 //! and the one crate that reads it, `bbolt-rs`, maps the whole file into memory and brings
 //! a write path, CLI and test dependencies that a read-only scan does not need.
 //!
+//! **Byte order.** bbolt writes its structures in the writing host's byte order (it casts
+//! memory), so an s390x member's backend is big-endian. The order is taken from the meta
+//! page's magic (`ed 0c da ed` on a little-endian host, `ed da 0c ed` big-endian) and every
+//! header, element and meta field (and the meta checksum) is read in it; any host reads any
+//! member's file. (etcd's own encodings inside values, such as revision keys and meta counters,
+//! are big-endian everywhere and are not bbolt's business.)
+//!
+//! **Never trusting the file.** Every page id is checked against the meta's high-water mark and
+//! the file's size before it is multiplied into an offset (checked arithmetic); a page run is
+//! allocated only after its length was checked against the bytes the file really has; every
+//! element and key/value must lie inside its page; a walk keeps the set of pages it visited, so
+//! a cycle or a subtree shared by two parents is an error, not a loop or a double count; trees
+//! are at most 64 deep. Page sizes of 512 bytes to 64 KiB are read (bbolt uses the host's page
+//! size: 4 KiB on x86, 64 KiB on ppc64le or arm64 kernels with 64 KiB pages). The fuzz target
+//! `fuzz/fuzz_targets/bbolt.rs` runs the reader on arbitrary bytes.
+//!
 //! Layout, from bbolt's sources:
 //! - page header (16 bytes): id u64, flags u16 (branch 0x01, leaf 0x02, meta 0x04, freelist
 //!   0x10), count u16, overflow u32; a page spans `(1 + overflow) * page_size` bytes;
@@ -33,6 +49,8 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 const MAGIC: u32 = 0xED0C_DAED;
+/// The page sizes a reader accepts (and tries, when meta 0 cannot tell).
+const PAGE_SIZES: [u64; 8] = [512, 1024, 2048, 4096, 8192, 16384, 32768, 65536];
 const VERSION: u32 = 2;
 const PAGE_HEADER: usize = 16;
 const ELEMENT: usize = 16;
@@ -42,8 +60,6 @@ const META: u16 = 0x04;
 const BUCKET_LEAF_FLAG: u32 = 0x01;
 /// A bucket B+tree deeper than this is a cycle in a corrupt file, not a real tree.
 const MAX_DEPTH: usize = 64;
-/// The largest page run one element may span (values are bounded by etcd's request size).
-const MAX_PAGE_BYTES: u64 = 1 << 30;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BoltError {
@@ -74,18 +90,43 @@ pub struct Db {
     high_water: u64,
     pub txid: u64,
     root: BucketRoot,
+    /// The byte order the file was written in.
+    pub order: Order,
+    /// The file's size when opened: no page run may reach past it.
+    file_len: u64,
 }
 
-fn u16_at(b: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes(b[at..at + 2].try_into().expect("2 bytes"))
+/// The byte order of a bbolt file (its writer's host's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Order {
+    Little,
+    Big,
 }
 
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
-}
+impl Order {
+    fn u16(self, b: &[u8], at: usize) -> u16 {
+        let a: [u8; 2] = b[at..at + 2].try_into().expect("2 bytes");
+        match self {
+            Order::Little => u16::from_le_bytes(a),
+            Order::Big => u16::from_be_bytes(a),
+        }
+    }
 
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    u64::from_le_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+    fn u32(self, b: &[u8], at: usize) -> u32 {
+        let a: [u8; 4] = b[at..at + 4].try_into().expect("4 bytes");
+        match self {
+            Order::Little => u32::from_le_bytes(a),
+            Order::Big => u32::from_be_bytes(a),
+        }
+    }
+
+    fn u64(self, b: &[u8], at: usize) -> u64 {
+        let a: [u8; 8] = b[at..at + 8].try_into().expect("8 bytes");
+        match self {
+            Order::Little => u64::from_le_bytes(a),
+            Order::Big => u64::from_be_bytes(a),
+        }
+    }
 }
 
 fn fnv1a64(bytes: &[u8]) -> u64 {
@@ -103,43 +144,50 @@ struct Meta {
     root: u64,
     high_water: u64,
     txid: u64,
+    order: Order,
 }
 
 fn parse_meta(page: &[u8]) -> Result<Meta, String> {
     if page.len() < PAGE_HEADER + 64 {
         return Err("the file is shorter than a meta page".into());
     }
-    if u16_at(page, 8) & META == 0 {
+    let m = &page[PAGE_HEADER..PAGE_HEADER + 64];
+    // The magic says the byte order; the page flags are checked in it.
+    let order = if Order::Little.u32(m, 0) == MAGIC {
+        Order::Little
+    } else if Order::Big.u32(m, 0) == MAGIC {
+        Order::Big
+    } else {
+        return Err(format!(
+            "magic {:02x?}, expected {MAGIC:#010x} in either byte order",
+            &m[..4]
+        ));
+    };
+    if order.u16(page, 8) & META == 0 {
         return Err(format!(
             "page flags {:#x}, expected a meta page",
-            u16_at(page, 8)
+            order.u16(page, 8)
         ));
     }
-    let m = &page[PAGE_HEADER..PAGE_HEADER + 64];
-    if u32_at(m, 0) != MAGIC {
-        return Err(format!(
-            "magic {:#010x}, expected {MAGIC:#010x}",
-            u32_at(m, 0)
-        ));
-    }
-    if u32_at(m, 4) != VERSION {
+    if order.u32(m, 4) != VERSION {
         return Err(format!(
             "format version {}, expected {VERSION}",
-            u32_at(m, 4)
+            order.u32(m, 4)
         ));
     }
-    if fnv1a64(&m[..56]) != u64_at(m, 56) {
+    if fnv1a64(&m[..56]) != order.u64(m, 56) {
         return Err("meta checksum mismatch".into());
     }
-    let page_size = u64::from(u32_at(m, 8));
-    if !(512..=1 << 20).contains(&page_size) || !page_size.is_power_of_two() {
+    let page_size = u64::from(order.u32(m, 8));
+    if !PAGE_SIZES.contains(&page_size) {
         return Err(format!("page size {page_size}"));
     }
     Ok(Meta {
         page_size,
-        root: u64_at(m, 16),
-        high_water: u64_at(m, 40),
-        txid: u64_at(m, 48),
+        root: order.u64(m, 16),
+        high_water: order.u64(m, 40),
+        txid: order.u64(m, 48),
+        order,
     })
 }
 
@@ -151,6 +199,7 @@ impl Db {
             source,
         };
         let file = File::open(path).map_err(io_err)?;
+        let file_len = file.metadata().map_err(io_err)?.len();
         let read = |offset: u64, len: usize| -> Result<Vec<u8>, BoltError> {
             let mut buf = vec![0u8; len];
             let n = read_full(&file, &mut buf, offset).map_err(io_err)?;
@@ -163,7 +212,7 @@ impl Db {
         // try the sizes etcd's hosts use.
         let sizes: Vec<u64> = match &meta0 {
             Ok(m) => vec![m.page_size],
-            Err(_) => vec![4096, 8192, 16384, 65536],
+            Err(_) => PAGE_SIZES.to_vec(),
         };
         let mut best: Option<Meta> = meta0.as_ref().ok().map(|m| Meta { ..*m });
         let mut errors = vec![format!(
@@ -193,6 +242,8 @@ impl Db {
             high_water: meta.high_water,
             txid: meta.txid,
             root: BucketRoot::Page(meta.root),
+            order: meta.order,
+            file_len,
         })
     }
 
@@ -203,7 +254,8 @@ impl Db {
         }
     }
 
-    /// Reads page `id` with its overflow pages, checking its header.
+    /// Reads page `id` with its overflow pages, checking its header; the run is allocated only
+    /// once its length fits in the file.
     fn page(&self, id: u64) -> Result<Vec<u8>, BoltError> {
         if id < 2 || id >= self.high_water {
             return Err(self.corrupt(format!(
@@ -211,7 +263,10 @@ impl Db {
                 self.high_water
             )));
         }
-        let offset = id * self.page_size;
+        let offset = id
+            .checked_mul(self.page_size)
+            .filter(|o| o.saturating_add(PAGE_HEADER as u64) <= self.file_len)
+            .ok_or_else(|| self.corrupt(format!("page {id} is past the end of the file")))?;
         let mut header = [0u8; PAGE_HEADER];
         let n = read_full(&self.file, &mut header, offset).map_err(|source| BoltError::Io {
             path: self.path.clone(),
@@ -220,14 +275,24 @@ impl Db {
         if n < PAGE_HEADER {
             return Err(self.corrupt(format!("page {id} is past the end of the file")));
         }
-        if u64_at(&header, 0) != id {
-            return Err(self.corrupt(format!("page {id} says it is page {}", u64_at(&header, 0))));
+        if self.order.u64(&header, 0) != id {
+            return Err(self.corrupt(format!(
+                "page {id} says it is page {}",
+                self.order.u64(&header, 0)
+            )));
         }
-        let overflow = u64::from(u32_at(&header, 12));
-        let len = (1 + overflow) * self.page_size;
-        if len > MAX_PAGE_BYTES || id + overflow >= self.high_water {
-            return Err(self.corrupt(format!("page {id} claims {overflow} overflow pages")));
-        }
+        let overflow = u64::from(self.order.u32(&header, 12));
+        let len = overflow
+            .checked_add(1)
+            .and_then(|pages| pages.checked_mul(self.page_size))
+            .filter(|len| {
+                id.checked_add(overflow)
+                    .is_some_and(|last| last < self.high_water)
+                    && offset
+                        .checked_add(*len)
+                        .is_some_and(|end| end <= self.file_len)
+            })
+            .ok_or_else(|| self.corrupt(format!("page {id} claims {overflow} overflow pages")))?;
         let mut buf = vec![0u8; len as usize];
         let n = read_full(&self.file, &mut buf, offset).map_err(|source| BoltError::Io {
             path: self.path.clone(),
@@ -263,7 +328,7 @@ impl Db {
         if value.len() < 16 {
             return Err(self.corrupt(format!("a bucket header of {} bytes", value.len())));
         }
-        match u64_at(value, 0) {
+        match self.order.u64(value, 0) {
             0 => Ok(BucketRoot::Inline(value[16..].to_vec())),
             page => Ok(BucketRoot::Page(page)),
         }
@@ -293,17 +358,17 @@ impl Db {
         };
         for _ in 0..MAX_DEPTH {
             let kind = self.check_page(&page, None)?;
-            let count = usize::from(u16_at(&page, 10));
+            let count = usize::from(self.order.u16(&page, 10));
             if count == 0 {
                 return Ok(None);
             }
             let e = PAGE_HEADER + (count - 1) * ELEMENT;
             if kind == LEAF {
-                let pos = u32_at(&page, e + 4) as usize;
-                let ksize = u32_at(&page, e + 8) as usize;
+                let pos = self.order.u32(&page, e + 4) as usize;
+                let ksize = self.order.u32(&page, e + 8) as usize;
                 return Ok(Some(page[e + pos..e + pos + ksize].to_vec()));
             }
-            page = self.page(u64_at(&page, e + 8))?;
+            page = self.page(self.order.u64(&page, e + 8))?;
         }
         Err(self.corrupt(format!("the tree is deeper than {MAX_DEPTH} pages")))
     }
@@ -326,6 +391,7 @@ impl Db {
         depth: usize,
         f: &mut Visitor<'_, E>,
     ) -> Result<(), E> {
+        let mut visited = std::collections::HashSet::new();
         match bucket {
             BucketRoot::Inline(page) => {
                 let kind = self.check_page(page, None)?;
@@ -336,16 +402,24 @@ impl Db {
                 }
                 self.leaf(page, f)
             }
-            BucketRoot::Page(id) => self.walk_page(*id, depth, f),
+            BucketRoot::Page(id) => self.walk_page(*id, depth, &mut visited, f),
         }
     }
 
+    /// Walks the tree under page `id`. `visited` holds every page of the walk so far: a page
+    /// reached twice is a cycle or a subtree two parents share, neither of which bbolt writes.
     fn walk_page<E: From<BoltError>>(
         &self,
         id: u64,
         depth: usize,
+        visited: &mut std::collections::HashSet<u64>,
         f: &mut Visitor<'_, E>,
     ) -> Result<(), E> {
+        if !visited.insert(id) {
+            return Err(self
+                .corrupt(format!("page {id} is reached twice in one tree"))
+                .into());
+        }
         if depth > MAX_DEPTH {
             return Err(self
                 .corrupt(format!(
@@ -357,11 +431,11 @@ impl Db {
         match self.check_page(&page, Some(id))? {
             LEAF => self.leaf(&page, f),
             _ => {
-                let count = usize::from(u16_at(&page, 10));
+                let count = usize::from(self.order.u16(&page, 10));
                 for i in 0..count {
                     let e = PAGE_HEADER + i * ELEMENT;
-                    let child = u64_at(&page, e + 8);
-                    self.walk_page(child, depth + 1, f)?;
+                    let child = self.order.u64(&page, e + 8);
+                    self.walk_page(child, depth + 1, visited, f)?;
                 }
                 Ok(())
             }
@@ -375,14 +449,14 @@ impl Db {
         if page.len() < PAGE_HEADER {
             return Err(self.corrupt(format!("{what} is shorter than its header")));
         }
-        let flags = u16_at(page, 8);
+        let flags = self.order.u16(page, 8);
         let kind = flags & (BRANCH | LEAF);
         if kind != BRANCH && kind != LEAF {
             return Err(self.corrupt(format!(
                 "{what} has flags {flags:#x} where a branch or leaf page was expected"
             )));
         }
-        let count = usize::from(u16_at(page, 10));
+        let count = usize::from(self.order.u16(page, 10));
         if PAGE_HEADER + count * ELEMENT > page.len() {
             return Err(self.corrupt(format!("{what} claims {count} elements")));
         }
@@ -390,12 +464,12 @@ impl Db {
             let e = PAGE_HEADER + i * ELEMENT;
             let (pos, ksize, vsize) = if kind == LEAF {
                 (
-                    u32_at(page, e + 4),
-                    u32_at(page, e + 8),
-                    u32_at(page, e + 12),
+                    self.order.u32(page, e + 4),
+                    self.order.u32(page, e + 8),
+                    self.order.u32(page, e + 12),
                 )
             } else {
-                (u32_at(page, e), u32_at(page, e + 4), 0)
+                (self.order.u32(page, e), self.order.u32(page, e + 4), 0)
             };
             let end = e as u64 + u64::from(pos) + u64::from(ksize) + u64::from(vsize);
             if end > page.len() as u64 {
@@ -421,13 +495,13 @@ impl Db {
         if header.len() < 16 {
             return Err(self.corrupt(format!("a bucket header of {} bytes", header.len())));
         }
-        match u64_at(&header, 0) {
+        match self.order.u64(&header, 0) {
             0 => {
                 let page = &header[16..];
                 if self.check_page(page, None)? != LEAF {
                     return Err(self.corrupt("an inline bucket that is not a leaf".into()));
                 }
-                Ok(leaf_match(page, key).map(|(at, v)| (offset + 16 + at as u64, v)))
+                Ok(leaf_match(self.order, page, key).map(|(at, v)| (offset + 16 + at as u64, v)))
             }
             id => self.find(id, key, 0),
         }
@@ -442,17 +516,21 @@ impl Db {
         }
         let page = self.page(id)?;
         if self.check_page(&page, Some(id))? == LEAF {
-            return Ok(leaf_match(&page, key).map(|(at, v)| (id * self.page_size + at as u64, v)));
+            return Ok(leaf_match(self.order, &page, key)
+                .map(|(at, v)| (id * self.page_size + at as u64, v)));
         }
         // A branch element's key is the first key of its child: take the last child whose key
         // is not above `key`.
-        let count = usize::from(u16_at(&page, 10));
+        let count = usize::from(self.order.u16(&page, 10));
         let mut child = None;
         for i in 0..count {
             let e = PAGE_HEADER + i * ELEMENT;
-            let (pos, ksize) = (u32_at(&page, e) as usize, u32_at(&page, e + 4) as usize);
+            let (pos, ksize) = (
+                self.order.u32(&page, e) as usize,
+                self.order.u32(&page, e + 4) as usize,
+            );
             if i == 0 || page[e + pos..e + pos + ksize] <= *key {
-                child = Some(u64_at(&page, e + 8));
+                child = Some(self.order.u64(&page, e + 8));
             } else {
                 break;
             }
@@ -464,13 +542,13 @@ impl Db {
     }
 
     fn leaf<E: From<BoltError>>(&self, page: &[u8], f: &mut Visitor<'_, E>) -> Result<(), E> {
-        let count = usize::from(u16_at(page, 10));
+        let count = usize::from(self.order.u16(page, 10));
         for i in 0..count {
             let e = PAGE_HEADER + i * ELEMENT;
-            let flags = u32_at(page, e);
-            let pos = u32_at(page, e + 4) as usize;
-            let ksize = u32_at(page, e + 8) as usize;
-            let vsize = u32_at(page, e + 12) as usize;
+            let flags = self.order.u32(page, e);
+            let pos = self.order.u32(page, e + 4) as usize;
+            let ksize = self.order.u32(page, e + 8) as usize;
+            let vsize = self.order.u32(page, e + 12) as usize;
             let key = &page[e + pos..e + pos + ksize];
             let value = &page[e + pos + ksize..e + pos + ksize + vsize];
             f(key, value, flags & BUCKET_LEAF_FLAG != 0)?;
@@ -481,13 +559,13 @@ impl Db {
 
 /// The element of a checked leaf `page` whose key is `key`: the value's offset in the page,
 /// and the value.
-fn leaf_match(page: &[u8], key: &[u8]) -> Option<(usize, Vec<u8>)> {
-    let count = usize::from(u16_at(page, 10));
+fn leaf_match(order: Order, page: &[u8], key: &[u8]) -> Option<(usize, Vec<u8>)> {
+    let count = usize::from(order.u16(page, 10));
     (0..count).find_map(|i| {
         let e = PAGE_HEADER + i * ELEMENT;
-        let pos = u32_at(page, e + 4) as usize;
-        let ksize = u32_at(page, e + 8) as usize;
-        let vsize = u32_at(page, e + 12) as usize;
+        let pos = order.u32(page, e + 4) as usize;
+        let ksize = order.u32(page, e + 8) as usize;
+        let vsize = order.u32(page, e + 12) as usize;
         (&page[e + pos..e + pos + ksize] == key).then(|| {
             let at = e + pos + ksize;
             (at, page[at..at + vsize].to_vec())

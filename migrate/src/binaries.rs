@@ -3,9 +3,6 @@
 //! writing through it would overwrite that version. So the copy goes to a temp file in the same
 //! directory and is renamed over the default name, which replaces the link, not its target.
 
-use std::fs;
-use std::io;
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use semver::Version;
@@ -64,18 +61,9 @@ pub fn replace_default(bin_dir: &Path, name: &str, version: &Version) -> Result<
             why: format!("making it the default `{name}`"),
         });
     }
-    let tmp = bin_dir.join(format!(".{name}.tmp.{}", std::process::id()));
-    let result = (|| -> io::Result<()> {
-        let _ = fs::remove_file(&tmp);
-        fs::copy(&source, &tmp)?;
-        let mode = fs::metadata(&source)?.permissions().mode();
-        fs::set_permissions(&tmp, fs::Permissions::from_mode(mode))?;
-        fs::File::open(&tmp)?.sync_all()?;
-        fs::rename(&tmp, &dest)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
+    // A temp file with a random name beside it, the mode copied exactly, fsync, rename, fsync
+    // the directory: never written through the old file, which may be a hard link.
+    let result = hostio::fs::copy_atomic(&source, &dest);
     result.map_err(|source| MigrateError::Binaries {
         path: dest.display().to_string(),
         source,
@@ -85,7 +73,9 @@ pub fn replace_default(bin_dir: &Path, name: &str, version: &Version) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
     use std::os::unix::fs::MetadataExt;
+    use std::os::unix::fs::PermissionsExt;
 
     // guards: writing through a hard link `etcd` -> `etcd-3.5.1` would turn etcd-3.5.1 into 3.4.23
     #[test]

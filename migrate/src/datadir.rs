@@ -1,11 +1,14 @@
-//! The data directory and its version.txt. Writes are atomic and durable: temp file, fsync,
-//! rename, fsync the directory; and only when the content changes. (The original overwrote
-//! version.txt in place without fsync, and a full disk left it empty: k/k#98989.)
+//! The data directory and its version.txt. Writes are atomic and durable (`hostio::fs`: temp
+//! file with a random name, fsync, rename, fsync the directory), and only when the content
+//! changes. (The original overwrote version.txt in place without fsync, and a full disk left it
+//! empty: k/k#98989.)
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::fs;
+use std::io;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
+
+use hostio::fs::{IoResultExt, PathError};
 
 use crate::version::VersionPair;
 
@@ -23,10 +26,12 @@ pub enum DataDirError {
     },
 }
 
-fn io_at(path: &Path) -> impl FnOnce(io::Error) -> DataDirError + '_ {
-    move |source| DataDirError::Io {
-        path: path.to_path_buf(),
-        source,
+impl From<PathError> for DataDirError {
+    fn from(e: PathError) -> Self {
+        DataDirError::Io {
+            path: e.path,
+            source: e.source,
+        }
     }
 }
 
@@ -55,10 +60,13 @@ impl DataDir {
             .recursive(true)
             .mode(0o777)
             .create(&self.path)
-            .map_err(io_at(&self.path))
+            .at(&self.path)
+            .map_err(Into::into)
     }
 
-    /// True if the directory is missing or has no entries at all (hidden ones count).
+    /// True if the directory is missing or has no entries at all (hidden ones count; a temp
+    /// file a killed migrate left beside version.txt is cleared first by
+    /// [`DataDir::clear_stale_temps`]).
     pub fn is_empty(&self) -> Result<bool, DataDirError> {
         match fs::read_dir(&self.path) {
             Ok(mut entries) => Ok(entries.next().is_none()),
@@ -97,40 +105,26 @@ impl DataDir {
         {
             return Ok(false);
         }
-        write_atomic(&path, content.as_bytes(), 0o666)?;
+        hostio::fs::write_atomic(&path, content.as_bytes()).at(&path)?;
         Ok(true)
     }
-}
 
-/// fsyncs a directory (after a rename in it).
-pub fn fsync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
-/// temp file (mode before umask), write, fsync, rename over `path`, fsync the directory.
-pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), DataDirError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
-    let result = (|| -> io::Result<()> {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        drop(f);
-        fs::rename(&tmp, path)?;
-        File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+    /// Removes the temp files of version.txt a killed migrate left (`.version.txt.tmp-*`, and
+    /// `.version.txt.tmp.<pid>` of migrates before that name was random). The caller holds the
+    /// data dir's lock. Returns how many were removed.
+    pub fn clear_stale_temps(&self) -> Result<usize, DataDirError> {
+        let mut removed = hostio::fs::remove_stale_temps(&self.version_path())?;
+        let old = format!(".{VERSION_FILE}.tmp.");
+        if let Ok(entries) = fs::read_dir(&self.path) {
+            for e in entries.flatten() {
+                if e.file_name().to_string_lossy().starts_with(&old) {
+                    fs::remove_file(e.path()).at(&e.path())?;
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
     }
-    result.map_err(io_at(path))
 }
 
 #[cfg(test)]
@@ -197,6 +191,25 @@ mod tests {
         assert_eq!(before.ino(), after.ino());
         // no temp files left behind
         assert_eq!(fs::read_dir(d.path()).unwrap().count(), 1);
+    }
+
+    // guards: a temp file named after pid 1 that a killed migrate left in the data dir made
+    // every restart (same pid in a container) fail with "File exists".
+    #[test]
+    fn stale_temp_files_of_a_killed_run_are_cleared_and_block_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let dd = DataDir::new(d.path());
+        fs::write(d.path().join(".version.txt.tmp.1"), "3.5.").unwrap();
+        fs::write(d.path().join(".version.txt.tmp-AbC123"), "3.6").unwrap();
+        let pair = VersionPair::parse("3.5.1/etcd3").unwrap();
+        assert!(dd.write_version(&pair).unwrap());
+        assert_eq!(dd.clear_stale_temps().unwrap(), 2);
+        let names: Vec<_> = fs::read_dir(d.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(names, ["version.txt"]);
     }
 
     #[test]

@@ -29,12 +29,13 @@ use std::time::Duration;
 use semver::Version;
 use serde_json::Value;
 
-use crate::datadir::{fsync_dir, write_atomic, DataDir};
+use crate::datadir::DataDir;
 use crate::error::MigrateError;
 use crate::report::log;
 use crate::server::{Launch, Peers, Server};
 use crate::version::{Storage, VersionPair};
 use crate::{backend, options::Options, process, raftlog, stage};
+use hostio::fs::fsync_dir;
 
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -299,14 +300,7 @@ pub fn peers(options: &Options) -> Peers {
     )
 }
 
-/// The fingerprints around one step, as the JSON report shows them, and how long its phases took.
-#[derive(Debug, Clone, Default)]
-pub struct StepFingerprints {
-    pub before: Value,
-    pub after: Value,
-    /// Phase name -> seconds, in order.
-    pub seconds: Vec<(&'static str, f64)>,
-}
+pub use crate::report::StepFingerprints;
 
 /// Times the phases of a step.
 pub(crate) struct Phases {
@@ -429,6 +423,7 @@ fn run_once(
 ) -> Result<(), MigrateError> {
     let mut server = start_etcd(options, version, dir, logs, &[])?;
     failpoint(&format!("running-{version}"));
+    wait_storage_version(options, version, &mut server, dir)?;
     if !server.stop() {
         return Err(MigrateError::Unsettled {
             dir: dir.display().to_string(),
@@ -485,6 +480,48 @@ fn snapshot_past_unreplayable(
         });
     }
     Ok(())
+}
+
+/// How long a single member's etcd 3.6+ may take to write its storage version.
+const STORAGE_VERSION_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// etcd 3.6+ writes `meta/storageVersion` after it decided the cluster version (its storage
+/// version monitor), not when it becomes healthy: a single member is stopped only once it
+/// reports its own minor as the storage version, so the data leaves the step as etcd of that
+/// minor leaves it (found by the chain test: stopped right after `/health`, the backend of an
+/// upgrade to 3.6 had no storage version at all). A member of a cluster is not waited for: its
+/// storage version follows the cluster's version, which the other members decide.
+fn wait_storage_version(
+    options: &Options,
+    version: &Version,
+    server: &mut Server,
+    dir: &Path,
+) -> Result<(), MigrateError> {
+    if !options.policy.has_storage_migrate(version)
+        || matches!(peers(options), Peers::Cluster { .. })
+    {
+        return Ok(());
+    }
+    let want = format!("{}.{}.0", version.major, version.minor);
+    let deadline = std::time::Instant::now() + STORAGE_VERSION_TIMEOUT;
+    loop {
+        if crate::server::storage_version(server.port).as_deref() == Some(want.as_str()) {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline || server.exited().is_some() {
+            let seen = crate::server::storage_version(server.port);
+            server.stop();
+            return Err(MigrateError::Unsettled {
+                dir: dir.display().to_string(),
+                message: format!(
+                    "etcd {version} did not set the storage version to {want} within {} s (it reports {})",
+                    STORAGE_VERSION_TIMEOUT.as_secs(),
+                    seen.as_deref().unwrap_or("none")
+                ),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Runs etcd `version` on the copy once ([`run_once`]), then compares the copy's fingerprint
@@ -765,7 +802,8 @@ pub(crate) fn swap_in(
     record: &Value,
     step: &str,
 ) -> Result<(), MigrateError> {
-    write_atomic(&side.journal, record.to_string().as_bytes(), 0o666)?;
+    hostio::fs::write_atomic(&side.journal, record.to_string().as_bytes())
+        .map_err(io_err(&side.journal))?;
     failpoint(&format!("{step}-journal-written"));
     fs::rename(&options.data_dir, &side.old).map_err(io_err(&options.data_dir))?;
     failpoint(&format!("{step}-original-aside"));

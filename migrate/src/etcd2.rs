@@ -22,7 +22,7 @@ use base64::Engine;
 use semver::Version;
 use serde_json::Value;
 
-use crate::datadir::{write_atomic, DataDir};
+use crate::datadir::DataDir;
 use crate::engine::{self, failpoint, Sidecar, StepFingerprints};
 use crate::error::MigrateError;
 use crate::keyspace::{self, Fingerprint, KeyspaceError};
@@ -286,7 +286,8 @@ pub fn convert(
         "step": "convert", "from": from.to_string(), "to": via.to_string(),
         "backup": side.backup.display().to_string(),
     });
-    write_atomic(&side.journal, record.to_string().as_bytes(), 0o666)?;
+    hostio::fs::write_atomic(&side.journal, record.to_string().as_bytes())
+        .map_err(engine::io_err(&side.journal))?;
     failpoint("convert-journal-written");
     let fps = match convert_in_place(options, via, logs.path()) {
         Ok(fps) => fps,

@@ -323,11 +323,14 @@ fn refuse_custom_v2(
             Ok(_) => {}
             // Only the tool's own message counts: the command line holds the data dir's path,
             // which may itself contain "custom".
-            Err(process::ToolError::Failed { message, .. }) if message.contains("custom") => {
-                wal_only = message.contains("in WAL records") && !message.contains("both");
+            Err(process::ProcessError::Failed { status, stderr, .. })
+                if stderr.contains("custom") =>
+            {
+                wal_only = stderr.contains("in WAL records") && !stderr.contains("both");
                 by_etcdutl = Some(format!(
-                    "; `{} check v2store` found it too: {message}",
-                    etcdutl.display()
+                    "; `{} check v2store` found it too: {status}: {}",
+                    etcdutl.display(),
+                    stderr.trim()
                 ));
             }
             Err(e) => log(&format!(

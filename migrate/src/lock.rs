@@ -13,32 +13,12 @@
 //!   lock goes with its process; its file is reused and removed by the next run.
 
 use std::fs::File;
-use std::io::{self, Read, Seek, Write};
-use std::os::unix::fs::MetadataExt;
+use std::io;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-fn flock_held(path: &Path) -> io::Result<bool> {
-    let file = match File::options().read(true).write(true).open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(e),
-    };
-    // SAFETY: flock on a valid descriptor we own.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc == 0 {
-        // SAFETY: as above; dropping the file would release it too.
-        unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_UN) };
-        return Ok(false);
-    }
-    let err = io::Error::last_os_error();
-    if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
-        Ok(true)
-    } else {
-        Err(err)
-    }
-}
+use hostio::lock::flock_held;
 
 fn ofd_lock_held(path: &Path) -> io::Result<bool> {
     let file = match File::options().read(true).write(true).open(path) {
@@ -105,8 +85,7 @@ fn probe(data_dir: &Path) -> io::Result<Option<PathBuf>> {
 /// The exclusive hold of one migrate run on a data dir and its sidecars; released (and its file
 /// removed) when dropped.
 pub struct DataDirLock {
-    file: File,
-    path: PathBuf,
+    _held: hostio::lock::Held,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -119,6 +98,27 @@ pub enum LockError {
         holder: String,
         waited: u64,
     },
+}
+
+impl From<hostio::lock::LockError> for LockError {
+    fn from(e: hostio::lock::LockError) -> Self {
+        match e {
+            hostio::lock::LockError::Io { path, source } => LockError::Io {
+                path: path.display().to_string(),
+                source,
+            },
+            hostio::lock::LockError::Timeout {
+                holder,
+                path,
+                waited,
+                ..
+            } => LockError::Held {
+                path: path.display().to_string(),
+                holder,
+                waited,
+            },
+        }
+    }
 }
 
 /// The lock file of `data_dir`: `.<name>.migrate-lock` in its parent.
@@ -136,97 +136,29 @@ pub fn lock_path(data_dir: &Path) -> PathBuf {
 
 impl DataDirLock {
     /// Takes the lock of `data_dir`, waiting up to `wait` for another migrate to release it
-    /// (`log` says who holds it, once, then every 10 s).
+    /// (`log` says who holds it, once, then every 10 s). Its file holds `pid <n>` only: the
+    /// command line may hold credentials (`--etcd-server-extra-args`), and the file is readable.
     pub fn acquire(
         data_dir: &Path,
         wait: Duration,
         log: &dyn Fn(&str),
     ) -> Result<DataDirLock, LockError> {
         let path = lock_path(data_dir);
-        let io_err = |source| LockError::Io {
-            path: path.display().to_string(),
-            source,
+        let opts = hostio::lock::LockOptions {
+            what: "the data dir",
+            timeout: wait,
+            holder: hostio::lock::holder_pid(),
+            remove_on_release: true,
         };
-        if let Some(parent) = path.parent() {
-            // A missing data dir is created with its parents (as the original did); its lock
-            // needs the parent first.
-            std::fs::create_dir_all(parent).map_err(io_err)?;
-        }
-        let started = Instant::now();
-        let mut told = None::<Instant>;
-        loop {
-            let mut file = File::options()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(&path)
-                .map_err(io_err)?;
-            // SAFETY: flock on a descriptor we own.
-            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-                // The holder before us may have removed the file between our open and our lock:
-                // then we hold a lock nobody else can see, and must lock the new file instead.
-                let same = match std::fs::metadata(&path) {
-                    Ok(m) => {
-                        let ours = file.metadata().map_err(io_err)?;
-                        m.ino() == ours.ino() && m.dev() == ours.dev()
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => false,
-                    Err(e) => return Err(io_err(e)),
-                };
-                if !same {
-                    continue;
-                }
-                file.set_len(0).map_err(io_err)?;
-                file.rewind().map_err(io_err)?;
-                writeln!(file, "pid {}", std::process::id()).map_err(io_err)?;
-                return Ok(DataDirLock { file, path });
-            }
-            let err = io::Error::last_os_error();
-            if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
-                return Err(io_err(err));
-            }
-            // The holder writes its pid right after it locks: give it a moment.
-            let mut holder = String::new();
-            for _ in 0..10 {
-                holder.clear();
-                let _ = file.rewind().and_then(|_| file.read_to_string(&mut holder));
-                if !holder.trim().is_empty() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let holder = match holder.trim() {
-                "" => "a process that has not written its pid yet".to_string(),
-                h => h.to_string(),
-            };
-            let waited = started.elapsed();
-            if waited >= wait {
-                return Err(LockError::Held {
-                    path: path.display().to_string(),
-                    holder,
-                    waited: waited.as_secs(),
-                });
-            }
-            if told.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
-                log(&format!(
-                    "waiting for another migrate ({holder}) that holds `{}` (up to {} s more)",
-                    path.display(),
-                    (wait - waited).as_secs()
-                ));
-                told = Some(Instant::now());
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for DataDirLock {
-    fn drop(&mut self) {
-        // Remove, then unlock (closing the file unlocks it): see the module doc.
-        let _ = std::fs::remove_file(&self.path);
-        // SAFETY: flock on our own descriptor.
-        unsafe { libc::flock(self.file.as_raw_fd(), libc::LOCK_UN) };
+        let held = hostio::lock::acquire(&path, &opts, &|b| {
+            log(&format!(
+                "waiting for another migrate ({}) that holds `{}` (up to {} s more)",
+                b.holder,
+                b.path.display(),
+                b.left.as_secs()
+            ))
+        })?;
+        Ok(DataDirLock { _held: held })
     }
 }
 

@@ -2,6 +2,18 @@
 
 use std::fmt;
 
+use serde_json::Value;
+
+/// The fingerprints around one step, as the JSON report shows them, and how long its phases
+/// took. Here, below the engine that fills it and the report that shows it.
+#[derive(Debug, Clone, Default)]
+pub struct StepFingerprints {
+    pub before: Value,
+    pub after: Value,
+    /// Phase name -> seconds, in order.
+    pub seconds: Vec<(&'static str, f64)>,
+}
+
 /// What a run did (or, with --dry-run, would do).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -41,7 +53,7 @@ pub struct Report {
     pub dry_run: bool,
     pub steps: Vec<String>,
     /// Per executed step: its description and the before/after fingerprints.
-    pub fingerprints: Vec<(String, crate::engine::StepFingerprints)>,
+    pub fingerprints: Vec<(String, StepFingerprints)>,
 }
 
 impl Report {

@@ -3,12 +3,11 @@
 //! (PR_SET_PDEATHSIG). Readiness is `GET /health`, which reads and never writes the keyspace.
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::process::{Kind, Spawned};
+use crate::process::Child;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -85,7 +84,7 @@ pub struct Launch<'a> {
 }
 
 pub struct Server {
-    child: Option<Spawned>,
+    child: Option<Child>,
     pub version: String,
     pub client_url: String,
     pub port: u16,
@@ -98,9 +97,7 @@ const PORT_ATTEMPTS: u32 = 5;
 /// What Go's net package says when a listener's port is taken.
 const ADDRESS_IN_USE: &str = "address already in use";
 
-fn free_port() -> std::io::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
+use hostio::ports::free_port;
 
 fn tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
@@ -138,6 +135,16 @@ pub fn http(port: u16, method: &str, path: &str, body: Option<&str>) -> Option<(
 }
 
 /// `GET /health`: true when etcd answers `"health":"true"`.
+/// The storage version the running etcd reports (`GET /version`, 3.6+: `"storage":"3.6.0"`).
+pub fn storage_version(client_port: u16) -> Option<String> {
+    let (status, body) = http(client_port, "GET", "/version", None)?;
+    let v: serde_json::Value = serde_json::from_str(&body).ok().filter(|_| status == 200)?;
+    v["storage"]
+        .as_str()
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+}
+
 fn healthy(client_port: u16) -> bool {
     matches!(http(client_port, "GET", "/health", None), Some((200, body)) if body.contains("\"health\":\"true\""))
 }
@@ -179,9 +186,8 @@ impl Server {
         let client = free_port()?;
         let client_url = format!("http://127.0.0.1:{client}");
         let log = log_dir.join(format!("etcd-{version}.log"));
-        let out = std::fs::File::create(&log)?;
-        let mut cmd = Command::new(bin);
-        cmd.arg("--name")
+        let mut cmd = crate::process::etcd(bin)
+            .arg("--name")
             .arg(name)
             .arg("--data-dir")
             .arg(data_dir)
@@ -190,7 +196,8 @@ impl Server {
         match peers {
             Peers::Alone => {
                 let peer_url = format!("http://127.0.0.1:{}", free_port()?);
-                cmd.arg(format!("--listen-peer-urls={peer_url}"))
+                cmd = cmd
+                    .arg(format!("--listen-peer-urls={peer_url}"))
                     .arg(format!("--initial-advertise-peer-urls={peer_url}"))
                     .arg(format!("--initial-cluster={name}={peer_url}"))
                     .args(["--heartbeat-interval=10", "--election-timeout=100"]);
@@ -200,21 +207,27 @@ impl Server {
                 listen_peer_urls,
                 initial_advertise_peer_urls,
             } => {
-                cmd.arg(format!("--listen-peer-urls={listen_peer_urls}"))
+                cmd = cmd
+                    .arg(format!("--listen-peer-urls={listen_peer_urls}"))
                     .arg(format!(
                         "--initial-advertise-peer-urls={initial_advertise_peer_urls}"
                     ))
                     .arg(format!("--initial-cluster={initial_cluster}"));
             }
         }
-        cmd.args(extra_args)
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out);
-        let child = Spawned::start(cmd, Kind::Etcd).map_err(|source| ServerError::Spawn {
-            bin: bin.display().to_string(),
-            source,
-        })?;
+        let child = cmd
+            .args(extra_args)
+            .spawn_logged(&log)
+            .map_err(|e| match e {
+                hostio::process::ProcessError::Spawn { source, .. } => ServerError::Spawn {
+                    bin: bin.display().to_string(),
+                    source,
+                },
+                other => ServerError::Spawn {
+                    bin: bin.display().to_string(),
+                    source: std::io::Error::other(other.to_string()),
+                },
+            })?;
         Ok(Server {
             child: Some(child),
             version: version.into(),

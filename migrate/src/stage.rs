@@ -19,7 +19,7 @@ use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::datadir::fsync_dir;
+use hostio::fs::{IoResultExt, PathError};
 
 /// How etcd grows a WAL: one preallocated 64 MB segment at a time.
 pub const WAL_SEGMENT_BYTES: u64 = 64 * 1000 * 1000;
@@ -38,10 +38,12 @@ pub enum StageError {
     },
 }
 
-fn io_at(path: &Path) -> impl FnOnce(io::Error) -> StageError + '_ {
-    move |source| StageError::Io {
-        path: path.to_path_buf(),
-        source,
+impl From<PathError> for StageError {
+    fn from(e: PathError) -> Self {
+        StageError::Io {
+            path: e.path,
+            source: e.source,
+        }
     }
 }
 
@@ -73,20 +75,20 @@ pub fn plan(data_dir: &Path) -> Result<StagePlan, StageError> {
     while let Some(rel) = stack.pop() {
         let dir = data_dir.join(&rel);
         let mut entries: Vec<_> = fs::read_dir(&dir)
-            .map_err(io_at(&dir))?
+            .at(&dir)?
             .collect::<Result<_, _>>()
-            .map_err(io_at(&dir))?;
+            .at(&dir)?;
         entries.sort_by_key(|e| e.file_name());
         for e in entries {
             let child = rel.join(e.file_name());
-            let ft = e.file_type().map_err(io_at(&e.path()))?;
+            let ft = e.file_type().at(&e.path())?;
             if ft.is_dir() {
                 plan.dirs.push(child.clone());
                 stack.push(child);
             } else if ft.is_symlink() {
                 plan.symlinks.push(child);
             } else if ft.is_file() {
-                let len = e.metadata().map_err(io_at(&e.path()))?.len();
+                let len = e.metadata().at(&e.path())?.len();
                 files.push((child, len));
             }
         }
@@ -108,7 +110,7 @@ pub fn plan(data_dir: &Path) -> Result<StagePlan, StageError> {
             plan.links.push(rel);
         } else if is_wal(&rel) {
             let path = data_dir.join(&rel);
-            let used = crate::raftlog::used_length(&path).map_err(io_at(&path))?;
+            let used = crate::raftlog::used_length(&path).at(&path)?;
             plan.copy_bytes += used;
             plan.copies.push((rel, Some(used)));
         } else {
@@ -142,7 +144,7 @@ pub fn check_space(dir: &Path, what: &str, parts: &[(u64, &str)]) -> Result<u64,
     let data: u64 = parts.iter().map(|(b, _)| b).sum();
     let margin = (data / 20).max(16 << 20);
     let need = data + margin;
-    let available = available(dir).map_err(io_at(dir))?;
+    let available = available(dir).at(dir)?;
     if available < need {
         let mut breakdown: Vec<String> = parts.iter().map(|(b, w)| format!("{w} {b}")).collect();
         breakdown.push(format!("margin {margin}"));
@@ -201,17 +203,17 @@ fn copy_prefix(from: &Path, to: &Path, used: u64) -> io::Result<()> {
 /// dir's mode (and owner, when we are root). Nothing is fsynced yet ([`make_durable`] does it
 /// before the swap: until then the copy is scratch).
 pub fn stage(plan: &StagePlan, data_dir: &Path, new_dir: &Path) -> Result<(), StageError> {
-    let meta = fs::metadata(data_dir).map_err(io_at(data_dir))?;
-    fs::create_dir(new_dir).map_err(io_at(new_dir))?;
+    let meta = fs::metadata(data_dir).at(data_dir)?;
+    fs::create_dir(new_dir).at(new_dir)?;
     copy_owner_and_mode(&meta, new_dir)?;
     for rel in &plan.dirs {
         let (src, dst) = (data_dir.join(rel), new_dir.join(rel));
-        fs::create_dir(&dst).map_err(io_at(&dst))?;
-        copy_owner_and_mode(&fs::metadata(&src).map_err(io_at(&src))?, &dst)?;
+        fs::create_dir(&dst).at(&dst)?;
+        copy_owner_and_mode(&fs::metadata(&src).at(&src)?, &dst)?;
     }
     for rel in &plan.links {
         let (src, dst) = (data_dir.join(rel), new_dir.join(rel));
-        fs::hard_link(&src, &dst).map_err(io_at(&dst))?;
+        fs::hard_link(&src, &dst).at(&dst)?;
     }
     for (rel, used) in &plan.copies {
         let (src, dst) = (data_dir.join(rel), new_dir.join(rel));
@@ -219,26 +221,28 @@ pub fn stage(plan: &StagePlan, data_dir: &Path, new_dir: &Path) -> Result<(), St
             None => copy_file(&src, &dst),
             Some(used) => copy_prefix(&src, &dst, *used),
         }
-        .map_err(io_at(&dst))?;
+        .at(&dst)?;
     }
     for rel in &plan.symlinks {
         let (src, dst) = (data_dir.join(rel), new_dir.join(rel));
-        let target = fs::read_link(&src).map_err(io_at(&src))?;
-        std::os::unix::fs::symlink(target, &dst).map_err(io_at(&dst))?;
+        let target = fs::read_link(&src).at(&src)?;
+        std::os::unix::fs::symlink(target, &dst).at(&dst)?;
     }
     Ok(())
 }
 
 /// Gives `path` the mode of `meta`, and its owner when that differs and we may change it.
 pub fn copy_owner_and_mode(meta: &fs::Metadata, path: &Path) -> Result<(), StageError> {
-    fs::set_permissions(path, fs::Permissions::from_mode(meta.permissions().mode()))
-        .map_err(io_at(path))?;
-    let st = fs::metadata(path).map_err(io_at(path))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(meta.permissions().mode())).at(path)?;
+    let st = fs::metadata(path).at(path)?;
     if (st.uid(), st.gid()) != (meta.uid(), meta.gid()) {
         let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("no NUL");
         // SAFETY: chown on a path we just created.
         if unsafe { libc::chown(c.as_ptr(), meta.uid(), meta.gid()) } != 0 {
-            return Err(io_at(path)(io::Error::last_os_error()));
+            return Err(Err::<(), _>(io::Error::last_os_error())
+                .at(path)
+                .unwrap_err()
+                .into());
         }
     }
     Ok(())
@@ -246,27 +250,7 @@ pub fn copy_owner_and_mode(meta: &fs::Metadata, path: &Path) -> Result<(), Stage
 
 /// fsyncs every file and directory under `dir` (files first, then their directories).
 pub fn make_durable(dir: &Path) -> Result<(), StageError> {
-    let mut dirs = vec![dir.to_path_buf()];
-    let mut i = 0;
-    while i < dirs.len() {
-        let d = dirs[i].clone();
-        for e in fs::read_dir(&d).map_err(io_at(&d))? {
-            let e = e.map_err(io_at(&d))?;
-            let ft = e.file_type().map_err(io_at(&e.path()))?;
-            if ft.is_dir() {
-                dirs.push(e.path());
-            } else if ft.is_file() {
-                fs::File::open(e.path())
-                    .and_then(|f| f.sync_all())
-                    .map_err(io_at(&e.path()))?;
-            }
-        }
-        i += 1;
-    }
-    for d in dirs.iter().rev() {
-        fsync_dir(d).map_err(io_at(d))?;
-    }
-    Ok(())
+    Ok(hostio::fs::fsync_tree(dir)?)
 }
 
 /// The total size of the regular files under `dir`.

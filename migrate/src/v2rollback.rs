@@ -298,7 +298,7 @@ fn rollback_write(
     )?;
     DataDir::new(new).write_version(to)?;
     for dir in ["member/snap", "member/wal", "member", ""] {
-        crate::datadir::fsync_dir(&new.join(dir)).map_err(engine::io_err(new))?;
+        hostio::fs::fsync_dir(&new.join(dir)).map_err(engine::io_err(new))?;
     }
     // The new dir takes the original's mode and owner, like a 3.x rollback.
     std::fs::set_permissions(

@@ -72,7 +72,7 @@ pub async fn fetch_binaries(
             .await
             .with_context(|| format!("fetching etcd {version} for {arch}"))?;
         let binaries = extract::extract(&tarball.path, &tarball.file_name)?;
-        crate::commands::build::check_binaries(&binaries, version, arch, &*reporter)?;
+        crate::pipeline::check_binaries(&binaries, version, arch, &*reporter)?;
         let mut names = Vec::new();
         for b in &binaries {
             let dest = bin_dir.join(format!("{}-{version}", b.name));
@@ -115,8 +115,8 @@ async fn compile_binaries(
     let builder =
         gobuild::Builder::detect(settings.gobuild.builder, &settings.gobuild.golang_version)
             .context("choosing how to compile etcd from source")?;
-    let compiled = gobuild::build_versions(
-        &settings.gobuild,
+    let compiled = crate::pipeline::compile(
+        settings,
         &builder,
         versions,
         arch,
@@ -124,10 +124,7 @@ async fn compile_binaries(
         cache,
         reporter.clone(),
     )
-    .await
-    .map_err(|(version, e)| {
-        anyhow::Error::new(e).context(format!("building etcd {version} for {arch} from source"))
-    })?;
+    .await?;
     let mut out = Vec::new();
     for built in compiled {
         let version = built.version.clone();
@@ -165,6 +162,6 @@ async fn compile_binaries(
 
 /// Writes `bytes` to `dest` by temp file and rename, executable (0777 under the umask).
 fn write_executable(dest: &Path, bytes: &[u8]) -> Result<()> {
-    crate::fetch::cache::write_atomic_mode(dest, bytes, 0o777)
+    hostio::fs::write_atomic_mode(dest, bytes, hostio::fs::EXEC_MODE)
         .with_context(|| format!("writing `{}`", dest.display()))
 }

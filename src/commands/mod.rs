@@ -2,7 +2,6 @@
 
 pub mod build;
 pub mod fetch;
-pub mod index_plan;
 pub mod plan;
 pub mod push;
 pub mod report;

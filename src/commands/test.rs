@@ -33,8 +33,8 @@ use crate::binary::{self, VersionCheck};
 use crate::oci::layout::Layout;
 use crate::oci::{self, unpack, ImageManifest};
 use crate::platform::Arch;
-use crate::process::Cmd;
 use crate::settings::Settings;
+use hostio::process::Cmd;
 
 pub use super::test_report::{Check, TestReport};
 
@@ -69,6 +69,37 @@ pub fn test_image(
         checks: Vec::new(),
     };
 
+    config_checks(&mut report, &config, arch);
+    if let Runtime::Containerd(ctd) = runtime {
+        super::test_containerd::checks(&mut report, settings, arch, layout_dir, ctd)?;
+        return Ok(report);
+    }
+    let root = tempfile::tempdir().context("a temp dir for the rootfs")?;
+    let mut stats = unpack::Unpacked::default();
+    for layer in manifest.layers() {
+        let blob = layer_reader(&layout, layer)?;
+        unpack::apply_layer(&oci::hex(layer), blob, root.path(), &mut stats)?;
+    }
+    let bin = root.path().join(BIN_DIR);
+
+    binary_checks(&mut report, &bin, settings, arch);
+    report.check("migration", migration(&bin, arch, settings));
+    Ok(report)
+}
+
+fn layer_reader<'a>(layout: &Layout, layer: &oci::Descriptor) -> Result<Box<dyn Read + 'a>> {
+    let bytes = layout.read_blob(&oci::hex(layer))?;
+    let gz = layer.media_type().to_string().contains("gzip");
+    Ok(if gz {
+        Box::new(flate2::read::GzDecoder::new(std::io::Cursor::new(bytes)))
+    } else {
+        Box::new(std::io::Cursor::new(bytes))
+    })
+}
+
+/// The config's platform (os, architecture, variant) and env (PATH; ETCD_UNSUPPORTED_ARCH
+/// exactly on the non-amd64 arches).
+fn config_checks(report: &mut TestReport, config: &Value, arch: Arch) {
     let want = (Some("linux"), Some(arch.name()), arch.variant());
     let got = (
         config.get("os").and_then(Value::as_str),
@@ -115,19 +146,10 @@ pub fn test_image(
             ))
         },
     );
+}
 
-    if let Runtime::Containerd(ctd) = runtime {
-        super::test_containerd::checks(&mut report, settings, arch, layout_dir, ctd)?;
-        return Ok(report);
-    }
-    let root = tempfile::tempdir().context("a temp dir for the rootfs")?;
-    let mut stats = unpack::Unpacked::default();
-    for layer in manifest.layers() {
-        let blob = layer_reader(&layout, layer)?;
-        unpack::apply_layer(&oci::hex(layer), blob, root.path(), &mut stats)?;
-    }
-    let bin = root.path().join(BIN_DIR);
-
+/// Every bundled etcd and etcdctl, and the defaults: mode, and the version they report.
+fn binary_checks(report: &mut TestReport, bin: &Path, settings: &Settings, arch: Arch) {
     for v in &settings.bundled {
         for name in ["etcd", "etcdctl"] {
             report.check(
@@ -154,18 +176,6 @@ pub fn test_image(
             ),
         );
     }
-    report.check("migration", migration(&bin, arch, settings));
-    Ok(report)
-}
-
-fn layer_reader<'a>(layout: &Layout, layer: &oci::Descriptor) -> Result<Box<dyn Read + 'a>> {
-    let bytes = layout.read_blob(&oci::hex(layer))?;
-    let gz = layer.media_type().to_string().contains("gzip");
-    Ok(if gz {
-        Box::new(flate2::read::GzDecoder::new(std::io::Cursor::new(bytes)))
-    } else {
-        Box::new(std::io::Cursor::new(bytes))
-    })
 }
 
 fn binary_check(

@@ -13,9 +13,7 @@ use crate::oci;
 use crate::platform::Arch;
 use crate::settings::Settings;
 
-/// The member name the pod command runs as (passed as MIGRATE_ETCD_NAME, which etcd itself does
-/// not read, so the exec'd `etcd --name` meets no conflicting ETCD_NAME).
-const MEMBER: &str = "etcd-image-test";
+pub use crate::pod::{pod_command, pod_env, pod_spec, Member, MEMBER};
 
 /// The containerd a test run uses for every arch: the one at `address`, else a private one
 /// (stopped when dropped).
@@ -195,95 +193,6 @@ fn version_in(
     }
 }
 
-/// One etcd member of a static pod, on loopback ports.
-#[derive(Debug, Clone)]
-pub struct Member {
-    pub name: String,
-    pub client: u16,
-    pub peer: u16,
-    /// `--initial-cluster`; `None`: this member alone.
-    pub cluster: Option<String>,
-}
-
-impl Member {
-    /// A member alone, named [`MEMBER`].
-    pub fn alone(client: u16, peer: u16) -> Member {
-        Member {
-            name: MEMBER.into(),
-            client,
-            peer,
-            cluster: None,
-        }
-    }
-
-    fn peer_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.peer)
-    }
-
-    fn cluster(&self) -> String {
-        self.cluster
-            .clone()
-            .unwrap_or_else(|| format!("{}={}", self.name, self.peer_url()))
-    }
-}
-
-/// The command of a Kubernetes etcd static pod (the manifests' form) for `m`; `errexit` adds
-/// `set -o errexit` in front, as the newer manifests do.
-pub fn pod_command(m: &Member, errexit: bool) -> String {
-    let (c, peer) = (m.client, m.peer_url());
-    let state = if m.cluster.is_some() {
-        // A new multi-member cluster: etcd's default timers, a little shorter for the tests.
-        " --initial-cluster-state new --heartbeat-interval 50 --election-timeout 500"
-    } else {
-        ""
-    };
-    format!(
-        "{}if [ -e /usr/local/bin/migrate-if-needed.sh ]; then /usr/local/bin/migrate-if-needed.sh 1>>/var/log/etcd.log 2>&1; fi; exec /usr/local/bin/etcd --name {} --data-dir /var/etcd/data --listen-client-urls http://127.0.0.1:{c} --advertise-client-urls http://127.0.0.1:{c} --listen-peer-urls {peer} --initial-advertise-peer-urls {peer} --initial-cluster {}{state}",
-        if errexit { "set -o errexit; " } else { "" },
-        m.name,
-        m.cluster(),
-    )
-}
-
-/// The pod's environment for `m`, as the manifests set it.
-pub fn pod_env(m: &Member, target: &Version, arch: Arch) -> Vec<(String, String)> {
-    let mut env = vec![
-        ("TARGET_STORAGE".to_string(), "etcd3".to_string()),
-        ("TARGET_VERSION".into(), target.to_string()),
-        ("DATA_DIRECTORY".into(), "/var/etcd/data".into()),
-        ("MIGRATE_ETCD_NAME".into(), m.name.clone()),
-        ("INITIAL_CLUSTER".into(), m.cluster()),
-        ("LISTEN_PEER_URLS".into(), m.peer_url()),
-        ("INITIAL_ADVERTISE_PEER_URLS".into(), m.peer_url()),
-    ];
-    if arch != Arch::Amd64 {
-        env.push(("ETCD_UNSUPPORTED_ARCH".into(), arch.name().into()));
-    }
-    env
-}
-
-/// The pod spec of `m` on `host` (its `etcd/` and `log/` mounted as /var/etcd and /var/log).
-pub fn pod_spec(
-    image: &str,
-    id: String,
-    host: &Path,
-    m: &Member,
-    target: &Version,
-    arch: Arch,
-    errexit: bool,
-) -> RunSpec {
-    RunSpec {
-        image: image.into(),
-        id,
-        env: pod_env(m, target, arch),
-        mounts: vec![
-            (host.join("etcd"), "/var/etcd".into()),
-            (host.join("log"), "/var/log".into()),
-        ],
-        args: vec!["/bin/sh".into(), "-c".into(), pod_command(m, errexit)],
-    }
-}
-
 /// One HTTP/1.0 request to 127.0.0.1:`port`; the body of a 200 answer.
 fn http(port: u16, method: &str, path: &str, body: &str) -> Option<String> {
     use std::io::{Read, Write};
@@ -342,15 +251,8 @@ fn b64(s: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(s)
 }
 
-/// The static-pod command on a bind-mounted /var/etcd: oldest bundled, then the latest, then
-/// back one minor; each time etcd must serve the target's version and the key written first.
-fn pod_migration(
-    ctd: &Containerd,
-    image: &str,
-    ids: &Ids,
-    settings: &Settings,
-    arch: Arch,
-) -> Result<String, String> {
+/// The targets a pod walks: the oldest bundled version, the latest, and back one minor.
+fn pod_targets(settings: &Settings) -> Result<Vec<semver::Version>, String> {
     let (Some(oldest), latest) = (settings.bundled.iter().min(), &settings.latest) else {
         return Err("no bundled versions".into());
     };
@@ -366,6 +268,55 @@ fn pod_migration(
         }
     }
     targets.dedup();
+    Ok(targets)
+}
+
+/// The pod's etcd is healthy, serves `target`, and the first pod writes the test key that
+/// every later one must still serve.
+fn pod_serves(
+    running: &mut Running,
+    client: u16,
+    target: &semver::Version,
+    first: bool,
+    key: &str,
+    written_at: &semver::Version,
+) -> Result<(), String> {
+    wait_healthy(running, client, Duration::from_secs(90))?;
+    let served = http(client, "GET", "/version", "").unwrap_or_default();
+    if !served.contains(&format!("\"etcdserver\":\"{target}\"")) {
+        return Err(format!("it serves {served}, expected etcdserver {target}"));
+    }
+    if first {
+        let put = format!(
+            r#"{{"key":"{key}","value":"{}"}}"#,
+            b64(&format!("written by etcd {target}"))
+        );
+        http(client, "POST", "/v3/kv/put", &put).ok_or("the test key could not be written")?;
+    } else {
+        let got = http(
+            client,
+            "POST",
+            "/v3/kv/range",
+            &format!(r#"{{"key":"{key}"}}"#),
+        )
+        .unwrap_or_default();
+        if !got.contains("\"kvs\"") {
+            return Err(format!("the key written at {written_at} is gone: {got}"));
+        }
+    }
+    Ok(())
+}
+
+/// The static-pod command on a bind-mounted /var/etcd: oldest bundled, then the latest, then
+/// back one minor; each time etcd must serve the target's version and the key written first.
+fn pod_migration(
+    ctd: &Containerd,
+    image: &str,
+    ids: &Ids,
+    settings: &Settings,
+    arch: Arch,
+) -> Result<String, String> {
+    let targets = pod_targets(settings)?;
     let host = tempfile::tempdir().map_err(|e| e.to_string())?;
     let (etcd_dir, log_dir) = (host.path().join("etcd"), host.path().join("log"));
     for d in [&etcd_dir, &log_dir] {
@@ -373,7 +324,7 @@ fn pod_migration(
     }
     let key = b64("/registry/etcdimg-test");
     for (i, target) in targets.iter().enumerate() {
-        let port = || crate::ports::free_port().map_err(|e| e.to_string());
+        let port = || hostio::ports::free_port().map_err(|e| e.to_string());
         let client = port()?;
         let member = Member::alone(client, port()?);
         let spec = pod_spec(
@@ -387,33 +338,7 @@ fn pod_migration(
         );
         let ctr_log = host.path().join(format!("ctr-{i}.log"));
         let mut running = ctd.start(&spec, &ctr_log).map_err(|e| e.to_string())?;
-        let checked = (|| -> Result<(), String> {
-            wait_healthy(&mut running, client, Duration::from_secs(90))?;
-            let served = http(client, "GET", "/version", "").unwrap_or_default();
-            if !served.contains(&format!("\"etcdserver\":\"{target}\"")) {
-                return Err(format!("it serves {served}, expected etcdserver {target}"));
-            }
-            if i == 0 {
-                let put = format!(
-                    r#"{{"key":"{key}","value":"{}"}}"#,
-                    b64("written by etcd {target}")
-                );
-                http(client, "POST", "/v3/kv/put", &put)
-                    .ok_or("the test key could not be written")?;
-            } else {
-                let got = http(
-                    client,
-                    "POST",
-                    "/v3/kv/range",
-                    &format!(r#"{{"key":"{key}"}}"#),
-                )
-                .unwrap_or_default();
-                if !got.contains("\"kvs\"") {
-                    return Err(format!("the key written at {} is gone: {got}", targets[0]));
-                }
-            }
-            Ok(())
-        })();
+        let checked = pod_serves(&mut running, client, target, i == 0, &key, &targets[0]);
         let stopped = ctd.stop(&mut running, Duration::from_secs(30));
         checked.map_err(|e| {
             format!(
@@ -435,30 +360,4 @@ fn pod_migration(
         "static-pod command: {} served, key kept",
         path.join(" -> ")
     ))
-}
-
-#[cfg(test)]
-mod tests {
-    use crate::ports::free_port;
-    use std::net::TcpListener;
-
-    #[test]
-    fn ports_are_free_distinct_and_below_the_ephemeral_range() {
-        let ports: Vec<u16> = (0..50).map(|_| free_port().unwrap()).collect();
-        let mut unique = ports.clone();
-        unique.sort_unstable();
-        unique.dedup();
-        assert_eq!(unique.len(), ports.len(), "{ports:?}");
-        assert!(
-            ports.iter().all(|&p| (20_000..32_000).contains(&p)),
-            "{ports:?}"
-        );
-        // A port someone listens on is skipped.
-        let next = free_port().unwrap() + 1;
-        let held = TcpListener::bind(("127.0.0.1", next));
-        let after = free_port().unwrap();
-        if held.is_ok() {
-            assert_ne!(after, next);
-        }
-    }
 }

@@ -2,6 +2,7 @@
 //! holds small records that map an input key to blob digests. An entry becomes visible only
 //! after its digest is verified: it is written under `tmp/`, fsynced, then renamed.
 
+use hostio::fs::IoResultExt;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
@@ -22,10 +23,12 @@ pub enum CacheError {
     },
 }
 
-fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CacheError + '_ {
-    move |source| CacheError::Io {
-        path: path.to_path_buf(),
-        source,
+impl From<hostio::fs::PathError> for CacheError {
+    fn from(e: hostio::fs::PathError) -> Self {
+        CacheError::Io {
+            path: e.path,
+            source: e.source,
+        }
     }
 }
 
@@ -87,7 +90,7 @@ impl Cache {
         };
         for sub in ["blobs/sha256", "tmp", "refs"] {
             let dir = root.join(sub);
-            fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+            fs::create_dir_all(&dir).at(&dir)?;
         }
         Ok(Cache { root })
     }
@@ -111,7 +114,7 @@ impl Cache {
         let Some(path) = self.get(hex_digest) else {
             return Ok(None);
         };
-        let actual = sha256_file(&path).map_err(io_err(&path))?;
+        let actual = sha256_file(&path).at(&path)?;
         if actual == hex_digest {
             Ok(Some(path))
         } else {
@@ -127,9 +130,7 @@ impl Cache {
     /// Starts writing a new blob under `tmp/`.
     pub fn pending(&self) -> Result<PendingBlob, CacheError> {
         let dir = self.root.join("tmp");
-        let named = temp_builder("blob-")
-            .tempfile_in(&dir)
-            .map_err(io_err(&dir))?;
+        let named = hostio::fs::temp_file_in(&dir, "blob-", hostio::fs::FILE_MODE).at(&dir)?;
         let (file, path) = named.into_parts();
         Ok(PendingBlob {
             file,
@@ -147,14 +148,14 @@ impl Cache {
         expected: Option<&str>,
     ) -> Result<Result<String, String>, CacheError> {
         let mut pending = pending;
-        pending.file.flush().map_err(io_err(&pending.path))?;
+        pending.file.flush().at(&pending.path)?;
         let actual = pending.digest();
         if let Some(expected) = expected {
             if expected != actual {
                 return Ok(Err(actual));
             }
         }
-        pending.file.sync_all().map_err(io_err(&pending.path))?;
+        pending.file.sync_all().at(&pending.path)?;
         let dest = self.blob_path(&actual);
         pending.path.persist(&dest).map_err(|e| CacheError::Io {
             path: dest.clone(),
@@ -170,7 +171,7 @@ impl Cache {
             return Ok(hex_digest);
         }
         let mut pending = self.pending()?;
-        pending.write_all(bytes).map_err(io_err(&self.root))?;
+        pending.write_all(bytes).at(&self.root)?;
         Ok(self.commit(pending, None)?.expect("no expectation"))
     }
 
@@ -195,59 +196,18 @@ impl Cache {
         notify: &dyn Fn(&str),
     ) -> Result<crate::lockfile::Held, CacheError> {
         let dir = self.root.join("locks");
-        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        fs::create_dir_all(&dir).at(&dir)?;
         let name = format!("{kind}-{}", &sha256_hex(key.as_bytes())[..32]);
-        Ok(crate::lockfile::acquire(
-            &dir.join(name),
-            what,
-            crate::lockfile::default_timeout(),
-            notify,
-        )?)
+        Ok(crate::lockfile::acquire(&dir.join(name), what, notify)?)
     }
 
     /// Writes a record atomically (temp, fsync, rename).
     pub fn put_ref(&self, kind: &str, key: &str, value: &str) -> Result<(), CacheError> {
         let path = self.ref_path(kind, key);
         let dir = path.parent().expect("ref has a parent");
-        fs::create_dir_all(dir).map_err(io_err(dir))?;
-        write_atomic(&path, value.as_bytes()).map_err(io_err(&path))
+        fs::create_dir_all(dir).at(dir)?;
+        Ok(hostio::fs::write_atomic(&path, value.as_bytes()).at(&path)?)
     }
-}
-
-/// A temp-file builder whose files get the mode an ordinary `open` would give (0666 less the
-/// umask), not tempfile's 0600: the file keeps that mode when it is renamed into place, so a
-/// layout or cache written by root is readable by the user who pushes or serves it.
-pub fn temp_builder(prefix: &str) -> tempfile::Builder<'_, 'static> {
-    use std::os::unix::fs::PermissionsExt;
-    let mut b = tempfile::Builder::new();
-    b.prefix(prefix)
-        .permissions(fs::Permissions::from_mode(0o666));
-    b
-}
-
-/// Writes `bytes` to `path` atomically: temp file beside it, fsync, rename, fsync the directory.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    write_atomic_mode(path, bytes, 0o666)
-}
-
-/// [`write_atomic`] with the file created as `mode` under the umask (0o777 for an executable,
-/// as a compiler or `cp` of one would make it).
-pub fn write_atomic_mode(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let mut tmp = temp_builder(".tmp-")
-        .permissions(fs::Permissions::from_mode(mode))
-        .tempfile_in(dir)?;
-    tmp.write_all(bytes)?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
 }
 
 /// The hex sha256 of a file's contents.

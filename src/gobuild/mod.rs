@@ -30,8 +30,8 @@ use crate::binary;
 use crate::fetch::cache::{sha256_hex, Cache};
 use crate::fetch::extract::Binary;
 use crate::platform::Arch;
-use crate::process::{Cmd, ProcessError};
 use crate::report::Reporter;
+use hostio::process::{Cmd, ProcessError};
 pub use source::SourceSpec;
 
 /// Bumped when the way binaries are built changes, so that old cache entries are not reused.

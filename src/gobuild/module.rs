@@ -36,8 +36,8 @@ use sha2::{Digest, Sha256};
 
 use super::{GoBuildError, Recipe};
 use crate::fetch::cache::{sha256_file, sha256_hex, Cache};
-use crate::process::Cmd;
 use crate::report::Reporter;
+use hostio::process::Cmd;
 
 /// Bumped when the tree's layout changes.
 const TREE_FORMAT: &str = "etcdimg-module-tree-v1";

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::fetch::cache::sha256_hex;
-use crate::process::{Cmd, ProcessError};
+use hostio::process::{Cmd, ProcessError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PatchError {

@@ -13,8 +13,8 @@ use semver::Version;
 use super::GoBuildError;
 use crate::fetch::cache::{sha256_hex, Cache};
 use crate::fetch::http::Http;
-use crate::process::Cmd;
 use crate::report::Reporter;
+use hostio::process::Cmd;
 
 /// Where a version's source comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -24,7 +24,7 @@ pub fn write(dest: &Path, image: &ArchiveImage<'_>, mtime: u64) -> io::Result<()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
-    let tmp = crate::fetch::cache::temp_builder(".tmp-").tempfile_in(dir)?;
+    let tmp = hostio::fs::temp_file_in(dir, ".tmp-", hostio::fs::FILE_MODE)?;
     {
         let mut tar = tar::Builder::new(io::BufWriter::new(tmp.as_file()));
         tar.mode(tar::HeaderMode::Deterministic);

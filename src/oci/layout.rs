@@ -9,6 +9,7 @@
 //! ([`crate::lockfile`]). Blobs need no lock: they are content-addressed and renamed into place.
 //! Readers need none either: `index.json` only ever changes by rename.
 
+use hostio::fs::IoResultExt;
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
@@ -17,7 +18,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest as _, Sha256};
 
 use super::{canonical_json, hex, Descriptor, ImageIndex, MediaType};
-use crate::fetch::cache::write_atomic;
+use hostio::fs::write_atomic;
 
 pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
 /// The lock file that serialises `index.json` updates (inside the layout).
@@ -53,10 +54,12 @@ pub enum LayoutError {
     },
 }
 
-fn io_at(path: &Path) -> impl FnOnce(io::Error) -> LayoutError + '_ {
-    move |source| LayoutError::Io {
-        path: path.to_path_buf(),
-        source,
+impl From<hostio::fs::PathError> for LayoutError {
+    fn from(e: hostio::fs::PathError) -> Self {
+        LayoutError::Io {
+            path: e.path,
+            source: e.source,
+        }
     }
 }
 
@@ -68,10 +71,10 @@ impl Layout {
     /// Opens the layout at `dir`, creating an empty one if the directory has none.
     pub fn create(dir: &Path) -> Result<Layout, LayoutError> {
         let blobs = dir.join("blobs/sha256");
-        fs::create_dir_all(&blobs).map_err(io_at(&blobs))?;
+        fs::create_dir_all(&blobs).at(&blobs)?;
         let marker = dir.join("oci-layout");
         if !marker.exists() {
-            write_atomic(&marker, br#"{"imageLayoutVersion":"1.0.0"}"#).map_err(io_at(&marker))?;
+            write_atomic(&marker, br#"{"imageLayoutVersion":"1.0.0"}"#).at(&marker)?;
         }
         let index = dir.join("index.json");
         if !index.exists() {
@@ -81,7 +84,7 @@ impl Layout {
                 .manifests(Vec::new())
                 .build()
                 .expect("valid empty index");
-            write_atomic(&index, &canonical_json(&empty)).map_err(io_at(&index))?;
+            write_atomic(&index, &canonical_json(&empty)).at(&index)?;
         }
         Ok(Layout {
             root: dir.to_path_buf(),
@@ -120,7 +123,7 @@ impl Layout {
         let hex = crate::fetch::cache::sha256_hex(bytes);
         if !self.has_blob(&hex, bytes.len() as u64) {
             let path = self.blob_path(&hex);
-            write_atomic(&path, bytes).map_err(io_at(&path))?;
+            write_atomic(&path, bytes).at(&path)?;
         }
         Ok(hex)
     }
@@ -131,19 +134,17 @@ impl Layout {
             return Ok(());
         }
         let dir = self.root.join("blobs/sha256");
-        let mut input = File::open(src).map_err(io_at(src))?;
-        let mut tmp = crate::fetch::cache::temp_builder(".tmp-")
-            .tempfile_in(&dir)
-            .map_err(io_at(&dir))?;
+        let mut input = File::open(src).at(src)?;
+        let mut tmp = hostio::fs::temp_file_in(&dir, ".tmp-", hostio::fs::FILE_MODE).at(&dir)?;
         let mut hasher = Sha256::new();
         let mut buf = vec![0u8; 1 << 20];
         loop {
-            let n = input.read(&mut buf).map_err(io_at(src))?;
+            let n = input.read(&mut buf).at(src)?;
             if n == 0 {
                 break;
             }
             hasher.update(&buf[..n]);
-            tmp.write_all(&buf[..n]).map_err(io_at(&dir))?;
+            tmp.write_all(&buf[..n]).at(&dir)?;
         }
         let actual = ::hex::encode(hasher.finalize());
         if actual != hex {
@@ -153,7 +154,7 @@ impl Layout {
                 actual,
             });
         }
-        tmp.as_file().sync_all().map_err(io_at(&dir))?;
+        tmp.as_file().sync_all().at(&dir)?;
         let dest = self.blob_path(hex);
         tmp.persist(&dest).map_err(|e| LayoutError::Io {
             path: dest.clone(),
@@ -165,7 +166,7 @@ impl Layout {
     /// Reads a blob and checks that it hashes to its name.
     pub fn read_blob(&self, hex: &str) -> Result<Vec<u8>, LayoutError> {
         let path = self.blob_path(hex);
-        let bytes = fs::read(&path).map_err(io_at(&path))?;
+        let bytes = fs::read(&path).at(&path)?;
         let actual = crate::fetch::cache::sha256_hex(&bytes);
         if actual != hex {
             return Err(LayoutError::CorruptBlob {
@@ -179,7 +180,7 @@ impl Layout {
 
     pub fn read_index(&self) -> Result<ImageIndex, LayoutError> {
         let path = self.root.join("index.json");
-        let bytes = fs::read(&path).map_err(io_at(&path))?;
+        let bytes = fs::read(&path).at(&path)?;
         serde_json::from_slice(&bytes).map_err(|e| LayoutError::BadJson {
             path,
             message: e.to_string(),
@@ -245,7 +246,6 @@ impl Layout {
         let _held = crate::lockfile::acquire(
             &self.root.join(LOCK_FILE),
             &format!("`{}`", self.root.join("index.json").display()),
-            crate::lockfile::default_timeout(),
             notify,
         )?;
         let mut index = self.read_index()?;
@@ -278,7 +278,7 @@ impl Layout {
         });
         index.set_manifests(manifests);
         let path = self.root.join("index.json");
-        write_atomic(&path, &canonical_json(&index)).map_err(io_at(&path))?;
+        write_atomic(&path, &canonical_json(&index)).at(&path)?;
         Ok(true)
     }
 

@@ -63,9 +63,7 @@ fn domain(s: &str) -> bool {
         None => (s, None),
     };
     host.split('.').all(domain_component)
-        && port.map_or(true, |p| {
-            !p.is_empty() && p.chars().all(|c| c.is_ascii_digit())
-        })
+        && port.is_none_or(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()))
 }
 
 /// `[\w][\w.-]{0,127}` with ASCII `\w`.

@@ -66,9 +66,9 @@ mod tree;
 #[allow(unused_imports)]
 pub use tree::tree_bytes;
 
-/// A free loopback port (see [`etcdimg::ports`]).
+/// A free loopback port (see [`hostio::ports`]).
 pub fn free_port() -> u16 {
-    etcdimg::ports::free_port().expect("a free loopback port")
+    hostio::ports::free_port().expect("a free loopback port")
 }
 
 pub fn wait_for_port(port: u16, what: &str) {

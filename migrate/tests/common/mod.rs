@@ -10,12 +10,9 @@ use std::process::{Child, Command, Output, Stdio};
 use base64::Engine;
 use std::time::{Duration, Instant};
 
-#[path = "../../../src/ports.rs"]
-mod ports;
-
-/// A free loopback port (see etcdimg's `ports`).
+/// A free loopback port (see `hostio::ports`).
 pub fn free_port() -> u16 {
-    ports::free_port().expect("a free loopback port")
+    hostio::ports::free_port().expect("a free loopback port")
 }
 
 pub struct Etcd {

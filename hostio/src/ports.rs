@@ -1,6 +1,4 @@
-//! Loopback ports for the etcd servers that `etcdimg test` and the test suites start. This
-//! file stands alone (no crate imports): migrate's tests include it by path. Its unit test is
-//! in `commands::test_containerd`, so that it runs once, not in every migrate test binary.
+//! Loopback ports for the etcd servers that `etcdimg test`, `migrate` and the test suites start.
 
 use std::net::TcpListener;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -34,6 +32,31 @@ pub fn free_port() -> std::io::Result<u16> {
         let port = (FIRST + (offset + n) % SPAN) as u16;
         if TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return Ok(port);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_are_free_distinct_and_below_the_ephemeral_range() {
+        let ports: Vec<u16> = (0..50).map(|_| free_port().unwrap()).collect();
+        let mut unique = ports.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), ports.len(), "{ports:?}");
+        assert!(
+            ports.iter().all(|&p| (20_000..32_000).contains(&p)),
+            "{ports:?}"
+        );
+        // A port someone listens on is skipped.
+        let next = free_port().unwrap() + 1;
+        let held = TcpListener::bind(("127.0.0.1", next));
+        let after = free_port().unwrap();
+        if held.is_ok() {
+            assert_ne!(after, next);
         }
     }
 }

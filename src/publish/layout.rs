@@ -1,6 +1,6 @@
 //! The release as the OCI layout holds it: each arch's image read back and checked, the
-//! index over them, and where each goes. What `push`, `report` and `plan` share, so that
-//! those verbs depend on this module and never on each other.
+//! index over them, and where each goes; and the options of a push. What `push`, `report`
+//! and `plan` share, so that those verbs depend on this module and never on each other.
 //!
 //! Reads the layout and the docker config; never writes, and never talks to a registry
 //! (a [`Pusher`] is made here, but used by the callers).
@@ -10,11 +10,11 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use serde_json::Value;
 
-use super::build::BuildOptions;
 use crate::fetch::cache::sha256_hex;
 use crate::oci;
 use crate::oci::index::{self, ManifestFormat};
 use crate::oci::layout::Layout;
+use crate::pipeline::BuildOptions;
 use crate::platform::Arch;
 use crate::registry::push::{LocalBlob, LocalManifest, Pusher};
 use crate::registry::{parse_base, reference, BaseRef, RegistryError};
@@ -52,7 +52,7 @@ impl Target {
     }
 }
 
-fn target(image: &str) -> Result<Target> {
+pub(crate) fn target(image: &str) -> Result<Target> {
     let r = reference::parse(image).map_err(|message| RegistryError::BadReference {
         reference: image.into(),
         message,
@@ -99,7 +99,10 @@ pub(crate) struct ArchImage {
 }
 
 /// The build record named by a layout entry's annotation, if it has one.
-fn read_record(layout: &Layout, desc: &oci::Descriptor) -> Result<Option<release::BuildRecord>> {
+pub(crate) fn read_record(
+    layout: &Layout,
+    desc: &oci::Descriptor,
+) -> Result<Option<release::BuildRecord>> {
     let Some(digest) = desc
         .annotations()
         .as_ref()

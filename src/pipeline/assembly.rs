@@ -1,0 +1,128 @@
+//! Stage 6, assemble: the image config (the base's, plus env and labels) and manifest as
+//! canonical JSON, and the build record (where every input came from; the release report's
+//! input).
+//!
+//! Guarantees: the same inputs give the same bytes (canonical JSON, no timestamps but
+//! SOURCE_DATE_EPOCH); digests are computed here, once.
+
+use std::collections::BTreeMap;
+
+use anyhow::Result;
+
+use crate::gobuild;
+use crate::oci::image::{self, AddedLayer, ImageSpec};
+use crate::oci::layer::LayerDigests;
+use crate::oci::{self, gzip};
+use crate::platform::Arch;
+use crate::registry::{self};
+use crate::release;
+
+use super::context::*;
+
+/// Stage 6, assemble: the image config (the base's, plus env and labels) and manifest, as
+/// canonical JSON.
+pub(crate) fn assemble(
+    plan: &BuildPlan<'_>,
+    base: &registry::BaseImage,
+    layers: &[(LayerDigests, String, bool)],
+) -> Result<image::BuiltImage> {
+    let (settings, arch) = (plan.settings, plan.arch);
+    let created = image::rfc3339(plan.mtime);
+    let bundled: Vec<String> = settings.bundled.iter().map(|v| v.to_string()).collect();
+    let labels: BTreeMap<String, String> = [
+        ("org.opencontainers.image.title", "etcd".to_string()),
+        ("org.opencontainers.image.version", settings.tag()),
+        ("org.opencontainers.image.created", created.clone()),
+        ("org.opencontainers.image.base.name", base.name.clone()),
+        (
+            "org.opencontainers.image.base.digest",
+            format!("sha256:{}", base.manifest_digest),
+        ),
+        ("dev.etcdimg.etcd.version", settings.latest.to_string()),
+        ("dev.etcdimg.etcd.bundled", bundled.join(",")),
+        ("dev.etcdimg.revision", settings.revision.clone()),
+        ("dev.etcdimg.compression", gzip::description()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let mut env = Vec::new();
+    if arch != Arch::Amd64 {
+        // As the Makefile did for every non-amd64 arch: etcd refuses to start on arches it
+        // calls unsupported unless this is set.
+        env.push(("ETCD_UNSUPPORTED_ARCH".to_string(), arch.name().to_string()));
+    }
+    let spec = ImageSpec {
+        base_config: base.config.clone(),
+        base_layers: base
+            .layers
+            .iter()
+            .map(|l| {
+                let mut d = l.descriptor.clone();
+                d.set_media_type(oci::oci_layer_media_type(d.media_type()));
+                d.set_annotations(None);
+                d.set_urls(None);
+                d
+            })
+            .collect(),
+        added: layers
+            .iter()
+            .map(|(d, content, _)| AddedLayer {
+                digests: d.clone(),
+                created_by: format!("etcdimg: {content}"),
+            })
+            .collect(),
+        arch,
+        env,
+        labels: labels.clone(),
+        annotations: labels,
+        exposed_ports: vec![2379, 2380, 4001, 7001],
+        created,
+    };
+    Ok(image::build(&spec)?)
+}
+
+/// The build record of an image: where every input came from (the release report's input).
+pub(crate) fn build_record(
+    plan: &BuildPlan<'_>,
+    base: &registry::BaseImage,
+    built: &image::BuiltImage,
+    tarballs: &[TarballReport],
+    compiles: &[gobuild::CompileReport],
+    migrate_sha256: &str,
+    layers: &[LayerReport],
+) -> release::BuildRecord {
+    release::BuildRecord {
+        arch: plan.arch.to_string(),
+        manifest_digest: format!("sha256:{}", built.manifest_digest),
+        config_digest: format!("sha256:{}", built.config_digest),
+        provenance: release::Provenance {
+            platform: oci::platform_string(&oci::platform_for(plan.arch)),
+            base: release::Base {
+                name: base.name.clone(),
+                digest: format!("sha256:{}", base.manifest_digest),
+            },
+            upstream: tarballs
+                .iter()
+                .map(|t| release::Upstream {
+                    version: t.version.clone(),
+                    url: t.url.clone(),
+                    sha256: t.sha256.clone(),
+                })
+                .collect(),
+            compiles: compiles.iter().map(|c| c.build.clone()).collect(),
+            migrate_sha256: migrate_sha256.to_string(),
+            compression: gzip::description(),
+            binary_mode: format!("{:o}", plan.mode),
+            source_date_epoch: plan.mtime,
+            layers: layers
+                .iter()
+                .map(|l| release::Layer {
+                    digest: l.digest.clone(),
+                    size: l.size,
+                    content: l.content.clone(),
+                })
+                .collect(),
+        },
+    }
+}
