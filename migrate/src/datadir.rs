@@ -69,7 +69,11 @@ impl DataDir {
     /// [`DataDir::clear_stale_temps`]).
     pub fn is_empty(&self) -> Result<bool, DataDirError> {
         match fs::read_dir(&self.path) {
-            Ok(mut entries) => Ok(entries.next().is_none()),
+            // migrate's own work area, and what a new filesystem mounted at the data dir has.
+            Ok(entries) => Ok(entries.flatten().all(|e| {
+                let name = e.file_name();
+                name == crate::engine::WORK_DIR || name == "lost+found"
+            })),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(true),
             Err(e) => Err(DataDirError::Io {
                 path: self.path.clone(),

@@ -2,24 +2,32 @@
 //! both share.
 //!
 //! Neither step lets etcd open the data dir for the change itself. Each builds a verified copy
-//! beside it and swaps it in by rename:
-//! - **upgrade** ([`upgrade`]): stage a copy at `.<name>.migrate-new` (hard links for the files
-//!   etcd never rewrites, see [`crate::stage`]), run the new etcd on the copy, stop it, compare
-//!   the copy's backend fingerprint with the original's ([`crate::backend`], read offline),
-//!   write version.txt into the copy, swap;
+//! of `member/` in the work area `<data dir>/.migrate/` and swaps it in by rename:
+//! - **upgrade** ([`upgrade`]): stage a copy at `.migrate/new` (hard links for the files etcd
+//!   never rewrites, see [`crate::stage`]), run the new etcd on the copy, stop it, compare the
+//!   copy's backend fingerprint with the original's ([`crate::backend`], read offline), swap;
 //! - **rollback** ([`rollback`]): restore the original's bbolt file (a cleanly stopped member's
-//!   backend is a snapshot) with the target's tool into `.<name>.migrate-new`, run the target
-//!   etcd on it, stop it, compare fingerprints, write version.txt, swap.
+//!   backend is a snapshot) with the target's tool into `.migrate/new`, run the target etcd on
+//!   it, stop it, compare fingerprints, swap.
+//!
+//! Everything lives inside the data dir, on its own filesystem: a data dir that is a mount
+//! point (a PV, a hostPath, a tmpfs) works like any other, the parent is never written (it may
+//! be read-only, or the container's own rootfs), and the data dir itself is never renamed. Only
+//! `member/` is swapped; other entries of the data dir (`lost+found` on a fresh filesystem) stay
+//! as they are.
 //!
 //! Before either, [`settle`] makes sure the backend holds everything: a data dir left by an
 //! etcd that crashed can hold requests only its WAL has, or an unfinished compaction, and the
 //! data's own etcd applies them first (a clean stop leaves none, and then no etcd is started
 //! for the "before" side at all).
 //!
-//! The swap ([`swap_in`]) writes a journal `.<name>.migrate-journal` first, then renames the
-//! data dir aside (`.<name>.migrate-old`) and the copy into its place. A crash anywhere converges
-//! on rerun ([`recover`]): no journal means the copy is scratch and is removed; a journal means
-//! version.txt decides whether the swap happened (clean up) or not (put the original back).
+//! The swap ([`swap_in`]) writes a journal `.migrate/journal` first, then renames `member/`
+//! aside (`.migrate/old-member`) and the copy's `member/` into its place, then writes
+//! version.txt. A crash anywhere converges on rerun ([`recover`]): no journal means the work
+//! area holds scratch, which is removed; with a journal, the two member directories say where
+//! the swap stopped: no `member/` (put the original back), both (the swap happened: write
+//! version.txt), no set-aside original (nothing moved yet). Data left by migrates before this
+//! layout (`.<name>.migrate-*` beside the data dir) is recovered as they would have.
 
 use std::fs;
 use std::io;
@@ -39,28 +47,67 @@ use hostio::fs::fsync_dir;
 
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
 
-/// Aborts the process at `stage` when `ETCDIMG_MIGRATE_FAILPOINT` names it (tests kill here).
+/// Test hook (feature `test-hooks`): aborts the process at `stage` when
+/// `ETCDIMG_MIGRATE_FAILPOINT` names it (tests kill here), or panics there when it says
+/// `panic:<stage>`.
+#[cfg(feature = "test-hooks")]
 pub fn failpoint(stage: &str) {
-    if std::env::var("ETCDIMG_MIGRATE_FAILPOINT").as_deref() == Ok(stage) {
-        log(&format!("failpoint `{stage}`: aborting"));
-        std::process::abort();
+    match std::env::var("ETCDIMG_MIGRATE_FAILPOINT") {
+        Ok(v) if v == stage => {
+            log(&format!("failpoint `{stage}`: aborting"));
+            std::process::abort();
+        }
+        Ok(v) if v.strip_prefix("panic:") == Some(stage) => {
+            panic!("failpoint `{stage}`");
+        }
+        _ => {}
     }
 }
 
-/// The files a step keeps beside `data_dir` (same filesystem, so renames are atomic).
+/// Without the tests' hooks: nothing.
+#[cfg(not(feature = "test-hooks"))]
+#[inline(always)]
+pub fn failpoint(_stage: &str) {}
+
+/// Where a step keeps its work: `.migrate/` inside the data dir (the same filesystem as
+/// `member/`, so every rename is atomic, whatever is mounted where).
 pub struct Sidecar {
+    /// `<data>/.migrate`.
+    pub dir: PathBuf,
     pub journal: PathBuf,
-    /// Upgrade: the copy of the data taken before the new etcd opens it.
+    /// etcd2 steps: `member/` and version.txt as they were before the step.
     pub backup: PathBuf,
     backup_tmp: PathBuf,
-    /// Rollback: the snapshot, the restored dir, and the original set aside during the swap.
+    /// Rollback: the snapshot; every step: the new data dir (its `member/` is swapped in) and the
+    /// original `member/` set aside during the swap.
     snapshot: PathBuf,
     pub(crate) new: PathBuf,
     old: PathBuf,
+    /// Before this layout: the sidecars lived beside the data dir and the whole dir was swapped.
+    legacy: bool,
 }
+
+/// The work area's name inside the data dir.
+pub const WORK_DIR: &str = ".migrate";
 
 impl Sidecar {
     pub fn for_dir(data_dir: &Path) -> Sidecar {
+        let dir = data_dir.join(WORK_DIR);
+        Sidecar {
+            journal: dir.join("journal"),
+            backup: dir.join("backup"),
+            backup_tmp: dir.join("backup.tmp"),
+            snapshot: dir.join("snapshot.db"),
+            new: dir.join("new"),
+            old: dir.join("old-member"),
+            dir,
+            legacy: false,
+        }
+    }
+
+    /// The sidecars of migrates before the in-dir layout: `.<name>.migrate-*` beside the data
+    /// dir (read for recovery only).
+    pub fn legacy(data_dir: &Path) -> Sidecar {
         let parent = data_dir.parent().unwrap_or(Path::new("."));
         let name = data_dir
             .file_name()
@@ -68,12 +115,23 @@ impl Sidecar {
             .unwrap_or_else(|| "data".into());
         let at = |suffix: &str| parent.join(format!(".{name}.migrate-{suffix}"));
         Sidecar {
+            dir: parent.to_path_buf(),
             journal: at("journal"),
             backup: at("backup"),
             backup_tmp: at("backup.tmp"),
             snapshot: at("snapshot.db"),
             new: at("new"),
             old: at("old"),
+            legacy: true,
+        }
+    }
+
+    /// Creates the work area (mode 0700 under the umask: it holds copies of the data).
+    pub fn ensure(&self) -> Result<(), MigrateError> {
+        use std::os::unix::fs::DirBuilderExt;
+        match fs::DirBuilder::new().mode(0o700).create(&self.dir) {
+            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(io_err(&self.dir)(e)),
+            _ => Ok(()),
         }
     }
 }
@@ -119,8 +177,37 @@ pub(crate) fn remove_tree(path: &Path) -> Result<(), MigrateError> {
     }
 }
 
-/// Puts the backup back as the data dir (the data dir's current content is discarded).
+/// Puts the backup back: its `member/` in place of the data dir's, its version.txt (the data
+/// dir's current `member/` is discarded).
 fn restore_backup(data_dir: &Path, side: &Sidecar) -> Result<(), MigrateError> {
+    if side.legacy {
+        return legacy_restore_backup(data_dir, side);
+    }
+    let discard = side.dir.join("discard");
+    remove_tree(&discard)?;
+    let member = data_dir.join("member");
+    if member.exists() {
+        fs::rename(&member, &discard).map_err(io_err(&member))?;
+    }
+    let saved = side.backup.join("member");
+    if saved.exists() {
+        fs::rename(&saved, &member).map_err(io_err(&saved))?;
+    }
+    match fs::read(side.backup.join(crate::datadir::VERSION_FILE)) {
+        Ok(text) => {
+            let path = data_dir.join(crate::datadir::VERSION_FILE);
+            hostio::fs::write_atomic(&path, &text).map_err(io_err(&path))?;
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err(&side.backup)(e)),
+    }
+    fsync_dir(data_dir).map_err(io_err(data_dir))?;
+    remove_tree(&discard)?;
+    remove_tree(&side.backup)
+}
+
+/// [`restore_backup`] for the legacy layout: the backup dir replaces the whole data dir.
+fn legacy_restore_backup(data_dir: &Path, side: &Sidecar) -> Result<(), MigrateError> {
     let discard = data_dir.with_extension("migrate-discard");
     remove_tree(&discard)?;
     if data_dir.exists() {
@@ -144,17 +231,31 @@ pub(crate) fn log_dir() -> Result<tempfile::TempDir, MigrateError> {
         })
 }
 
-/// Copies the data dir to the backup beside it (temp name, fsync, rename); `{stage}-backup-copied`
-/// is the failpoint between the copy and the rename.
+/// Copies the data dir's `member/` and version.txt into the backup in the work area (temp
+/// name, fsync, rename); `{stage}-backup-copied` is the failpoint between the copy and the
+/// rename.
 pub(crate) fn take_backup(
     options: &Options,
     side: &Sidecar,
     stage: &str,
 ) -> Result<(), MigrateError> {
+    side.ensure()?;
     remove_tree(&side.backup_tmp)?;
-    copy_tree(&options.data_dir, &side.backup_tmp)?;
+    remove_tree(&side.backup)?;
+    fs::create_dir(&side.backup_tmp).map_err(io_err(&side.backup_tmp))?;
+    let member = options.data_dir.join("member");
+    if member.exists() {
+        copy_tree(&member, &side.backup_tmp.join("member"))?;
+    }
+    let version = options.data_dir.join(crate::datadir::VERSION_FILE);
+    if version.exists() {
+        let to = side.backup_tmp.join(crate::datadir::VERSION_FILE);
+        hostio::fs::copy_atomic(&version, &to).map_err(io_err(&to))?;
+    }
+    fsync_dir(&side.backup_tmp).map_err(io_err(&side.backup_tmp))?;
     failpoint(&format!("{stage}-backup-copied"));
-    fs::rename(&side.backup_tmp, &side.backup).map_err(io_err(&side.backup))
+    fs::rename(&side.backup_tmp, &side.backup).map_err(io_err(&side.backup))?;
+    fsync_dir(&side.dir).map_err(io_err(&side.dir))
 }
 
 /// A failed step: the backup goes back over the data dir, and the journal goes.
@@ -165,43 +266,27 @@ pub(crate) fn abandon(options: &Options, side: &Sidecar) -> Result<(), MigrateEr
 }
 
 /// A recorded step: the journal, then the backup, go.
-pub(crate) fn finish(options: &Options, side: &Sidecar) -> Result<(), MigrateError> {
+pub(crate) fn finish(_options: &Options, side: &Sidecar) -> Result<(), MigrateError> {
     fs::remove_file(&side.journal).map_err(io_err(&side.journal))?;
     remove_tree(&side.backup)?;
-    if let Some(parent) = options.data_dir.parent() {
-        fsync_dir(parent).map_err(io_err(parent))?;
-    }
-    Ok(())
+    fsync_dir(&side.dir).map_err(io_err(&side.dir))
 }
 
-/// Finishes or undoes a step interrupted by a crash, before anything else runs.
+/// Finishes or undoes a step interrupted by a crash, before anything else runs: first what a
+/// migrate before the in-dir layout left beside the data dir, then the work area.
 pub fn recover(options: &Options, data_dir: &DataDir) -> Result<(), MigrateError> {
-    let side = Sidecar::for_dir(&options.data_dir);
+    recover_in(options, data_dir, &Sidecar::legacy(&options.data_dir))?;
+    recover_in(options, data_dir, &Sidecar::for_dir(&options.data_dir))
+}
+
+fn recover_in(options: &Options, data_dir: &DataDir, side: &Sidecar) -> Result<(), MigrateError> {
+    if !side.legacy && !side.dir.exists() {
+        return Ok(());
+    }
     remove_tree(&side.backup_tmp)?;
     let journal = match fs::read_to_string(&side.journal) {
         Ok(text) => text,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            // Without a journal nothing irreversible is under way: leftovers are copies, or
-            // the original of a swap that finished (the journal goes before the original).
-            if !options.data_dir.exists() && side.old.exists() {
-                // Cannot happen after a swap (the journal outlives the renames), but if the
-                // data dir is missing the original is the one thing to keep.
-                log("the data dir is missing and a set-aside original exists; putting it back");
-                fs::rename(&side.old, &options.data_dir).map_err(io_err(&side.old))?;
-            }
-            if side.backup.exists()
-                || side.new.exists()
-                || side.snapshot.exists()
-                || side.old.exists()
-            {
-                log("removing copies left by an interrupted run");
-                remove_tree(&side.backup)?;
-                remove_tree(&side.new)?;
-                remove_tree(&side.old)?;
-                let _ = fs::remove_file(&side.snapshot);
-            }
-            return Ok(());
-        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return remove_scratch(options, side),
         Err(e) => return Err(io_err(&side.journal)(e)),
     };
     let record: Value = serde_json::from_str(&journal).map_err(|e| MigrateError::Journal {
@@ -217,14 +302,19 @@ pub fn recover(options: &Options, data_dir: &DataDir) -> Result<(), MigrateError
             message: "no target version".into(),
         })?;
     let step = record.get("step").and_then(Value::as_str).unwrap_or("step");
+    let storage = match record.get("storage").and_then(Value::as_str) {
+        Some("etcd2") => Storage::Etcd2,
+        _ => Storage::Etcd3,
+    };
     // Rollbacks always swap; upgrades swap since the working-copy engine (older journals of
     // upgrades and every etcd2 conversion name a backup instead).
     if step == "rollback" || record.get("method").and_then(Value::as_str) == Some("swap") {
-        let storage = match record.get("storage").and_then(Value::as_str) {
-            Some("etcd2") => Storage::Etcd2,
-            _ => Storage::Etcd3,
-        };
-        recover_swap(options, step, &VersionPair::new(to, storage))?;
+        let to = VersionPair::new(to, storage);
+        if side.legacy {
+            legacy_recover_swap(options, step, &to, side)?;
+        } else {
+            recover_swap(options, step, &to, side)?;
+        }
         fs::remove_file(&side.journal).map_err(io_err(&side.journal))?;
         return Ok(());
     }
@@ -237,7 +327,7 @@ pub fn recover(options: &Options, data_dir: &DataDir) -> Result<(), MigrateError
         log(&format!(
             "an upgrade to {to} was interrupted; restoring the data dir from its backup and starting the step again"
         ));
-        restore_backup(&options.data_dir, &side)?;
+        restore_backup(&options.data_dir, side)?;
     } else {
         return Err(MigrateError::Journal {
             path: side.journal.display().to_string(),
@@ -249,8 +339,36 @@ pub fn recover(options: &Options, data_dir: &DataDir) -> Result<(), MigrateError
     }
     fs::remove_file(&side.journal).map_err(io_err(&side.journal))?;
     remove_tree(&side.backup)?;
-    if let Some(parent) = options.data_dir.parent() {
-        fsync_dir(parent).map_err(io_err(parent))?;
+    fsync_dir(&side.dir).map_err(io_err(&side.dir))
+}
+
+/// Without a journal nothing irreversible is under way: what the work area holds is copies, or
+/// the set-aside original of a swap that finished (the journal goes before it).
+fn remove_scratch(options: &Options, side: &Sidecar) -> Result<(), MigrateError> {
+    let member = options.data_dir.join("member");
+    let missing = if side.legacy {
+        !options.data_dir.exists()
+    } else {
+        !member.exists()
+    };
+    if missing && side.old.exists() {
+        // Cannot happen after a swap (the journal outlives the renames), but if the data is
+        // missing the set-aside original is the one thing to keep.
+        log("the data is missing and a set-aside original exists; putting it back");
+        let put = if side.legacy {
+            options.data_dir.clone()
+        } else {
+            member
+        };
+        fs::rename(&side.old, &put).map_err(io_err(&side.old))?;
+    }
+    if side.backup.exists() || side.new.exists() || side.snapshot.exists() || side.old.exists() {
+        log("removing copies left by an interrupted run");
+        remove_tree(&side.backup)?;
+        remove_tree(&side.new)?;
+        remove_tree(&side.old)?;
+        remove_tree(&side.dir.join("discard"))?;
+        let _ = fs::remove_file(&side.snapshot);
     }
     Ok(())
 }
@@ -693,12 +811,14 @@ pub fn upgrade(
     let logs = log_dir()?;
     let old = runner_for(options, from);
     let mut phases = Phases::start();
+    side.ensure()?;
     remove_tree(&side.new)?;
     failpoint("upgrade-before-settle");
     settle(options, &old, logs.path())?;
     phases.mark("settle");
     let plan = stage::plan(&options.data_dir)?;
-    let parent = parent_of(&options.data_dir);
+    // The copy is made in the data dir's own filesystem.
+    let parent = options.data_dir.as_path();
     let need = stage::check_space(
         parent,
         &format!("the upgrade {from} -> {to}"),
@@ -745,18 +865,16 @@ pub(crate) fn format_phases(seconds: &[(&'static str, f64)]) -> String {
         .join(", ")
 }
 
-/// The directory holding the data dir (and its sidecars).
-pub(crate) fn parent_of(data_dir: &Path) -> &Path {
-    match data_dir.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    }
-}
+/// Without the tests' hooks: nothing.
+#[cfg(not(feature = "test-hooks"))]
+#[inline(always)]
+fn tamper_hook(_copy: &Path) {}
 
-/// Test hook: `ETCDIMG_MIGRATE_TEST_TAMPER="<program> <args>"` runs the program on the working
-/// copy after the step's etcd stopped and before the fingerprints are compared, with `{db}` in
-/// the args replaced by the copy's bbolt file (the tests damage the copy with it to prove that
-/// the comparison catches it).
+/// Test hook (feature `test-hooks`): `ETCDIMG_MIGRATE_TEST_TAMPER="<program> <args>"` runs the
+/// program on the working copy after the step's etcd stopped and before the fingerprints are
+/// compared, with `{db}` in the args replaced by the copy's bbolt file (the tests damage the
+/// copy with it to prove that the comparison catches it).
+#[cfg(feature = "test-hooks")]
 fn tamper_hook(copy: &Path) {
     let Ok(template) = std::env::var("ETCDIMG_MIGRATE_TEST_TAMPER") else {
         return;
@@ -779,8 +897,14 @@ fn tamper_hook(copy: &Path) {
     }
 }
 
-/// Test hook: `ETCDIMG_MIGRATE_FILL_DISK=<stage>` fills the filesystem of `dir` at `stage`,
-/// as another writer would, with `.migrate-test-fill` in `dir`.
+/// Without the tests' hooks: nothing.
+#[cfg(not(feature = "test-hooks"))]
+#[inline(always)]
+fn fill_disk_failpoint(_stage: &str, _dir: &Path) {}
+
+/// Test hook (feature `test-hooks`): `ETCDIMG_MIGRATE_FILL_DISK=<stage>` fills the filesystem
+/// of `dir` at `stage`, as another writer would, with `.migrate-test-fill` in `dir`.
+#[cfg(feature = "test-hooks")]
 fn fill_disk_failpoint(stage: &str, dir: &Path) {
     if std::env::var("ETCDIMG_MIGRATE_FILL_DISK").as_deref() != Ok(stage) {
         return;
@@ -793,37 +917,104 @@ fn fill_disk_failpoint(stage: &str, dir: &Path) {
         let _ = f.sync_all();
     }
 }
-/// Puts the verified new directory in place of the data dir: the journal `record` first, then
-/// two renames (the original aside, the new one in), then the journal and the original go.
-/// A crash anywhere is finished or undone by [`recover`].
+/// Puts the verified new data dir's `member/` in place of the data dir's: the journal `record`
+/// first (its `to` and `storage` say the version), then two renames (the original `member/`
+/// aside, the new one in), then version.txt, then the journal and the original go. A crash
+/// anywhere is finished or undone by [`recover`].
 pub(crate) fn swap_in(
     options: &Options,
     side: &Sidecar,
     record: &Value,
     step: &str,
 ) -> Result<(), MigrateError> {
+    let to = journal_target(record)?;
+    let data = &options.data_dir;
+    let member = data.join("member");
     hostio::fs::write_atomic(&side.journal, record.to_string().as_bytes())
         .map_err(io_err(&side.journal))?;
     failpoint(&format!("{step}-journal-written"));
-    fs::rename(&options.data_dir, &side.old).map_err(io_err(&options.data_dir))?;
+    fs::rename(&member, &side.old).map_err(io_err(&member))?;
+    fsync_dir(data).map_err(io_err(data))?;
     failpoint(&format!("{step}-original-aside"));
-    fs::rename(&side.new, &options.data_dir).map_err(io_err(&side.new))?;
-    if let Some(parent) = options.data_dir.parent() {
-        fsync_dir(parent).map_err(io_err(parent))?;
-    }
+    let new_member = side.new.join("member");
+    fs::rename(&new_member, &member).map_err(io_err(&new_member))?;
+    fsync_dir(data).map_err(io_err(data))?;
     failpoint(&format!("{step}-swapped"));
+    record_version(data, &to)?;
     fs::remove_file(&side.journal).map_err(io_err(&side.journal))?;
     remove_tree(&side.old)?;
+    remove_tree(&side.new)?;
     let _ = fs::remove_file(&side.snapshot);
-    if let Some(parent) = options.data_dir.parent() {
-        fsync_dir(parent).map_err(io_err(parent))?;
-    }
+    fsync_dir(&side.dir).map_err(io_err(&side.dir))
+}
+
+/// The version a swap journal records (`to`, `storage`).
+fn journal_target(record: &Value) -> Result<VersionPair, MigrateError> {
+    let version = record
+        .get("to")
+        .and_then(Value::as_str)
+        .and_then(|v| Version::parse(v).ok())
+        .ok_or_else(|| MigrateError::Journal {
+            path: "the journal being written".into(),
+            message: "no target version".into(),
+        })?;
+    let storage = match record.get("storage").and_then(Value::as_str) {
+        Some("etcd2") => Storage::Etcd2,
+        _ => Storage::Etcd3,
+    };
+    Ok(VersionPair::new(version, storage))
+}
+
+/// version.txt of the data dir says `to`, owned like the data dir.
+fn record_version(data: &Path, to: &VersionPair) -> Result<(), MigrateError> {
+    DataDir::new(data).write_version(to)?;
+    let meta = fs::metadata(data).map_err(io_err(data))?;
+    stage::copy_owner(&meta, &data.join(crate::datadir::VERSION_FILE))?;
     Ok(())
 }
 
-/// Finishes or undoes an interrupted swap (called by [`recover`] for a swap journal).
-fn recover_swap(options: &Options, step: &str, to: &VersionPair) -> Result<(), MigrateError> {
-    let p = Sidecar::for_dir(&options.data_dir);
+/// Finishes or undoes an interrupted swap of `member/` (called by [`recover`] for a swap
+/// journal): the two member directories say where it stopped.
+fn recover_swap(
+    options: &Options,
+    step: &str,
+    to: &VersionPair,
+    side: &Sidecar,
+) -> Result<(), MigrateError> {
+    let member = options.data_dir.join("member");
+    match (member.exists(), side.old.exists()) {
+        (false, true) => {
+            // Between the two renames: the original goes back.
+            log(&format!(
+                "an interrupted {step} had moved member/ aside; putting it back"
+            ));
+            fs::rename(&side.old, &member).map_err(io_err(&side.old))?;
+            fsync_dir(&options.data_dir).map_err(io_err(&options.data_dir))?;
+        }
+        (true, true) => {
+            // Both renames happened: the new member is in place; version.txt may lag.
+            log(&format!(
+                "an interrupted {step} to {to} had swapped its data in; finishing"
+            ));
+            record_version(&options.data_dir, to)?;
+        }
+        _ => log(&format!(
+            "a {step} to {to} was interrupted before the swap; the data is the original, starting over"
+        )),
+    }
+    remove_tree(&side.old)?;
+    remove_tree(&side.new)?;
+    let _ = fs::remove_file(&side.snapshot);
+    Ok(())
+}
+
+/// [`recover_swap`] for the legacy layout (the whole data dir was renamed).
+fn legacy_recover_swap(
+    options: &Options,
+    step: &str,
+    to: &VersionPair,
+    p: &Sidecar,
+) -> Result<(), MigrateError> {
     if !options.data_dir.exists() && p.old.exists() {
         // Crashed between the two renames: the original goes back.
         log(&format!(
@@ -859,6 +1050,7 @@ pub fn rollback(
     let side = Sidecar::for_dir(&options.data_dir);
     let logs = log_dir()?;
     let current = runner_for(options, from);
+    side.ensure()?;
     remove_tree(&side.new)?;
     let _ = fs::remove_file(&side.snapshot);
     let mut phases = Phases::start();
@@ -867,7 +1059,8 @@ pub fn rollback(
     phases.mark("settle");
     let db = backend::db_path(&options.data_dir);
     let db_bytes = fs::metadata(&db).map_err(io_err(&db))?.len();
-    let parent = parent_of(&options.data_dir);
+    // The restored copy is made in the data dir's own filesystem.
+    let parent = options.data_dir.as_path();
     stage::check_space(
         parent,
         &format!("the rollback {from} -> {to}"),
@@ -896,8 +1089,13 @@ pub fn rollback(
             storage_migrate(options, &current, to, &side.new)?;
         }
         lower_cluster_version(&side.new, to)?;
+        // The restore ran as us; the restored member belongs to whoever owns the original.
         let meta = fs::metadata(&options.data_dir).map_err(io_err(&options.data_dir))?;
         stage::copy_owner_and_mode(&meta, &side.new)?;
+        let member = options.data_dir.join("member");
+        let member_meta = fs::metadata(&member).map_err(io_err(&member))?;
+        stage::copy_owner_tree(&member_meta, &side.new.join("member"))?;
+        stage::copy_owner_and_mode(&member_meta, &side.new.join("member"))?;
         DataDir::new(&side.new).write_version(&VersionPair::new(to.clone(), Storage::Etcd3))?;
         phases.mark("restore");
         failpoint("rollback-restored");
@@ -1157,7 +1355,8 @@ mod tests {
         let data = tmp.path().join("data-dir");
         fs::create_dir_all(data.join("member/wal")).unwrap();
         fs::set_permissions(&data, fs::Permissions::from_mode(0o750)).unwrap();
-        fs::write(data.join("empty.txt"), b"").unwrap();
+        fs::write(data.join("version.txt"), b"2.2.1/etcd2").unwrap();
+        fs::write(data.join("lost+found"), b"not ours").unwrap();
         fs::write(data.join("member/wal/0.wal"), vec![7u8; 100_000]).unwrap();
         fs::set_permissions(
             data.join("member/wal/0.wal"),
@@ -1165,18 +1364,42 @@ mod tests {
         )
         .unwrap();
         let side = Sidecar::for_dir(&data);
-        copy_tree(&data, &side.backup).unwrap();
-        assert_eq!(side.backup, tmp.path().join(".data-dir.migrate-backup"));
+        let options = crate::options::Flags {
+            data_dir: Some(data.clone()),
+            target_version: Some("3.4.23".into()),
+            target_storage: Some("etcd3".into()),
+            ..Default::default()
+        }
+        .resolve(&|_| None)
+        .unwrap();
+        take_backup(&options, &side, "test").unwrap();
+        // In the work area inside the data dir, on its filesystem.
+        assert_eq!(side.backup, data.join(".migrate/backup"));
         let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o7777;
-        assert_eq!(mode(&side.backup), 0o750);
-        assert_eq!(fs::read(side.backup.join("empty.txt")).unwrap(), b"");
+        assert_eq!(
+            fs::read(side.backup.join("version.txt")).unwrap(),
+            b"2.2.1/etcd2"
+        );
+        assert!(
+            !side.backup.join("lost+found").exists(),
+            "only etcd's files"
+        );
         assert_eq!(
             fs::read(side.backup.join("member/wal/0.wal")).unwrap(),
             vec![7u8; 100_000]
         );
         assert_eq!(mode(&side.backup.join("member/wal/0.wal")), 0o600);
-        // A second copy onto an existing backup is refused, never merged.
-        assert!(copy_tree(&data, &side.backup).is_err());
+        // Restoring it puts member/ and version.txt back, nothing else is touched.
+        fs::write(data.join("member/wal/0.wal"), b"changed").unwrap();
+        fs::write(data.join("version.txt"), b"3.4.23/etcd3").unwrap();
+        restore_backup(&data, &side).unwrap();
+        assert_eq!(
+            fs::read(data.join("member/wal/0.wal")).unwrap(),
+            vec![7u8; 100_000]
+        );
+        assert_eq!(fs::read(data.join("version.txt")).unwrap(), b"2.2.1/etcd2");
+        assert_eq!(fs::read(data.join("lost+found")).unwrap(), b"not ours");
+        assert!(!side.backup.exists());
     }
 
     /// The exact restore and storage-migrate command lines per version (the tool and its flags).

@@ -26,12 +26,47 @@ pub enum ExitCode {
     ClusterConfig = 23,
     BelowUpgradeMinimum = 24,
     CustomV2Content = 25,
+    /// `member/` (or its `wal/`, `snap/`) is on another filesystem than the data dir: it
+    /// cannot be swapped by rename.
+    CrossDevice = 26,
+    /// A bug: migrate panicked (the message says where); the journal makes a rerun converge.
+    Bug = 70,
+}
+
+impl ExitCode {
+    /// Every code with its README name, for the exit-code table's test.
+    pub const ALL: [ExitCode; 22] = [
+        ExitCode::Ok,
+        ExitCode::Failure,
+        ExitCode::Usage,
+        ExitCode::NotSupportedYet,
+        ExitCode::MalformedVersionFile,
+        ExitCode::MissingVersionFile,
+        ExitCode::TargetNotBundled,
+        ExitCode::DowngradeTooFar,
+        ExitCode::UnknownStorage,
+        ExitCode::DataDirInUse,
+        ExitCode::MissingBinary,
+        ExitCode::ClusterRollback,
+        ExitCode::NoEtcd2Converter,
+        ExitCode::NotRepresentableInV2,
+        ExitCode::DamagedDataDir,
+        ExitCode::InsufficientSpace,
+        ExitCode::DataDirLocked,
+        ExitCode::ClusterConfig,
+        ExitCode::BelowUpgradeMinimum,
+        ExitCode::CustomV2Content,
+        ExitCode::CrossDevice,
+        ExitCode::Bug,
+    ];
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {
     #[error(transparent)]
     DataDir(#[from] DataDirError),
+    #[error("`{path}` is on another filesystem than the data dir `{data_dir}`: migrate swaps `member/` by rename inside the data dir, which cannot cross filesystems; nothing was changed")]
+    CrossDevice { path: String, data_dir: String },
     #[error("existing data directory `{0}` is missing version.txt file, unable to migrate")]
     MissingVersionFile(String),
     #[error("target version {target} is not bundled (bundled: {bundled})")]
@@ -109,7 +144,13 @@ pub enum MigrateError {
 
 impl MigrateError {
     pub fn exit_code(&self) -> ExitCode {
+        // A disk that filled up midway (another writer, or the copy itself): the data dir is as
+        // it was, and the code says what to fix, whichever step it hit.
+        if self.is_no_space() {
+            return ExitCode::InsufficientSpace;
+        }
         match self {
+            MigrateError::CrossDevice { .. } => ExitCode::CrossDevice,
             MigrateError::DataDir(DataDirError::Malformed { .. }) => ExitCode::MalformedVersionFile,
             MigrateError::DataDir(_) => ExitCode::Failure,
             MigrateError::MissingVersionFile(_) => ExitCode::MissingVersionFile,
@@ -141,8 +182,37 @@ impl MigrateError {
         }
     }
 
+    /// Whether the disk was full: an ENOSPC anywhere in the error's sources, or in the message
+    /// of a tool migrate ran (etcd, etcdutl: their errors reach us as text).
+    pub fn is_no_space(&self) -> bool {
+        if matches!(self, MigrateError::Stage(stage::StageError::NoSpace { .. })) {
+            return true;
+        }
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(self);
+        while let Some(e) = source {
+            if let Some(io) = e.downcast_ref::<std::io::Error>() {
+                if io.raw_os_error() == Some(libc::ENOSPC) {
+                    return true;
+                }
+            }
+            if e.to_string().contains("no space left on device")
+                || e.to_string().contains("No space left on device")
+            {
+                return true;
+            }
+            source = e.source();
+        }
+        false
+    }
+
     pub fn hint(&self) -> Option<String> {
+        if self.is_no_space()
+            && !matches!(self, MigrateError::Stage(stage::StageError::NoSpace { .. }))
+        {
+            return Some("the filesystem of the data dir filled up while the step ran (the data dir is as it was): free space there and run migrate again; a step needs about the size of member/snap/db plus 150 MB".into());
+        }
         match self {
+            MigrateError::CrossDevice { .. } => Some("mount the volume at the data dir itself (not at member/ or below); migrate stages its copy inside the data dir".into()),
             MigrateError::Plan(p) => plan_hint(p),
             MigrateError::DataDir(DataDirError::Malformed { path, .. }) => Some(format!(
                 "version.txt must hold `<major>.<minor>.<patch>/<etcd2|etcd3>`, e.g. `3.4.23/etcd3`; fix `{}` by hand after checking which etcd wrote the data",

@@ -45,17 +45,27 @@ use version::VersionPair;
 /// The original switched them to the target before migrating, so a failed migration left the
 /// target etcd to start on old data.
 pub fn run(options: &Options, move_binaries: bool) -> Result<Report, MigrateError> {
-    let wait = std::time::Duration::from_secs(options.lock_wait.max(0) as u64);
-    let result = lock::DataDirLock::acquire(&options.data_dir, wait, &log)
-        .map_err(MigrateError::from)
-        .and_then(|_held| migrate_if_needed(options));
-    if move_binaries && !options.dry_run {
-        let matched = binaries::match_data(options);
-        if let (Ok(_), Err(e)) = (&result, matched) {
-            return Err(e);
-        }
+    if options.dry_run {
+        // Read only: no lock, no work area, nothing created (the data dir may be read-only).
+        return migrate_if_needed(options);
     }
-    result
+    let wait = std::time::Duration::from_secs(options.lock_wait.max(0) as u64);
+    // Another migrate holding the data dir also switches the binaries when it is done.
+    let held = lock::DataDirLock::acquire(&options.data_dir, wait, &log)?;
+    let result = migrate_if_needed(options);
+    // Under the same lock: the binaries follow the data it guards.
+    let matched = if move_binaries {
+        binaries::match_data(options)
+    } else {
+        Ok(())
+    };
+    drop(held);
+    // The work area goes when it is empty (the lock file was its last entry).
+    let _ = std::fs::remove_dir(options.data_dir.join(engine::WORK_DIR));
+    match (result, matched) {
+        (Ok(_), Err(e)) => Err(e),
+        (result, _) => result,
+    }
 }
 
 /// Runs the migration described by `options` (the caller holds the data dir).
@@ -74,10 +84,13 @@ pub fn migrate_if_needed(options: &Options) -> Result<Report, MigrateError> {
     // An interrupted step is finished or undone first, even when the data dir itself is
     // missing (a rollback interrupted between its two renames): it must never look empty.
     if options.dry_run {
-        if engine::Sidecar::for_dir(&options.data_dir).journal.exists() {
+        if engine::Sidecar::for_dir(&options.data_dir).journal.exists()
+            || engine::Sidecar::legacy(&options.data_dir).journal.exists()
+        {
             log("an interrupted step would be recovered first");
         }
     } else {
+        data_dir.clear_stale_temps()?;
         engine::recover(options, &data_dir)?;
     }
     if data_dir.is_empty()? {
@@ -207,6 +220,7 @@ fn plan_steps(options: &Options, current: &VersionPair) -> Result<Vec<plan::Step
     if runs_etcd {
         cluster::check(options)?;
         refuse_removed_flags(options, &steps)?;
+        one_filesystem(options)?;
     }
     for step in &steps {
         if let plan::Step::Upgrade { from, to } = step {
@@ -254,6 +268,26 @@ fn plan_steps(options: &Options, current: &VersionPair) -> Result<Vec<plan::Step
         }
     }
     Ok(steps)
+}
+
+/// A step swaps `member/` by rename inside the data dir, so `member/`, `member/snap` and
+/// `member/wal` must be on the data dir's filesystem (a volume mounted at `member/` is not);
+/// refused before anything runs.
+fn one_filesystem(options: &Options) -> Result<(), MigrateError> {
+    use std::os::unix::fs::MetadataExt;
+    let dir = &options.data_dir;
+    let dev = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.dev()).ok();
+    let Some(own) = dev(dir) else { return Ok(()) };
+    for sub in ["member", "member/snap", "member/wal"] {
+        let p = dir.join(sub);
+        if dev(&p).is_some_and(|d| d != own) {
+            return Err(MigrateError::CrossDevice {
+                path: p.display().to_string(),
+                data_dir: dir.display().to_string(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// etcd 3.7 refuses every `--experimental-*` flag: a step that would run it with one in the

@@ -4,9 +4,9 @@
 //!   `member/snap/db`, the WAL files carry open-file-description (`F_OFD_SETLK`) locks). migrate
 //!   probes both without waiting and releases at once. A data dir in use is never touched:
 //!   migrating it under a running etcd would corrupt it.
-//! - Another migrate: [`DataDirLock`] is an exclusive `flock` on `.<name>.migrate-lock` beside the
-//!   data dir, held for the whole run (recovery, plan, steps, binaries). It lives beside the data
-//!   dir, not in it, because a step swaps the data dir by rename. A second migrate waits for it,
+//! - Another migrate: [`DataDirLock`] is an exclusive `flock` on `.migrate/lock` inside the data
+//!   dir, held for the whole run (recovery, plan, steps, binaries). It lives in the data dir's
+//!   own filesystem (a step swaps `member/`, never the data dir itself). A second migrate waits for it,
 //!   bounded and saying so, then refuses naming the holder's pid. The holder removes the file
 //!   before it unlocks; a waiter that then locks a removed file notices (the path no longer names
 //!   the inode it locked) and locks again, so two runs never both hold it. A killed holder's
@@ -121,17 +121,11 @@ impl From<hostio::lock::LockError> for LockError {
     }
 }
 
-/// The lock file of `data_dir`: `.<name>.migrate-lock` in its parent.
+/// The lock file of `data_dir`: `.migrate/lock` inside it, on the data's own filesystem (a
+/// lock beside a mount point would live in a container's own rootfs and exclude nothing
+/// across containers). Taking it creates the data dir if it is missing.
 pub fn lock_path(data_dir: &Path) -> PathBuf {
-    let parent = match data_dir.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let name = data_dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "data".into());
-    parent.join(format!(".{name}.migrate-lock"))
+    data_dir.join(crate::engine::WORK_DIR).join("lock")
 }
 
 impl DataDirLock {

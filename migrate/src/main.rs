@@ -5,6 +5,15 @@ use migrate::options::Flags;
 use migrate::{log, ExitCode};
 
 fn main() {
+    // A panic is a bug; it ends with its own exit code and a message that says what to do (the
+    // image's profile aborts on panic, so this hook is the last thing that runs). Every step
+    // is journalled: a rerun converges whatever the moment.
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!(
+            "error: migrate hit a bug and stopped: {info}\nhint: the data dir is as the journal in its .migrate/ says; run migrate again (it finishes or undoes the interrupted step), and report this message"
+        );
+        std::process::exit(ExitCode::Bug as i32);
+    }));
     let flags = match Flags::try_parse() {
         Ok(f) => f,
         Err(e) => {

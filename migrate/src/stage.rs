@@ -1,8 +1,11 @@
-//! The working copy a step runs etcd on, beside the data dir, and the disk space it needs.
+//! The working copy a step runs etcd on, in the data dir's work area, and the disk space it
+//! needs.
 //!
-//! An upgrade never lets the new etcd open the data dir itself: it runs on a copy staged at
-//! `.<name>.migrate-new`, and the data dir is swapped for the verified copy by rename. So the
-//! original is untouched until the swap, and undoing a failed step is deleting the copy.
+//! An upgrade never lets the new etcd open the data dir itself: it runs on a copy of `member/`
+//! staged at `.migrate/new`, and `member/` is swapped for the verified copy by rename. So the
+//! original is untouched until the swap, and undoing a failed step is deleting the copy. The
+//! copy keeps every file's and directory's owner and mode (a root migrate on data owned by
+//! etcd's user must not swap in root-owned files).
 //!
 //! Staging copies what etcd writes and hard-links what it never writes:
 //! - hard links: closed WAL segments (`member/wal/*.wal` but the newest; etcd only appends to the
@@ -67,11 +70,14 @@ fn is_wal(rel: &Path) -> bool {
     rel.parent() == Some(Path::new("member/wal")) && rel.extension().is_some_and(|x| x == "wal")
 }
 
-/// Decides, for every file under `data_dir`, whether staging copies or links it.
+/// Decides, for every file under the data dir's `member/`, whether staging copies or links it
+/// (nothing else of the data dir is staged: version.txt is written by the swap, and other
+/// entries, such as a filesystem's `lost+found`, are not etcd's).
 pub fn plan(data_dir: &Path) -> Result<StagePlan, StageError> {
     let mut plan = StagePlan::default();
     let mut files: Vec<(PathBuf, u64)> = Vec::new();
-    let mut stack = vec![PathBuf::new()];
+    let mut stack = vec![PathBuf::from("member")];
+    plan.dirs.push(PathBuf::from("member"));
     while let Some(rel) = stack.pop() {
         let dir = data_dir.join(&rel);
         let mut entries: Vec<_> = fs::read_dir(&dir)
@@ -168,10 +174,10 @@ pub fn copy_file(from: &Path, to: &Path) -> io::Result<()> {
         .write(true)
         .create_new(true)
         .open(to)?;
-    // FICLONE = _IOW(0x94, 9, int)
-    const FICLONE: libc::c_ulong = 0x4004_9409;
+    // The platform's own FICLONE (`_IOW(0x94, 9, int)`, whose direction bits differ on
+    // powerpc: a hard-coded x86 value never reflinked on ppc64le).
     // SAFETY: ioctl on two descriptors we own; failure leaves `dst` empty.
-    let cloned = unsafe { libc::ioctl(dst.as_raw_fd(), FICLONE as _, src.as_raw_fd()) } == 0;
+    let cloned = unsafe { libc::ioctl(dst.as_raw_fd(), libc::FICLONE, src.as_raw_fd()) } == 0;
     if !cloned {
         drop(dst);
         fs::remove_file(to)?;
@@ -222,6 +228,7 @@ pub fn stage(plan: &StagePlan, data_dir: &Path, new_dir: &Path) -> Result<(), St
             Some(used) => copy_prefix(&src, &dst, *used),
         }
         .at(&dst)?;
+        copy_owner_and_mode(&fs::metadata(&src).at(&src)?, &dst)?;
     }
     for rel in &plan.symlinks {
         let (src, dst) = (data_dir.join(rel), new_dir.join(rel));
@@ -234,11 +241,32 @@ pub fn stage(plan: &StagePlan, data_dir: &Path, new_dir: &Path) -> Result<(), St
 /// Gives `path` the mode of `meta`, and its owner when that differs and we may change it.
 pub fn copy_owner_and_mode(meta: &fs::Metadata, path: &Path) -> Result<(), StageError> {
     fs::set_permissions(path, fs::Permissions::from_mode(meta.permissions().mode())).at(path)?;
-    let st = fs::metadata(path).at(path)?;
+    copy_owner(meta, path)
+}
+
+/// Every file and directory under `dir` (and `dir`) gets the owner of `meta`: what a restore
+/// (run by root) writes for data owned by another user.
+pub fn copy_owner_tree(meta: &fs::Metadata, dir: &Path) -> Result<(), StageError> {
+    copy_owner(meta, dir)?;
+    for e in fs::read_dir(dir).at(dir)? {
+        let p = e.at(dir)?.path();
+        if fs::symlink_metadata(&p).at(&p)?.is_dir() {
+            copy_owner_tree(meta, &p)?;
+        } else {
+            copy_owner(meta, &p)?;
+        }
+    }
+    Ok(())
+}
+
+/// Gives `path` the owner of `meta` when that differs (possible for root only; for anyone
+/// else every file is theirs already).
+pub fn copy_owner(meta: &fs::Metadata, path: &Path) -> Result<(), StageError> {
+    let st = fs::symlink_metadata(path).at(path)?;
     if (st.uid(), st.gid()) != (meta.uid(), meta.gid()) {
         let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).expect("no NUL");
-        // SAFETY: chown on a path we just created.
-        if unsafe { libc::chown(c.as_ptr(), meta.uid(), meta.gid()) } != 0 {
+        // SAFETY: lchown on a path we just created.
+        if unsafe { libc::lchown(c.as_ptr(), meta.uid(), meta.gid()) } != 0 {
             return Err(Err::<(), _>(io::Error::last_os_error())
                 .at(path)
                 .unwrap_err()
@@ -305,7 +333,6 @@ mod tests {
             ("member/snap/0000000000000002-0000000000002711.snap", true),
             ("member/wal/0000000000000001-0000000000002712.wal", false),
             ("member/snap/db", false),
-            ("version.txt", false),
         ] {
             assert_eq!(ino(&data.join(rel)) == ino(&new.join(rel)), linked, "{rel}");
             assert_eq!(
@@ -319,7 +346,9 @@ mod tests {
             0o700
         );
         assert_eq!(plan.db_bytes, 10_000);
-        assert_eq!(plan.copy_bytes, 10_000 + 6 + 12);
+        // version.txt is not staged: the swap writes it.
+        assert!(!new.join("version.txt").exists());
+        assert_eq!(plan.copy_bytes, 10_000 + 6);
         // A second stage onto an existing copy is refused, never merged.
         assert!(stage(&plan, &data, &new).is_err());
         make_durable(&new).unwrap();

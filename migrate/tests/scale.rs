@@ -196,7 +196,8 @@ fn a_short_disk_is_refused_up_front_and_a_disk_filled_midway_leaves_the_data_as_
     };
     let data = fs.path().join("data");
     copy_dir(&pristine, &data);
-    let filler = fs.path().join(".migrate-test-fill");
+    // The work area is in the data dir, on the data's filesystem: that is where it fills up.
+    let filler = data.join(".migrate-test-fill");
     for (target, stage) in [
         ("3.5.1", "upgrade-space-checked"),
         ("3.5.1", "upgrade-staged"),
@@ -215,10 +216,15 @@ fn a_short_disk_is_refused_up_front_and_a_disk_filled_midway_leaves_the_data_as_
         );
         assert!(filler.exists(), "{stage}: the disk was not filled");
         std::fs::remove_file(&filler).unwrap();
-        assert_untouched(&out, 1, "", &data, &before, fs.path());
+        // Exit 21, as for a disk short up front: a full disk, the data as it was.
+        assert_untouched(&out, 21, "", &data, &before, fs.path());
         let err = stderr(&out);
         assert!(
             err.contains("No space left on device") || err.contains("no space left on device"),
+            "{stage}: {err}"
+        );
+        assert!(
+            err.contains("filled up while the step ran"),
             "{stage}: {err}"
         );
     }
