@@ -275,3 +275,36 @@ fn plan_hint(p: &plan::PlanError) -> Option<String> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod exit_code_table {
+    use super::ExitCode;
+
+    /// The README's exit-code table lists exactly the codes migrate can return.
+    #[test]
+    fn the_readme_table_lists_every_exit_code() {
+        let readme = include_str!("../../README.md");
+        let mut in_readme: Vec<i32> = readme
+            .lines()
+            .skip_while(|l| !l.starts_with("| code | meaning |"))
+            .skip(2)
+            .take_while(|l| l.starts_with('|'))
+            .filter_map(|l| {
+                l.trim_start_matches('|')
+                    .split('|')
+                    .next()?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .collect();
+        in_readme.sort_unstable();
+        let mut in_code: Vec<i32> = ExitCode::ALL.iter().map(|c| *c as i32).collect();
+        in_code.sort_unstable();
+        assert!(!in_readme.is_empty(), "README.md has no exit-code table");
+        assert_eq!(
+            in_readme, in_code,
+            "README.md's exit-code table and ExitCode::ALL differ"
+        );
+    }
+}

@@ -21,7 +21,8 @@ use std::time::Duration;
 use hostio::lock::flock_held;
 
 fn ofd_lock_held(path: &Path) -> io::Result<bool> {
-    let file = match File::options().read(true).write(true).open(path) {
+    // Read only: F_OFD_GETLK tests without locking, and a read-only data dir must be probed too.
+    let file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
         Err(e) => return Err(e),
