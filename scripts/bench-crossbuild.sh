@@ -122,12 +122,7 @@ lines = [
     f"warm all-build < 2 s: {'met' if aw['mean'] < 2 else 'NOT met'}.",
     "<!-- crossbuild-bench:end -->",
 ]
-section = "\n".join(lines)
-text = open("BENCHMARKS.md").read()
-if "<!-- crossbuild-bench:start -->" in text:
-    text = re.sub(r"<!-- crossbuild-bench:start -->.*<!-- crossbuild-bench:end -->", section, text, flags=re.S)
-else:
-    text = text.rstrip("\n") + "\n\n" + section + "\n"
-open("BENCHMARKS.md", "w").write(text)
-print(section)
+sys.path.insert(0, "scripts")
+import bench_md
+bench_md.write_section(lines)
 PY

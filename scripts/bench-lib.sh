@@ -44,7 +44,7 @@ YML
 # 3.5.1 is below etcd's production minimum, so releasing it is allowed explicitly: these are
 # benchmarks of the tool, not releases.
 fixture_versions() {
-    export ETCD_VERSION=3.5.1 BUNDLED_ETCD_VERSIONS="3.4.23 3.5.1" ETCDIMG_ALLOW_UNSAFE_VERSIONS=1
+    export ETCD_VERSION=3.5.1 BUNDLED_ETCD_VERSIONS="3.4.23 3.5.1" ETCDIMG_ALLOW_UNSAFE_VERSIONS=1 ETCDIMG_ALLOW_UNSUPPORTED_GO=1
 }
 
 bench_setup() {

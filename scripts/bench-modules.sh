@@ -91,12 +91,7 @@ lines = [
     f"warm {ew['mean']/gw['mean']:.2f}x (with a warm Go cache the compile is mostly linking, so etcdimg's fixed costs show: module resolution, the tree's sums, three `--version` runs under qemu).",
     "<!-- modules-bench:end -->",
 ]
-section = "\n".join(lines)
-text = open("BENCHMARKS.md").read()
-if "<!-- modules-bench:start -->" in text:
-    text = re.sub(r"<!-- modules-bench:start -->.*<!-- modules-bench:end -->", section, text, flags=re.S)
-else:
-    text = text.rstrip("\n") + "\n\n" + section + "\n"
-open("BENCHMARKS.md", "w").write(text)
-print(section)
+sys.path.insert(0, "scripts")
+import bench_md
+bench_md.write_section(lines)
 PY

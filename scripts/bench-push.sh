@@ -82,12 +82,7 @@ lines += [
     f"({again['mean']*1000:.0f} ms).",
     "<!-- push-bench:end -->",
 ]
-section = "\n".join(lines)
-text = open("BENCHMARKS.md").read()
-if "<!-- push-bench:start -->" in text:
-    text = re.sub(r"<!-- push-bench:start -->.*<!-- push-bench:end -->", section, text, flags=re.S)
-else:
-    text = text.rstrip("\n") + "\n\n" + section + "\n"
-open("BENCHMARKS.md", "w").write(text)
-print(section)
+sys.path.insert(0, "scripts")
+import bench_md
+bench_md.write_section(lines)
 PY

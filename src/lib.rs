@@ -6,12 +6,14 @@
 #![allow(clippy::result_large_err)]
 
 pub mod binary;
+pub mod buildinfo;
 pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod containerd;
 pub mod fetch;
 pub mod gobuild;
+pub mod gopolicy;
 pub mod lockfile;
 pub mod migrate_build;
 pub mod oci;

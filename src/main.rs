@@ -112,6 +112,7 @@ fn push_options(
         build,
         force: flags.force,
         allow_unsafe_versions: flags.allow_unsafe_versions,
+        allow_unsupported_go: flags.allow_unsupported_go,
         format,
         report: report.map(|r| ReportOptions {
             dir: r.report_dir.clone(),
@@ -279,6 +280,7 @@ async fn plan_verb(g: &GlobalArgs, args: &PlanArgs, reporter: Shared) -> Result<
     let flags = PushFlags {
         force: args.force,
         allow_unsafe_versions: args.allow_unsafe_versions,
+        allow_unsupported_go: args.allow_unsupported_go,
         format: args.format.clone(),
     };
     let build = build_options(&settings, &args.image, None, &reporter);
@@ -312,6 +314,7 @@ async fn report_verb(g: &GlobalArgs, args: &ReportArgs, reporter: Shared) -> Res
     let flags = PushFlags {
         force: false,
         allow_unsafe_versions: true,
+        allow_unsupported_go: true,
         format: args.format.clone(),
     };
     let build = build_options(&settings, &layout_only(&args.output), None, &reporter);
@@ -434,6 +437,32 @@ async fn fetch_verb(g: &GlobalArgs, args: &FetchArgs, reporter: Shared) -> Resul
     Ok(())
 }
 
+/// What the Go policy has against the Go that would compile `arch`'s etcd: the chosen
+/// `go_toolchain`, else the local go's GOVERSION (the builds' own binaries are judged from their
+/// build info by `build` and the release verbs).
+fn go_findings_for_settings(settings: &Settings, arch: etcdimg::platform::Arch) -> Vec<String> {
+    if !settings.source_for(arch).compiles() {
+        return Vec::new();
+    }
+    let go = settings.gobuild.go_toolchain.clone().or_else(|| {
+        let go = which::which("go").ok()?;
+        let out = hostio::process::Cmd::new(go)
+            .args(["env", "GOVERSION"])
+            .output()
+            .ok()?;
+        Some(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    });
+    go.map(|go| {
+        settings
+            .go_policy
+            .findings(&go)
+            .iter()
+            .map(|f| f.to_string())
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
 /// `settings`: the resolved settings for one arch, as JSON.
 fn settings_verb(g: &GlobalArgs, args: &SettingsArgs) -> Result<()> {
     let settings = resolve(g, &args.overrides)?;
@@ -455,6 +484,9 @@ fn settings_verb(g: &GlobalArgs, args: &SettingsArgs) -> Result<()> {
         "insecure_registries": settings.insecure_registries,
         "source_date_epoch": settings.source_date_epoch,
         "policy_findings": settings.policy_findings().iter().map(|f| f.to_string()).collect::<Vec<_>>(),
+        "go_toolchain": settings.gobuild.go_toolchain,
+        "go_policy": settings.go_policy,
+        "go_findings": go_findings_for_settings(&settings, arch),
     });
     println!("{}", serde_json::to_string_pretty(&value)?);
     Ok(())

@@ -81,6 +81,21 @@ pub struct GoModule {
     pub dir: String,
 }
 
+/// An executable in an image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageBinary {
+    /// Its path in the image (`usr/local/bin/etcd-3.6.17`).
+    pub path: String,
+    /// Other paths of the same file (hard links: `usr/local/bin/etcd` for the default version).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub links: Vec<String>,
+    pub sha256: String,
+    pub size: u64,
+    /// Its Go build info (None for migrate, a Rust binary).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub go: Option<crate::buildinfo::GoBuildInfo>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Base {
     pub name: String,
@@ -103,6 +118,9 @@ pub struct Provenance {
     pub upstream: Vec<Upstream>,
     pub compiles: Vec<Compile>,
     pub migrate_sha256: String,
+    /// Every executable the build added, with its Go build info (the SBOM's packages).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub binaries: Vec<ImageBinary>,
     pub compression: String,
     pub binary_mode: String,
     pub source_date_epoch: u64,
@@ -166,6 +184,10 @@ pub struct ReleaseReport {
     pub etcd: Etcd,
     pub index: IndexRef,
     pub images: Vec<ReportImage>,
+    /// What the Go policy had against the binaries, when the release was allowed anyway
+    /// (`--allow-unsupported-go`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unsupported_go_allowed: Vec<String>,
 }
 
 /// A per-arch image as it will be pushed, with its build record.
@@ -187,6 +209,7 @@ pub struct ReportInput<'a> {
     pub etcd: Etcd,
     pub index: IndexRef,
     pub images: Vec<PushedImage<'a>>,
+    pub unsupported_go_allowed: Vec<String>,
 }
 
 /// Assembles the report; every image must carry a build record that matches it.
@@ -232,6 +255,7 @@ pub fn report(input: ReportInput<'_>) -> Result<ReleaseReport, ReleaseError> {
         etcd: input.etcd,
         index: input.index,
         images,
+        unsupported_go_allowed: input.unsupported_go_allowed,
     })
 }
 
@@ -310,6 +334,80 @@ fn spdx_download_location(url: &str) -> bool {
         && tld.chars().all(|c| c.is_ascii_alphabetic())
 }
 
+/// A binary's SPDX package (image CONTAINS binary) and, from its Go build info, the Go standard
+/// library and every module compiled in (binary CONTAINS each), added to `go_packages` once
+/// per purl. A dependency replaced by a directory of the release's own tree (`=> ./api`, as
+/// etcd's builds do) is named by the module it stands for, at the version the build info
+/// records for it: those directories are that module at that version.
+fn binary_packages(
+    arch: &str,
+    image_id: &str,
+    b: &ImageBinary,
+    go_packages: &mut BTreeMap<String, Value>,
+    packages: &mut Vec<Value>,
+    relationships: &mut Vec<Value>,
+) {
+    let name = b.path.rsplit('/').next().unwrap_or(&b.path);
+    let id = spdx_id(&["Binary", arch, name]);
+    let version =
+        b.go.as_ref()
+            .and_then(|g| g.main.as_ref())
+            .map(|m| m.version.as_str())
+            .filter(|v| !v.is_empty() && *v != "(devel)");
+    let mut p = package(&id, name, version, "NOASSERTION");
+    p.insert("checksums".into(), sha256_checksum(&b.sha256));
+    p.insert("primaryPackagePurpose".into(), json!("APPLICATION"));
+    let mut paths = vec![format!("/{}", b.path)];
+    paths.extend(b.links.iter().map(|l| format!("/{l}")));
+    let built_with =
+        b.go.as_ref()
+            .map(|g| format!(", built with {}", g.go_version))
+            .unwrap_or_default();
+    p.insert(
+        "sourceInfo".into(),
+        json!(format!("at {}{built_with}", paths.join(", "))),
+    );
+    packages.push(Value::Object(p));
+    relationships.push(relationship(image_id, "CONTAINS", &id));
+    let Some(go) = &b.go else { return };
+    let mut contained = vec![(
+        "stdlib".to_string(),
+        format!("go{}", go.stdlib_version()),
+        crate::buildinfo::stdlib_purl(go),
+    )];
+    let modules = go.main.iter().chain(go.deps.iter());
+    for m in modules {
+        let m = if m.is_local_replace() {
+            m
+        } else {
+            m.effective()
+        };
+        if m.version.is_empty() || m.version == "(devel)" {
+            continue;
+        }
+        contained.push((
+            m.path.clone(),
+            m.version.clone(),
+            crate::buildinfo::purl(&m.path, &m.version),
+        ));
+    }
+    for (name, version, purl) in contained {
+        let digest = crate::fetch::cache::sha256_hex(purl.as_bytes());
+        let module_id = spdx_id(&["Go", &name, &version, &digest[..8]]);
+        go_packages.entry(purl.clone()).or_insert_with(|| {
+            let mut p = package(&module_id, &name, Some(&version), "NOASSERTION");
+            p.insert("primaryPackagePurpose".into(), json!("LIBRARY"));
+            p.insert(
+                "externalRefs".into(),
+                json!([{ "referenceCategory": "PACKAGE-MANAGER", "referenceType": "purl",
+                         "referenceLocator": purl }]),
+            );
+            Value::Object(p)
+        });
+        relationships.push(relationship(&id, "CONTAINS", &module_id));
+    }
+}
+
 /// The report as an SPDX 2.3 JSON document: the index, each image, its base, and each etcd
 /// it bundles (an upstream tarball with its sha256, or a compile from source).
 pub fn spdx(report: &ReleaseReport) -> Value {
@@ -326,6 +424,8 @@ pub fn spdx(report: &ReleaseReport) -> Value {
     );
     packages.push(Value::Object(index));
     let mut bases = BTreeMap::new();
+    // Go modules and standard libraries, one package per purl across the document.
+    let mut go_packages = BTreeMap::new();
     for image in &report.images {
         let image_id = spdx_id(&["Image", &image.arch]);
         let mut p = package(
@@ -401,8 +501,19 @@ pub fn spdx(report: &ReleaseReport) -> Value {
             packages.push(Value::Object(p));
             relationships.push(relationship(&image_id, "CONTAINS", &id));
         }
+        for b in &image.provenance.binaries {
+            binary_packages(
+                &image.arch,
+                &image_id,
+                b,
+                &mut go_packages,
+                &mut packages,
+                &mut relationships,
+            );
+        }
     }
     packages.extend(bases.into_values());
+    packages.extend(go_packages.into_values());
     json!({
         "spdxVersion": "SPDX-2.3",
         "dataLicense": "CC0-1.0",
@@ -557,6 +668,7 @@ mod tests {
                     modules: vec![],
                 }],
                 migrate_sha256: "cd".repeat(32),
+                binaries: Vec::new(),
                 compression: "gzip level 4".into(),
                 binary_mode: "555".into(),
                 source_date_epoch: 0,
@@ -598,6 +710,7 @@ mod tests {
                     record: Some(r),
                 })
                 .collect(),
+            unsupported_go_allowed: Vec::new(),
         }
     }
 

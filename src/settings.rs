@@ -43,6 +43,8 @@ pub struct Settings {
     pub gobuild: crate::gobuild::GoBuildSettings,
     /// etcd's version policy: the built-in one plus images.toml's `[policy]`.
     pub policy: etcd_policy::Policy,
+    /// The Go toolchain policy: the built-in one plus images.toml's `[policy.go]`.
+    pub go_policy: etcd_policy::go::GoPolicy,
 }
 
 impl Settings {
@@ -78,15 +80,23 @@ impl Settings {
         self.base_per_arch.get(&arch).unwrap_or(&self.base_default)
     }
 
+    /// Where `arch`'s etcd comes from. With a chosen Go (`build.go_toolchain`), a release
+    /// tarball cannot be what ships: such arches are rebuilt from the release's Go modules
+    /// (the same source the tarball was built from), so every binary moves to that Go.
     pub fn source_for(&self, arch: Arch) -> Source {
-        self.sources
+        let configured = self
+            .sources
             .get(&arch)
             .copied()
             .unwrap_or(if arch == Arch::Amd64 {
                 Source::Release
             } else {
                 Source::Build
-            })
+            });
+        match configured {
+            Source::Release if self.gobuild.go_toolchain.is_some() => Source::Module,
+            other => other,
+        }
     }
 
     pub fn pin_for(&self, version: &Version, arch: Arch) -> Option<&str> {
@@ -199,8 +209,10 @@ pub fn resolve(
     let paths = r.paths();
     let gobuild = resolve_gobuild(&r, overrides, &paths.config_dir)?;
     let policy = r.policy()?;
+    let go_policy = r.go_policy()?;
     Ok(Settings {
         policy,
+        go_policy,
         gobuild,
         config_path: loaded.path.clone(),
         config_dir: paths.config_dir,
@@ -590,6 +602,19 @@ impl Resolver<'_> {
         }
         Ok(policy)
     }
+
+    /// The built-in Go policy, tightened by images.toml's `[policy.go]`.
+    fn go_policy(&self) -> Result<etcd_policy::go::GoPolicy, ConfigError> {
+        let mut policy = etcd_policy::go::GoPolicy::builtin();
+        if let Some(ext) = &self.loaded.doc.policy {
+            if let Some(go) = &ext.get_ref().go {
+                policy
+                    .extend(go)
+                    .map_err(|message| self.loaded.error_at(ext.span(), "policy.go", message))?;
+            }
+        }
+        Ok(policy)
+    }
 }
 
 fn resolve_gobuild(
@@ -614,6 +639,30 @@ fn resolve_gobuild(
         .pick(None, Some("GOLANG_VERSION"), build.golang_version.as_ref())
         .map(|(v, _)| v.trim().to_string())
         .unwrap_or_else(|| gobuild::DEFAULT_GOLANG_VERSION.into());
+    let go_toolchain = match r.pick(
+        overrides
+            .go_toolchain
+            .as_deref()
+            .map(|v| ("--go-toolchain", v)),
+        Some("ETCDIMG_GO_TOOLCHAIN"),
+        build.go_toolchain.as_ref(),
+    ) {
+        Some((v, origin)) => {
+            let v = v.trim().to_string();
+            let ok = v.starts_with("go")
+                && etcd_policy::go::parse_go_version(&v).is_some_and(|p| p.pre.is_empty())
+                && !v.contains(char::is_whitespace);
+            if !ok {
+                return Err(r.error(
+                    &origin,
+                    "build.go_toolchain",
+                    format!("`{v}` is not a Go release like go1.27.3 (what GOTOOLCHAIN takes)"),
+                ));
+            }
+            Some(v)
+        }
+        None => None,
+    };
     let source_repo = build
         .source_repo
         .as_ref()
@@ -652,6 +701,7 @@ fn resolve_gobuild(
     Ok(crate::gobuild::GoBuildSettings {
         builder,
         golang_version,
+        go_toolchain,
         source_repo,
         patches_dir,
         sources,

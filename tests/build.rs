@@ -21,15 +21,6 @@ fn json(out: &std::process::Output) -> serde_json::Value {
         .unwrap_or_else(|e| panic!("bad JSON ({e}): {}\n{}", stdout(out), stderr(out)))
 }
 
-fn umoci_unpack(layout: &Path, reference: &str, into: &Path) -> PathBuf {
-    let bundle = into.join("bundle");
-    run(Command::new("umoci")
-        .args(["unpack", "--rootless", "--image"])
-        .arg(format!("{}:{reference}", layout.display()))
-        .arg(&bundle));
-    bundle.join("rootfs")
-}
-
 fn version_of(binary: &Path, arg: &str) -> String {
     let out = run(Command::new(binary).arg(arg).env("ETCDCTL_API", "3"));
     stdout(&out)

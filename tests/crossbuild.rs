@@ -85,14 +85,6 @@ gopath = "{GOPATH}"
     sb.use_config(&config);
 }
 
-fn unpack(layout: &Path, reference: &str, into: &Path) -> PathBuf {
-    run(Command::new("umoci")
-        .args(["unpack", "--rootless", "--image"])
-        .arg(format!("{}:{reference}", layout.display()))
-        .arg(into));
-    into.join("rootfs")
-}
-
 fn qemu(arch: &str) -> &'static str {
     match arch {
         "arm64" => "qemu-aarch64-static",
@@ -173,7 +165,7 @@ fn cross_built_ppc64le_and_arm64_images_run_under_qemu() {
         let config: Value = serde_json::from_slice(&config.stdout).unwrap();
         assert_eq!(config["architecture"], arch);
 
-        let rootfs = unpack(
+        let rootfs = umoci_unpack(
             &sb.path().join("oci"),
             &reference,
             &sb.path().join(format!("u-{arch}")),
@@ -291,7 +283,7 @@ fn a_patch_changes_the_build_and_a_broken_patch_fails_clearly() {
     assert_eq!(c["compiled"], true);
     assert_eq!(c["patches"][0], "0001-mark-the-build.patch");
     assert_ne!(patched["manifest_digest"], plain["manifest_digest"]);
-    let rootfs = unpack(
+    let rootfs = umoci_unpack(
         &sb.path().join("oci"),
         "3.4.23-0-linux-amd64",
         &sb.path().join("u"),
@@ -383,7 +375,7 @@ fn all_build_five_arches_into_one_index_then_again_compiles_nothing() {
         ]
     );
     for arch in arches {
-        let rootfs = unpack(
+        let rootfs = umoci_unpack(
             &layout,
             &format!("3.4.23-0-linux-{arch}"),
             &sb.path().join(format!("u-{arch}")),
@@ -400,6 +392,24 @@ fn all_build_five_arches_into_one_index_then_again_compiles_nothing() {
             checked >= 5,
             "{arch}: etcd, etcdctl (+ versioned names) and migrate: {checked}"
         );
+        // The Go build info etcdimg read (no Go toolchain; s390x is big-endian, arm 32-bit)
+        // is what `go version -m` reads from the same files.
+        let image = first["images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["arch"] == arch)
+            .unwrap();
+        let compared = check_build_info(&rootfs, &image["binaries"]);
+        assert!(
+            compared >= 2,
+            "{arch}: {compared} binaries with Go build info"
+        );
+        for b in image["binaries"].as_array().unwrap() {
+            if !b["go"].is_null() {
+                assert_eq!(b["go"]["settings"]["GOARCH"], arch, "{b}");
+            }
+        }
     }
 
     // Again: nothing compiled, the same index.
@@ -624,7 +634,7 @@ fn git_and_tarball_sources_build_offline_against_a_dependencies_gopath() {
         format!("git file://{}", repo.display())
     );
     assert_eq!(r["compiles"][0]["mode"], "gopath");
-    let rootfs = unpack(
+    let rootfs = umoci_unpack(
         &sb.path().join("oci"),
         "3.4.23-0-linux-arm64",
         &sb.path().join("u-git"),

@@ -642,10 +642,35 @@ fn wait_storage_version(
     }
 }
 
+/// The original's fingerprint, read on a thread of its own from before the copy is staged to
+/// the end of the step's etcd run: the copy (or the restore) and this read go through the same
+/// page cache, so the original is read from disk once, and the hashing overlaps the copy and
+/// etcd's start. Only for a single member: a member of a cluster compares a window of
+/// revisions that is known only after the step ([`verify_copy`]). The original is not touched
+/// from here to the swap (settled, and the lock held).
+pub(crate) struct EarlyFingerprint(Option<std::thread::JoinHandle<FingerprintResult>>);
+
+type FingerprintResult = Result<backend::Fingerprint, backend::BackendError>;
+
+impl EarlyFingerprint {
+    pub(crate) fn start(options: &Options) -> EarlyFingerprint {
+        if matches!(peers(options), Peers::Cluster { .. }) {
+            return EarlyFingerprint(None);
+        }
+        let db = backend::db_path(&options.data_dir);
+        EarlyFingerprint(Some(std::thread::spawn(move || {
+            backend::fingerprint(&db, None)
+        })))
+    }
+
+    fn join(self) -> Option<FingerprintResult> {
+        self.0.map(|h| h.join().expect("fingerprint thread"))
+    }
+}
+
 /// Runs etcd `version` on the copy once ([`run_once`]), then compares the copy's fingerprint
-/// with the original's ([`verify_copy`]). For a single member the original's fingerprint is read
-/// while etcd runs: the original is not touched by the step, and etcd's start leaves a core
-/// free.
+/// with the original's ([`verify_copy`]), which `early` has been reading since before the copy
+/// was made.
 fn run_and_verify(
     options: &Options,
     version: &Version,
@@ -653,20 +678,15 @@ fn run_and_verify(
     copy: &Path,
     logs: &Path,
     phases: &mut Phases,
+    early: EarlyFingerprint,
 ) -> Result<StepFingerprints, MigrateError> {
     let original = &options.data_dir;
-    let cluster = matches!(peers(options), Peers::Cluster { .. });
-    std::thread::scope(|s| {
-        let before_db = backend::db_path(original);
-        let early = (!cluster).then(|| s.spawn(move || backend::fingerprint(&before_db, None)));
-        run_once(options, version, copy, logs)?;
-        phases.mark("etcd");
-        tamper_hook(copy);
-        let early = early.map(|h| h.join().expect("fingerprint thread"));
-        let fps = verify_copy(options, step, original, copy, early)?;
-        phases.mark("verify");
-        Ok(fps)
-    })
+    run_once(options, version, copy, logs)?;
+    phases.mark("etcd");
+    tamper_hook(copy);
+    let fps = verify_copy(options, step, original, copy, early.join())?;
+    phases.mark("verify");
+    Ok(fps)
 }
 
 /// The fingerprints of the original data dir (unless already read: `before`) and of the new
@@ -833,6 +853,7 @@ pub fn upgrade(
         need / 1_000_000
     ));
     fill_disk_failpoint("upgrade-space-checked", parent);
+    let early = EarlyFingerprint::start(options);
     let staged = (|| {
         stage::stage(&plan, &options.data_dir, &side.new)?;
         phases.mark("stage");
@@ -841,7 +862,15 @@ pub fn upgrade(
         snapshot_past_unreplayable(options, &old, to, &side.new, logs.path())?;
         log(&format!("starting etcd {to} on the working copy"));
         let step = format!("upgrade {from} -> {to}");
-        let fps = run_and_verify(options, to, &step, &side.new, logs.path(), &mut phases)?;
+        let fps = run_and_verify(
+            options,
+            to,
+            &step,
+            &side.new,
+            logs.path(),
+            &mut phases,
+            early,
+        )?;
         failpoint("upgrade-verified");
         stage::make_durable(&side.new)?;
         DataDir::new(&side.new).write_version(&VersionPair::new(to.clone(), Storage::Etcd3))?;
@@ -1079,6 +1108,7 @@ pub fn rollback(
         db_bytes / 1_000_000,
         tool.display()
     ));
+    let early = EarlyFingerprint::start(options);
     let restored = (|| {
         snapshot_restore(&tool, &db, &side.new, options)?;
         if options.policy.has_storage_migrate(&current) {
@@ -1101,7 +1131,15 @@ pub fn rollback(
         failpoint("rollback-restored");
         log(&format!("starting etcd {to} on the restored copy"));
         let step = format!("rollback {from} -> {to}");
-        let fps = run_and_verify(options, to, &step, &side.new, logs.path(), &mut phases)?;
+        let fps = run_and_verify(
+            options,
+            to,
+            &step,
+            &side.new,
+            logs.path(),
+            &mut phases,
+            early,
+        )?;
         check_rolled_back_versions(&side.new, to)?;
         failpoint("rollback-verified");
         stage::make_durable(&side.new)?;

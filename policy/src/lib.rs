@@ -9,7 +9,12 @@
 //! ships the effective policy in the image as JSON for migrate ([`Policy::to_json`]). An
 //! extension may only make the policy stricter.
 //!
+//! The Go toolchain policy ([`go`]) sits beside it: which Go built a bundled binary matters to
+//! every scanner.
+//!
 //! This crate reads nothing and prints nothing.
+
+pub mod go;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -422,6 +427,9 @@ pub struct Extension {
     pub minor: BTreeMap<String, MinorOverride>,
     #[serde(default)]
     pub advisory: Vec<Advisory>,
+    /// `[policy.go]`: the Go toolchain policy's extension ([`go::GoExtension`]).
+    #[serde(default)]
+    pub go: Option<go::GoExtension>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
@@ -554,6 +562,7 @@ mod tests {
                 issue: "etcd-io/etcd#99999".into(),
                 summary: "test".into(),
             }],
+            go: None,
         };
         p.extend(&ext).unwrap();
         let f: Vec<String> = p

@@ -25,6 +25,23 @@ pub fn warn_policy(settings: &Settings, reporter: &dyn Reporter) {
     }
 }
 
+/// What the Go policy has against the binaries of built images (their build info), as
+/// warnings: the build verbs go on, the release verbs refuse (`push::check_go_policy`).
+pub fn warn_go_policy(settings: &Settings, images: &[BuildReport], reporter: &dyn Reporter) {
+    let groups = crate::gopolicy::findings(
+        &settings.go_policy,
+        images
+            .iter()
+            .map(|i| (i.arch.as_str(), i.binaries.as_slice())),
+    );
+    for g in groups {
+        reporter.warn(&format!(
+            "{g}; push and plan refuse to release it ({})",
+            crate::gopolicy::HINT
+        ));
+    }
+}
+
 /// `etcdimg build --arch A`: [`preflight`], then [`build_checked`].
 pub async fn build(
     settings: &Settings,
@@ -35,7 +52,9 @@ pub async fn build(
 ) -> Result<BuildReport> {
     warn_policy(settings, &*reporter);
     let pre = preflight(settings, &[arch], options)?;
-    build_checked(settings, arch, options, &pre, cache, reporter).await
+    let report = build_checked(settings, arch, options, &pre, cache, reporter.clone()).await?;
+    warn_go_policy(settings, std::slice::from_ref(&report), &*reporter);
+    Ok(report)
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -63,6 +82,7 @@ pub async fn all_build(
     warn_policy(settings, &*reporter);
     let pre = preflight(settings, &settings.arches, options)?;
     let images = build_each(settings, options, &pre, cache, &reporter).await?;
+    warn_go_policy(settings, &images, &*reporter);
     let (tag, built) = write_index(settings, options, &images, &*reporter)?;
     Ok(AllBuildReport {
         layout: display_path(&options.output),

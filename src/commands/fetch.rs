@@ -112,9 +112,12 @@ async fn compile_binaries(
     cache: &Cache,
     reporter: Arc<dyn Reporter>,
 ) -> Result<Vec<Fetched>> {
-    let builder =
-        gobuild::Builder::detect(settings.gobuild.builder, &settings.gobuild.golang_version)
-            .context("choosing how to compile etcd from source")?;
+    let builder = gobuild::Builder::detect(
+        settings.gobuild.builder,
+        &settings.gobuild.golang_version,
+        settings.gobuild.go_toolchain.as_deref(),
+    )
+    .context("choosing how to compile etcd from source")?;
     let compiled = crate::pipeline::compile(
         settings,
         &builder,

@@ -76,6 +76,7 @@ pub async fn plan(
     if let Some(arch) = options.arch {
         let layout = index_plan::open_layout(&options.push.build.output)?;
         let img = index_plan::read_image(settings, &layout, arch, options.push.format)?;
+        push::check_go_policy(settings, &options.push, [&img], &*reporter)?;
         let pusher = read_only(&options.push, &img.target.registry)?;
         plan.registry = img.target.registry.clone();
         // 2 + 3.
@@ -85,6 +86,7 @@ pub async fn plan(
         return Ok(plan);
     }
     let p = index_plan::plan_index(settings, &options.push)?;
+    push::check_go_policy(settings, &options.push, &p.images, &*reporter)?;
     let pusher = Pusher::read_only(p.pusher.transport.clone());
     plan.registry = p.target.registry.clone();
     for img in &p.images {

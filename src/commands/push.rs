@@ -22,7 +22,7 @@ use crate::fetch::cache::Cache;
 use crate::oci::layout::Layout;
 use crate::pipeline;
 use crate::platform::Arch;
-use crate::publish::layout::{plan_index, pusher, read_image, IndexPlan, Target};
+use crate::publish::layout::{plan_index, pusher, read_image, ArchImage, IndexPlan, Target};
 pub use crate::publish::layout::{PushOptions, ReportOptions};
 pub use crate::publish::push::ImagePush;
 use crate::publish::push::{precheck_tags, push_images, push_index};
@@ -78,6 +78,46 @@ pub fn check_policy(
             text.join("; ")
         ),
         "pick versions the policy accepts (README, \"etcd version policy\"), or pass --allow-unsafe-versions (ETCDIMG_ALLOW_UNSAFE_VERSIONS=1) to release them anyway; the release report records them",
+    ))
+}
+
+/// Refuses a release of binaries whose Go the Go policy has findings against (read from the
+/// build records' Go build info), unless the user allowed it (`--allow-unsupported-go`); an
+/// allowed one is said on stderr and recorded in the release report.
+pub(crate) fn check_go_policy<'a>(
+    settings: &Settings,
+    options: &PushOptions,
+    images: impl IntoIterator<Item = &'a ArchImage>,
+    reporter: &dyn Reporter,
+) -> Result<()> {
+    let images: Vec<&ArchImage> = images.into_iter().collect();
+    let groups = crate::gopolicy::findings(
+        &settings.go_policy,
+        images.iter().filter_map(|i| {
+            i.record
+                .as_ref()
+                .map(|r| (i.arch.name(), r.provenance.binaries.as_slice()))
+        }),
+    );
+    if groups.is_empty() {
+        return Ok(());
+    }
+    if options.allow_unsupported_go {
+        for g in &groups {
+            reporter.warn(&format!(
+                "{g}; releasing it anyway (--allow-unsupported-go)"
+            ));
+        }
+        return Ok(());
+    }
+    let text: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
+    anyhow::bail!(crate::UserError::new(
+        format!(
+            "refusing to release {}: {}; nothing was pushed",
+            settings.tag(),
+            text.join("; ")
+        ),
+        crate::gopolicy::HINT,
     ))
 }
 
@@ -142,6 +182,7 @@ pub async fn push(
     build_all(settings, &[arch], options, cache, &reporter).await?;
     let layout = Layout::open(&options.build.output)?;
     let image = read_image(settings, &layout, arch, options.format)?;
+    check_go_policy(settings, options, [&image], &*reporter)?;
     let pusher = pusher(options, &image.target.registry)?;
     let images = push_images(&pusher, std::slice::from_ref(&image), options.force).await?;
     Ok(push_report(&pusher, options, images, None, None, started))
@@ -156,6 +197,7 @@ pub async fn push_manifest(
     let started = Instant::now();
     check_policy(settings, options, &*reporter)?;
     let p = plan_index(settings, options)?;
+    check_go_policy(settings, options, &p.images, &*reporter)?;
     let assembled = check_report(settings, &p, options)?;
     let outcome = push_index(settings, &p, options.force).await?;
     let report = attach_report(settings, &p, options, assembled).await?;
@@ -181,6 +223,7 @@ pub async fn all_push(
     check_policy(settings, options, &*reporter)?;
     build_all(settings, &settings.arches, options, cache, &reporter).await?;
     let p = plan_index(settings, options)?;
+    check_go_policy(settings, options, &p.images, &*reporter)?;
     let mut planned: Vec<(&Target, &str)> = p
         .images
         .iter()

@@ -155,6 +155,10 @@ impl std::str::FromStr for BuilderChoice {
 pub struct GoBuildSettings {
     pub builder: BuilderChoice,
     pub golang_version: String,
+    /// The Go every compile uses (`go1.27.3`): GOTOOLCHAIN for the local go command (which
+    /// fetches that toolchain through GOPROXY), the golang image's tag for docker. None: the
+    /// Go on PATH as the user's environment resolves it.
+    pub go_toolchain: Option<String>,
     pub source_repo: String,
     pub patches_dir: PathBuf,
     pub sources: BTreeMap<Version, SourceSpec>,
@@ -180,26 +184,51 @@ impl GoBuildSettings {
 /// A resolved builder.
 #[derive(Debug, Clone)]
 pub enum Builder {
-    Go { go: PathBuf, version: String },
-    Docker { docker: PathBuf, image: String },
+    /// `toolchain`: GOTOOLCHAIN for every go command of a compile (the chosen Go).
+    Go {
+        go: PathBuf,
+        version: String,
+        toolchain: Option<String>,
+    },
+    Docker {
+        docker: PathBuf,
+        image: String,
+    },
 }
 
 impl Builder {
-    pub fn detect(choice: BuilderChoice, golang_version: &str) -> Result<Builder, GoBuildError> {
+    /// The builder `choice` asks for; with `toolchain` (`go1.27.3`), the local go command
+    /// runs that Go (GOTOOLCHAIN; fetched now, so a Go that cannot be had fails before any
+    /// compile) and docker runs `golang:1.27.3`.
+    pub fn detect(
+        choice: BuilderChoice,
+        golang_version: &str,
+        toolchain: Option<&str>,
+    ) -> Result<Builder, GoBuildError> {
         let go = || -> Result<Builder, GoBuildError> {
             let go = which::which("go").map_err(|_| GoBuildError::Missing("go"))?;
-            let version = Cmd::new(&go)
-                .args(["env", "GOVERSION"])
+            let mut cmd = Cmd::new(&go).args(["env", "GOVERSION"]);
+            if let Some(t) = toolchain {
+                cmd = cmd.env("GOTOOLCHAIN", t);
+            }
+            let version = cmd
                 .output()
                 .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
                 .map_err(GoBuildError::Toolchain)?;
-            Ok(Builder::Go { go, version })
+            Ok(Builder::Go {
+                go,
+                version,
+                toolchain: toolchain.map(str::to_string),
+            })
         };
         let docker = || -> Result<Builder, GoBuildError> {
             let docker = which::which("docker").map_err(|_| GoBuildError::Missing("docker"))?;
+            let tag = toolchain
+                .map(|t| t.trim_start_matches("go").to_string())
+                .unwrap_or_else(|| golang_version.to_string());
             Ok(Builder::Docker {
                 docker,
-                image: format!("golang:{golang_version}"),
+                image: format!("golang:{tag}"),
             })
         };
         match choice {
@@ -442,8 +471,11 @@ pub fn command(builder: &Builder, job: &Job<'_>) -> Cmd {
         ".".to_string()
     };
     match builder {
-        Builder::Go { go, .. } => {
+        Builder::Go { go, toolchain, .. } => {
             let mut cmd = Cmd::new(go).arg("build").args(flags);
+            if let Some(t) = toolchain {
+                cmd = cmd.env("GOTOOLCHAIN", t);
+            }
             if let Some(o) = job.overlay {
                 cmd = cmd.arg("-overlay").arg(o);
             }
@@ -832,7 +864,7 @@ fn module_toolchain(
     version: &Version,
     arch: Arch,
 ) -> Result<(String, String), GoBuildError> {
-    let Builder::Go { go, .. } = builder else {
+    let Builder::Go { go, toolchain, .. } = builder else {
         return Err(GoBuildError::Unsupported {
             version: version.clone(),
             message: "the Go-module source builds with the local Go toolchain (--builder go): GOPROXY, GOSUMDB and the module cache are the host's".into(),
@@ -851,6 +883,9 @@ fn module_toolchain(
     let mut cmd = Cmd::new(go).arg("env").args(vars).current_dir(&dir);
     for (k, v) in go_env_for(arch, None, GoMode::Modules) {
         cmd = cmd.env(k, v);
+    }
+    if let Some(t) = toolchain {
+        cmd = cmd.env("GOTOOLCHAIN", t);
     }
     if arch == Arch::Arm {
         cmd = cmd.env("GOARM", "7");

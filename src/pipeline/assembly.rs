@@ -9,9 +9,9 @@ use std::collections::BTreeMap;
 
 use anyhow::Result;
 
+use super::layers::BuiltLayer;
 use crate::gobuild;
 use crate::oci::image::{self, AddedLayer, ImageSpec};
-use crate::oci::layer::LayerDigests;
 use crate::oci::{self, gzip};
 use crate::platform::Arch;
 use crate::registry::{self};
@@ -19,12 +19,39 @@ use crate::release;
 
 use super::context::*;
 
+/// The label (and annotation) that records the Go of every Go binary in the image.
+pub(crate) const GO_LABEL: &str = "dev.etcdimg.go";
+
+/// `etcd-3.6.17=go1.27.3,etcdctl-3.6.17=go1.27.3,...`: each Go binary by its versioned name
+/// (the default `etcd`/`etcdctl` are links to those), sorted; None without Go binaries.
+fn go_label(layers: &[BuiltLayer]) -> Option<String> {
+    let mut pairs: Vec<String> = all_binaries(layers)
+        .iter()
+        .filter_map(|b| {
+            let go = b.go.as_ref()?;
+            let path = b
+                .links
+                .iter()
+                .chain(std::iter::once(&b.path))
+                .find(|p| p.rsplit('/').next().is_some_and(|n| n.contains('-')))
+                .unwrap_or(&b.path);
+            let name = path.rsplit('/').next().unwrap_or(path);
+            Some(format!(
+                "{name}={}",
+                go.go_version.split_whitespace().next().unwrap_or("")
+            ))
+        })
+        .collect();
+    pairs.sort();
+    (!pairs.is_empty()).then(|| pairs.join(","))
+}
+
 /// Stage 6, assemble: the image config (the base's, plus env and labels) and manifest, as
 /// canonical JSON.
 pub(crate) fn assemble(
     plan: &BuildPlan<'_>,
     base: &registry::BaseImage,
-    layers: &[(LayerDigests, String, bool)],
+    layers: &[BuiltLayer],
 ) -> Result<image::BuiltImage> {
     let (settings, arch) = (plan.settings, plan.arch);
     let created = image::rfc3339(plan.mtime);
@@ -45,6 +72,7 @@ pub(crate) fn assemble(
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
+    .chain(go_label(layers).map(|v| (GO_LABEL.to_string(), v)))
     .collect();
     let mut env = Vec::new();
     if arch != Arch::Amd64 {
@@ -67,9 +95,9 @@ pub(crate) fn assemble(
             .collect(),
         added: layers
             .iter()
-            .map(|(d, content, _)| AddedLayer {
-                digests: d.clone(),
-                created_by: format!("etcdimg: {content}"),
+            .map(|l| AddedLayer {
+                digests: l.digests.clone(),
+                created_by: format!("etcdimg: {}", l.content),
             })
             .collect(),
         arch,
@@ -82,16 +110,33 @@ pub(crate) fn assemble(
     Ok(image::build(&spec)?)
 }
 
+/// Where the etcd and migrate of an image came from (stages 2-4), for its build record.
+#[derive(Clone, Copy)]
+pub(crate) struct Inputs<'a> {
+    pub(crate) tarballs: &'a [TarballReport],
+    pub(crate) compiles: &'a [gobuild::CompileReport],
+    pub(crate) migrate_sha256: &'a str,
+}
+
+/// Every executable of the image's added layers, in image order.
+pub(crate) fn all_binaries(layers: &[BuiltLayer]) -> Vec<release::ImageBinary> {
+    layers.iter().flat_map(|l| l.binaries.clone()).collect()
+}
+
 /// The build record of an image: where every input came from (the release report's input).
 pub(crate) fn build_record(
     plan: &BuildPlan<'_>,
     base: &registry::BaseImage,
     built: &image::BuiltImage,
-    tarballs: &[TarballReport],
-    compiles: &[gobuild::CompileReport],
-    migrate_sha256: &str,
+    inputs: &Inputs<'_>,
     layers: &[LayerReport],
+    built_layers: &[BuiltLayer],
 ) -> release::BuildRecord {
+    let Inputs {
+        tarballs,
+        compiles,
+        migrate_sha256,
+    } = *inputs;
     release::BuildRecord {
         arch: plan.arch.to_string(),
         manifest_digest: format!("sha256:{}", built.manifest_digest),
@@ -112,6 +157,7 @@ pub(crate) fn build_record(
                 .collect(),
             compiles: compiles.iter().map(|c| c.build.clone()).collect(),
             migrate_sha256: migrate_sha256.to_string(),
+            binaries: all_binaries(built_layers),
             compression: gzip::description(),
             binary_mode: format!("{:o}", plan.mode),
             source_date_epoch: plan.mtime,

@@ -51,6 +51,8 @@ pub struct BuildReport {
     pub tarballs: Vec<TarballReport>,
     /// Versions compiled from source (or taken from the build cache) for this arch.
     pub compiles: Vec<gobuild::CompileReport>,
+    /// Every executable the build added, with its Go build info.
+    pub binaries: Vec<crate::release::ImageBinary>,
     pub docker_archive: Option<String>,
     pub seconds: f64,
 }

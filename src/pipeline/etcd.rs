@@ -12,7 +12,6 @@ use semver::Version;
 use crate::binary::{self, VersionCheck};
 use crate::fetch::{self, extract, http::Http};
 use crate::gobuild;
-use crate::oci::layer::LayerDigests;
 use crate::platform::Arch;
 use crate::report::Reporter;
 
@@ -22,7 +21,7 @@ use super::layers::*;
 
 /// A bundled release version: its layer from the layer cache, or its verified tarball.
 pub(crate) enum Release {
-    Layer(fetch::Expected, LayerDigests),
+    Layer(fetch::Expected, CachedLayer),
     Tarball(fetch::VerifiedTarball),
 }
 

@@ -71,8 +71,12 @@ pub fn preflight(
     }
     let builder = if arches.iter().any(|a| settings.source_for(*a).compiles()) {
         Some(
-            gobuild::Builder::detect(settings.gobuild.builder, &settings.gobuild.golang_version)
-                .context("choosing how to compile etcd from source")?,
+            gobuild::Builder::detect(
+                settings.gobuild.builder,
+                &settings.gobuild.golang_version,
+                settings.gobuild.go_toolchain.as_deref(),
+            )
+            .context("choosing how to compile etcd from source")?,
         )
     } else {
         None

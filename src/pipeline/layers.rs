@@ -9,17 +9,22 @@
 use anyhow::{Context, Result};
 use semver::Version;
 
+use serde::{Deserialize, Serialize};
+
+use crate::buildinfo;
 use crate::fetch::{self, cache::Cache, extract};
 use crate::migrate_build;
 use crate::oci::gzip;
 use crate::oci::layer::{self, Body, Entry, LayerDigests};
 use crate::platform::Arch;
+use crate::release::ImageBinary;
 use crate::report::Reporter;
 
 use super::context::*;
 
 /// Bumped whenever the layout of our layers changes, so that old cache entries are not reused.
-pub(crate) const LAYER_FORMAT: &str = "etcdimg-layer-v1";
+/// v2: a cache entry also lists the layer's executables with their Go build info.
+pub(crate) const LAYER_FORMAT: &str = "etcdimg-layer-v2";
 pub(crate) const BIN_DIR: &str = "usr/local/bin";
 /// The prefix of [`BIN_DIR`]; the version policy goes at [`etcd_policy::IMAGE_FILE`] under it.
 pub(crate) const PREFIX: &str = "usr/local";
@@ -111,11 +116,56 @@ pub(crate) fn layer_key(parts: &[&str]) -> String {
     fetch::cache::sha256_hex(text.as_bytes())
 }
 
-pub(crate) fn cached_layer(cache: &Cache, key: &str) -> Option<LayerDigests> {
+/// A layer in the layer cache: its digests and what the SBOM says of its executables.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct CachedLayer {
+    #[serde(flatten)]
+    pub(crate) digests: LayerDigests,
+    pub(crate) binaries: Vec<ImageBinary>,
+}
+
+/// One layer of an image being assembled, as stage 5 returns it.
+#[derive(Debug, Clone)]
+pub(crate) struct BuiltLayer {
+    pub(crate) digests: LayerDigests,
+    /// What it holds, in words (`etcd 3.6.17 (default etcd, etcdctl)`).
+    pub(crate) content: String,
+    /// Taken from the layer cache rather than compressed by this build.
+    pub(crate) reused: bool,
+    pub(crate) binaries: Vec<ImageBinary>,
+}
+
+pub(crate) fn cached_layer(cache: &Cache, key: &str) -> Option<CachedLayer> {
     let record = cache.get_ref("layers", key)?;
-    let digests: LayerDigests = serde_json::from_str(&record).ok()?;
-    let meta = std::fs::metadata(cache.blob_path(&digests.digest)).ok()?;
-    (meta.len() == digests.size).then_some(digests)
+    let cached: CachedLayer = serde_json::from_str(&record).ok()?;
+    let meta = std::fs::metadata(cache.blob_path(&cached.digests.digest)).ok()?;
+    (meta.len() == cached.digests.size).then_some(cached)
+}
+
+/// The ELF executables among a layer's entries, each with its sha256, the hard links to it
+/// and its Go build info (None for migrate, a Rust binary).
+pub(crate) fn image_binaries(entries: &[Entry<'_>]) -> Result<Vec<ImageBinary>> {
+    let mut binaries = Vec::new();
+    for e in entries {
+        let Body::File(bytes) = &e.body else { continue };
+        if !bytes.starts_with(b"\x7fELF") {
+            continue;
+        }
+        let go = buildinfo::read(bytes)
+            .with_context(|| format!("reading the Go build info of `{}`", e.path))?;
+        binaries.push(ImageBinary {
+            path: e.path.clone(),
+            links: entries
+                .iter()
+                .filter(|l| matches!(&l.body, Body::HardLink(t) if *t == e.path))
+                .map(|l| l.path.clone())
+                .collect(),
+            sha256: fetch::cache::sha256_hex(bytes),
+            size: bytes.len() as u64,
+            go,
+        });
+    }
+    Ok(binaries)
 }
 
 /// Compresses the layer of `job` into the cache, unless a process sharing the cache made it
@@ -127,7 +177,7 @@ pub(crate) fn make_layer(
     cache: &Cache,
     reuse: bool,
     reporter: &dyn Reporter,
-) -> Result<LayerDigests> {
+) -> Result<CachedLayer> {
     let _held = cache.lock(
         "layer",
         &job.key,
@@ -164,6 +214,8 @@ pub(crate) fn make_layer(
             },
         ],
     };
+    let binaries = image_binaries(&entries)
+        .with_context(|| format!("building the layer for {}", job.content))?;
     let mut pending = cache.pending()?;
     let digests = layer::write_layer(
         entries,
@@ -179,8 +231,9 @@ pub(crate) fn make_layer(
             digests.digest
         ),
     }
-    cache.put_ref("layers", &job.key, &serde_json::to_string(&digests)?)?;
-    Ok(digests)
+    let cached = CachedLayer { digests, binaries };
+    cache.put_ref("layers", &job.key, &serde_json::to_string(&cached)?)?;
+    Ok(cached)
 }
 
 impl BuildPlan<'_> {
@@ -197,21 +250,26 @@ impl BuildPlan<'_> {
     }
 
     /// A cached layer for `key`, unless `--no-layer-cache`.
-    pub(crate) fn reuse(&self, key: &str) -> Option<LayerDigests> {
+    pub(crate) fn reuse(&self, key: &str) -> Option<CachedLayer> {
         cached_layer(self.cache, key).filter(|_| self.options.reuse_layers)
     }
 }
 
 /// The layers of an image being assembled: one slot per layer in image order (`Some` once
-/// its digests are known: `(digests, content, reused)`), and the jobs that fill the others.
+/// its digests are known), and the jobs that fill the others.
 pub(crate) struct LayerSet {
-    pub(crate) slots: Vec<Option<(LayerDigests, String, bool)>>,
+    pub(crate) slots: Vec<Option<BuiltLayer>>,
     pub(crate) jobs: Vec<(usize, LayerJob)>,
 }
 
 impl LayerSet {
-    pub(crate) fn reused(&mut self, d: LayerDigests, content: String) {
-        self.slots.push(Some((d, content, true)));
+    pub(crate) fn reused(&mut self, c: CachedLayer, content: String) {
+        self.slots.push(Some(BuiltLayer {
+            digests: c.digests,
+            content,
+            reused: true,
+            binaries: c.binaries,
+        }));
     }
 
     pub(crate) fn queue(&mut self, job: LayerJob) {
@@ -222,10 +280,7 @@ impl LayerSet {
 
 /// Stage 5, compress: every layer job, biggest first, `--jobs` at a time, into the layer
 /// cache; the bytes never depend on the order. Returns every layer in image order.
-pub(crate) fn compress(
-    plan: &BuildPlan<'_>,
-    set: LayerSet,
-) -> Result<Vec<(LayerDigests, String, bool)>> {
+pub(crate) fn compress(plan: &BuildPlan<'_>, set: LayerSet) -> Result<Vec<BuiltLayer>> {
     let LayerSet {
         mut slots,
         mut jobs,
@@ -271,8 +326,13 @@ pub(crate) fn compress(
         }
         Ok(())
     })?;
-    for (slot, d, content) in results.into_inner().expect("results") {
-        slots[slot] = Some((d, content, false));
+    for (slot, c, content) in results.into_inner().expect("results") {
+        slots[slot] = Some(BuiltLayer {
+            digests: c.digests,
+            content,
+            reused: false,
+            binaries: c.binaries,
+        });
     }
     Ok(slots
         .into_iter()

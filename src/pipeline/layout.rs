@@ -9,9 +9,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 
-use crate::gobuild;
+use super::layers::BuiltLayer;
 use crate::oci::image::{self};
-use crate::oci::layer::LayerDigests;
 use crate::oci::layout::Layout;
 use crate::oci::{self, docker_archive, MediaType};
 use crate::registry::{self};
@@ -35,11 +34,9 @@ pub(crate) struct Written {
 pub(crate) fn write_layout(
     plan: &BuildPlan<'_>,
     base: &registry::BaseImage,
-    layers: &[(LayerDigests, String, bool)],
+    layers: &[BuiltLayer],
     built: &image::BuiltImage,
-    tarballs: &[TarballReport],
-    compiles: &[gobuild::CompileReport],
-    migrate_sha256: &str,
+    inputs: &Inputs<'_>,
 ) -> Result<Written> {
     let (settings, arch, output) = (plan.settings, plan.arch, &plan.options.output);
     let reference = settings.layout_ref(arch);
@@ -49,7 +46,8 @@ pub(crate) fn write_layout(
     for l in &base.layers {
         layout.put_blob_file(&l.path, &oci::hex(&l.descriptor), l.descriptor.size())?;
     }
-    for (d, _, _) in layers {
+    for l in layers {
+        let d = &l.digests;
         layout.put_blob_file(&plan.cache.blob_path(&d.digest), &d.digest, d.size)?;
     }
     layout.put_blob_bytes(&built.config)?;
@@ -64,21 +62,13 @@ pub(crate) fn write_layout(
             cached: true,
         })
         .collect();
-    reports.extend(layers.iter().map(|(d, content, cached)| LayerReport {
-        digest: format!("sha256:{}", d.digest),
-        size: d.size,
-        content: content.clone(),
-        cached: *cached,
+    reports.extend(layers.iter().map(|l| LayerReport {
+        digest: format!("sha256:{}", l.digests.digest),
+        size: l.digests.size,
+        content: l.content.clone(),
+        cached: l.reused,
     }));
-    let record = build_record(
-        plan,
-        base,
-        built,
-        tarballs,
-        compiles,
-        migrate_sha256,
-        &reports,
-    );
+    let record = build_record(plan, base, built, inputs, &reports, layers);
     let record_hex = layout.put_blob_bytes(&oci::canonical_json(&record))?;
     let mut desc = oci::descriptor(
         MediaType::ImageManifest,

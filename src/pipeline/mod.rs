@@ -83,9 +83,11 @@ pub async fn build_checked(
         &base,
         &layers,
         &image,
-        &tarballs,
-        &compiles,
-        &migrate_sha256,
+        &Inputs {
+            tarballs: &tarballs,
+            compiles: &compiles,
+            migrate_sha256: &migrate_sha256,
+        },
     )?;
     write_docker_archive(&plan, &image, &written)?;
     Ok(BuildReport {
@@ -105,6 +107,7 @@ pub async fn build_checked(
         layers: written.layers,
         tarballs,
         compiles,
+        binaries: all_binaries(&layers),
         docker_archive: options.docker_archive.as_deref().map(display_path),
         seconds: started.elapsed().as_secs_f64(),
     })

@@ -33,6 +33,8 @@ pub struct PushOptions {
     pub force: bool,
     /// Release versions the version policy has findings against.
     pub allow_unsafe_versions: bool,
+    /// Release binaries built with a Go the Go policy has findings against.
+    pub allow_unsupported_go: bool,
     pub format: ManifestFormat,
     /// Write the release report and attach it to the index (push-manifest, all-push).
     pub report: Option<ReportOptions>,

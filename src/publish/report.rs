@@ -28,6 +28,17 @@ pub(crate) fn assemble(settings: &Settings, plan: &IndexPlan) -> Result<ReleaseR
                 .collect(),
         },
         index: index_ref(plan),
+        unsupported_go_allowed: crate::gopolicy::findings(
+            &settings.go_policy,
+            plan.images.iter().filter_map(|i| {
+                i.record
+                    .as_ref()
+                    .map(|r| (i.arch.name(), r.provenance.binaries.as_slice()))
+            }),
+        )
+        .iter()
+        .map(|g| g.to_string())
+        .collect(),
         images: plan
             .images
             .iter()

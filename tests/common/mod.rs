@@ -288,6 +288,10 @@ impl Sandbox {
             // Those are below etcd's production minimum (3.5.6): the release verbs refuse them
             // unless allowed. The tests that are about that refusal unset this.
             ("ETCDIMG_ALLOW_UNSAFE_VERSIONS".to_string(), "1".to_string()),
+            // The fixtures are built with the machine's Go (1.26.8), below the Go policy's
+            // minimum (1.26.10): the release verbs refuse them unless allowed. The tests about
+            // that refusal unset this.
+            ("ETCDIMG_ALLOW_UNSUPPORTED_GO".to_string(), "1".to_string()),
             ("ETCDIMG_HTTP_RETRY_DELAY_MS".to_string(), "20".to_string()),
             // HOME moves into the sandbox; Go's compile cache stays shared between tests (it
             // is keyed by content, and cross-compiling etcd cold takes a minute per arch).
@@ -719,4 +723,117 @@ pub fn form_pairs(text: &str) -> Vec<(String, String)> {
             (decode(k), decode(v))
         })
         .collect()
+}
+
+/// `go version -m BINARY` as JSON in the shape of `etcdimg::buildinfo::GoBuildInfo` (go_version,
+/// path, main, deps with replace, settings): the Go toolchain's own reading, to check ours by.
+pub fn go_version_m(binary: &Path) -> serde_json::Value {
+    let out = run(Command::new("go").arg("version").arg("-m").arg(binary));
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let mut lines = text.lines();
+    let first = lines.next().unwrap_or("");
+    let go_version = first.rsplit_once(": ").map(|(_, v)| v).unwrap_or("");
+    let module = |f: &[&str]| {
+        serde_json::json!({
+            "path": f.first().copied().unwrap_or(""),
+            "version": f.get(1).copied().unwrap_or(""),
+            "sum": f.get(2).copied().unwrap_or(""),
+        })
+    };
+    let (mut path, mut main, mut deps) = (String::new(), None, Vec::<serde_json::Value>::new());
+    let mut settings = serde_json::Map::new();
+    let mut last_main = false;
+    for line in lines {
+        let line = line.strip_prefix('\t').unwrap_or(line);
+        let (kind, rest) = line.split_once('\t').unwrap_or((line, ""));
+        let fields: Vec<&str> = rest.split('\t').collect();
+        match kind {
+            "path" => path = rest.to_string(),
+            "mod" => {
+                main = Some(module(&fields));
+                last_main = true;
+            }
+            "dep" => {
+                deps.push(module(&fields));
+                last_main = false;
+            }
+            "=>" => {
+                let target = if last_main {
+                    main.as_mut()
+                } else {
+                    deps.last_mut()
+                };
+                target.unwrap()["replace"] = module(&fields);
+            }
+            "build" => {
+                // `go version -m` prints settings as the binary holds them (quoted where
+                // needed); unquote the simple cases the same way ours does.
+                let (k, v) = rest.split_once('=').unwrap();
+                let v = v
+                    .strip_prefix('"')
+                    .and_then(|v| v.strip_suffix('"'))
+                    .map(|v| v.replace("\\\"", "\"").replace("\\\\", "\\"))
+                    .unwrap_or_else(|| v.to_string());
+                settings.insert(k.to_string(), serde_json::Value::String(v));
+            }
+            _ => {}
+        }
+    }
+    serde_json::json!({
+        "go_version": go_version, "path": path, "main": main, "deps": deps, "settings": settings,
+    })
+}
+
+/// Our reading of a binary's build info, in the same shape as [`go_version_m`] (sums and
+/// replacements always present, for an exact comparison).
+pub fn our_build_info(info: &serde_json::Value) -> serde_json::Value {
+    let module = |m: &serde_json::Value| {
+        let mut out = serde_json::json!({
+            "path": m["path"], "version": m["version"],
+            "sum": m.get("sum").cloned().unwrap_or(serde_json::json!("")),
+        });
+        if let Some(r) = m.get("replace") {
+            out["replace"] = serde_json::json!({
+                "path": r["path"], "version": r["version"],
+                "sum": r.get("sum").cloned().unwrap_or(serde_json::json!("")),
+            });
+        }
+        out
+    };
+    serde_json::json!({
+        "go_version": info["go_version"],
+        "path": info["path"],
+        "main": if info["main"].is_null() { serde_json::Value::Null } else { module(&info["main"]) },
+        "deps": info["deps"].as_array().map(|d| d.iter().map(module).collect::<Vec<_>>()).unwrap_or_default(),
+        "settings": info["settings"],
+    })
+}
+
+/// Unpacks `layout:reference` with umoci (rootless); returns the rootfs.
+pub fn umoci_unpack(layout: &Path, reference: &str, into: &Path) -> PathBuf {
+    run(Command::new("umoci")
+        .args(["unpack", "--rootless", "--image"])
+        .arg(format!("{}:{reference}", layout.display()))
+        .arg(into));
+    into.join("rootfs")
+}
+
+/// Every binary a build reported (`binaries` of `build --json`) that has Go build info reads
+/// the same with `go version -m` from the unpacked image; returns how many were compared.
+pub fn check_build_info(rootfs: &Path, binaries: &serde_json::Value) -> usize {
+    let mut checked = 0;
+    for b in binaries.as_array().expect("binaries") {
+        let path = rootfs.join(b["path"].as_str().unwrap());
+        if b["go"].is_null() {
+            continue;
+        }
+        assert_eq!(
+            our_build_info(&b["go"]),
+            go_version_m(&path),
+            "{}",
+            path.display()
+        );
+        checked += 1;
+    }
+    checked
 }
