@@ -131,6 +131,12 @@ pub fn read(bytes: &[u8]) -> Result<Option<GoBuildInfo>, BuildInfoError> {
     parse(&String::from_utf8_lossy(&version), &text).map(Some)
 }
 
+/// Does the ELF file keep its symbol table (`.symtab`)? Go's `-ldflags=-s` drops it, and
+/// without it govulncheck cannot tell which functions a binary contains.
+pub fn has_symbol_table(bytes: &[u8]) -> bool {
+    object::File::parse(bytes).is_ok_and(|f| f.section_by_name(".symtab").is_some())
+}
+
 fn damaged(message: String) -> BuildInfoError {
     BuildInfoError::Damaged(message)
 }

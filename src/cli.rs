@@ -72,6 +72,9 @@ pub enum Command {
     /// digests, compression, every digest) for the index in the layout; --push attaches it to
     /// the pushed index as an OCI artifact (push-manifest and all-push do this themselves).
     Report(ReportArgs),
+    /// Scan every Go binary of the images in the layout with govulncheck (binary mode) against
+    /// a vulnerability database: what is called, what is only present, and the fixed versions.
+    Scan(ScanArgs),
     /// Print the resolved settings (after flags, environment and images.toml).
     Settings(SettingsArgs),
     /// Download the official etcd releases of the bundled versions (or --versions), verified
@@ -195,6 +198,11 @@ pub struct PushFlags {
     pub allow_unsupported_go: bool,
     #[command(flatten)]
     pub format: FormatFlag,
+    #[command(flatten)]
+    pub vuln: VulnFlags,
+    /// Release binaries that call vulnerable code (with --vulndb); recorded in the report.
+    #[arg(long, env = "ETCDIMG_ALLOW_CALLED_VULNS", action = clap::ArgAction::SetTrue, value_parser = clap::builder::BoolishValueParser::new())]
+    pub allow_called_vulns: bool,
 }
 
 #[derive(Debug, Args)]
@@ -327,6 +335,36 @@ pub struct AllPushArgs {
     /// Push without writing or attaching the release report.
     #[arg(long)]
     pub no_report: bool,
+}
+
+/// Where the vulnerability report comes from (scan, and the release verbs' gate).
+#[derive(Debug, Args, Clone, Default)]
+pub struct VulnFlags {
+    /// Go vulnerability database for govulncheck: a URL (https://vuln.go.dev, your mirror) or
+    /// a directory in its format. With it, the release verbs scan first and refuse called
+    /// vulnerabilities; the scan goes into the release report.
+    #[arg(long, env = "ETCDIMG_VULNDB", value_name = "URL|DIR")]
+    pub vulndb: Option<String>,
+    /// The govulncheck binary [default: govulncheck on PATH].
+    #[arg(long, env = "ETCDIMG_GOVULNCHECK", value_name = "PATH")]
+    pub govulncheck: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ScanArgs {
+    /// Scan this arch only [default: every arch of images.toml].
+    #[arg(long)]
+    pub arch: Option<String>,
+    #[command(flatten)]
+    pub overrides: OverrideArgs,
+    /// OCI image layout holding the images.
+    #[arg(long, env = "ETCDIMG_OUTPUT", default_value = "_output/oci")]
+    pub output: PathBuf,
+    #[command(flatten)]
+    pub vuln: VulnFlags,
+    /// Exit 1 when a vulnerability is `called` (default), or `present` too; `none`: never.
+    #[arg(long, default_value = "called", value_name = "LEVEL")]
+    pub fail_on: String,
 }
 
 #[derive(Debug, Args)]

@@ -76,6 +76,7 @@ mod tests {
             links: vec![],
             sha256: "00".repeat(32),
             size: 1,
+            stripped: true,
             go: go.map(|g| GoBuildInfo {
                 go_version: g.into(),
                 path: "go.etcd.io/etcd/server/v3".into(),

@@ -24,6 +24,7 @@ pub mod publish;
 pub mod registry;
 pub mod release;
 pub mod report;
+pub mod scan;
 pub mod settings;
 
 /// An error whose message and hint are meant for the user as they are.

@@ -113,6 +113,14 @@ fn push_options(
         force: flags.force,
         allow_unsafe_versions: flags.allow_unsafe_versions,
         allow_unsupported_go: flags.allow_unsupported_go,
+        scan: match &flags.vuln.vulndb {
+            Some(db) => Some(etcdimg::commands::scan::scanner(
+                flags.vuln.govulncheck.as_deref(),
+                db,
+            )?),
+            None => None,
+        },
+        allow_called_vulns: flags.allow_called_vulns,
         format,
         report: report.map(|r| ReportOptions {
             dir: r.report_dir.clone(),
@@ -211,6 +219,7 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Test(args) => test_verb(g, args, &*reporter),
         Command::Fetch(args) => fetch_verb(g, args, reporter).await,
         Command::Settings(args) => settings_verb(g, args),
+        Command::Scan(args) => scan_verb(g, args, &*reporter),
     }
 }
 
@@ -282,6 +291,8 @@ async fn plan_verb(g: &GlobalArgs, args: &PlanArgs, reporter: Shared) -> Result<
         allow_unsafe_versions: args.allow_unsafe_versions,
         allow_unsupported_go: args.allow_unsupported_go,
         format: args.format.clone(),
+        vuln: Default::default(),
+        allow_called_vulns: false,
     };
     let build = build_options(&settings, &args.image, None, &reporter);
     let options = PlanOptions {
@@ -316,6 +327,8 @@ async fn report_verb(g: &GlobalArgs, args: &ReportArgs, reporter: Shared) -> Res
         allow_unsafe_versions: true,
         allow_unsupported_go: true,
         format: args.format.clone(),
+        vuln: Default::default(),
+        allow_called_vulns: true,
     };
     let build = build_options(&settings, &layout_only(&args.output), None, &reporter);
     let options = push_options(build, &flags, Some(&args.report))?;
@@ -346,6 +359,14 @@ async fn report_verb(g: &GlobalArgs, args: &ReportArgs, reporter: Shared) -> Res
     Ok(())
 }
 
+/// `--arch A` alone, or every arch of images.toml.
+fn arches_for(settings: &Settings, arch: Option<&str>) -> Result<Vec<etcdimg::platform::Arch>> {
+    Ok(match arch {
+        Some(a) => vec![settings::selected_arch(settings, a)?],
+        None => settings.arches.clone(),
+    })
+}
+
 /// `test`: one table per arch; exit 1 when any check failed.
 fn test_verb(
     g: &GlobalArgs,
@@ -355,10 +376,7 @@ fn test_verb(
     use etcdimg::commands::test::{test_image, Runtime};
     use etcdimg::commands::test_containerd;
     let settings = resolve(g, &args.overrides)?;
-    let arches = match &args.arch {
-        Some(a) => vec![settings::selected_arch(&settings, a)?],
-        None => settings.arches.clone(),
-    };
+    let arches = arches_for(&settings, args.arch.as_deref())?;
     build::warn_policy(&settings, reporter);
     let runtime = match args.runtime.as_str() {
         "containerd" => {
@@ -461,6 +479,51 @@ fn go_findings_for_settings(settings: &Settings, arch: etcdimg::platform::Arch) 
             .collect()
     })
     .unwrap_or_default()
+}
+
+/// `scan`: the vulnerability report of the layout's images, as a table or `--json`.
+fn scan_verb(
+    g: &GlobalArgs,
+    args: &etcdimg::cli::ScanArgs,
+    reporter: &dyn etcdimg::report::Reporter,
+) -> Result<()> {
+    let settings = resolve(g, &args.overrides)?;
+    let arches = arches_for(&settings, args.arch.as_deref())?;
+    let Some(db) = &args.vuln.vulndb else {
+        anyhow::bail!(etcdimg::UserError::new(
+            "no vulnerability database given",
+            "pass --vulndb (ETCDIMG_VULNDB): https://vuln.go.dev, your mirror of it, or a directory in its format",
+        ));
+    };
+    let fail_on = args.fail_on.as_str();
+    if !["called", "present", "none"].contains(&fail_on) {
+        anyhow::bail!(etcdimg::UserError::new(
+            format!("--fail-on {fail_on} is not a level"),
+            "pass --fail-on called, present or none",
+        ));
+    }
+    let scanner = etcdimg::commands::scan::scanner(args.vuln.govulncheck.as_deref(), db)?;
+    let report =
+        etcdimg::commands::scan::scan(&settings, &args.output, &arches, &scanner, reporter)?;
+    if g.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", etcdimg::commands::scan::render(&report));
+    }
+    let called = report.called().count();
+    let present: usize = report.binaries.iter().map(|b| b.present.len()).sum();
+    let failed = match fail_on {
+        "called" => called > 0,
+        "present" => called + present > 0,
+        _ => false,
+    };
+    if failed {
+        anyhow::bail!(etcdimg::UserError::new(
+            format!("{called} called and {present} present vulnerabilities in {} binaries", report.binaries.len()),
+            "rebuild with the fixed versions the report names (build.go_toolchain / --go-toolchain for Go), or pass --fail-on none to report only",
+        ));
+    }
+    Ok(())
 }
 
 /// `settings`: the resolved settings for one arch, as JSON.

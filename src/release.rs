@@ -91,6 +91,9 @@ pub struct ImageBinary {
     pub links: Vec<String>,
     pub sha256: String,
     pub size: u64,
+    /// Built without a symbol table (`-ldflags=-s`, as etcd's release builds are).
+    #[serde(default)]
+    pub stripped: bool,
     /// Its Go build info (None for migrate, a Rust binary).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub go: Option<crate::buildinfo::GoBuildInfo>,
@@ -188,6 +191,9 @@ pub struct ReleaseReport {
     /// (`--allow-unsupported-go`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unsupported_go_allowed: Vec<String>,
+    /// The vulnerability scan of every Go binary, when the release was scanned (`--vulndb`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vulnerabilities: Option<crate::scan::ScanReport>,
 }
 
 /// A per-arch image as it will be pushed, with its build record.
@@ -256,6 +262,7 @@ pub fn report(input: ReportInput<'_>) -> Result<ReleaseReport, ReleaseError> {
         index: input.index,
         images,
         unsupported_go_allowed: input.unsupported_go_allowed,
+        vulnerabilities: None,
     })
 }
 

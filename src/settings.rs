@@ -702,6 +702,7 @@ fn resolve_gobuild(
         builder,
         golang_version,
         go_toolchain,
+        strip: build.strip.unwrap_or(true),
         source_repo,
         patches_dir,
         sources,

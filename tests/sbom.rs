@@ -8,49 +8,11 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::world::{json, world, World};
 use common::*;
 use serde_json::Value;
-
-/// A Go tool install-deps builds into target/tools/go/bin (or one on PATH).
-fn go_tool(test: &str, name: &str) -> Option<PathBuf> {
-    let local = repo_root().join("target/tools/go/bin").join(name);
-    if local.is_file() {
-        return Some(local);
-    }
-    require(test, name).then(|| which(name).unwrap())
-}
-
-/// images.toml for module-built amd64 images bundling `bundled` (the newest is the latest).
-fn module_config(fx: &Path, bundled: &[String], push_registry: &str) -> String {
-    let list: Vec<String> = bundled.iter().map(|v| format!("\"{v}\"")).collect();
-    format!(
-        r#"[etcd]
-latest = "{}"
-bundled = [{}]
-release_url = "http://127.0.0.1:9"
-
-[image]
-push_registry = "{push_registry}"
-arches = ["amd64"]
-base = "oci:{}:1.35"
-insecure_registries = ["{push_registry}"]
-
-[arch.amd64]
-source = "module"
-
-[migrate]
-source_dir = "{}"
-"#,
-        bundled.last().unwrap(),
-        list.join(", "),
-        fx.join("busybox-oci").display(),
-        repo_root().join("migrate").display()
-    )
-}
 
 /// (name, version, purl) of a package set.
 type Pkg = (String, String, String);
@@ -120,7 +82,7 @@ fn the_spdx_lists_the_go_modules_and_stdlib_syft_finds_in_every_binary() {
     };
     let (v35, v36) = (newest_fixture(&fx, 5), newest_fixture(&fx, 6));
     let mut sb = Sandbox::new();
-    sb.use_config(&module_config(
+    sb.use_config(&module_images_config(
         &fx,
         &[v35.to_string(), v36.to_string()],
         "127.0.0.1:9",
@@ -255,7 +217,7 @@ fn the_go_policy_refuses_an_old_go_and_a_chosen_go_rebuilds_every_binary() {
     let counting = FaultProxy::start(registry.port, |_| Fault::Forward);
     let host = format!("127.0.0.1:{}", counting.port);
     let v36 = newest_fixture(&fx, 6);
-    sb.use_config(&module_config(&fx, &[v36.to_string()], &host));
+    sb.use_config(&module_images_config(&fx, &[v36.to_string()], &host));
     sb.unset("ETCDIMG_ALLOW_UNSUPPORTED_GO");
     let local_go = String::from_utf8(run(Command::new("go").args(["env", "GOVERSION"])).stdout)
         .unwrap()
@@ -315,20 +277,7 @@ fn the_go_policy_refuses_an_old_go_and_a_chosen_go_rebuilds_every_binary() {
     );
 
     // Allowed: pushed, and recorded in the release report.
-    let reports = sb.path().join("reports");
-    let out = sb.etcdimg(&[
-        "all-push",
-        "--allow-unsupported-go",
-        "--report-dir",
-        reports.to_str().unwrap(),
-        "--json",
-    ]);
-    assert_success(&out);
-    let file = json(&out)["report"]["written"]["json"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let report: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    let report = common::world::all_push_report(&sb, &["--allow-unsupported-go"]);
     assert!(
         report["unsupported_go_allowed"]
             .to_string()

@@ -5,6 +5,7 @@ pub mod fetch;
 pub mod plan;
 pub mod push;
 pub mod report;
+pub mod scan;
 pub mod test;
 pub mod test_containerd;
 pub mod test_report;

@@ -183,6 +183,7 @@ pub async fn push(
     let layout = Layout::open(&options.build.output)?;
     let image = read_image(settings, &layout, arch, options.format)?;
     check_go_policy(settings, options, [&image], &*reporter)?;
+    scan_gate(settings, options, std::slice::from_ref(&image), &*reporter)?;
     let pusher = pusher(options, &image.target.registry)?;
     let images = push_images(&pusher, std::slice::from_ref(&image), options.force).await?;
     Ok(push_report(&pusher, options, images, None, None, started))
@@ -198,7 +199,8 @@ pub async fn push_manifest(
     check_policy(settings, options, &*reporter)?;
     let p = plan_index(settings, options)?;
     check_go_policy(settings, options, &p.images, &*reporter)?;
-    let assembled = check_report(settings, &p, options)?;
+    let vulns = scan_gate(settings, options, &p.images, &*reporter)?;
+    let assembled = check_report(settings, &p, options, vulns)?;
     let outcome = push_index(settings, &p, options.force).await?;
     let report = attach_report(settings, &p, options, assembled).await?;
     Ok(push_report(
@@ -224,13 +226,14 @@ pub async fn all_push(
     build_all(settings, &settings.arches, options, cache, &reporter).await?;
     let p = plan_index(settings, options)?;
     check_go_policy(settings, options, &p.images, &*reporter)?;
+    let vulns = scan_gate(settings, options, &p.images, &*reporter)?;
     let mut planned: Vec<(&Target, &str)> = p
         .images
         .iter()
         .map(|i| (&i.target, i.manifest.digest.as_str()))
         .collect();
     planned.push((&p.target, p.built.digest.as_str()));
-    let assembled = check_report(settings, &p, options)?;
+    let assembled = check_report(settings, &p, options, vulns)?;
     precheck_tags(&p.pusher, &planned, options.force).await?;
     let pushed = push_images(&p.pusher, &p.images, options.force).await?;
     let outcome = push_index(settings, &p, options.force).await?;
@@ -251,13 +254,37 @@ fn check_report(
     settings: &Settings,
     plan: &IndexPlan,
     options: &PushOptions,
+    vulnerabilities: Option<crate::scan::ScanReport>,
 ) -> Result<Option<release::ReleaseReport>> {
     if options.report.is_none() {
         return Ok(None);
     }
-    Ok(Some(
-        crate::publish::report::assemble(settings, plan).context("nothing was pushed")?,
-    ))
+    let mut report =
+        crate::publish::report::assemble(settings, plan).context("nothing was pushed")?;
+    report.vulnerabilities = vulnerabilities;
+    Ok(Some(report))
+}
+
+/// With `--vulndb`: the images' Go binaries scanned before anything is pushed; called
+/// vulnerabilities refuse the release unless allowed ([`super::scan::gate`]).
+fn scan_gate(
+    settings: &Settings,
+    options: &PushOptions,
+    images: &[ArchImage],
+    reporter: &dyn Reporter,
+) -> Result<Option<crate::scan::ScanReport>> {
+    let Some(scanner) = &options.scan else {
+        return Ok(None);
+    };
+    let report = super::scan::scan_images(images, scanner, reporter)
+        .context("scanning the images before release; nothing was pushed")?;
+    super::scan::gate(
+        &report,
+        options.allow_called_vulns,
+        &settings.tag(),
+        reporter,
+    )?;
+    Ok(Some(report))
 }
 
 /// After the index: the release report, written and attached (unless `--no-report`).

@@ -72,6 +72,8 @@ pub struct BuildSection {
     pub golang_version: Option<Spanned<String>>,
     /// The Go every compile uses (`go1.27.3`); release arches are then built from modules.
     pub go_toolchain: Option<Spanned<String>>,
+    /// Module builds strip symbols like etcd's release builds (default true).
+    pub strip: Option<bool>,
     /// The git repository cloned at `v<V>` when a version has no other source.
     pub source_repo: Option<Spanned<String>>,
     /// Directory of `<V>/*.patch`, relative to this file (default `patches`).

@@ -159,6 +159,9 @@ pub struct GoBuildSettings {
     /// fetches that toolchain through GOPROXY), the golang image's tag for docker. None: the
     /// Go on PATH as the user's environment resolves it.
     pub go_toolchain: Option<String>,
+    /// Module builds strip the symbol table as etcd's release builds do (`-s -w`); false keeps
+    /// it, so that govulncheck can tell which vulnerable symbols are called.
+    pub strip: bool,
     pub source_repo: String,
     pub patches_dir: PathBuf,
     pub sources: BTreeMap<Version, SourceSpec>,
@@ -370,13 +373,16 @@ pub fn go_flags(recipe: &Recipe, git_sha: &str) -> Vec<String> {
 /// The `go build` flags of a module build: exactly those of etcd's release builds
 /// (`scripts/build-binary.sh` sets `GO_LDFLAGS="-s -w"`, `scripts/build_lib.sh` adds
 /// `-trimpath -installsuffix=cgo` and the GitSHA), plus `-mod=readonly`: every dependency at
-/// the version and sum of the release's go.sum, nothing resolved anew.
-pub fn module_flags(recipe: &Recipe, git_sha: &str) -> Vec<String> {
+/// the version and sum of the release's go.sum, nothing resolved anew. `strip: false` leaves
+/// out `-s -w`: the symbol table stays, which govulncheck needs to tell called code from
+/// merely linked code (the binaries grow by about a third).
+pub fn module_flags(recipe: &Recipe, git_sha: &str, strip: bool) -> Vec<String> {
+    let strip = if strip { "-s -w " } else { "" };
     vec![
         "-mod=readonly".into(),
         "-trimpath".into(),
         "-installsuffix=cgo".into(),
-        format!("-ldflags=-s -w -X={}.GitSHA={git_sha}", recipe.version_pkg),
+        format!("-ldflags={strip}-X={}.GitSHA={git_sha}", recipe.version_pkg),
     ]
 }
 
@@ -808,7 +814,7 @@ pub async fn resolve(
         .map(|c| c[..c.len().min(7)].to_string())
         .unwrap_or_else(|| "GitNotFound".into());
     let flags = if modules {
-        module_flags(&recipe, &git_sha)
+        module_flags(&recipe, &git_sha, settings.strip)
     } else {
         go_flags(&recipe, &git_sha)
     };

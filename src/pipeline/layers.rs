@@ -162,6 +162,7 @@ pub(crate) fn image_binaries(entries: &[Entry<'_>]) -> Result<Vec<ImageBinary>> 
                 .collect(),
             sha256: fetch::cache::sha256_hex(bytes),
             size: bytes.len() as u64,
+            stripped: !buildinfo::has_symbol_table(bytes),
             go,
         });
     }

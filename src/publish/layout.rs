@@ -35,6 +35,10 @@ pub struct PushOptions {
     pub allow_unsafe_versions: bool,
     /// Release binaries built with a Go the Go policy has findings against.
     pub allow_unsupported_go: bool,
+    /// Scan the images before release (`--vulndb`); the scan goes into the release report.
+    pub scan: Option<crate::scan::Scanner>,
+    /// Release binaries that call vulnerable code.
+    pub allow_called_vulns: bool,
     pub format: ManifestFormat,
     /// Write the release report and attach it to the index (push-manifest, all-push).
     pub report: Option<ReportOptions>,

@@ -837,3 +837,40 @@ pub fn check_build_info(rootfs: &Path, binaries: &serde_json::Value) -> usize {
     }
     checked
 }
+
+/// images.toml for module-built amd64 images bundling `bundled` (the newest is the latest).
+pub fn module_images_config(fx: &Path, bundled: &[String], push_registry: &str) -> String {
+    let list: Vec<String> = bundled.iter().map(|v| format!("\"{v}\"")).collect();
+    format!(
+        r#"[etcd]
+latest = "{}"
+bundled = [{}]
+release_url = "http://127.0.0.1:9"
+
+[image]
+push_registry = "{push_registry}"
+arches = ["amd64"]
+base = "oci:{}:1.35"
+insecure_registries = ["{push_registry}"]
+
+[arch.amd64]
+source = "module"
+
+[migrate]
+source_dir = "{}"
+"#,
+        bundled.last().unwrap(),
+        list.join(", "),
+        fx.join("busybox-oci").display(),
+        repo_root().join("migrate").display()
+    )
+}
+
+/// A Go tool install-deps builds into target/tools/go/bin (or one on PATH).
+pub fn go_tool(test: &str, name: &str) -> Option<PathBuf> {
+    let local = repo_root().join("target/tools/go/bin").join(name);
+    if local.is_file() {
+        return Some(local);
+    }
+    require(test, name).then(|| which(name).unwrap())
+}

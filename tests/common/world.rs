@@ -101,3 +101,19 @@ impl World {
         );
     }
 }
+
+/// `all-push ARGS --report-dir <sandbox>/reports --json`, which must succeed; the release
+/// report it wrote.
+pub fn all_push_report(sb: &Sandbox, args: &[&str]) -> Value {
+    let reports = sb.path().join("reports");
+    let mut all = vec!["all-push"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--report-dir", reports.to_str().unwrap(), "--json"]);
+    let out = sb.etcdimg(&all);
+    assert_success(&out);
+    let file = json(&out)["report"]["written"]["json"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap()
+}
