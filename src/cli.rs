@@ -75,6 +75,13 @@ pub enum Command {
     /// Scan every Go binary of the images in the layout with govulncheck (binary mode) against
     /// a vulnerability database: what is called, what is only present, and the fixed versions.
     Scan(ScanArgs),
+    /// Sign the pushed release in cosign's format (the index and each per-arch manifest) and
+    /// attest its SLSA provenance and SPDX document to the index; `cosign verify --key` and
+    /// `cosign verify-attestation` accept both.
+    Sign(SignArgs),
+    /// Check a pushed release's signatures and attestations with a public key, as cosign
+    /// would (no cosign needed): every manifest signed, provenance and SPDX about the index.
+    Verify(VerifyArgs),
     /// Print the resolved settings (after flags, environment and images.toml).
     Settings(SettingsArgs),
     /// Download the official etcd releases of the bundled versions (or --versions), verified
@@ -249,6 +256,48 @@ pub struct ReportFlags {
     pub report_dir: PathBuf,
 }
 
+/// Signing with a key in cosign's format.
+#[derive(Debug, Args, Clone, Default)]
+pub struct SignFlags {
+    /// The signing key: a file or env://VAR, as `cosign generate-key-pair` writes it (an
+    /// encrypted key's password comes from COSIGN_PASSWORD). Never printed.
+    #[arg(
+        long,
+        env = "ETCDIMG_SIGNING_KEY",
+        value_name = "KEY",
+        hide_env_values = true
+    )]
+    pub key: Option<String>,
+    /// `builder.id` of the provenance [default: the GitHub workflow, else this host].
+    #[arg(long, env = "ETCDIMG_BUILDER_ID", value_name = "URI")]
+    pub builder_id: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct SignArgs {
+    #[command(flatten)]
+    pub overrides: OverrideArgs,
+    /// OCI image layout holding the images that were pushed.
+    #[arg(long, env = "ETCDIMG_OUTPUT", default_value = "_output/oci")]
+    pub output: PathBuf,
+    #[command(flatten)]
+    pub format: FormatFlag,
+    #[command(flatten)]
+    pub sign: SignFlags,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub overrides: OverrideArgs,
+    /// The public key (`cosign.pub`): a file or env://VAR.
+    #[arg(long, env = "ETCDIMG_VERIFY_KEY", value_name = "KEY")]
+    pub key: String,
+    /// The release to check [default: the index push-manifest pushes,
+    /// `<push_registry>/<name>:<tag>`].
+    pub reference: Option<String>,
+}
+
 #[derive(Debug, Args)]
 pub struct PushManifestArgs {
     #[command(flatten)]
@@ -260,6 +309,11 @@ pub struct PushManifestArgs {
     pub push: PushFlags,
     #[command(flatten)]
     pub report: ReportFlags,
+    /// Sign and attest the release after pushing it (needs --key).
+    #[arg(long)]
+    pub sign: bool,
+    #[command(flatten)]
+    pub signing: SignFlags,
     /// Push the index without writing or attaching the release report.
     #[arg(long)]
     pub no_report: bool,
@@ -332,6 +386,11 @@ pub struct AllPushArgs {
     pub push: PushFlags,
     #[command(flatten)]
     pub report: ReportFlags,
+    /// Sign and attest the release after pushing it (needs --key).
+    #[arg(long)]
+    pub sign: bool,
+    #[command(flatten)]
+    pub signing: SignFlags,
     /// Push without writing or attaching the release report.
     #[arg(long)]
     pub no_report: bool,

@@ -26,6 +26,7 @@ pub mod release;
 pub mod report;
 pub mod scan;
 pub mod settings;
+pub mod sign;
 
 /// An error whose message and hint are meant for the user as they are.
 #[derive(Debug)]

@@ -121,6 +121,7 @@ fn push_options(
             None => None,
         },
         allow_called_vulns: flags.allow_called_vulns,
+        sign: None,
         format,
         report: report.map(|r| ReportOptions {
             dir: r.report_dir.clone(),
@@ -201,7 +202,8 @@ async fn run(cli: Cli) -> Result<()> {
             let image = layout_only(&args.output);
             let report = (!args.no_report).then_some(&args.report);
             let build = build_options(&settings, &image, None, &reporter);
-            let options = push_options(build, &args.push, report)?;
+            let mut options = push_options(build, &args.push, report)?;
+            options.sign = signing(args.sign, &args.signing)?;
             let report = push::push_manifest(&settings, &options, reporter.clone()).await?;
             print_push(&report, g.json, &*reporter)
         }
@@ -210,7 +212,8 @@ async fn run(cli: Cli) -> Result<()> {
             let cache = Cache::open(g.cache_dir.as_deref())?;
             let report = (!args.no_report).then_some(&args.report);
             let build = build_options(&settings, &args.image, None, &reporter);
-            let options = push_options(build, &args.push, report)?;
+            let mut options = push_options(build, &args.push, report)?;
+            options.sign = signing(args.sign, &args.signing)?;
             let report = push::all_push(&settings, &options, &cache, reporter.clone()).await?;
             print_push(&report, g.json, &*reporter)
         }
@@ -220,7 +223,101 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Fetch(args) => fetch_verb(g, args, reporter).await,
         Command::Settings(args) => settings_verb(g, args),
         Command::Scan(args) => scan_verb(g, args, &*reporter),
+        Command::Sign(args) => sign_verb(g, args, reporter).await,
+        Command::Verify(args) => verify_verb(g, args, reporter).await,
     }
+}
+
+/// Push flags for the verbs that only read or attach to a release already decided (report,
+/// sign, verify): the release gates were applied when it was pushed.
+fn inspect_flags(format: etcdimg::cli::FormatFlag) -> PushFlags {
+    PushFlags {
+        force: false,
+        allow_unsafe_versions: true,
+        allow_unsupported_go: true,
+        format,
+        vuln: Default::default(),
+        allow_called_vulns: true,
+    }
+}
+
+/// `--sign` with `--key`: how to sign; `--sign` alone is a usage error.
+fn signing(
+    sign: bool,
+    flags: &etcdimg::cli::SignFlags,
+) -> Result<Option<etcdimg::commands::sign::SignOptions>> {
+    if !sign {
+        return Ok(None);
+    }
+    let Some(key) = &flags.key else {
+        anyhow::bail!(etcdimg::UserError::new(
+            "--sign needs a signing key",
+            "pass --key FILE or --key env://VAR (ETCDIMG_SIGNING_KEY), e.g. one made by `cosign generate-key-pair`",
+        ));
+    };
+    Ok(Some(etcdimg::commands::sign::SignOptions {
+        key: key.clone(),
+        password: std::env::var("COSIGN_PASSWORD").ok(),
+        builder_id: flags.builder_id.clone(),
+    }))
+}
+
+/// `sign`: the pushed release signed and attested; what was added on stdout.
+async fn sign_verb(g: &GlobalArgs, args: &etcdimg::cli::SignArgs, reporter: Shared) -> Result<()> {
+    let settings = resolve(g, &args.overrides)?;
+    let flags = inspect_flags(args.format.clone());
+    let build = build_options(&settings, &layout_only(&args.output), None, &reporter);
+    let options = push_options(build, &flags, None)?;
+    let sign = signing(true, &args.sign)?.expect("signing(true, ..) is Some or an error");
+    let report = etcdimg::commands::sign::sign(&settings, &options, &sign, &*reporter).await?;
+    if g.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        for a in report.signatures.iter().chain(&report.attestations) {
+            println!("{}", a.tag);
+        }
+    }
+    Ok(())
+}
+
+/// `verify`: every check of a pushed release; exit 1 when one fails.
+async fn verify_verb(
+    g: &GlobalArgs,
+    args: &etcdimg::cli::VerifyArgs,
+    reporter: Shared,
+) -> Result<()> {
+    let settings = resolve(g, &args.overrides)?;
+    let flags = inspect_flags(etcdimg::cli::FormatFlag {
+        manifest_format: "oci".into(),
+    });
+    let build = build_options(
+        &settings,
+        &layout_only(Path::new("_output/oci")),
+        None,
+        &reporter,
+    );
+    let options = push_options(build, &flags, None)?;
+    let outcome = etcdimg::commands::verify::verify(
+        &settings,
+        &options,
+        args.reference.as_deref(),
+        &args.key,
+        &*reporter,
+    )
+    .await?;
+    if g.json {
+        println!("{}", serde_json::to_string_pretty(&outcome)?);
+    } else {
+        print!("{}", etcdimg::commands::verify::render(&outcome));
+    }
+    let failed = outcome.checks.iter().filter(|c| !c.ok).count();
+    if failed > 0 {
+        anyhow::bail!(etcdimg::UserError::new(
+            format!("{failed} of {} checks failed for {}", outcome.checks.len(), outcome.reference),
+            "the release is not what the key's owner signed: do not deploy it; `etcdimg verify --json` lists each check",
+        ));
+    }
+    Ok(())
 }
 
 /// `build --arch A`: the layout reference on stdout, a summary on stderr.
@@ -322,14 +419,7 @@ async fn plan_verb(g: &GlobalArgs, args: &PlanArgs, reporter: Shared) -> Result<
 /// `report [--push]`: the report's files (and the attached artifact) on stdout.
 async fn report_verb(g: &GlobalArgs, args: &ReportArgs, reporter: Shared) -> Result<()> {
     let settings = resolve(g, &args.overrides)?;
-    let flags = PushFlags {
-        force: false,
-        allow_unsafe_versions: true,
-        allow_unsupported_go: true,
-        format: args.format.clone(),
-        vuln: Default::default(),
-        allow_called_vulns: true,
-    };
+    let flags = inspect_flags(args.format.clone());
     let build = build_options(&settings, &layout_only(&args.output), None, &reporter);
     let options = push_options(build, &flags, Some(&args.report))?;
     let outcome = etcdimg::commands::report::report(&settings, &options, args.push).await?;

@@ -50,6 +50,8 @@ impl MigrateBuildError {
 pub struct MigrateBinary {
     pub bytes: Vec<u8>,
     pub sha256: String,
+    /// sha256 over the source tree, its path dependencies and Cargo.lock (empty: prebuilt).
+    pub source_sha256: String,
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> MigrateBuildError + '_ {
@@ -188,7 +190,11 @@ pub fn migrate_binary(
         let bytes = std::fs::read(path).map_err(io(path))?;
         binary::check_elf("migrate", &bytes, arch)?;
         let sha256 = sha256_hex(&bytes);
-        return Ok(MigrateBinary { bytes, sha256 });
+        return Ok(MigrateBinary {
+            bytes,
+            sha256,
+            source_sha256: String::new(),
+        });
     }
     if !source_dir.join("Cargo.toml").is_file() {
         return Err(MigrateBuildError::NoSource(source_dir.to_path_buf()));
@@ -208,11 +214,14 @@ pub fn migrate_binary(
         digest_tree(&dep, &mut tree)?;
     }
     let tree = String::from_utf8_lossy(&tree).replace(&*root.to_string_lossy(), "");
-    key_input.extend_from_slice(tree.as_bytes());
+    let mut source = tree.into_bytes();
     let lock = root.join("Cargo.lock");
     if let Ok(bytes) = std::fs::read(&lock) {
-        key_input.extend_from_slice(sha256_hex(&bytes).as_bytes());
+        source.extend_from_slice(sha256_hex(&bytes).as_bytes());
     }
+    // The source alone (no target, flags or compiler): what the provenance names.
+    let source_sha256 = sha256_hex(&source);
+    key_input.extend_from_slice(&source);
     let key = sha256_hex(&key_input);
     let _held = cache.lock(
         "migrate",
@@ -227,6 +236,7 @@ pub fn migrate_binary(
                 return Ok(MigrateBinary {
                     bytes,
                     sha256: hex.trim().to_string(),
+                    source_sha256,
                 });
             }
         }
@@ -268,5 +278,9 @@ pub fn migrate_binary(
     binary::check_elf("migrate", &bytes, arch)?;
     let sha256 = cache.put_bytes(&bytes)?;
     cache.put_ref("migrate", &key, &sha256)?;
-    Ok(MigrateBinary { bytes, sha256 })
+    Ok(MigrateBinary {
+        bytes,
+        sha256,
+        source_sha256,
+    })
 }

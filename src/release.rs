@@ -49,6 +49,9 @@ pub struct Upstream {
     pub version: String,
     pub url: String,
     pub sha256: String,
+    /// sha256 of the SHA256SUMS it was verified against.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub sha256sums: String,
 }
 
 /// One cross-compile of etcd from source.
@@ -121,6 +124,10 @@ pub struct Provenance {
     pub upstream: Vec<Upstream>,
     pub compiles: Vec<Compile>,
     pub migrate_sha256: String,
+    /// sha256 over migrate's source tree (its files, path dependencies and Cargo.lock); empty
+    /// for a prebuilt `--migrate-binary`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub migrate_source_sha256: String,
     /// Every executable the build added, with its Go build info (the SBOM's packages).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub binaries: Vec<ImageBinary>,
@@ -661,6 +668,7 @@ mod tests {
                     version: "3.5.1".into(),
                     url: "https://example.invalid/v3.5.1/etcd-v3.5.1-linux-amd64.tar.gz".into(),
                     sha256: "ab".repeat(32),
+                    sha256sums: "cd".repeat(32),
                 }],
                 compiles: vec![Compile {
                     version: "3.4.23".into(),
@@ -675,6 +683,7 @@ mod tests {
                     modules: vec![],
                 }],
                 migrate_sha256: "cd".repeat(32),
+                migrate_source_sha256: "ef".repeat(32),
                 binaries: Vec::new(),
                 compression: "gzip level 4".into(),
                 binary_mode: "555".into(),

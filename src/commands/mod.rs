@@ -6,6 +6,8 @@ pub mod plan;
 pub mod push;
 pub mod report;
 pub mod scan;
+pub mod sign;
 pub mod test;
 pub mod test_containerd;
 pub mod test_report;
+pub mod verify;

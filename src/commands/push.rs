@@ -39,6 +39,8 @@ pub struct PushReport {
     pub index: Option<PushOutcome>,
     /// The release report: where it was written and how it was attached.
     pub report: Option<ReportRef>,
+    /// Signatures and attestations added (`--sign`).
+    pub signed: Option<super::sign::SignReport>,
     /// Blob bytes sent over the whole run (retries included).
     pub bytes_uploaded: u64,
     pub seconds: f64,
@@ -161,6 +163,7 @@ fn push_report(
         images,
         index,
         report,
+        signed: None,
         bytes_uploaded: pusher
             .transport
             .uploaded_bytes
@@ -196,21 +199,25 @@ pub async fn push_manifest(
     reporter: Arc<dyn Reporter>,
 ) -> Result<PushReport> {
     let started = Instant::now();
+    let signer = signer(options)?;
     check_policy(settings, options, &*reporter)?;
     let p = plan_index(settings, options)?;
     check_go_policy(settings, options, &p.images, &*reporter)?;
     let vulns = scan_gate(settings, options, &p.images, &*reporter)?;
     let assembled = check_report(settings, &p, options, vulns)?;
     let outcome = push_index(settings, &p, options.force).await?;
-    let report = attach_report(settings, &p, options, assembled).await?;
-    Ok(push_report(
+    let report = attach_report(settings, &p, options, assembled.clone()).await?;
+    let signed = sign_after_push(settings, &p, signer, assembled, &*reporter).await?;
+    let mut out = push_report(
         &p.pusher,
         options,
         Vec::new(),
         Some(outcome),
         report,
         started,
-    ))
+    );
+    out.signed = signed;
+    Ok(out)
 }
 
 /// `etcdimg all-push`: build and push every arch, then the index. Every tag is checked before
@@ -222,6 +229,7 @@ pub async fn all_push(
     reporter: Arc<dyn Reporter>,
 ) -> Result<PushReport> {
     let started = Instant::now();
+    let signer = signer(options)?;
     check_policy(settings, options, &*reporter)?;
     build_all(settings, &settings.arches, options, cache, &reporter).await?;
     let p = plan_index(settings, options)?;
@@ -237,15 +245,11 @@ pub async fn all_push(
     precheck_tags(&p.pusher, &planned, options.force).await?;
     let pushed = push_images(&p.pusher, &p.images, options.force).await?;
     let outcome = push_index(settings, &p, options.force).await?;
-    let report = attach_report(settings, &p, options, assembled).await?;
-    Ok(push_report(
-        &p.pusher,
-        options,
-        pushed,
-        Some(outcome),
-        report,
-        started,
-    ))
+    let report = attach_report(settings, &p, options, assembled.clone()).await?;
+    let signed = sign_after_push(settings, &p, signer, assembled, &*reporter).await?;
+    let mut out = push_report(&p.pusher, options, pushed, Some(outcome), report, started);
+    out.signed = signed;
+    Ok(out)
 }
 
 /// Before anything is pushed: the release report can be assembled (every image has a build
@@ -304,6 +308,39 @@ async fn attach_report(
         written: outcome.written,
         attached: outcome.attached,
     }))
+}
+
+/// `--sign`: the key, loaded before anything is pushed (a bad key or password stops the run
+/// first).
+fn signer(
+    options: &PushOptions,
+) -> Result<Option<(p256::ecdsa::SigningKey, &super::sign::SignOptions)>> {
+    options
+        .sign
+        .as_ref()
+        .map(|s| super::sign::load_key(s).map(|k| (k, s)))
+        .transpose()
+}
+
+/// After the index (and its report): the release signed and attested, with `--sign`.
+async fn sign_after_push(
+    settings: &Settings,
+    p: &IndexPlan,
+    signer: Option<(p256::ecdsa::SigningKey, &super::sign::SignOptions)>,
+    assembled: Option<release::ReleaseReport>,
+    reporter: &dyn Reporter,
+) -> Result<Option<super::sign::SignReport>> {
+    let Some((key, options)) = signer else {
+        return Ok(None);
+    };
+    let report = match assembled {
+        Some(r) => r,
+        None => crate::publish::report::assemble(settings, p)?,
+    };
+    let signed = super::sign::sign_release(settings, p, &key, &report, options, reporter)
+        .await
+        .context("the release is pushed but not signed; finish with `etcdimg sign`")?;
+    Ok(Some(signed))
 }
 
 /// A one-line summary of a push for the terminal.

@@ -78,6 +78,8 @@ pub struct VerifiedTarball {
     pub file_name: String,
     pub url: String,
     pub sha256: String,
+    /// sha256 of the SHA256SUMS it was checked against.
+    pub sums_sha256: String,
     pub path: std::path::PathBuf,
     fresh: Option<(cache::PendingBlob, String, String)>,
 }
@@ -142,6 +144,8 @@ pub struct Expected {
     /// Redacted.
     pub url: String,
     pub sha256: String,
+    /// sha256 of the SHA256SUMS that named it.
+    pub sums_sha256: String,
     raw_url: String,
     source: String,
     sums_key: String,
@@ -204,6 +208,7 @@ pub async fn expected(
         file_name,
         url: redact_url(&url),
         sha256: from_sums,
+        sums_sha256: cache::sha256_hex(sums_text.as_bytes()),
         raw_url: url,
         source,
         sums_key,
@@ -224,6 +229,7 @@ pub async fn fetch(
         file_name,
         url: _,
         sha256: expected,
+        sums_sha256,
         raw_url: url,
         source: expected_source,
         sums_key,
@@ -233,6 +239,7 @@ pub async fn fetch(
     match cache.get_verified(&expected) {
         Ok(Some(path)) => {
             return Ok(VerifiedTarball {
+                sums_sha256: sums_sha256.clone(),
                 version,
                 arch,
                 file_name,
@@ -267,6 +274,7 @@ pub async fn fetch(
     }
     let path = pending.path().to_path_buf();
     Ok(VerifiedTarball {
+        sums_sha256,
         version,
         arch,
         file_name,

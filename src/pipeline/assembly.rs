@@ -116,6 +116,7 @@ pub(crate) struct Inputs<'a> {
     pub(crate) tarballs: &'a [TarballReport],
     pub(crate) compiles: &'a [gobuild::CompileReport],
     pub(crate) migrate_sha256: &'a str,
+    pub(crate) migrate_source_sha256: &'a str,
 }
 
 /// Every executable of the image's added layers, in image order.
@@ -136,6 +137,7 @@ pub(crate) fn build_record(
         tarballs,
         compiles,
         migrate_sha256,
+        migrate_source_sha256,
     } = *inputs;
     release::BuildRecord {
         arch: plan.arch.to_string(),
@@ -153,10 +155,12 @@ pub(crate) fn build_record(
                     version: t.version.clone(),
                     url: t.url.clone(),
                     sha256: t.sha256.clone(),
+                    sha256sums: t.sums_sha256.clone(),
                 })
                 .collect(),
             compiles: compiles.iter().map(|c| c.build.clone()).collect(),
             migrate_sha256: migrate_sha256.to_string(),
+            migrate_source_sha256: migrate_source_sha256.to_string(),
             binaries: all_binaries(built_layers),
             compression: gzip::description(),
             binary_mode: format!("{:o}", plan.mode),

@@ -62,6 +62,8 @@ pub struct TarballReport {
     pub version: String,
     pub url: String,
     pub sha256: String,
+    /// sha256 of the SHA256SUMS it was checked against.
+    pub sums_sha256: String,
     /// True when this run downloaded it (false: from the cache).
     pub downloaded: bool,
 }

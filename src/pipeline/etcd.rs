@@ -79,12 +79,14 @@ impl EtcdInputs {
                     version: e.version.to_string(),
                     url: e.url.clone(),
                     sha256: e.sha256.clone(),
+                    sums_sha256: e.sums_sha256.clone(),
                     downloaded: false,
                 },
                 Release::Tarball(t) => TarballReport {
                     version: t.version.to_string(),
                     url: t.url.clone(),
                     sha256: t.sha256.clone(),
+                    sums_sha256: t.sums_sha256.clone(),
                     downloaded: t.downloaded(),
                 },
             })

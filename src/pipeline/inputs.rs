@@ -101,8 +101,11 @@ pub(crate) async fn pull_base(plan: &BuildPlan<'_>) -> Result<registry::BaseImag
 
 /// Stage 4, migrate: the static migrate binary for the arch (after the etcd checks, so that a
 /// bad release leaves nothing in the cache), with migrate-if-needed.sh and the effective version
-/// policy, as the last layer. Returns the binary's sha256.
-pub(crate) async fn migrate_layer(plan: &BuildPlan<'_>, set: &mut LayerSet) -> Result<String> {
+/// policy, as the last layer. Returns the binary's sha256 and its source tree's.
+pub(crate) async fn migrate_layer(
+    plan: &BuildPlan<'_>,
+    set: &mut LayerSet,
+) -> Result<(String, String)> {
     let source_dir = plan.settings.migrate_source_dir.clone();
     let prebuilt = plan.options.migrate_binary.clone();
     let (cache, reporter, arch) = (plan.cache.clone(), plan.reporter.clone(), plan.arch);
@@ -132,5 +135,5 @@ pub(crate) async fn migrate_layer(plan: &BuildPlan<'_>, set: &mut LayerSet) -> R
             },
         }),
     }
-    Ok(migrate.sha256)
+    Ok((migrate.sha256, migrate.source_sha256))
 }

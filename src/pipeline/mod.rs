@@ -75,7 +75,7 @@ pub async fn build_checked(
     let compiles: Vec<gobuild::CompileReport> =
         etcd.compiled.iter().map(|c| c.report.clone()).collect();
     let mut layers = etcd_layers(&plan, etcd).await?;
-    let migrate_sha256 = migrate_layer(&plan, &mut layers).await?;
+    let (migrate_sha256, migrate_source_sha256) = migrate_layer(&plan, &mut layers).await?;
     let layers = compress(&plan, layers)?;
     let image = assemble(&plan, &base, &layers)?;
     let written = write_layout(
@@ -87,6 +87,7 @@ pub async fn build_checked(
             tarballs: &tarballs,
             compiles: &compiles,
             migrate_sha256: &migrate_sha256,
+            migrate_source_sha256: &migrate_source_sha256,
         },
     )?;
     write_docker_archive(&plan, &image, &written)?;

@@ -39,6 +39,8 @@ pub struct PushOptions {
     pub scan: Option<crate::scan::Scanner>,
     /// Release binaries that call vulnerable code.
     pub allow_called_vulns: bool,
+    /// Sign and attest the release after pushing it (push-manifest, all-push).
+    pub sign: Option<crate::commands::sign::SignOptions>,
     pub format: ManifestFormat,
     /// Write the release report and attach it to the index (push-manifest, all-push).
     pub report: Option<ReportOptions>,

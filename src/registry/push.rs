@@ -430,6 +430,50 @@ impl Pusher {
         }
     }
 
+    /// A small blob's bytes (signatures, attestations, reports), checked against its digest;
+    /// None when `repo` does not have it. Bigger than `limit` bytes is an error.
+    pub async fn get_small_blob(
+        &self,
+        repo: &str,
+        digest: &str,
+        limit: usize,
+    ) -> Result<Option<Vec<u8>>, RegistryError> {
+        self.transport.want_scope(repo, self.actions);
+        let url = self.transport.url(&format!("/v2/{repo}/blobs/{digest}"))?;
+        let what = format!("GET blob {} in {repo}", short(digest));
+        let response = self.transport.send(&what, &|c| c.get(url.clone())).await?;
+        if response.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !response.status().is_success() {
+            return Err(self.transport.unexpected(&what, response).await);
+        }
+        let fail = |message: String| RegistryError::Request {
+            op: what.clone(),
+            reference: self.transport.registry.clone(),
+            message,
+            hint: None,
+        };
+        if response
+            .content_length()
+            .is_some_and(|n| n as usize > limit)
+        {
+            return Err(fail(format!("larger than {limit} bytes")));
+        }
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| fail(crate::fetch::http::error_chain(&e)))?;
+        if body.len() > limit {
+            return Err(fail(format!("larger than {limit} bytes")));
+        }
+        let actual = format!("sha256:{}", crate::fetch::cache::sha256_hex(&body));
+        if actual != digest {
+            return Err(fail(format!("the registry served {actual}")));
+        }
+        Ok(Some(body.to_vec()))
+    }
+
     fn location(
         &self,
         what: &str,

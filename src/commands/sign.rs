@@ -1,0 +1,264 @@
+//! `etcdimg sign` (and `--sign` on `push-manifest` / `all-push`): signs a pushed release in
+//! cosign's formats (`crate::sign`), so that `cosign verify --key` and
+//! `cosign verify-attestation` accept it.
+//!
+//! 1. read: the index and per-arch manifests as pushed (`publish::layout::plan_index`), each
+//!    confirmed in the registry
+//! 2. sign: a simple-signing signature of the index and of each per-arch manifest, in the
+//!    index's repository (where the index references them), under `sha256-<hex>.sig`
+//! 3. attest: SLSA provenance v1 and the SPDX document as in-toto statements about the index,
+//!    in DSSE envelopes, under `sha256-<hex>.att`
+//!
+//! Each tag is a list that grows (cosign appends too): the layers others put there are kept,
+//! and a signature already there is not added twice (signing is deterministic), so signing
+//! again changes nothing. Manifests take the release's format (OCI, or Docker schema 2 with
+//! `--manifest-format docker`). The key is never printed.
+
+use anyhow::{Context, Result};
+use p256::ecdsa::SigningKey;
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::oci::index::DOCKER_LIST;
+use crate::publish::layout::{plan_index, IndexPlan, PushOptions};
+use crate::registry::push::{LocalBlob, LocalManifest};
+use crate::release::ReleaseReport;
+use crate::report::Reporter;
+use crate::settings::Settings;
+use crate::sign::{self, provenance, Layer};
+
+/// How to sign.
+#[derive(Debug, Clone)]
+pub struct SignOptions {
+    /// A path or `env://VAR` (cosign's forms).
+    pub key: String,
+    /// COSIGN_PASSWORD, for an encrypted key.
+    pub password: Option<String>,
+    /// `builder.id` of the provenance (default: the CI workflow, else this host).
+    pub builder_id: Option<String>,
+}
+
+/// One signature or attestation tag.
+#[derive(Debug, Clone, Serialize)]
+pub struct Attached {
+    /// `registry/repository@digest` it is about.
+    pub subject: String,
+    /// `registry/repository:sha256-<hex>.sig` (or `.att`).
+    pub tag: String,
+    /// What was added: `signature`, or the predicate types.
+    pub what: Vec<String>,
+    /// False when everything was already there.
+    pub changed: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SignReport {
+    pub signatures: Vec<Attached>,
+    pub attestations: Vec<Attached>,
+}
+
+/// The key, or an error that says where it came from and what to do (never its bytes).
+pub fn load_key(options: &SignOptions) -> Result<SigningKey> {
+    sign::key::signing_key(&options.key, options.password.as_deref()).map_err(|e| {
+        let hint = e.hint();
+        anyhow::Error::new(crate::UserError::new(e.to_string(), hint))
+    })
+}
+
+/// `etcdimg sign`: the release in the layout, as pushed, signed and attested.
+pub async fn sign(
+    settings: &Settings,
+    options: &PushOptions,
+    sign_options: &SignOptions,
+    reporter: &dyn Reporter,
+) -> Result<SignReport> {
+    let key = load_key(sign_options)?;
+    let p = plan_index(settings, options)?;
+    let report = crate::publish::report::assemble(settings, &p)?;
+    sign_release(settings, &p, &key, &report, sign_options, reporter).await
+}
+
+/// What is signed: the index and every per-arch manifest, by digest, in the index's
+/// repository: `(digest, what)`.
+pub(crate) fn subjects(p: &IndexPlan) -> Vec<(String, String)> {
+    let mut out = vec![(p.built.digest.clone(), "index".to_string())];
+    out.extend(
+        p.images
+            .iter()
+            .map(|i| (i.manifest.digest.clone(), format!("{} image", i.arch))),
+    );
+    out
+}
+
+/// Signs and attests the release of `p` (already pushed).
+pub(crate) async fn sign_release(
+    settings: &Settings,
+    p: &IndexPlan,
+    key: &SigningKey,
+    report: &ReleaseReport,
+    options: &SignOptions,
+    reporter: &dyn Reporter,
+) -> Result<SignReport> {
+    let docker = p.built.media_type == DOCKER_LIST;
+    let (registry, repo) = (&p.target.registry, &p.target.repository);
+    let name = format!("{registry}/{repo}");
+    let mut signatures = Vec::new();
+    for (digest, what) in subjects(p) {
+        if p.pusher.manifest_digest(repo, &digest).await?.is_none() {
+            anyhow::bail!(crate::UserError::new(
+                format!("the {what} {digest} is not in {name}"),
+                "push the release first (push-manifest or all-push), or pass --sign to them",
+            ));
+        }
+        let payload = sign::simple_signing_payload(&name, &digest);
+        let layer = Layer::signature(payload.clone(), sign::sign(key, &payload));
+        let changed = attach(p, &digest, "sig", &[layer], docker).await?;
+        reporter.status(
+            if changed { "Signed" } else { "Unchanged" },
+            &format!("{what} {name}@{digest}"),
+        );
+        signatures.push(Attached {
+            subject: format!("{name}@{digest}"),
+            tag: format!("{name}:{}", sign::tag(&digest, "sig")),
+            what: vec!["signature".into()],
+            changed,
+        });
+    }
+    let run = run_details(settings, options);
+    let digest = &p.built.digest;
+    let statements = [
+        (
+            sign::SLSA_PROVENANCE_V1,
+            provenance::predicate(report, &run),
+        ),
+        (sign::SPDX_DOCUMENT, crate::release::spdx(report)),
+    ];
+    let layers: Vec<Layer> = statements
+        .iter()
+        .map(|(kind, predicate)| {
+            let st = sign::statement(&name, digest, kind, predicate.clone());
+            Layer::attestation(sign::envelope(key, &st), kind)
+        })
+        .collect();
+    let changed = attach(p, digest, "att", &layers, docker).await?;
+    reporter.status(
+        if changed { "Attested" } else { "Unchanged" },
+        &format!("SLSA provenance and SPDX for {name}@{digest}"),
+    );
+    Ok(SignReport {
+        signatures,
+        attestations: vec![Attached {
+            subject: format!("{name}@{digest}"),
+            tag: format!("{name}:{}", sign::tag(digest, "att")),
+            what: statements.iter().map(|(k, _)| k.to_string()).collect(),
+            changed,
+        }],
+    })
+}
+
+/// What the provenance says about this run: images.toml's digest, the resolved settings,
+/// the builder and the invocation (no time stamps: signing again gives the same statement).
+fn run_details(settings: &Settings, options: &SignOptions) -> provenance::Run {
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let config = std::fs::read(&settings.config_path).unwrap_or_default();
+    let sources: serde_json::Map<String, Value> = settings
+        .arches
+        .iter()
+        .map(|a| {
+            (
+                a.to_string(),
+                json!(format!("{:?}", settings.source_for(*a)).to_lowercase()),
+            )
+        })
+        .collect();
+    provenance::Run {
+        builder_id: provenance::builder_id(options.builder_id.as_deref(), &env),
+        config_path: settings.config_path.display().to_string(),
+        config_sha256: crate::fetch::cache::sha256_hex(&config),
+        settings: json!({
+            "tag": settings.tag(),
+            "latest": settings.latest.to_string(),
+            "bundled": settings.bundled.iter().map(|v| v.to_string()).collect::<Vec<_>>(),
+            "revision": settings.revision,
+            "arches": settings.arches.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+            "sources": sources,
+            "go_toolchain": settings.gobuild.go_toolchain,
+            "strip": settings.gobuild.strip,
+            "source_date_epoch": settings.source_date_epoch,
+            "binary_mode": format!("{:04o}", settings.binary_mode),
+        }),
+        invocation: json!({
+            "github_workflow_ref": env("GITHUB_WORKFLOW_REF"),
+            "github_sha": env("GITHUB_SHA"),
+        }),
+        invocation_id: match (env("GITHUB_RUN_ID"), env("GITHUB_RUN_ATTEMPT")) {
+            (Some(id), Some(attempt)) => format!("{id}/{attempt}"),
+            (Some(id), None) => id,
+            _ => String::new(),
+        },
+    }
+}
+
+/// Adds `layers` to the cosign tag `sha256-<hex>.<suffix>` of `digest` (the layers already
+/// there kept); true when something was added. Read back after the push, and merged again if
+/// another signer rewrote the tag in between (up to 3 times).
+async fn attach(
+    p: &IndexPlan,
+    digest: &str,
+    suffix: &str,
+    layers: &[Layer],
+    docker: bool,
+) -> Result<bool> {
+    let repo = &p.target.repository;
+    let tag = sign::tag(digest, suffix);
+    let mut changed = false;
+    for _ in 0..3 {
+        let existing: Vec<Value> = match p.pusher.get_manifest(repo, &tag).await? {
+            Some((_, bytes)) => serde_json::from_slice::<Value>(&bytes)
+                .ok()
+                .and_then(|v| v["layers"].as_array().cloned())
+                .unwrap_or_default(),
+            None => Vec::new(),
+        };
+        let Some((manifest, config)) = sign::manifest(&existing, layers, docker) else {
+            return Ok(changed);
+        };
+        let mut blobs = Vec::new();
+        for bytes in std::iter::once(&config).chain(layers.iter().map(|l| &l.bytes)) {
+            let hex = p.layout.put_blob_bytes(bytes)?;
+            blobs.push(LocalBlob {
+                digest: format!("sha256:{hex}"),
+                size: bytes.len() as u64,
+                path: p.layout.blob_path(&hex),
+            });
+        }
+        // The layers already in the tag are in the repository: pushing skips them.
+        for e in &existing {
+            let d = e["digest"].as_str().unwrap_or("").to_string();
+            blobs.push(LocalBlob {
+                path: p.layout.blob_path(d.trim_start_matches("sha256:")),
+                size: e["size"].as_u64().unwrap_or(0),
+                digest: d,
+            });
+        }
+        let local = LocalManifest {
+            media_type: if docker {
+                crate::oci::index::DOCKER_MANIFEST.into()
+            } else {
+                crate::oci::index::OCI_MANIFEST.into()
+            },
+            digest: format!("sha256:{}", crate::fetch::cache::sha256_hex(&manifest)),
+            bytes: manifest,
+            blobs,
+        };
+        p.pusher
+            .push(repo, &local, &tag, &[], true)
+            .await
+            .with_context(|| format!("pushing {tag}"))?;
+        changed = true;
+    }
+    anyhow::bail!(crate::UserError::new(
+        format!("{tag} kept changing while it was written (another signer at the same time?)"),
+        "run etcdimg sign again; a signature already there is not added twice",
+    ))
+}

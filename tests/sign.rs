@@ -1,0 +1,295 @@
+//! Signed releases (issue #23), checked by the real cosign (built from the Go module proxy by
+//! scripts/install-deps.sh) against Debian's docker-registry on 127.0.0.1, with keys cosign
+//! itself generates (encrypted, COSIGN_PASSWORD). Offline: the transparency-log checks are off
+//! (`--insecure-ignore-tlog`), as a registry without Rekor requires.
+//!
+//! What must pass: `cosign verify` of the index and of each per-arch manifest,
+//! `cosign verify-attestation --type slsaprovenance1` and `--type spdxjson` of the index, and
+//! `etcdimg verify`. What must be refused, by cosign and by etcdimg verify alike: a tampered
+//! manifest under the tag, a signature made with another key, and a provenance statement
+//! whose subject is another digest.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::world::{json, skopeo, world, World};
+use common::*;
+use serde_json::Value;
+
+fn cosign(t: &str) -> Option<PathBuf> {
+    go_tool(t, "cosign")
+}
+
+/// `cosign generate-key-pair` into `dir/<prefix>.key` / `.pub`, encrypted with `password`.
+fn key_pair(cosign: &Path, dir: &Path, prefix: &str, password: &str) -> (PathBuf, PathBuf) {
+    let out = run(Command::new(cosign)
+        .args(["generate-key-pair", "--output-key-prefix", prefix])
+        .current_dir(dir)
+        .env("COSIGN_PASSWORD", password));
+    assert_success(&out);
+    (
+        dir.join(format!("{prefix}.key")),
+        dir.join(format!("{prefix}.pub")),
+    )
+}
+
+/// A cosign verification of `reference` (extra args before it); offline, plain HTTP.
+fn cosign_verify(cosign: &Path, verb: &str, key: &Path, reference: &str, extra: &[&str]) -> Output {
+    Command::new(cosign)
+        .arg(verb)
+        .arg("--key")
+        .arg(key)
+        .args([
+            "--insecure-ignore-tlog=true",
+            "--allow-http-registry=true",
+            "--allow-insecure-registry=true",
+        ])
+        .args(extra)
+        .arg(reference)
+        .env("SIGSTORE_NO_CACHE", "1")
+        .env("TUF_ROOT", "/nonexistent")
+        .output()
+        .unwrap()
+}
+
+/// A blob and a manifest PUT straight to the registry's API (python's urllib, not our client).
+fn put(host: &str, repo: &str, blobs: &[&[u8]], tag: &str, media_type: &str, manifest: &[u8]) {
+    let script = r#"
+import hashlib, sys, urllib.request
+host, repo, tag, media_type = sys.argv[1:5]
+blobs = [open(p, "rb").read() for p in sys.argv[6:]]
+manifest = open(sys.argv[5], "rb").read()
+for b in blobs:
+    d = "sha256:" + hashlib.sha256(b).hexdigest()
+    r = urllib.request.urlopen(urllib.request.Request(f"http://{host}/v2/{repo}/blobs/uploads/", method="POST"))
+    loc = r.headers["Location"]
+    loc = loc if loc.startswith("http") else f"http://{host}{loc}"
+    sep = "&" if "?" in loc else "?"
+    urllib.request.urlopen(urllib.request.Request(f"{loc}{sep}digest={d}", data=b, method="PUT", headers={"Content-Type": "application/octet-stream"}))
+urllib.request.urlopen(urllib.request.Request(f"http://{host}/v2/{repo}/manifests/{tag}", data=manifest, method="PUT", headers={"Content-Type": media_type}))
+"#;
+    let dir = tempfile::tempdir().unwrap();
+    let manifest_path = dir.path().join("manifest");
+    std::fs::write(&manifest_path, manifest).unwrap();
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", script, host, repo, tag, media_type])
+        .arg(&manifest_path);
+    for (i, b) in blobs.iter().enumerate() {
+        let p = dir.path().join(format!("blob{i}"));
+        std::fs::write(&p, b).unwrap();
+        cmd.arg(p);
+    }
+    assert_success(&run(&mut cmd));
+}
+
+fn raw(reference: &str) -> Vec<u8> {
+    let out = skopeo(&[
+        "inspect",
+        "--raw",
+        "--tls-verify=false",
+        &format!("docker://{reference}"),
+    ]);
+    assert!(out.status.success(), "{reference}: {}", stderr(&out));
+    out.stdout
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
+}
+
+#[test]
+fn cosign_verifies_what_etcdimg_signs_and_both_refuse_what_was_tampered_with() {
+    let t = "cosign_verifies_what_etcdimg_signs_and_both_refuse_what_was_tampered_with";
+    let Some(mut w) = world(t, &[]) else {
+        return;
+    };
+    let Some(cosign) = cosign(t) else { return };
+    w.local_project("");
+    let World { mut sb, host, .. } = w;
+    let (key, public) = key_pair(&cosign, sb.path(), "release", "s3cret");
+    let (other_key, other_public) = key_pair(&cosign, sb.path(), "other", "other");
+    sb.set("COSIGN_PASSWORD", "s3cret");
+
+    // A wrong password stops the run before anything is pushed, and never shows the key.
+    sb.set("COSIGN_PASSWORD", "wrong");
+    let out = sb.etcdimg(&["all-push", "--sign", "--key", key.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("does not decrypt with COSIGN_PASSWORD"),
+        "{}",
+        stderr(&out)
+    );
+    let key_text = std::fs::read_to_string(&key).unwrap();
+    let body_line = key_text.lines().nth(1).unwrap();
+    assert!(!stderr(&out).contains(body_line), "the key leaked");
+    sb.set("COSIGN_PASSWORD", "s3cret");
+
+    let out = sb.etcdimg(&[
+        "all-push",
+        "--sign",
+        "--key",
+        key.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_success(&out);
+    let pushed = json(&out);
+    let index_digest = pushed["index"]["digest"].as_str().unwrap().to_string();
+    let repo_ref = format!("{host}/etcd");
+    let tag_ref = format!("{repo_ref}:3.5.1-0");
+    assert_eq!(
+        pushed["signed"]["signatures"].as_array().unwrap().len(),
+        3,
+        "{pushed}"
+    );
+
+    // The real cosign accepts the index, each per-arch manifest and both attestations.
+    let out = cosign_verify(&cosign, "verify", &public, &tag_ref, &[]);
+    assert_success(&out);
+    // cosign prints the verified payloads: ours, naming the index.
+    assert!(
+        stdout(&out).contains(&format!("\"docker-manifest-digest\":\"{index_digest}\"")),
+        "{}",
+        stdout(&out)
+    );
+    let index: Value = serde_json::from_slice(&raw(&tag_ref)).unwrap();
+    for m in index["manifests"].as_array().unwrap() {
+        let by_digest = format!("{repo_ref}@{}", m["digest"].as_str().unwrap());
+        assert_success(&cosign_verify(&cosign, "verify", &public, &by_digest, &[]));
+    }
+    for kind in ["slsaprovenance1", "spdxjson"] {
+        let out = cosign_verify(
+            &cosign,
+            "verify-attestation",
+            &public,
+            &tag_ref,
+            &["--type", kind],
+        );
+        assert_success(&out);
+        assert!(
+            stdout(&out).contains("\"payloadType\":\"application/vnd.in-toto+json\""),
+            "{}",
+            stdout(&out)
+        );
+    }
+    // etcdimg verify agrees.
+    let out = sb.etcdimg(&[
+        "verify",
+        "--key",
+        public.to_str().unwrap(),
+        &tag_ref,
+        "--json",
+    ]);
+    assert_success(&out);
+    let v = json(&out);
+    assert_eq!(v["digest"], index_digest.as_str());
+    assert_eq!(v["checks"].as_array().unwrap().len(), 5, "{v}");
+
+    // Signing again adds nothing.
+    let out = sb.etcdimg(&["sign", "--key", key.to_str().unwrap(), "--json"]);
+    assert_success(&out);
+    let again = json(&out);
+    assert!(
+        again["signatures"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["changed"] == false)
+            && again["attestations"][0]["changed"] == false,
+        "{again}"
+    );
+
+    // Another key: cosign and etcdimg refuse.
+    let out = cosign_verify(&cosign, "verify", &other_public, &tag_ref, &[]);
+    assert!(!out.status.success(), "cosign accepted another key");
+    let out = sb.etcdimg(&["verify", "--key", other_public.to_str().unwrap(), &tag_ref]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stdout(&out).contains("another key"), "{}", stdout(&out));
+
+    // A release signed with another key only (revision 1): refused with the release key.
+    sb.set("COSIGN_PASSWORD", "other");
+    let out = sb.etcdimg(&[
+        "all-push",
+        "--revision",
+        "1",
+        "--sign",
+        "--key",
+        other_key.to_str().unwrap(),
+    ]);
+    assert_success(&out);
+    let rev1 = format!("{repo_ref}:3.5.1-1");
+    assert!(!cosign_verify(&cosign, "verify", &public, &rev1, &[])
+        .status
+        .success());
+    let out = sb.etcdimg(&["verify", "--key", public.to_str().unwrap(), &rev1]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+
+    // A provenance statement about another digest, signed with the right key, in the index's
+    // attestations: refused by both.
+    let signing = etcdimg::sign::key::signing_key(key.to_str().unwrap(), Some("s3cret")).unwrap();
+    let wrong = etcdimg::sign::statement(
+        &repo_ref,
+        &sha256(b"another image"),
+        etcdimg::sign::SLSA_PROVENANCE_V1,
+        serde_json::json!({"buildDefinition": {"buildType": "x", "externalParameters": {}}, "runDetails": {"builder": {"id": "x"}}}),
+    );
+    let layer = etcdimg::sign::Layer::attestation(
+        etcdimg::sign::envelope(&signing, &wrong),
+        etcdimg::sign::SLSA_PROVENANCE_V1,
+    );
+    let (manifest, config) =
+        etcdimg::sign::manifest(&[], std::slice::from_ref(&layer), false).unwrap();
+    sb.set("COSIGN_PASSWORD", "s3cret");
+    let out = sb.etcdimg(&["all-push", "--revision", "2", "--no-report"]);
+    assert_success(&out);
+    let rev2 = format!("{repo_ref}:3.5.1-2");
+    let rev2_digest = sha256(&raw(&rev2));
+    put(
+        &host,
+        "etcd",
+        &[&config, &layer.bytes],
+        &etcdimg::sign::tag(&rev2_digest, "att"),
+        "application/vnd.oci.image.manifest.v1+json",
+        &manifest,
+    );
+    let out = cosign_verify(
+        &cosign,
+        "verify-attestation",
+        &public,
+        &rev2,
+        &["--type", "slsaprovenance1"],
+    );
+    assert!(
+        !out.status.success(),
+        "cosign accepted a statement about another digest"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no matching subject digest"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = sb.etcdimg(&["verify", "--key", public.to_str().unwrap(), &rev2]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stdout(&out).contains("not the index"), "{}", stdout(&out));
+
+    // A tampered index under the signed tag: no signature names its digest.
+    let mut tampered: Value = serde_json::from_slice(&raw(&tag_ref)).unwrap();
+    tampered["annotations"] = serde_json::json!({"tampered": "yes"});
+    let bytes = serde_json::to_vec(&tampered).unwrap();
+    put(
+        &host,
+        "etcd",
+        &[],
+        "3.5.1-0",
+        tampered["mediaType"].as_str().unwrap(),
+        &bytes,
+    );
+    assert!(!cosign_verify(&cosign, "verify", &public, &tag_ref, &[])
+        .status
+        .success());
+    let out = sb.etcdimg(&["verify", "--key", public.to_str().unwrap(), &tag_ref]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stdout(&out).contains("no signatures"), "{}", stdout(&out));
+}
