@@ -36,7 +36,7 @@ pub enum ReleaseError {
         actual: String,
     },
     #[error(
-        "the referrers fallback tag holds something other than an OCI image index ({media_type})"
+        "the referrers fallback tag holds something other than the release's index format ({media_type})"
     )]
     BadFallbackIndex { media_type: String },
     #[error("parsing a release document")]
@@ -553,27 +553,47 @@ pub struct ArtifactBlob {
     pub bytes: Vec<u8>,
 }
 
-/// The OCI image manifest that carries the report blobs, with `subject` = the index, per the
-/// image spec 1.1 artifact guidance (empty config, `artifactType`).
+/// The manifest that carries the report blobs. For an OCI release: an OCI image manifest with
+/// `subject` = the index, per the image spec 1.1 artifact guidance (empty config,
+/// `artifactType`). For a Docker-format release (the index is a Docker manifest list): a Docker
+/// schema 2 manifest with a `{}` config, since a release never mixes formats; Docker's format
+/// has no `subject`, so it is listed under the fallback tag only.
 pub fn artifact_manifest(subject: &IndexRef, blobs: &[ArtifactBlob], created: &str) -> Vec<u8> {
+    let docker = subject.media_type == crate::oci::index::DOCKER_LIST;
     let layers: Vec<Value> = blobs
         .iter()
         .map(|b| {
-            json!({
+            let mut l = json!({
                 "mediaType": b.media_type,
                 "digest": format!("sha256:{}", crate::fetch::cache::sha256_hex(&b.bytes)),
                 "size": b.bytes.len(),
-                "annotations": { "org.opencontainers.image.title": b.title },
-            })
+            });
+            if !docker {
+                l["annotations"] = json!({ "org.opencontainers.image.title": b.title });
+            }
+            l
         })
         .collect();
+    let config_digest = format!("sha256:{}", crate::fetch::cache::sha256_hex(EMPTY_CONFIG));
+    if docker {
+        return crate::oci::canonical_json(&json!({
+            "schemaVersion": 2,
+            "mediaType": crate::oci::index::DOCKER_MANIFEST,
+            "config": {
+                "mediaType": DOCKER_CONFIG_MEDIA_TYPE,
+                "digest": config_digest,
+                "size": EMPTY_CONFIG.len(),
+            },
+            "layers": layers,
+        }));
+    }
     crate::oci::canonical_json(&json!({
         "schemaVersion": 2,
         "mediaType": crate::oci::index::OCI_MANIFEST,
         "artifactType": REPORT_MEDIA_TYPE,
         "config": {
             "mediaType": EMPTY_MEDIA_TYPE,
-            "digest": format!("sha256:{}", crate::fetch::cache::sha256_hex(EMPTY_CONFIG)),
+            "digest": config_digest,
             "size": EMPTY_CONFIG.len(),
             "data": "e30=",
         },
@@ -587,6 +607,9 @@ pub fn artifact_manifest(subject: &IndexRef, blobs: &[ArtifactBlob], created: &s
     }))
 }
 
+/// The media type of a Docker image config (the report artifact's, in a Docker-format release).
+pub const DOCKER_CONFIG_MEDIA_TYPE: &str = "application/vnd.docker.container.image.v1+json";
+
 /// The referrers fallback tag for a subject: `sha256-<hex>`.
 pub fn fallback_tag(subject_digest: &str) -> String {
     subject_digest.replacen(':', "-", 1)
@@ -599,21 +622,27 @@ pub fn merge_fallback_index(
     artifact_digest: &str,
     artifact_size: u64,
     created: &str,
+    docker: bool,
 ) -> Result<Option<Vec<u8>>, ReleaseError> {
+    // A release never mixes formats: a Docker-format release lists its artifact in a Docker
+    // manifest list, with the platform `unknown/unknown` that BuildKit gives attestations.
+    let list_type = if docker {
+        crate::oci::index::DOCKER_LIST
+    } else {
+        crate::oci::index::OCI_INDEX
+    };
     let mut index: Value = match existing {
         Some((content_type, bytes)) => {
             let mut v: Value = serde_json::from_slice(bytes)?;
             // `mediaType` is optional in an OCI index; the response's Content-Type then says.
-            if v.get("mediaType").is_none()
-                && content_type.starts_with(crate::oci::index::OCI_INDEX)
-            {
-                v["mediaType"] = json!(crate::oci::index::OCI_INDEX);
+            if v.get("mediaType").is_none() && content_type.starts_with(list_type) {
+                v["mediaType"] = json!(list_type);
             }
             v
         }
         None => json!({
             "schemaVersion": 2,
-            "mediaType": crate::oci::index::OCI_INDEX,
+            "mediaType": list_type,
             "manifests": [],
         }),
     };
@@ -622,7 +651,7 @@ pub fn merge_fallback_index(
         .and_then(Value::as_str)
         .unwrap_or("")
         .to_string();
-    if media_type != crate::oci::index::OCI_INDEX {
+    if media_type != list_type {
         return Err(ReleaseError::BadFallbackIndex { media_type });
     }
     let manifests = index
@@ -639,13 +668,22 @@ pub fn merge_fallback_index(
     {
         return Ok(None);
     }
-    list.push(json!({
-        "mediaType": crate::oci::index::OCI_MANIFEST,
-        "digest": artifact_digest,
-        "size": artifact_size,
-        "artifactType": REPORT_MEDIA_TYPE,
-        "annotations": { "org.opencontainers.image.created": created },
-    }));
+    list.push(if docker {
+        json!({
+            "mediaType": crate::oci::index::DOCKER_MANIFEST,
+            "digest": artifact_digest,
+            "size": artifact_size,
+            "platform": { "architecture": "unknown", "os": "unknown" },
+        })
+    } else {
+        json!({
+            "mediaType": crate::oci::index::OCI_MANIFEST,
+            "digest": artifact_digest,
+            "size": artifact_size,
+            "artifactType": REPORT_MEDIA_TYPE,
+            "annotations": { "org.opencontainers.image.created": created },
+        })
+    });
     Ok(Some(crate::oci::canonical_json(&index)))
 }
 
@@ -790,14 +828,14 @@ mod tests {
     #[test]
     fn the_fallback_index_keeps_others_and_adds_once() {
         const OCI: &str = crate::oci::index::OCI_INDEX;
-        let first = merge_fallback_index(None, "sha256:a1", 5, "t")
+        let first = merge_fallback_index(None, "sha256:a1", 5, "t", false)
             .unwrap()
             .unwrap();
         assert_eq!(
-            merge_fallback_index(Some((OCI, &first)), "sha256:a1", 5, "t").unwrap(),
+            merge_fallback_index(Some((OCI, &first)), "sha256:a1", 5, "t", false).unwrap(),
             None
         );
-        let second = merge_fallback_index(Some((OCI, &first)), "sha256:b2", 6, "t")
+        let second = merge_fallback_index(Some((OCI, &first)), "sha256:b2", 6, "t", false)
             .unwrap()
             .unwrap();
         let v: Value = serde_json::from_slice(&second).unwrap();
@@ -809,14 +847,17 @@ mod tests {
             .collect();
         assert_eq!(digests, ["sha256:a1", "sha256:b2"]);
         let docker: &[u8] = br#"{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.list.v2+json","manifests":[]}"#;
-        assert!(merge_fallback_index(Some((OCI, docker)), "sha256:a1", 5, "t").is_err());
+        assert!(merge_fallback_index(Some((OCI, docker)), "sha256:a1", 5, "t", false).is_err());
         // An index without mediaType is taken on its Content-Type.
         let bare: &[u8] = br#"{"schemaVersion":2,"manifests":[]}"#;
-        assert!(merge_fallback_index(Some((OCI, bare)), "sha256:a1", 5, "t")
-            .unwrap()
-            .is_some());
         assert!(
-            merge_fallback_index(Some(("application/json", bare)), "sha256:a1", 5, "t").is_err()
+            merge_fallback_index(Some((OCI, bare)), "sha256:a1", 5, "t", false)
+                .unwrap()
+                .is_some()
+        );
+        assert!(
+            merge_fallback_index(Some(("application/json", bare)), "sha256:a1", 5, "t", false)
+                .is_err()
         );
         assert_eq!(fallback_tag("sha256:abc"), "sha256-abc");
     }

@@ -187,6 +187,15 @@ fn cosign_verifies_what_etcdimg_signs_and_both_refuse_what_was_tampered_with() {
     assert_eq!(v["digest"], index_digest.as_str());
     assert_eq!(v["checks"].as_array().unwrap().len(), 5, "{v}");
 
+    // plan shows what is signed (and, before signing, what is not).
+    let out = sb.etcdimg(&["plan", "--no-build", "--json"]);
+    assert_success(&out);
+    let planned = json(&out);
+    let sigs = planned["signatures"].as_array().unwrap();
+    assert_eq!(sigs.len(), 3, "{planned}");
+    assert!(sigs.iter().all(|s| s["signed"] == true), "{planned}");
+    assert_eq!(sigs[0]["attested"], true, "{planned}");
+
     // Signing again adds nothing.
     let out = sb.etcdimg(&["sign", "--key", key.to_str().unwrap(), "--json"]);
     assert_success(&out);
@@ -240,7 +249,7 @@ fn cosign_verifies_what_etcdimg_signs_and_both_refuse_what_was_tampered_with() {
         etcdimg::sign::SLSA_PROVENANCE_V1,
     );
     let (manifest, config) =
-        etcdimg::sign::manifest(&[], std::slice::from_ref(&layer), false).unwrap();
+        etcdimg::sign::manifest(&[], std::slice::from_ref(&layer), false, None).unwrap();
     sb.set("COSIGN_PASSWORD", "s3cret");
     let out = sb.etcdimg(&["all-push", "--revision", "2", "--no-report"]);
     assert_success(&out);
@@ -292,4 +301,106 @@ fn cosign_verifies_what_etcdimg_signs_and_both_refuse_what_was_tampered_with() {
     let out = sb.etcdimg(&["verify", "--key", public.to_str().unwrap(), &tag_ref]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stdout(&out).contains("no signatures"), "{}", stdout(&out));
+}
+
+/// The media type of what `reference` points to, and of the config of a manifest.
+fn media_types(reference: &str) -> Vec<String> {
+    let v: Value = serde_json::from_slice(&raw(reference)).unwrap();
+    let mut out = vec![v["mediaType"].as_str().unwrap_or("(none)").to_string()];
+    if let Some(c) = v["config"]["mediaType"].as_str() {
+        out.push(format!("config {c}"));
+    }
+    out
+}
+
+// guards: etcd's releases were published with four manifest media types at once
+// (etcd-io/etcd#21007), which broke kubeadm (kubernetes/kubernetes#135697).
+#[test]
+fn a_release_has_one_manifest_format_signatures_attestations_and_report_included() {
+    let t = "a_release_has_one_manifest_format_signatures_attestations_and_report_included";
+    for format in ["oci", "docker"] {
+        let Some(mut w) = world(t, &[]) else {
+            return;
+        };
+        let Some(cosign) = cosign(t) else { return };
+        w.local_project("");
+        let World { mut sb, host, .. } = w;
+        let (key, public) = key_pair(&cosign, sb.path(), "release", "pw");
+        sb.set("COSIGN_PASSWORD", "pw");
+        let out = sb.etcdimg(&[
+            "all-push",
+            "--manifest-format",
+            format,
+            "--spdx",
+            "--sign",
+            "--key",
+            key.to_str().unwrap(),
+        ]);
+        assert_success(&out);
+        let repo = format!("{host}/etcd");
+        let tag_ref = format!("{repo}:3.5.1-0");
+        let index_bytes = raw(&tag_ref);
+        let index_digest = sha256(&index_bytes);
+        let index: Value = serde_json::from_slice(&index_bytes).unwrap();
+        let mut seen: Vec<(String, String)> = Vec::new();
+        let mut walk = |what: String, reference: String| {
+            for m in media_types(&reference) {
+                seen.push((what.clone(), m));
+            }
+        };
+        walk("index".into(), tag_ref.clone());
+        let mut signed = vec![index_digest.clone()];
+        for m in index["manifests"].as_array().unwrap() {
+            let d = m["digest"].as_str().unwrap().to_string();
+            walk(format!("manifest {d}"), format!("{repo}@{d}"));
+            signed.push(d);
+        }
+        for d in &signed {
+            let sig = format!("{repo}:{}", etcdimg::sign::tag(d, "sig"));
+            // distribution 2.8 has no referrers API: cosign's tag only, no `subject`.
+            let m: Value = serde_json::from_slice(&raw(&sig)).unwrap();
+            assert!(m.get("subject").is_none(), "{m}");
+            walk(format!("signature of {d}"), sig);
+        }
+        walk(
+            "attestations".into(),
+            format!("{repo}:{}", etcdimg::sign::tag(&index_digest, "att")),
+        );
+        let fallback = format!("{repo}:{}", index_digest.replacen(':', "-", 1));
+        walk("report listing".into(), fallback.clone());
+        let listing: Value = serde_json::from_slice(&raw(&fallback)).unwrap();
+        for a in listing["manifests"].as_array().unwrap() {
+            let d = a["digest"].as_str().unwrap();
+            walk(format!("report {d}"), format!("{repo}@{d}"));
+        }
+        let allowed: &[&str] = if format == "oci" {
+            &[
+                "application/vnd.oci.image.index.v1+json",
+                "application/vnd.oci.image.manifest.v1+json",
+                "config application/vnd.oci.image.config.v1+json",
+                "config application/vnd.oci.empty.v1+json",
+            ]
+        } else {
+            &[
+                "application/vnd.docker.distribution.manifest.list.v2+json",
+                "application/vnd.docker.distribution.manifest.v2+json",
+                "config application/vnd.docker.container.image.v1+json",
+            ]
+        };
+        let wrong: Vec<&(String, String)> = seen
+            .iter()
+            .filter(|(_, m)| !allowed.contains(&m.as_str()))
+            .collect();
+        assert!(wrong.is_empty(), "{format}: {wrong:?}");
+        assert!(seen.len() >= 12, "{format}: {seen:?}");
+        // And cosign still verifies the signature and the attestations in that format.
+        assert_success(&cosign_verify(&cosign, "verify", &public, &tag_ref, &[]));
+        assert_success(&cosign_verify(
+            &cosign,
+            "verify-attestation",
+            &public,
+            &tag_ref,
+            &["--type", "slsaprovenance1"],
+        ));
+    }
 }

@@ -43,6 +43,39 @@ pub struct ReportScope {
     pub spdx: bool,
 }
 
+/// For the index and each per-arch manifest: is it signed (and the index attested) now?
+async fn signature_plan(
+    pusher: &crate::registry::push::Pusher,
+    p: &crate::publish::layout::IndexPlan,
+) -> Result<Vec<crate::publish::plan::SignaturePlan>> {
+    let repo = &p.target.repository;
+    let mut out = Vec::new();
+    for (digest, what) in super::sign::subjects(p) {
+        let has = |suffix: &'static str| {
+            let tag = crate::sign::tag(&digest, suffix);
+            async move {
+                pusher
+                    .manifest_digest(repo, &tag)
+                    .await
+                    .map(|d| d.is_some())
+            }
+        };
+        let signed = has("sig").await?;
+        let attested = if what == "index" {
+            Some(has("att").await?)
+        } else {
+            None
+        };
+        out.push(crate::publish::plan::SignaturePlan {
+            what,
+            digest,
+            signed,
+            attested,
+        });
+    }
+    Ok(out)
+}
+
 /// `etcdimg plan`.
 pub async fn plan(
     settings: &Settings,
@@ -71,6 +104,7 @@ pub async fn plan(
         copies: Vec::new(),
         index: None,
         report: None,
+        signatures: Vec::new(),
         summary: Summary::default(),
     };
     if let Some(arch) = options.arch {
@@ -113,6 +147,7 @@ pub async fn plan(
     if let Some(scope) = &options.report {
         plan.report = Some(report_plan(settings, &p, &pusher, scope.spdx, &mut known).await?);
     }
+    plan.signatures = signature_plan(&pusher, &p).await?;
     summarise(&mut plan);
     Ok(plan)
 }

@@ -80,7 +80,11 @@ fn stage(plan: &IndexPlan, artifact: &Artifact) -> Result<LocalManifest> {
         });
     }
     Ok(LocalManifest {
-        media_type: index::OCI_MANIFEST.into(),
+        media_type: if crate::publish::report::is_docker(plan) {
+            index::DOCKER_MANIFEST.into()
+        } else {
+            index::OCI_MANIFEST.into()
+        },
         digest: artifact.digest.clone(),
         bytes: artifact.manifest.clone(),
         blobs: local,
@@ -195,7 +199,11 @@ async fn write_fallback(
             ));
         }
         let index = LocalManifest {
-            media_type: index::OCI_INDEX.into(),
+            media_type: if crate::publish::report::is_docker(plan) {
+                index::DOCKER_LIST.into()
+            } else {
+                index::OCI_INDEX.into()
+            },
             digest: format!("sha256:{}", crate::fetch::cache::sha256_hex(&bytes)),
             bytes,
             blobs: Vec::new(),

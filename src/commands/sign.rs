@@ -81,12 +81,31 @@ pub async fn sign(
 /// What is signed: the index and every per-arch manifest, by digest, in the index's
 /// repository: `(digest, what)`.
 pub(crate) fn subjects(p: &IndexPlan) -> Vec<(String, String)> {
-    let mut out = vec![(p.built.digest.clone(), "index".to_string())];
-    out.extend(
-        p.images
-            .iter()
-            .map(|i| (i.manifest.digest.clone(), format!("{} image", i.arch))),
-    );
+    descriptors(p)
+        .into_iter()
+        .map(|(digest, what, _)| (digest, what))
+        .collect()
+}
+
+/// [`subjects`] with each one's OCI descriptor (for `subject` under the referrers API).
+fn descriptors(p: &IndexPlan) -> Vec<(String, String, Value)> {
+    let descriptor = |media_type: &str, digest: &str, size: usize| json!({ "mediaType": media_type, "digest": digest, "size": size });
+    let mut out = vec![(
+        p.built.digest.clone(),
+        "index".to_string(),
+        descriptor(&p.built.media_type, &p.built.digest, p.built.bytes.len()),
+    )];
+    out.extend(p.images.iter().map(|i| {
+        (
+            i.manifest.digest.clone(),
+            format!("{} image", i.arch),
+            descriptor(
+                &i.manifest.media_type,
+                &i.manifest.digest,
+                i.manifest.bytes.len(),
+            ),
+        )
+    }));
     out
 }
 
@@ -102,8 +121,20 @@ pub(crate) async fn sign_release(
     let docker = p.built.media_type == DOCKER_LIST;
     let (registry, repo) = (&p.target.registry, &p.target.repository);
     let name = format!("{registry}/{repo}");
+    // OCI 1.1 referrers where the registry offers them (the manifests name their subject, and
+    // the registry lists them); cosign's tags always, which is where `cosign verify` looks.
+    let referrers = !docker
+        && matches!(
+            p.pusher.referrers(repo, &p.built.digest).await?,
+            crate::registry::push::Referrers::Listed(_)
+        );
     let mut signatures = Vec::new();
-    for (digest, what) in subjects(p) {
+    let mut index_descriptor = None;
+    for (digest, what, descriptor) in descriptors(p) {
+        let subject = referrers.then(|| descriptor.clone());
+        if index_descriptor.is_none() {
+            index_descriptor = Some(descriptor);
+        }
         if p.pusher.manifest_digest(repo, &digest).await?.is_none() {
             anyhow::bail!(crate::UserError::new(
                 format!("the {what} {digest} is not in {name}"),
@@ -112,7 +143,7 @@ pub(crate) async fn sign_release(
         }
         let payload = sign::simple_signing_payload(&name, &digest);
         let layer = Layer::signature(payload.clone(), sign::sign(key, &payload));
-        let changed = attach(p, &digest, "sig", &[layer], docker).await?;
+        let changed = attach(p, &digest, "sig", &[layer], docker, subject).await?;
         reporter.status(
             if changed { "Signed" } else { "Unchanged" },
             &format!("{what} {name}@{digest}"),
@@ -140,7 +171,15 @@ pub(crate) async fn sign_release(
             Layer::attestation(sign::envelope(key, &st), kind)
         })
         .collect();
-    let changed = attach(p, digest, "att", &layers, docker).await?;
+    let changed = attach(
+        p,
+        digest,
+        "att",
+        &layers,
+        docker,
+        index_descriptor.filter(|_| referrers),
+    )
+    .await?;
     reporter.status(
         if changed { "Attested" } else { "Unchanged" },
         &format!("SLSA provenance and SPDX for {name}@{digest}"),
@@ -208,6 +247,7 @@ async fn attach(
     suffix: &str,
     layers: &[Layer],
     docker: bool,
+    subject: Option<Value>,
 ) -> Result<bool> {
     let repo = &p.target.repository;
     let tag = sign::tag(digest, suffix);
@@ -220,7 +260,8 @@ async fn attach(
                 .unwrap_or_default(),
             None => Vec::new(),
         };
-        let Some((manifest, config)) = sign::manifest(&existing, layers, docker) else {
+        let Some((manifest, config)) = sign::manifest(&existing, layers, docker, subject.clone())
+        else {
             return Ok(changed);
         };
         let mut blobs = Vec::new();

@@ -55,6 +55,19 @@ pub struct ImagePlan {
     pub manifest: ManifestPlan,
 }
 
+/// Whether a manifest of the release is signed (cosign's `sha256-<hex>.sig` tag) and, for the
+/// index, attested (`.att`), as the registry holds it now.
+#[derive(Debug, Serialize)]
+pub struct SignaturePlan {
+    /// `index` or `linux/arm64 image`.
+    pub what: String,
+    pub digest: String,
+    pub signed: bool,
+    /// Index only: provenance and SPDX attestations are there.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attested: Option<bool>,
+}
+
 #[derive(Debug, Serialize)]
 pub struct ReportPlan {
     /// The artifact manifest, pushed by digest (`unchanged` when the registry holds it).
@@ -110,6 +123,8 @@ pub struct Plan {
     pub copies: Vec<ManifestPlan>,
     pub index: Option<ManifestPlan>,
     pub report: Option<ReportPlan>,
+    /// What is and is not signed in the registry (`etcdimg sign` signs it).
+    pub signatures: Vec<SignaturePlan>,
     pub summary: Summary,
 }
 
@@ -504,6 +519,20 @@ pub fn render(plan: &Plan) -> String {
             }
         }
     }
+    for sp in &plan.signatures {
+        let attested = match sp.attested {
+            Some(true) => ", attested",
+            Some(false) => ", not attested",
+            None => "",
+        };
+        let _ = writeln!(
+            out,
+            "{:<8} {} {}{attested}",
+            if sp.signed { "signed" } else { "unsigned" },
+            sp.what,
+            sp.digest
+        );
+    }
     let s = &plan.summary;
     let _ = writeln!(
         out,
@@ -569,6 +598,7 @@ mod tests {
                 refused: false,
                 blobs: vec![],
             }),
+            signatures: Vec::new(),
             report: Some(ReportPlan {
                 artifact: ManifestPlan {
                     reference: "r/etcd@sha256:a".into(),

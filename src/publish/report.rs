@@ -145,6 +145,11 @@ pub(crate) fn artifact(
     }
 }
 
+/// Is the release in Docker's format (its index a Docker manifest list)?
+pub(crate) fn is_docker(plan: &IndexPlan) -> bool {
+    plan.built.media_type == crate::oci::index::DOCKER_LIST
+}
+
 /// What listing the artifact under the index needs, found out read-only.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Listing {
@@ -182,6 +187,7 @@ pub(crate) async fn fallback_merge(
         &artifact.digest,
         artifact.manifest.len() as u64,
         created,
+        is_docker(plan),
     )
     .map_err(|e| {
         anyhow::Error::new(e).context(crate::UserError::new(
@@ -212,6 +218,8 @@ pub(crate) async fn listing(
             "the registry answered OCI-Subject {other}, not the index {subject}; listing the report under the fallback tag"
         )),
         Some(None) => {}
+        // Docker's format has no referrers: the fallback tag is the listing.
+        None if is_docker(plan) => {}
         None => match pusher
             .referrers(&plan.target.repository, subject)
             .await?

@@ -185,9 +185,16 @@ pub fn layer_descriptor(layer: &Layer) -> Value {
 }
 
 /// The manifest (and its config) cosign would write for `layers` (existing descriptors first,
-/// kept as they are): OCI, or Docker schema 2 for a Docker-format release. `None` when every
-/// new layer is already there.
-pub fn manifest(existing: &[Value], new: &[Layer], docker: bool) -> Option<(Vec<u8>, Vec<u8>)> {
+/// kept as they are): OCI, or Docker schema 2 for a Docker-format release. `subject` (the
+/// signed manifest's descriptor, OCI only) makes a registry with the referrers API (OCI
+/// distribution 1.1) list it as a referrer as well. `None` when every new layer is already
+/// there.
+pub fn manifest(
+    existing: &[Value],
+    new: &[Layer],
+    docker: bool,
+    subject: Option<Value>,
+) -> Option<(Vec<u8>, Vec<u8>)> {
     let mut layers: Vec<Value> = existing.to_vec();
     let mut added = false;
     for l in new {
@@ -226,7 +233,7 @@ pub fn manifest(existing: &[Value], new: &[Layer], docker: bool) -> Option<(Vec<
             "application/vnd.oci.image.config.v1+json",
         )
     };
-    let manifest = crate::oci::canonical_json(&json!({
+    let mut manifest = json!({
         "schemaVersion": 2,
         "mediaType": manifest_type,
         "config": {
@@ -235,8 +242,11 @@ pub fn manifest(existing: &[Value], new: &[Layer], docker: bool) -> Option<(Vec<
             "digest": format!("sha256:{}", crate::fetch::cache::sha256_hex(&config)),
         },
         "layers": layers,
-    }));
-    Some((manifest, config))
+    });
+    if let Some(subject) = subject.filter(|_| !docker) {
+        manifest["subject"] = subject;
+    }
+    Some((crate::oci::canonical_json(&manifest), config))
 }
 
 #[cfg(test)]
@@ -284,9 +294,28 @@ mod tests {
         let k = key();
         let payload = simple_signing_payload("r.example/etcd", "sha256:ab");
         let layer = Layer::signature(payload.clone(), sign(&k, &payload));
-        let (m, _) = manifest(&[], std::slice::from_ref(&layer), false).unwrap();
+        let (m, _) = manifest(&[], std::slice::from_ref(&layer), false, None).unwrap();
         let v: Value = serde_json::from_slice(&m).unwrap();
+        assert!(v.get("subject").is_none());
         let existing = v["layers"].as_array().unwrap().clone();
-        assert!(manifest(&existing, &[layer], false).is_none());
+        assert!(manifest(&existing, std::slice::from_ref(&layer), false, None).is_none());
+        // With the referrers API: the subject is named (OCI only).
+        let subject = json!({"mediaType": "m", "digest": "sha256:ab", "size": 1});
+        let (m, _) = manifest(
+            &[],
+            std::slice::from_ref(&layer),
+            false,
+            Some(subject.clone()),
+        )
+        .unwrap();
+        assert_eq!(
+            serde_json::from_slice::<Value>(&m).unwrap()["subject"],
+            subject
+        );
+        let (m, _) = manifest(&[], &[layer], true, Some(subject)).unwrap();
+        assert!(serde_json::from_slice::<Value>(&m)
+            .unwrap()
+            .get("subject")
+            .is_none());
     }
 }
