@@ -75,6 +75,10 @@ pub enum Command {
     /// Scan every Go binary of the images in the layout with govulncheck (binary mode) against
     /// a vulnerability database: what is called, what is only present, and the fixed versions.
     Scan(ScanArgs),
+    /// Merge the OCI layouts of per-arch jobs into one (every arch of images.toml exactly once,
+    /// for this tag and revision, with the right platform), for push-manifest, plan, report
+    /// and sign.
+    Merge(MergeArgs),
     /// Sign the pushed release in cosign's format (the index and each per-arch manifest) and
     /// attest its SLSA provenance and SPDX document to the index; `cosign verify --key` and
     /// `cosign verify-attestation` accept both.
@@ -287,6 +291,18 @@ pub struct SignArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct MergeArgs {
+    #[command(flatten)]
+    pub overrides: OverrideArgs,
+    /// A layout a per-arch job wrote (repeatable).
+    #[arg(long, value_name = "DIR", required = true)]
+    pub from: Vec<PathBuf>,
+    /// The merged layout (created if missing).
+    #[arg(long, env = "ETCDIMG_OUTPUT", default_value = "_output/oci")]
+    pub output: PathBuf,
+}
+
+#[derive(Debug, Args)]
 pub struct VerifyArgs {
     #[command(flatten)]
     pub overrides: OverrideArgs,
@@ -366,6 +382,10 @@ pub struct ReportArgs {
     /// Attach the report to the index in the registry (which must already hold it).
     #[arg(long)]
     pub push: bool,
+    /// Also write the SLSA provenance v1 predicate (`release-<tag>.provenance.json`), for
+    /// `cosign attest --type slsaprovenance1` (keyless signing in CI).
+    #[arg(long)]
+    pub provenance: bool,
 }
 
 #[derive(Debug, Args)]

@@ -224,6 +224,19 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Settings(args) => settings_verb(g, args),
         Command::Scan(args) => scan_verb(g, args, &*reporter),
         Command::Sign(args) => sign_verb(g, args, reporter).await,
+        Command::Merge(args) => {
+            let settings = resolve(g, &args.overrides)?;
+            let merged =
+                etcdimg::publish::merge::merge(&settings, &args.from, &args.output, &*reporter)?;
+            if g.json {
+                println!("{}", serde_json::to_string_pretty(&merged)?);
+            } else {
+                for i in &merged.images {
+                    println!("{}@{}", i.reference, i.digest);
+                }
+            }
+            Ok(())
+        }
         Command::Verify(args) => verify_verb(g, args, reporter).await,
     }
 }
@@ -422,14 +435,18 @@ async fn report_verb(g: &GlobalArgs, args: &ReportArgs, reporter: Shared) -> Res
     let flags = inspect_flags(args.format.clone());
     let build = build_options(&settings, &layout_only(&args.output), None, &reporter);
     let options = push_options(build, &flags, Some(&args.report))?;
-    let outcome = etcdimg::commands::report::report(&settings, &options, args.push).await?;
+    let outcome =
+        etcdimg::commands::report::report(&settings, &options, args.push, args.provenance).await?;
     if g.json {
         println!("{}", serde_json::to_string_pretty(&outcome)?);
         return Ok(());
     }
     println!("{}", outcome.written.json);
-    if let Some(spdx) = &outcome.written.spdx {
-        println!("{spdx}");
+    for file in [&outcome.written.spdx, &outcome.written.provenance]
+        .into_iter()
+        .flatten()
+    {
+        println!("{file}");
     }
     if let Some(a) = &outcome.attached {
         println!("{}", a.artifact);

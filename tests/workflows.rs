@@ -76,6 +76,23 @@ fn workflows_pass_actionlint_and_release_has_its_guards() {
         assert!(release.contains(needle), "release.yml lacks `{needle}`");
     }
     assert!(release.find("-- test --arch") < release.find("-- push --arch"));
+    // Per-arch layouts are merged by etcdimg (no jq), and the release is signed keyless and
+    // attested after the index is pushed.
+    for needle in [
+        "-- merge",
+        "id-token: write",
+        "cosign sign --yes --recursive",
+        "--type slsaprovenance1",
+        "--type spdxjson",
+        "ubuntu-24.04-arm",
+    ] {
+        assert!(release.contains(needle), "release.yml lacks `{needle}`");
+    }
+    assert!(
+        !release.contains("jq "),
+        "release.yml merges layouts with jq again"
+    );
+    assert!(release.find("push-manifest --spdx") < release.find("cosign sign"));
 
     // The version-matrix job: official 3.4-3.7 releases fetched by etcdimg's verified fetch,
     // then migrate's chain tests on them.

@@ -25,6 +25,10 @@ use crate::settings::Settings;
 pub struct Written {
     pub json: String,
     pub spdx: Option<String>,
+    /// The SLSA provenance v1 predicate (`report --provenance`), for `cosign attest
+    /// --predicate ... --type slsaprovenance1` (release.yml's keyless signing).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provenance: Option<String>,
 }
 
 /// How the report reached the registry.
@@ -63,6 +67,7 @@ fn write_files(dir: &Path, blobs: &[ArtifactBlob]) -> Result<Written> {
     Ok(Written {
         json: paths[0].clone(),
         spdx: paths.get(1).cloned(),
+        provenance: None,
     })
 }
 
@@ -272,6 +277,7 @@ pub async fn report(
     settings: &Settings,
     push_options: &crate::publish::layout::PushOptions,
     push: bool,
+    provenance: bool,
 ) -> Result<ReportOutcome> {
     let options = push_options
         .report
@@ -279,7 +285,20 @@ pub async fn report(
         .expect("the report verb always has report options");
     let plan = crate::publish::layout::plan_index(settings, push_options)?;
     let report = assemble(settings, &plan)?;
-    write_and_attach(settings, &plan, options, report, push).await
+    let predicate = provenance.then(|| {
+        let run = super::sign::run_details(settings, None);
+        crate::sign::provenance::predicate(&report, &run)
+    });
+    let mut outcome = write_and_attach(settings, &plan, options, report, push).await?;
+    if let Some(predicate) = predicate {
+        let path = options
+            .dir
+            .join(format!("release-{}.provenance.json", settings.tag()));
+        hostio::fs::write_atomic(&path, &crate::publish::report::pretty(&predicate))
+            .with_context(|| format!("writing {}", path.display()))?;
+        outcome.written.provenance = Some(path.display().to_string());
+    }
+    Ok(outcome)
 }
 
 /// Writes `report` (assembled for the index in `plan`) and, when `push`, attaches it in the

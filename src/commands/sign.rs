@@ -155,7 +155,7 @@ pub(crate) async fn sign_release(
             changed,
         });
     }
-    let run = run_details(settings, options);
+    let run = run_details(settings, options.builder_id.as_deref());
     let digest = &p.built.digest;
     let statements = [
         (
@@ -197,7 +197,7 @@ pub(crate) async fn sign_release(
 
 /// What the provenance says about this run: images.toml's digest, the resolved settings,
 /// the builder and the invocation (no time stamps: signing again gives the same statement).
-fn run_details(settings: &Settings, options: &SignOptions) -> provenance::Run {
+pub(crate) fn run_details(settings: &Settings, builder_id: Option<&str>) -> provenance::Run {
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     let config = std::fs::read(&settings.config_path).unwrap_or_default();
     let sources: serde_json::Map<String, Value> = settings
@@ -211,7 +211,7 @@ fn run_details(settings: &Settings, options: &SignOptions) -> provenance::Run {
         })
         .collect();
     provenance::Run {
-        builder_id: provenance::builder_id(options.builder_id.as_deref(), &env),
+        builder_id: provenance::builder_id(builder_id, &env),
         config_path: settings.config_path.display().to_string(),
         config_sha256: crate::fetch::cache::sha256_hex(&config),
         settings: json!({
