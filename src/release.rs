@@ -61,6 +61,9 @@ pub struct Compile {
     pub builder: String,
     /// `go version` of the toolchain (or the golang image for the docker builder).
     pub toolchain: String,
+    /// sha256 of that toolchain's `go` command (none for the docker builder).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub toolchain_sha256: String,
     pub goarm: Option<String>,
     pub mode: String,
     pub flags: Vec<String>,
@@ -712,6 +715,7 @@ mod tests {
                     version: "3.4.23".into(),
                     builder: "go".into(),
                     toolchain: "go1.19.8".into(),
+                    toolchain_sha256: String::new(),
                     goarm: None,
                     mode: "gopath".into(),
                     flags: vec!["-trimpath".into()],

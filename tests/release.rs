@@ -27,21 +27,6 @@ fn raw(reference: &str) -> Vec<u8> {
     out.stdout
 }
 
-/// A blob straight from the registry's HTTP API (python's urllib, not our client).
-fn blob(host: &str, repo: &str, digest: &str) -> Vec<u8> {
-    let out = run(Command::new("python3").args([
-        "-c",
-        "import sys, urllib.request; sys.stdout.buffer.write(urllib.request.urlopen(sys.argv[1]).read())",
-        &format!("http://{host}/v2/{repo}/blobs/{digest}"),
-    ]));
-    assert_eq!(
-        sha256(&out.stdout),
-        digest,
-        "the registry served other bytes"
-    );
-    out.stdout
-}
-
 /// spdx-tools' validator: installed by scripts/install-deps.sh into target/tools/spdx, or on PATH.
 fn pyspdxtools(test: &str) -> Option<std::path::PathBuf> {
     let local = repo_root().join("target/tools/spdx/bin/pyspdxtools");

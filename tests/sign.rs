@@ -187,6 +187,49 @@ fn cosign_verifies_what_etcdimg_signs_and_both_refuse_what_was_tampered_with() {
     assert_eq!(v["digest"], index_digest.as_str());
     assert_eq!(v["checks"].as_array().unwrap().len(), 5, "{v}");
 
+    // The provenance names every input with its digest, and images.toml's.
+    let att: Value = serde_json::from_slice(&raw(&format!(
+        "{repo_ref}:{}",
+        etcdimg::sign::tag(&index_digest, "att")
+    )))
+    .unwrap();
+    let layer = att["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["annotations"]["predicateType"] == etcdimg::sign::SLSA_PROVENANCE_V1)
+        .unwrap();
+    let envelope = common::world::blob(&host, "etcd", layer["digest"].as_str().unwrap());
+    let verifying = etcdimg::sign::key::verifying_key(public.to_str().unwrap()).unwrap();
+    let statement = etcdimg::sign::open_envelope(&verifying, &envelope).unwrap();
+    let predicate = &statement["predicate"];
+    let config = std::fs::read(sb.path().join("images.toml")).unwrap();
+    assert_eq!(
+        predicate["buildDefinition"]["externalParameters"]["config"]["digest"]["sha256"],
+        sha256(&config).trim_start_matches("sha256:"),
+        "{predicate}"
+    );
+    let deps = predicate["buildDefinition"]["resolvedDependencies"].to_string();
+    for needle in [
+        "etcd-v3.5.1-linux-amd64.tar.gz",
+        "etcd-v3.5.1-linux-arm64.tar.gz",
+        "SHA256SUMS",
+        "pkg:oci/",
+        "etcdimg-migrate-source",
+    ] {
+        assert!(deps.contains(needle), "{needle}: {deps}");
+    }
+    assert!(
+        predicate["buildDefinition"]["resolvedDependencies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["digest"]["sha256"]
+                .as_str()
+                .is_some_and(|h| h.len() == 64)),
+        "every input has its sha256: {deps}"
+    );
+
     // plan shows what is signed (and, before signing, what is not).
     let out = sb.etcdimg(&["plan", "--no-build", "--json"]);
     assert_success(&out);

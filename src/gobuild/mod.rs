@@ -192,6 +192,9 @@ pub enum Builder {
         go: PathBuf,
         version: String,
         toolchain: Option<String>,
+        /// GOROOT of the Go that compiles (`GOTOOLCHAIN` applied): its `bin/go` is hashed
+        /// into the build record.
+        goroot: PathBuf,
     },
     Docker {
         docker: PathBuf,
@@ -210,18 +213,22 @@ impl Builder {
     ) -> Result<Builder, GoBuildError> {
         let go = || -> Result<Builder, GoBuildError> {
             let go = which::which("go").map_err(|_| GoBuildError::Missing("go"))?;
-            let mut cmd = Cmd::new(&go).args(["env", "GOVERSION"]);
+            let mut cmd = Cmd::new(&go).args(["env", "GOVERSION", "GOROOT"]);
             if let Some(t) = toolchain {
                 cmd = cmd.env("GOTOOLCHAIN", t);
             }
-            let version = cmd
+            let out = cmd
                 .output()
-                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+                .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
                 .map_err(GoBuildError::Toolchain)?;
+            let mut lines = out.lines().map(str::trim);
+            let version = lines.next().unwrap_or("").to_string();
+            let goroot = PathBuf::from(lines.next().unwrap_or(""));
             Ok(Builder::Go {
                 go,
                 version,
                 toolchain: toolchain.map(str::to_string),
+                goroot,
             })
         };
         let docker = || -> Result<Builder, GoBuildError> {
@@ -649,6 +656,8 @@ pub struct Inputs {
     mode: &'static str,
     /// What built it: `go go1.26.8` (for modules, as GOTOOLCHAIN resolved it in the tree).
     toolchain: String,
+    /// sha256 of that Go's `go` command (empty for the docker builder).
+    toolchain_sha256: String,
     pub key: String,
 }
 
@@ -824,10 +833,14 @@ pub async fn resolve(
         (false, false) => "module",
         (false, true) => "modules",
     };
-    let (toolchain, toolchain_key) = if modules {
+    let (toolchain, toolchain_key, toolchain_digest) = if modules {
         module_toolchain(builder, &prepared.root, &recipe, version, arch)?
     } else {
-        (builder.identity(), builder.identity())
+        let digest = match builder {
+            Builder::Go { goroot, .. } => toolchain_sha256(goroot),
+            Builder::Docker { .. } => String::new(),
+        };
+        (builder.identity(), builder.identity(), digest)
     };
     let key = sha256_hex(
         [
@@ -855,6 +868,7 @@ pub async fn resolve(
         goarm,
         mode,
         toolchain,
+        toolchain_sha256: toolchain_digest,
         key,
     })
 }
@@ -869,7 +883,7 @@ fn module_toolchain(
     recipe: &Recipe,
     version: &Version,
     arch: Arch,
-) -> Result<(String, String), GoBuildError> {
+) -> Result<(String, String, String), GoBuildError> {
     let Builder::Go { go, toolchain, .. } = builder else {
         return Err(GoBuildError::Unsupported {
             version: version.clone(),
@@ -886,7 +900,11 @@ fn module_toolchain(
         "GOPPC64",
         "GOARM",
     ];
-    let mut cmd = Cmd::new(go).arg("env").args(vars).current_dir(&dir);
+    let mut cmd = Cmd::new(go)
+        .arg("env")
+        .args(vars)
+        .arg("GOROOT")
+        .current_dir(&dir);
     for (k, v) in go_env_for(arch, None, GoMode::Modules) {
         cmd = cmd.env(k, v);
     }
@@ -912,7 +930,17 @@ fn module_toolchain(
         .map(|(k, v)| format!("{k}={v}"))
         .collect::<Vec<_>>()
         .join(" ");
-    Ok((format!("go {goversion}"), key))
+    // GOROOT is where the Go lives, not what it writes: out of the key.
+    let goroot = PathBuf::from(values.get(vars.len()).copied().unwrap_or("").trim());
+    Ok((format!("go {goversion}"), key, toolchain_sha256(&goroot)))
+}
+
+/// sha256 of the `go` command of a GOROOT (empty when it cannot be read): the toolchain's
+/// digest in the build record and the provenance.
+fn toolchain_sha256(goroot: &Path) -> String {
+    std::fs::read(goroot.join("bin/go"))
+        .map(|b| sha256_hex(&b))
+        .unwrap_or_default()
 }
 
 /// A private work dir under the cache's `tmp/` (same filesystem; removed when dropped).
@@ -1071,6 +1099,7 @@ fn compile_report(
             version: version.to_string(),
             builder: builder.name().into(),
             toolchain: inputs.toolchain.clone(),
+            toolchain_sha256: inputs.toolchain_sha256.clone(),
             goarm: inputs.goarm.clone(),
             mode: inputs.mode.into(),
             flags: inputs.flags.clone(),
