@@ -26,7 +26,7 @@ pub fn warn_policy(settings: &Settings, reporter: &dyn Reporter) {
 }
 
 /// What the Go policy has against the binaries of built images (their build info), as
-/// warnings: the build verbs go on, the release verbs refuse (`push::check_go_policy`).
+/// warnings: the build verbs go on, the release verbs refuse (`publish::gates::check_go_policy`).
 pub fn warn_go_policy(settings: &Settings, images: &[BuildReport], reporter: &dyn Reporter) {
     let groups = crate::gopolicy::findings(
         &settings.go_policy,

@@ -83,7 +83,7 @@ pub async fn plan(
     cache: &Cache,
     reporter: Arc<dyn Reporter>,
 ) -> Result<Plan> {
-    push::check_policy(settings, &options.push, &*reporter)?;
+    crate::publish::gates::check_policy(settings, &options.push, &*reporter)?;
     let arches = match options.arch {
         Some(a) => vec![a],
         None => settings.arches.clone(),
@@ -110,7 +110,7 @@ pub async fn plan(
     if let Some(arch) = options.arch {
         let layout = index_plan::open_layout(&options.push.build.output)?;
         let img = index_plan::read_image(settings, &layout, arch, options.push.format)?;
-        push::check_go_policy(settings, &options.push, [&img], &*reporter)?;
+        crate::publish::gates::check_go_policy(settings, &options.push, [&img], &*reporter)?;
         let pusher = read_only(&options.push, &img.target.registry)?;
         plan.registry = img.target.registry.clone();
         // 2 + 3.
@@ -120,7 +120,7 @@ pub async fn plan(
         return Ok(plan);
     }
     let p = index_plan::plan_index(settings, &options.push)?;
-    push::check_go_policy(settings, &options.push, &p.images, &*reporter)?;
+    crate::publish::gates::check_go_policy(settings, &options.push, &p.images, &*reporter)?;
     let pusher = Pusher::read_only(p.pusher.transport.clone());
     plan.registry = p.target.registry.clone();
     for img in &p.images {

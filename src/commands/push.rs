@@ -22,6 +22,7 @@ use crate::fetch::cache::Cache;
 use crate::oci::layout::Layout;
 use crate::pipeline;
 use crate::platform::Arch;
+use crate::publish::gates;
 use crate::publish::layout::{plan_index, pusher, read_image, ArchImage, IndexPlan, Target};
 pub use crate::publish::layout::{PushOptions, ReportOptions};
 pub use crate::publish::push::ImagePush;
@@ -50,77 +51,6 @@ pub struct PushReport {
 pub struct ReportRef {
     pub written: report::Written,
     pub attached: Option<report::Attached>,
-}
-
-/// Refuses a release of versions the version policy has findings against, unless the user
-/// allowed it (`--allow-unsafe-versions`); an allowed one is said on stderr (and recorded in the
-/// release report).
-pub fn check_policy(
-    settings: &Settings,
-    options: &PushOptions,
-    reporter: &dyn Reporter,
-) -> Result<()> {
-    let findings = settings.policy_findings();
-    if findings.is_empty() {
-        return Ok(());
-    }
-    let text: Vec<String> = findings.iter().map(|f| f.to_string()).collect();
-    if options.allow_unsafe_versions {
-        for t in &text {
-            reporter.warn(&format!(
-                "{t}; releasing it anyway (--allow-unsafe-versions)"
-            ));
-        }
-        return Ok(());
-    }
-    anyhow::bail!(crate::UserError::new(
-        format!(
-            "refusing to release {}: {}; nothing was pushed",
-            settings.tag(),
-            text.join("; ")
-        ),
-        "pick versions the policy accepts (README, \"etcd version policy\"), or pass --allow-unsafe-versions (ETCDIMG_ALLOW_UNSAFE_VERSIONS=1) to release them anyway; the release report records them",
-    ))
-}
-
-/// Refuses a release of binaries whose Go the Go policy has findings against (read from the
-/// build records' Go build info), unless the user allowed it (`--allow-unsupported-go`); an
-/// allowed one is said on stderr and recorded in the release report.
-pub(crate) fn check_go_policy<'a>(
-    settings: &Settings,
-    options: &PushOptions,
-    images: impl IntoIterator<Item = &'a ArchImage>,
-    reporter: &dyn Reporter,
-) -> Result<()> {
-    let images: Vec<&ArchImage> = images.into_iter().collect();
-    let groups = crate::gopolicy::findings(
-        &settings.go_policy,
-        images.iter().filter_map(|i| {
-            i.record
-                .as_ref()
-                .map(|r| (i.arch.name(), r.provenance.binaries.as_slice()))
-        }),
-    );
-    if groups.is_empty() {
-        return Ok(());
-    }
-    if options.allow_unsupported_go {
-        for g in &groups {
-            reporter.warn(&format!(
-                "{g}; releasing it anyway (--allow-unsupported-go)"
-            ));
-        }
-        return Ok(());
-    }
-    let text: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
-    anyhow::bail!(crate::UserError::new(
-        format!(
-            "refusing to release {}: {}; nothing was pushed",
-            settings.tag(),
-            text.join("; ")
-        ),
-        crate::gopolicy::HINT,
-    ))
 }
 
 pub(crate) async fn build_all(
@@ -181,11 +111,11 @@ pub async fn push(
     reporter: Arc<dyn Reporter>,
 ) -> Result<PushReport> {
     let started = Instant::now();
-    check_policy(settings, options, &*reporter)?;
+    gates::check_policy(settings, options, &*reporter)?;
     build_all(settings, &[arch], options, cache, &reporter).await?;
     let layout = Layout::open(&options.build.output)?;
     let image = read_image(settings, &layout, arch, options.format)?;
-    check_go_policy(settings, options, [&image], &*reporter)?;
+    gates::check_go_policy(settings, options, [&image], &*reporter)?;
     scan_gate(settings, options, std::slice::from_ref(&image), &*reporter)?;
     let pusher = pusher(options, &image.target.registry)?;
     let images = push_images(&pusher, std::slice::from_ref(&image), options.force).await?;
@@ -200,9 +130,9 @@ pub async fn push_manifest(
 ) -> Result<PushReport> {
     let started = Instant::now();
     let signer = signer(options)?;
-    check_policy(settings, options, &*reporter)?;
+    gates::check_policy(settings, options, &*reporter)?;
     let p = plan_index(settings, options)?;
-    check_go_policy(settings, options, &p.images, &*reporter)?;
+    gates::check_go_policy(settings, options, &p.images, &*reporter)?;
     let vulns = scan_gate(settings, options, &p.images, &*reporter)?;
     let assembled = check_report(settings, &p, options, vulns)?;
     let outcome = push_index(settings, &p, options.force).await?;
@@ -230,10 +160,10 @@ pub async fn all_push(
 ) -> Result<PushReport> {
     let started = Instant::now();
     let signer = signer(options)?;
-    check_policy(settings, options, &*reporter)?;
+    gates::check_policy(settings, options, &*reporter)?;
     build_all(settings, &settings.arches, options, cache, &reporter).await?;
     let p = plan_index(settings, options)?;
-    check_go_policy(settings, options, &p.images, &*reporter)?;
+    gates::check_go_policy(settings, options, &p.images, &*reporter)?;
     let vulns = scan_gate(settings, options, &p.images, &*reporter)?;
     let mut planned: Vec<(&Target, &str)> = p
         .images

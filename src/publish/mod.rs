@@ -4,6 +4,7 @@
 //! of a push (`plan`). It reads the layout and asks registries (read-only); the uploads are the
 //! callers', through a `registry::push::Pusher`.
 
+pub mod gates;
 pub mod layout;
 pub mod merge;
 pub mod plan;
