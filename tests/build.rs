@@ -118,6 +118,21 @@ fn build_amd64_from_registry_base_is_correct_per_skopeo_and_umoci() {
     // umoci unpacks it: every binary reports its version, modes are 0555.
     let rootfs = umoci_unpack(&out_dir, REF, sb.path());
     let bin = rootfs.join("usr/local/bin");
+    // The image's migrate has none of the tests' hooks (they exist only under the test-hooks
+    // feature): not the variables that name them, which the sources do hold.
+    let shipped = std::fs::read(bin.join("migrate")).unwrap();
+    let sources = std::fs::read_to_string(repo_root().join("migrate/src/engine.rs")).unwrap();
+    for hook in [
+        "ETCDIMG_MIGRATE_FAILPOINT",
+        "ETCDIMG_MIGRATE_TEST_TAMPER",
+        "ETCDIMG_MIGRATE_FILL_DISK",
+    ] {
+        assert!(sources.contains(hook), "{hook} is not a hook of migrate any more");
+        assert!(
+            !shipped.windows(hook.len()).any(|w| w == hook.as_bytes()),
+            "the image's migrate contains the test hook {hook}"
+        );
+    }
     for (name, want) in [
         ("etcd-3.4.23", "3.4.23"),
         ("etcd-3.5.1", "3.5.1"),
