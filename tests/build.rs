@@ -127,7 +127,10 @@ fn build_amd64_from_registry_base_is_correct_per_skopeo_and_umoci() {
         "ETCDIMG_MIGRATE_TEST_TAMPER",
         "ETCDIMG_MIGRATE_FILL_DISK",
     ] {
-        assert!(sources.contains(hook), "{hook} is not a hook of migrate any more");
+        assert!(
+            sources.contains(hook),
+            "{hook} is not a hook of migrate any more"
+        );
         assert!(
             !shipped.windows(hook.len()).any(|w| w == hook.as_bytes()),
             "the image's migrate contains the test hook {hook}"
