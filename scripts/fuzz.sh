@@ -42,7 +42,7 @@ for v in $(ls "$fixtures/bin-s390x" | sed -n 's/^etcd-//p'); do
     seed "$v-s390x" "$fixtures/bin-s390x/etcd-$v" qemu-s390x-static
 done
 for seed in migrate/tests/fuzz_regressions/*; do
-    if [ -f "$seed" ]; then cp "$seed" "$corpus/"; fi
+    if [ -f "$seed" ] && [ "${seed%.md}" = "$seed" ]; then cp "$seed" "$corpus/"; fi
 done
 cd fuzz
 cargo +nightly fuzz run bbolt -- -max_total_time="$SECONDS_PER_TARGET" -max_len=262144 -rss_limit_mb=1024 -timeout=10
