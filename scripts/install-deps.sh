@@ -23,6 +23,8 @@
 #   syft, govulncheck, cosign (Go)     the peers our SBOM, vulnerability report and signatures are
 #                                      checked against, built from the Go module proxy into
 #                                      target/tools/go/bin (their GitHub releases are unreachable)
+#   ggcr-registry (Go, scripts/go/)    go-containerregistry's registry with its OCI 1.1 referrers
+#                                      API on: a second real registry (distribution 2.8 has none)
 #   rust targets                       static `migrate` for every image arch (musl for amd64/arm64,
 #                                      gnu + crt-static for ppc64le, s390x, armv7)
 set -euo pipefail
@@ -102,5 +104,17 @@ for tool in syft=github.com/anchore/syft/cmd/syft@v1.57.2 \
         echo "$pkg" >"$stamp"
     fi
 done
+
+# go-containerregistry's registry with the referrers API on (`crane registry serve` has it off):
+# a 30-line main in scripts/go/ggcr-registry, its dependencies pinned by its go.sum.
+src="$(cd "$(dirname "$0")" && pwd)/go/ggcr-registry"
+stamp="$gobin/.ggcr-registry.version"
+sum=$(cat "$src/go.mod" "$src/go.sum" "$src/main.go" | sha256sum | cut -d' ' -f1)
+if [ ! -x "$gobin/ggcr-registry" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$sum" ]; then
+    echo "installing: ggcr-registry (scripts/go/ggcr-registry, go-containerregistry from the Go module proxy)" >&2
+    mkdir -p "$gobin"
+    (cd "$src" && GOFLAGS="-trimpath -mod=readonly" GOTOOLCHAIN=local CGO_ENABLED=0 go build -o "$gobin/ggcr-registry" .)
+    echo "$sum" >"$stamp"
+fi
 
 echo "install-deps: ok" >&2

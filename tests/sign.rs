@@ -8,6 +8,10 @@
 //! `etcdimg verify`. What must be refused, by cosign and by etcdimg verify alike: a tampered
 //! manifest under the tag, a signature made with another key, and a provenance statement
 //! whose subject is another digest.
+//!
+//! Where the registry offers the OCI 1.1 referrers API (go-containerregistry's registry,
+//! scripts/go/ggcr-registry), the signatures, attestations and release report name their
+//! subject and the registry lists them, and cosign and `etcdimg verify` still find them.
 
 mod common;
 
@@ -446,4 +450,131 @@ fn a_release_has_one_manifest_format_signatures_attestations_and_report_included
             &["--type", "slsaprovenance1"],
         ));
     }
+}
+
+/// `GET /v2/<repo>/referrers/<digest>` from the registry (python's urllib): the referrers'
+/// digests.
+fn referrers(host: &str, repo: &str, digest: &str) -> Vec<String> {
+    let out = run(Command::new("python3").args([
+        "-c",
+        "import sys, urllib.request; sys.stdout.buffer.write(urllib.request.urlopen(sys.argv[1]).read())",
+        &format!("http://{host}/v2/{repo}/referrers/{digest}"),
+    ]));
+    assert_success(&out);
+    let index: Value = serde_json::from_slice(&out.stdout).unwrap();
+    index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["digest"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn a_registry_with_the_referrers_api_lists_what_is_signed_and_cosign_still_verifies_it() {
+    let t = "a_registry_with_the_referrers_api_lists_what_is_signed_and_cosign_still_verifies_it";
+    let Some(mut w) = world(t, &[]) else {
+        return;
+    };
+    let Some(cosign) = cosign(t) else { return };
+    let Some(ggcr) = go_tool(t, "ggcr-registry") else {
+        return;
+    };
+    // The same project, pushing to a registry that has the referrers API.
+    w.registry = ggcr_registry(&ggcr);
+    w.host = format!("127.0.0.1:{}", w.registry.port);
+    w.local_project("");
+    let World {
+        mut sb,
+        host,
+        registry: _registry,
+        ..
+    } = w;
+    let (key, public) = key_pair(&cosign, sb.path(), "release", "pw");
+    sb.set("COSIGN_PASSWORD", "pw");
+    let out = sb.etcdimg(&[
+        "all-push",
+        "--spdx",
+        "--sign",
+        "--key",
+        key.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_success(&out);
+    let pushed = json(&out);
+    let repo = format!("{host}/etcd");
+    let tag_ref = format!("{repo}:3.5.1-0");
+    let index_bytes = raw(&tag_ref);
+    let index_digest = sha256(&index_bytes);
+    let index: Value = serde_json::from_slice(&index_bytes).unwrap();
+
+    // Every signature manifest names what it signs as its subject, and the registry lists it
+    // among that manifest's referrers.
+    let mut signed = vec![index_digest.clone()];
+    signed.extend(
+        index["manifests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["digest"].as_str().unwrap().to_string()),
+    );
+    assert_eq!(signed.len(), 3);
+    for d in &signed {
+        let sig_bytes = raw(&format!("{repo}:{}", etcdimg::sign::tag(d, "sig")));
+        let sig: Value = serde_json::from_slice(&sig_bytes).unwrap();
+        assert_eq!(sig["subject"]["digest"], d.as_str(), "{sig}");
+        let listed = referrers(&host, "etcd", d);
+        assert!(
+            listed.contains(&sha256(&sig_bytes)),
+            "the signature of {d} is not among its referrers: {listed:?}"
+        );
+    }
+    // The attestations and the release report are the index's referrers as well.
+    let att_bytes = raw(&format!(
+        "{repo}:{}",
+        etcdimg::sign::tag(&index_digest, "att")
+    ));
+    let listed = referrers(&host, "etcd", &index_digest);
+    assert!(listed.contains(&sha256(&att_bytes)), "{listed:?}");
+    let report = pushed["report"]["attached"]["digest"].as_str().unwrap();
+    assert!(listed.contains(&report.to_string()), "{report}: {listed:?}");
+    assert_eq!(
+        listed.len(),
+        3,
+        "signature, attestations, report: {listed:?}"
+    );
+    // This registry answers the report's PUT without `OCI-Subject`, so per the distribution
+    // spec 1.1 the fallback tag lists the report as well.
+    let attached = &pushed["report"]["attached"];
+    assert_eq!(attached["method"], "fallback-tag", "{attached}");
+    let fallback: Value = serde_json::from_slice(&raw(&format!(
+        "{repo}:{}",
+        index_digest.replacen(':', "-", 1)
+    )))
+    .unwrap();
+    assert_eq!(fallback["manifests"][0]["digest"], report, "{fallback}");
+
+    // cosign (which reads its own tags) and etcdimg verify accept the release.
+    assert_success(&cosign_verify(&cosign, "verify", &public, &tag_ref, &[]));
+    for kind in ["slsaprovenance1", "spdxjson"] {
+        assert_success(&cosign_verify(
+            &cosign,
+            "verify-attestation",
+            &public,
+            &tag_ref,
+            &["--type", kind],
+        ));
+    }
+    let out = sb.etcdimg(&["verify", "--key", public.to_str().unwrap(), &tag_ref]);
+    assert_success(&out);
+    // plan sees the release as signed, and the report as listed by the API.
+    let out = sb.etcdimg(&["plan", "--no-build", "--json"]);
+    assert_success(&out);
+    let planned = json(&out);
+    assert_eq!(planned["report"]["method"], "referrers-api", "{planned}");
+    let sigs = planned["signatures"].as_array().unwrap();
+    assert!(
+        sigs.len() == 3 && sigs.iter().all(|s| s["signed"] == true),
+        "{planned}"
+    );
 }

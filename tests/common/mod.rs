@@ -162,6 +162,27 @@ pub fn registry_with(tls: Option<(&Path, &Path)>, auth: Option<&str>) -> Server 
     }
 }
 
+/// go-containerregistry's registry with its OCI 1.1 referrers API on (scripts/go/ggcr-registry,
+/// built by scripts/install-deps.sh) on 127.0.0.1, blobs on disk: a real registry that offers
+/// the API, which distribution 2.8 lacks.
+pub fn ggcr_registry(binary: &Path) -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let child = Command::new(binary)
+        .arg(format!("127.0.0.1:{port}"))
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("ggcr-registry");
+    wait_for_port(port, "ggcr-registry");
+    Server {
+        child,
+        port,
+        _dir: Some(dir),
+    }
+}
+
 /// The `auth:` section for htpasswd basic auth.
 pub fn htpasswd_auth(path: &Path) -> String {
     format!(
