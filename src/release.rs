@@ -103,6 +103,9 @@ pub struct ImageBinary {
     /// Its Go build info (None for migrate, a Rust binary).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub go: Option<crate::buildinfo::GoBuildInfo>,
+    /// A Rust binary's crates, from its cargo-auditable section (migrate built by etcdimg).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rust: Option<crate::buildinfo::RustBuildInfo>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -351,16 +354,17 @@ fn spdx_download_location(url: &str) -> bool {
         && tld.chars().all(|c| c.is_ascii_alphabetic())
 }
 
-/// A binary's SPDX package (image CONTAINS binary) and, from its Go build info, the Go standard
-/// library and every module compiled in (binary CONTAINS each), added to `go_packages` once
-/// per purl. A dependency replaced by a directory of the release's own tree (`=> ./api`, as
-/// etcd's builds do) is named by the module it stands for, at the version the build info
-/// records for it: those directories are that module at that version.
+/// A binary's SPDX package (image CONTAINS binary) and what it says it holds (binary CONTAINS
+/// each), added to `libraries` once per purl: from Go build info, the Go standard library and
+/// every module compiled in; from a Rust binary's cargo-auditable list, every crate linked in.
+/// A Go dependency replaced by a directory of the release's own tree (`=> ./api`, as etcd's
+/// builds do) is named by the module it stands for, at the version the build info records for
+/// it: those directories are that module at that version.
 fn binary_packages(
     arch: &str,
     image_id: &str,
     b: &ImageBinary,
-    go_packages: &mut BTreeMap<String, Value>,
+    libraries: &mut BTreeMap<String, Value>,
     packages: &mut Vec<Value>,
     relationships: &mut Vec<Value>,
 ) {
@@ -370,49 +374,60 @@ fn binary_packages(
         b.go.as_ref()
             .and_then(|g| g.main.as_ref())
             .map(|m| m.version.as_str())
+            .or(b.rust.as_ref().map(|r| r.root.version.as_str()))
             .filter(|v| !v.is_empty() && *v != "(devel)");
     let mut p = package(&id, name, version, "NOASSERTION");
     p.insert("checksums".into(), sha256_checksum(&b.sha256));
     p.insert("primaryPackagePurpose".into(), json!("APPLICATION"));
     let mut paths = vec![format!("/{}", b.path)];
     paths.extend(b.links.iter().map(|l| format!("/{l}")));
-    let built_with =
-        b.go.as_ref()
-            .map(|g| format!(", built with {}", g.go_version))
-            .unwrap_or_default();
+    let built_with = match (&b.go, &b.rust) {
+        (Some(g), _) => format!(", built with {}", g.go_version),
+        (None, Some(r)) => format!(", Rust crate {} {}", r.root.name, r.root.version),
+        (None, None) => String::new(),
+    };
     p.insert(
         "sourceInfo".into(),
         json!(format!("at {}{built_with}", paths.join(", "))),
     );
     packages.push(Value::Object(p));
     relationships.push(relationship(image_id, "CONTAINS", &id));
-    let Some(go) = &b.go else { return };
-    let mut contained = vec![(
-        "stdlib".to_string(),
-        format!("go{}", go.stdlib_version()),
-        crate::buildinfo::stdlib_purl(go),
-    )];
-    let modules = go.main.iter().chain(go.deps.iter());
-    for m in modules {
-        let m = if m.is_local_replace() {
-            m
-        } else {
-            m.effective()
-        };
-        if m.version.is_empty() || m.version == "(devel)" {
-            continue;
-        }
+    // (kind for the SPDX id, name, version, purl)
+    let mut contained: Vec<(&str, String, String, String)> = Vec::new();
+    if let Some(go) = &b.go {
         contained.push((
-            m.path.clone(),
-            m.version.clone(),
-            crate::buildinfo::purl(&m.path, &m.version),
+            "Go",
+            "stdlib".to_string(),
+            format!("go{}", go.stdlib_version()),
+            crate::buildinfo::stdlib_purl(go),
         ));
+        for m in go.main.iter().chain(go.deps.iter()) {
+            let m = if m.is_local_replace() {
+                m
+            } else {
+                m.effective()
+            };
+            if m.version.is_empty() || m.version == "(devel)" {
+                continue;
+            }
+            contained.push((
+                "Go",
+                m.path.clone(),
+                m.version.clone(),
+                crate::buildinfo::purl(&m.path, &m.version),
+            ));
+        }
     }
-    for (name, version, purl) in contained {
+    if let Some(rust) = &b.rust {
+        for c in &rust.crates {
+            contained.push(("Crate", c.name.clone(), c.version.clone(), c.purl()));
+        }
+    }
+    for (kind, name, version, purl) in contained {
         let digest = crate::fetch::cache::sha256_hex(purl.as_bytes());
-        let module_id = spdx_id(&["Go", &name, &version, &digest[..8]]);
-        go_packages.entry(purl.clone()).or_insert_with(|| {
-            let mut p = package(&module_id, &name, Some(&version), "NOASSERTION");
+        let library_id = spdx_id(&[kind, &name, &version, &digest[..8]]);
+        libraries.entry(purl.clone()).or_insert_with(|| {
+            let mut p = package(&library_id, &name, Some(&version), "NOASSERTION");
             p.insert("primaryPackagePurpose".into(), json!("LIBRARY"));
             p.insert(
                 "externalRefs".into(),
@@ -421,7 +436,7 @@ fn binary_packages(
             );
             Value::Object(p)
         });
-        relationships.push(relationship(&id, "CONTAINS", &module_id));
+        relationships.push(relationship(&id, "CONTAINS", &library_id));
     }
 }
 
@@ -441,8 +456,9 @@ pub fn spdx(report: &ReleaseReport) -> Value {
     );
     packages.push(Value::Object(index));
     let mut bases = BTreeMap::new();
-    // Go modules and standard libraries, one package per purl across the document.
-    let mut go_packages = BTreeMap::new();
+    // Go modules, Go standard libraries and Rust crates, one package per purl across the
+    // document.
+    let mut libraries = BTreeMap::new();
     for image in &report.images {
         let image_id = spdx_id(&["Image", &image.arch]);
         let mut p = package(
@@ -523,14 +539,14 @@ pub fn spdx(report: &ReleaseReport) -> Value {
                 &image.arch,
                 &image_id,
                 b,
-                &mut go_packages,
+                &mut libraries,
                 &mut packages,
                 &mut relationships,
             );
         }
     }
     packages.extend(bases.into_values());
-    packages.extend(go_packages.into_values());
+    packages.extend(libraries.into_values());
     json!({
         "spdxVersion": "SPDX-2.3",
         "dataLicense": "CC0-1.0",

@@ -33,6 +33,8 @@ pub struct Settings {
     pub insecure_registries: Vec<String>,
     pub ca_cert: Option<PathBuf>,
     pub migrate_source_dir: PathBuf,
+    /// Build migrate with cargo-auditable (images.toml `migrate.auditable`, default true).
+    pub migrate_auditable: bool,
     base_default: String,
     base_per_arch: BTreeMap<Arch, String>,
     sources: BTreeMap<Arch, Source>,
@@ -229,6 +231,7 @@ pub fn resolve(
         insecure_registries,
         ca_cert: paths.ca_cert,
         migrate_source_dir: paths.migrate_source_dir,
+        migrate_auditable: loaded.doc.migrate.auditable.unwrap_or(true),
         base_default: bases.default,
         base_per_arch: bases.per_arch,
         sources: bases.sources,

@@ -497,6 +497,16 @@ fn bad_inputs_fail_clearly_and_leave_nothing_behind() {
             vec!["../../evil", "`..`", "refusing the whole tarball"],
         ),
         (
+            "cargo-auditable missing",
+            Box::new(|_: &Path| {}),
+            vec![("ETCDIMG_CARGO_AUDITABLE", "/nonexistent/cargo-auditable")],
+            vec![
+                "cargo-auditable is not installed",
+                "ETCDIMG_CARGO_AUDITABLE=/nonexistent/cargo-auditable names no executable",
+                "migrate.auditable = false",
+            ],
+        ),
+        (
             "arm64 etcd under the amd64 name",
             Box::new(move |m: &Path| {
                 let arm = m.join("v3.5.1/etcd-v3.5.1-linux-arm64.tar.gz");
@@ -1013,4 +1023,54 @@ fn sha256_of(path: &Path) -> String {
         .next()
         .unwrap_or("")
         .to_string()
+}
+
+#[test]
+fn migrate_carries_its_crate_list_unless_told_not_to() {
+    let t = "migrate_carries_its_crate_list_unless_told_not_to";
+    let Some(fx) = fixtures(t) else { return };
+    if !tools(t, &["python3", "cargo-auditable"]) {
+        return;
+    }
+    let mirror = http_mirror(&fx.join("mirror"));
+    let migrate_of = |out: &std::process::Output| -> serde_json::Value {
+        let v = json(out);
+        let binaries = v["binaries"].as_array().unwrap().clone();
+        binaries
+            .into_iter()
+            .find(|b| b["path"] == "usr/local/bin/migrate")
+            .unwrap_or_else(|| panic!("no migrate in {v}"))
+    };
+    // By default (cargo-auditable on PATH): the build record lists migrate's crates.
+    let mut sb = Sandbox::new();
+    sb.local_sources(&fx, &mirror);
+    let out = sb.etcdimg(&["build", "--arch", "amd64", "--json"]);
+    assert_success(&out);
+    let migrate = migrate_of(&out);
+    assert_eq!(migrate["rust"]["root"]["name"], "migrate", "{migrate}");
+    assert!(migrate["rust"]["crates"].as_array().unwrap().len() > 20);
+    assert!(migrate.get("go").is_none());
+
+    // `migrate.auditable = false`: built by plain cargo, no crate list, and no cargo-auditable
+    // needed.
+    let config = std::fs::read_to_string(repo_root().join("images.toml"))
+        .unwrap()
+        .replace(
+            "source_dir = \"migrate\"",
+            &format!(
+                "source_dir = \"{}\"\nauditable = false",
+                repo_root().join("migrate").display()
+            ),
+        );
+    assert!(config.contains("auditable = false"));
+    let mut sb = Sandbox::new();
+    sb.use_config(&config)
+        .local_sources(&fx, &mirror)
+        .set("ETCD_VERSION", "3.5.1")
+        .set("BUNDLED_ETCD_VERSIONS", "3.4.23 3.5.1")
+        .set("ETCDIMG_CARGO_AUDITABLE", "/nonexistent/cargo-auditable");
+    let out = sb.etcdimg(&["build", "--arch", "amd64", "--json"]);
+    assert_success(&out);
+    let migrate = migrate_of(&out);
+    assert!(migrate.get("rust").is_none(), "{migrate}");
 }

@@ -516,7 +516,11 @@ fn docker_builder_command_and_missing_builders() {
     .collect();
     assert_eq!(argv, expected);
 
-    // --builder go without Go on PATH, and auto with neither builder: clear errors.
+    // --builder go without Go on PATH, and auto with neither builder: clear errors (migrate's
+    // cargo-auditable, checked first, is named by its path).
+    if let Some(tool) = which("cargo-auditable") {
+        sb.set("ETCDIMG_CARGO_AUDITABLE", tool.display().to_string());
+    }
     sb.set("PATH", bin.display().to_string());
     let out = sb.etcdimg(&["build", "--arch", "arm", "--builder", "go"]);
     assert!(!out.status.success());

@@ -1,6 +1,7 @@
 //! What scanners see (issue #22): the SPDX release report names, per binary, the Go standard
-//! library and every module compiled in, the same as syft (built from the Go module proxy by
-//! scripts/install-deps.sh) finds in the image; the Go policy warns on build and refuses
+//! library and every module compiled in, and migrate's Rust crates (from its cargo-auditable
+//! list), the same as syft (built from the Go module proxy by scripts/install-deps.sh) finds
+//! in the image; the Go policy warns on build and refuses
 //! release of binaries built with a Go below a security release, unless allowed and recorded;
 //! and a chosen Go (`--go-toolchain go1.27.3`) rebuilds every bundled binary, amd64 included,
 //! as the build info then says.
@@ -50,11 +51,12 @@ fn spdx_contents(doc: &Value) -> BTreeMap<String, BTreeSet<Pkg>> {
     out
 }
 
-/// Per path in the image (`/usr/local/bin/etcd`), the Go packages syft catalogued there.
+/// Per path in the image (`/usr/local/bin/etcd`), the Go modules and Rust crates syft
+/// catalogued there.
 fn syft_contents(doc: &Value) -> BTreeMap<String, BTreeSet<Pkg>> {
     let mut out: BTreeMap<String, BTreeSet<Pkg>> = BTreeMap::new();
     for a in doc["artifacts"].as_array().unwrap() {
-        if a["type"] != "go-module" {
+        if a["type"] != "go-module" && a["type"] != "rust-crate" {
             continue;
         }
         for l in a["locations"].as_array().unwrap() {
@@ -118,8 +120,41 @@ fn the_spdx_lists_the_go_modules_and_stdlib_syft_finds_in_every_binary() {
         syft_contents(&serde_json::from_slice(&std::fs::read(&syft_json).unwrap()).unwrap());
 
     let binaries = report["images"][0]["binaries"].as_array().unwrap();
-    let (mut compared, mut replaced) = (0, 0);
+    let (mut compared, mut replaced, mut rust_compared) = (0, 0, 0);
     for b in binaries {
+        if let Some(rust) = b.get("rust") {
+            // migrate: syft's crates there are its own package and what our SPDX says it
+            // CONTAINS, names, versions and purls alike.
+            let path = b["path"].as_str().unwrap();
+            let name = path.rsplit('/').next().unwrap();
+            let root = &rust["root"];
+            let mut expected = ours[name].clone();
+            let (root_name, root_version) = (
+                root["name"].as_str().unwrap(),
+                root["version"].as_str().unwrap(),
+            );
+            expected.insert((
+                root_name.into(),
+                root_version.into(),
+                format!("pkg:cargo/{root_name}@{root_version}"),
+            ));
+            assert_eq!(
+                theirs[&format!("/{path}")],
+                expected,
+                "{path}: syft vs our SPDX"
+            );
+            assert!(expected.len() > 20, "{expected:?}");
+            for c in ["clap", "hostio", "etcd-policy", "serde_json"] {
+                assert!(expected.iter().any(|p| p.0 == c), "{c} in {expected:?}");
+            }
+            // Build-time crates (proc macros) are in neither.
+            assert!(
+                !expected.iter().any(|p| p.0 == "serde_derive"),
+                "{expected:?}"
+            );
+            rust_compared += 1;
+            continue;
+        }
         let Some(go) = b.get("go") else { continue };
         assert!(go["deps"].as_array().unwrap().len() > 20, "{}", b["path"]);
         let path = b["path"].as_str().unwrap();
@@ -183,6 +218,7 @@ fn the_spdx_lists_the_go_modules_and_stdlib_syft_finds_in_every_binary() {
     }
     // etcd, etcdctl (each also under its versioned name) and etcdutl, for two versions.
     assert!(compared >= 8, "{compared}");
+    assert_eq!(rust_compared, 1, "migrate's crates were compared");
     assert!(
         replaced >= 6,
         "etcd's own modules are local replacements: {replaced}"

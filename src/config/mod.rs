@@ -151,6 +151,9 @@ pub struct ArchSection {
 pub struct MigrateSection {
     /// The migrate crate, relative to this file (default `migrate`).
     pub source_dir: Option<String>,
+    /// Build migrate with cargo-auditable, so that it carries its crate list for scanners
+    /// (default true).
+    pub auditable: Option<bool>,
 }
 
 /// How per-arch images are named.

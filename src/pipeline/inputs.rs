@@ -36,6 +36,7 @@ pub fn preflight(
     migrate_build::check_inputs(
         &settings.migrate_source_dir,
         options.migrate_binary.as_deref(),
+        settings.migrate_auditable,
     )?;
     for arch in arches {
         let base = settings.base_for(*arch);
@@ -107,10 +108,18 @@ pub(crate) async fn migrate_layer(
     set: &mut LayerSet,
 ) -> Result<(String, String)> {
     let source_dir = plan.settings.migrate_source_dir.clone();
+    let auditable = plan.settings.migrate_auditable;
     let prebuilt = plan.options.migrate_binary.clone();
     let (cache, reporter, arch) = (plan.cache.clone(), plan.reporter.clone(), plan.arch);
     let migrate = tokio::task::spawn_blocking(move || {
-        migrate_build::migrate_binary(&source_dir, prebuilt.as_deref(), arch, &cache, &*reporter)
+        migrate_build::migrate_binary(
+            &source_dir,
+            prebuilt.as_deref(),
+            auditable,
+            arch,
+            &cache,
+            &*reporter,
+        )
     })
     .await??;
     let script_digest = fetch::cache::sha256_hex(migrate_build::WRAPPER_SCRIPT.as_bytes());

@@ -143,7 +143,7 @@ pub(crate) fn cached_layer(cache: &Cache, key: &str) -> Option<CachedLayer> {
 }
 
 /// The ELF executables among a layer's entries, each with its sha256, the hard links to it
-/// and its Go build info (None for migrate, a Rust binary).
+/// and its Go build info, or for a Rust binary (migrate) its cargo-auditable crate list.
 pub(crate) fn image_binaries(entries: &[Entry<'_>]) -> Result<Vec<ImageBinary>> {
     let mut binaries = Vec::new();
     for e in entries {
@@ -153,6 +153,11 @@ pub(crate) fn image_binaries(entries: &[Entry<'_>]) -> Result<Vec<ImageBinary>> 
         }
         let go = buildinfo::read(bytes)
             .with_context(|| format!("reading the Go build info of `{}`", e.path))?;
+        let rust = match go {
+            Some(_) => None,
+            None => buildinfo::read_rust(bytes)
+                .with_context(|| format!("reading the Rust crate list of `{}`", e.path))?,
+        };
         binaries.push(ImageBinary {
             path: e.path.clone(),
             links: entries
@@ -164,6 +169,7 @@ pub(crate) fn image_binaries(entries: &[Entry<'_>]) -> Result<Vec<ImageBinary>> 
             size: bytes.len() as u64,
             stripped: !buildinfo::has_symbol_table(bytes),
             go,
+            rust,
         });
     }
     Ok(binaries)
