@@ -232,115 +232,22 @@ pub fn migrate_binary(
         return Err(MigrateBuildError::NoSource(source_dir.to_path_buf()));
     }
     let source_dir = source_dir.canonicalize().map_err(io(source_dir))?;
-    let root = workspace_root(&source_dir);
-    let target = arch.rust_target();
-    let flags = rustflags(arch, &root);
-
-    // The tool that drives the build, by its bytes: a new cargo-auditable may embed another
-    // format.
-    let auditable = match auditable {
-        true => {
-            let tool = cargo_auditable()?;
-            let bytes = std::fs::read(&tool).map_err(io(&tool))?;
-            Some((tool, sha256_hex(&bytes)))
-        }
-        false => None,
-    };
-    let driver = auditable.as_ref().map_or("cargo".to_string(), |(_, sum)| {
-        format!("cargo-auditable {sum}")
-    });
-    let mut key_input = format!(
-        "migrate-build-v2\n{target}\n{flags}\n{}\n{driver}\n",
-        rustc_version()
-    )
-    .into_bytes();
-    // Paths in the key are relative to the workspace, so a moved checkout still hits the cache.
-    let mut tree = Vec::new();
-    digest_tree(&source_dir, &mut tree)?;
-    // Local path dependencies (the shared version-policy crate) are sources of migrate too.
-    for dep in path_dependencies(&source_dir)? {
-        digest_tree(&dep, &mut tree)?;
-    }
-    let tree = String::from_utf8_lossy(&tree).replace(&*root.to_string_lossy(), "");
-    let mut source = tree.into_bytes();
-    let lock = root.join("Cargo.lock");
-    if let Ok(bytes) = std::fs::read(&lock) {
-        source.extend_from_slice(sha256_hex(&bytes).as_bytes());
-    }
-    // The source alone (no target, flags or compiler): what the provenance names.
-    let source_sha256 = sha256_hex(&source);
-    key_input.extend_from_slice(&source);
-    let key = sha256_hex(&key_input);
+    let build = CargoBuild::new(&source_dir, arch, auditable)?;
+    let (key, source_sha256) = build.cache_key()?;
     let _held = cache.lock(
         "migrate",
         &key,
         &format!("the migrate build for {arch}"),
         &|m| reporter.status("Waiting", m),
     )?;
-    if let Some(hex) = cache.get_ref("migrate", &key) {
-        if let Some(path) = cache.get(hex.trim()) {
-            let bytes = std::fs::read(&path).map_err(io(&path))?;
-            if sha256_hex(&bytes) == hex.trim() {
-                return Ok(MigrateBinary {
-                    bytes,
-                    sha256: hex.trim().to_string(),
-                    source_sha256,
-                });
-            }
-        }
-    }
-
-    let sysroot = Cmd::new("rustc").arg("--print").arg("sysroot").output()?;
-    let sysroot = PathBuf::from(String::from_utf8_lossy(&sysroot.stdout).trim());
-    if !sysroot.join("lib/rustlib").join(target).is_dir() {
-        return Err(MigrateBuildError::MissingTarget {
-            target: target.into(),
-            arch,
+    if let Some((bytes, sha256)) = cached(cache, &key)? {
+        return Ok(MigrateBinary {
+            bytes,
+            sha256,
+            source_sha256,
         });
     }
-    reporter.status(
-        "Compiling",
-        &format!(
-            "migrate for {arch} ({target}{})",
-            if auditable.is_some() {
-                ", cargo-auditable"
-            } else {
-                ""
-            }
-        ),
-    );
-    let target_dir = root.join("target/image");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = match &auditable {
-        // cargo's external subcommand protocol: the tool gets its own name first, and runs
-        // the cargo of `CARGO`.
-        Some((tool, _)) => Cmd::new(tool).arg("auditable").env("CARGO", &cargo),
-        None => Cmd::new(&cargo),
-    };
-    cmd = cmd
-        .args([
-            "build",
-            "--locked",
-            "--profile",
-            "image",
-            "-p",
-            "migrate",
-            "--target",
-            target,
-        ])
-        .arg("--manifest-path")
-        .arg(source_dir.join("Cargo.toml"))
-        .arg("--target-dir")
-        .arg(&target_dir)
-        .env("RUSTFLAGS", &flags)
-        .env("SOURCE_DATE_EPOCH", "0");
-    if let Some((var, gcc)) = linker_env(arch) {
-        cmd = cmd.env(var, gcc);
-    }
-    cmd.output()?;
-    let built = target_dir.join(target).join("image/migrate");
-    let bytes = std::fs::read(&built).map_err(io(&built))?;
-    binary::check_elf("migrate", &bytes, arch)?;
+    let bytes = build.run(reporter)?;
     let sha256 = cache.put_bytes(&bytes)?;
     cache.put_ref("migrate", &key, &sha256)?;
     Ok(MigrateBinary {
@@ -348,4 +255,130 @@ pub fn migrate_binary(
         sha256,
         source_sha256,
     })
+}
+
+/// The binary the cache holds under `key`, if its bytes still match.
+fn cached(cache: &Cache, key: &str) -> Result<Option<(Vec<u8>, String)>, MigrateBuildError> {
+    let Some(hex) = cache.get_ref("migrate", key) else {
+        return Ok(None);
+    };
+    let Some(path) = cache.get(hex.trim()) else {
+        return Ok(None);
+    };
+    let bytes = std::fs::read(&path).map_err(io(&path))?;
+    Ok((sha256_hex(&bytes) == hex.trim()).then(|| (bytes, hex.trim().to_string())))
+}
+
+/// One cargo build of migrate for an arch: what it compiles, with which flags and driver.
+struct CargoBuild<'a> {
+    source_dir: &'a Path,
+    root: PathBuf,
+    arch: Arch,
+    target: &'static str,
+    flags: String,
+    /// cargo-auditable and the sha256 of its bytes; None: plain cargo.
+    auditable: Option<(PathBuf, String)>,
+}
+
+impl<'a> CargoBuild<'a> {
+    fn new(source_dir: &'a Path, arch: Arch, auditable: bool) -> Result<Self, MigrateBuildError> {
+        let root = workspace_root(source_dir);
+        let flags = rustflags(arch, &root);
+        // The tool that drives the build, by its bytes: a new cargo-auditable may embed
+        // another format.
+        let auditable = match auditable {
+            true => {
+                let tool = cargo_auditable()?;
+                let bytes = std::fs::read(&tool).map_err(io(&tool))?;
+                Some((tool, sha256_hex(&bytes)))
+            }
+            false => None,
+        };
+        Ok(CargoBuild {
+            source_dir,
+            root,
+            arch,
+            target: arch.rust_target(),
+            flags,
+            auditable,
+        })
+    }
+
+    /// The cache key (sources, Cargo.lock, target, flags, compiler, driver) and the sha256 of
+    /// the sources alone (what the provenance names).
+    fn cache_key(&self) -> Result<(String, String), MigrateBuildError> {
+        let driver = self
+            .auditable
+            .as_ref()
+            .map_or("cargo".to_string(), |(_, sum)| {
+                format!("cargo-auditable {sum}")
+            });
+        let mut key_input = format!(
+            "migrate-build-v2\n{}\n{}\n{}\n{driver}\n",
+            self.target,
+            self.flags,
+            rustc_version()
+        )
+        .into_bytes();
+        // Paths in the key are relative to the workspace, so a moved checkout still hits the
+        // cache.
+        let mut tree = Vec::new();
+        digest_tree(self.source_dir, &mut tree)?;
+        // Local path dependencies (the shared crates) are sources of migrate too.
+        for dep in path_dependencies(self.source_dir)? {
+            digest_tree(&dep, &mut tree)?;
+        }
+        let tree = String::from_utf8_lossy(&tree).replace(&*self.root.to_string_lossy(), "");
+        let mut source = tree.into_bytes();
+        if let Ok(bytes) = std::fs::read(self.root.join("Cargo.lock")) {
+            source.extend_from_slice(sha256_hex(&bytes).as_bytes());
+        }
+        let source_sha256 = sha256_hex(&source);
+        key_input.extend_from_slice(&source);
+        Ok((sha256_hex(&key_input), source_sha256))
+    }
+
+    /// Compiles migrate and returns its checked bytes.
+    fn run(&self, reporter: &dyn Reporter) -> Result<Vec<u8>, MigrateBuildError> {
+        let (arch, target) = (self.arch, self.target);
+        let sysroot = Cmd::new("rustc").arg("--print").arg("sysroot").output()?;
+        let sysroot = PathBuf::from(String::from_utf8_lossy(&sysroot.stdout).trim());
+        if !sysroot.join("lib/rustlib").join(target).is_dir() {
+            return Err(MigrateBuildError::MissingTarget {
+                target: target.into(),
+                arch,
+            });
+        }
+        let how = if self.auditable.is_some() {
+            ", cargo-auditable"
+        } else {
+            ""
+        };
+        reporter.status("Compiling", &format!("migrate for {arch} ({target}{how})"));
+        let target_dir = self.root.join("target/image");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = match &self.auditable {
+            // cargo's external subcommand protocol: the tool gets its own name first, and
+            // runs the cargo of `CARGO`.
+            Some((tool, _)) => Cmd::new(tool).arg("auditable").env("CARGO", &cargo),
+            None => Cmd::new(&cargo),
+        };
+        cmd = cmd
+            .args(["build", "--locked", "--profile", "image", "-p", "migrate"])
+            .args(["--target", target])
+            .arg("--manifest-path")
+            .arg(self.source_dir.join("Cargo.toml"))
+            .arg("--target-dir")
+            .arg(&target_dir)
+            .env("RUSTFLAGS", &self.flags)
+            .env("SOURCE_DATE_EPOCH", "0");
+        if let Some((var, gcc)) = linker_env(arch) {
+            cmd = cmd.env(var, gcc);
+        }
+        cmd.output()?;
+        let built = target_dir.join(target).join("image/migrate");
+        let bytes = std::fs::read(&built).map_err(io(&built))?;
+        binary::check_elf("migrate", &bytes, arch)?;
+        Ok(bytes)
+    }
 }

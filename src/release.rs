@@ -440,6 +440,63 @@ fn binary_packages(
     }
 }
 
+/// The etcd each image bundles (image CONTAINS each): an official tarball with its sha256 and
+/// URL, or a compile from source with its toolchain, builder, flags and patches.
+fn etcd_packages(
+    image: &ReportImage,
+    image_id: &str,
+    packages: &mut Vec<Value>,
+    relationships: &mut Vec<Value>,
+) {
+    for u in &image.provenance.upstream {
+        let id = spdx_id(&["Etcd", &u.version, &image.arch]);
+        let location = if spdx_download_location(&u.url) {
+            u.url.as_str()
+        } else {
+            "NOASSERTION"
+        };
+        let mut p = package(&id, "etcd", Some(&u.version), location);
+        p.insert(
+            "sourceInfo".into(),
+            json!(format!("downloaded from {}", u.url)),
+        );
+        p.insert("checksums".into(), sha256_checksum(&u.sha256));
+        p.insert("licenseDeclared".into(), json!("Apache-2.0"));
+        p.insert("supplier".into(), json!("Organization: etcd-io"));
+        p.insert("primaryPackagePurpose".into(), json!("ARCHIVE"));
+        packages.push(Value::Object(p));
+        relationships.push(relationship(image_id, "CONTAINS", &id));
+    }
+    for c in &image.provenance.compiles {
+        let id = spdx_id(&["Etcd", &c.version, &image.arch, "built"]);
+        let mut p = package(&id, "etcd", Some(&c.version), "NOASSERTION");
+        p.insert("licenseDeclared".into(), json!("Apache-2.0"));
+        p.insert("primaryPackagePurpose".into(), json!("APPLICATION"));
+        p.insert(
+            "sourceInfo".into(),
+            json!(format!(
+                "built from {} with {} ({}; {}{}; flags: {}; patches: {})",
+                c.source,
+                c.toolchain,
+                c.builder,
+                c.mode,
+                c.goarm
+                    .as_deref()
+                    .map(|g| format!(", GOARM={g}"))
+                    .unwrap_or_default(),
+                c.flags.join(" "),
+                if c.patches.is_empty() {
+                    "none".to_string()
+                } else {
+                    c.patches.join(", ")
+                }
+            )),
+        );
+        packages.push(Value::Object(p));
+        relationships.push(relationship(image_id, "CONTAINS", &id));
+    }
+}
+
 /// The report as an SPDX 2.3 JSON document: the index, each image, its base, and each etcd
 /// it bundles (an upstream tarball with its sha256, or a compile from source).
 pub fn spdx(report: &ReleaseReport) -> Value {
@@ -477,7 +534,7 @@ pub fn spdx(report: &ReleaseReport) -> Value {
         packages.push(Value::Object(p));
         relationships.push(relationship(&index_id, "CONTAINS", &image_id));
 
-        let (base, upstream) = (&image.provenance.base, &image.provenance.upstream);
+        let base = &image.provenance.base;
         let base_id = spdx_id(&["Base", &base.digest]);
         bases.entry(base_id.clone()).or_insert_with(|| {
             let mut b = package(&base_id, &base.name, None, "NOASSERTION");
@@ -487,53 +544,7 @@ pub fn spdx(report: &ReleaseReport) -> Value {
         });
         relationships.push(relationship(&image_id, "DESCENDANT_OF", &base_id));
 
-        for u in upstream {
-            let id = spdx_id(&["Etcd", &u.version, &image.arch]);
-            let location = if spdx_download_location(&u.url) {
-                u.url.as_str()
-            } else {
-                "NOASSERTION"
-            };
-            let mut p = package(&id, "etcd", Some(&u.version), location);
-            p.insert(
-                "sourceInfo".into(),
-                json!(format!("downloaded from {}", u.url)),
-            );
-            p.insert("checksums".into(), sha256_checksum(&u.sha256));
-            p.insert("licenseDeclared".into(), json!("Apache-2.0"));
-            p.insert("supplier".into(), json!("Organization: etcd-io"));
-            p.insert("primaryPackagePurpose".into(), json!("ARCHIVE"));
-            packages.push(Value::Object(p));
-            relationships.push(relationship(&image_id, "CONTAINS", &id));
-        }
-        for c in &image.provenance.compiles {
-            let id = spdx_id(&["Etcd", &c.version, &image.arch, "built"]);
-            let mut p = package(&id, "etcd", Some(&c.version), "NOASSERTION");
-            p.insert("licenseDeclared".into(), json!("Apache-2.0"));
-            p.insert("primaryPackagePurpose".into(), json!("APPLICATION"));
-            p.insert(
-                "sourceInfo".into(),
-                json!(format!(
-                    "built from {} with {} ({}; {}{}; flags: {}; patches: {})",
-                    c.source,
-                    c.toolchain,
-                    c.builder,
-                    c.mode,
-                    c.goarm
-                        .as_deref()
-                        .map(|g| format!(", GOARM={g}"))
-                        .unwrap_or_default(),
-                    c.flags.join(" "),
-                    if c.patches.is_empty() {
-                        "none".to_string()
-                    } else {
-                        c.patches.join(", ")
-                    }
-                )),
-            );
-            packages.push(Value::Object(p));
-            relationships.push(relationship(&image_id, "CONTAINS", &id));
-        }
+        etcd_packages(image, &image_id, &mut packages, &mut relationships);
         for b in &image.provenance.binaries {
             binary_packages(
                 &image.arch,

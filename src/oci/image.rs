@@ -76,21 +76,9 @@ pub fn rfc3339(unix: u64) -> String {
     )
 }
 
-pub fn build(spec: &ImageSpec) -> Result<BuiltImage, ImageError> {
-    let mut config = spec.base_config.clone();
-    let obj = config.as_object_mut().ok_or(ImageError::ConfigNotObject)?;
-    obj.insert("architecture".into(), json!(spec.arch.name()));
-    obj.insert("os".into(), json!("linux"));
-    match spec.arch.variant() {
-        Some(v) => obj.insert("variant".into(), json!(v)),
-        None => obj.remove("variant"),
-    };
-    obj.insert("created".into(), json!(spec.created));
-    // Fields describing how the *base* was built say nothing true about this image.
-    for stale in ["container", "container_config", "docker_version"] {
-        obj.remove(stale);
-    }
-
+/// The container config (`config`): the spec's environment (replacing a base's value of the
+/// same variable), labels and exposed ports over the base's.
+fn run_config(obj: &mut serde_json::Map<String, Value>, spec: &ImageSpec) {
     let inner = obj.entry("config").or_insert_with(|| json!({}));
     if !inner.is_object() {
         *inner = json!({});
@@ -134,7 +122,14 @@ pub fn build(spec: &ImageSpec) -> Result<BuiltImage, ImageError> {
             ports.insert(format!("{p}/tcp"), json!({}));
         }
     }
+}
 
+/// The added layers' diff_ids after the base's (whose count must match its layers) and a
+/// history entry for each.
+fn add_layers(
+    obj: &mut serde_json::Map<String, Value>,
+    spec: &ImageSpec,
+) -> Result<(), ImageError> {
     let rootfs = obj
         .entry("rootfs")
         .or_insert_with(|| json!({"type": "layers", "diff_ids": []}));
@@ -159,6 +154,26 @@ pub fn build(spec: &ImageSpec) -> Result<BuiltImage, ImageError> {
             h.push(json!({"created": spec.created, "created_by": added.created_by, "comment": "etcdimg"}));
         }
     }
+    Ok(())
+}
+
+pub fn build(spec: &ImageSpec) -> Result<BuiltImage, ImageError> {
+    let mut config = spec.base_config.clone();
+    let obj = config.as_object_mut().ok_or(ImageError::ConfigNotObject)?;
+    obj.insert("architecture".into(), json!(spec.arch.name()));
+    obj.insert("os".into(), json!("linux"));
+    match spec.arch.variant() {
+        Some(v) => obj.insert("variant".into(), json!(v)),
+        None => obj.remove("variant"),
+    };
+    obj.insert("created".into(), json!(spec.created));
+    // Fields describing how the *base* was built say nothing true about this image.
+    for stale in ["container", "container_config", "docker_version"] {
+        obj.remove(stale);
+    }
+
+    run_config(obj, spec);
+    add_layers(obj, spec)?;
 
     let config_bytes = canonical_json(&config);
     let config_digest = sha256_hex(&config_bytes);

@@ -70,13 +70,11 @@ impl<W: Write> Write for Hashing<W> {
     }
 }
 
-/// Writes the gzip-compressed layer of `entries` to `out` and returns its digests.
-pub fn write_layer<W: Write>(
-    mut entries: Vec<Entry<'_>>,
-    mtime: u64,
-    out: W,
-) -> Result<LayerDigests, LayerError> {
-    for e in &entries {
+/// Refuses absolute, `..` and empty-component paths and duplicates; sorts `entries` by path
+/// and returns every parent directory (`a/`, `a/b/`), so that extraction never invents their
+/// modes.
+fn check_and_sort(entries: &mut [Entry<'_>]) -> Result<BTreeSet<String>, LayerError> {
+    for e in entries.iter() {
         if e.path.starts_with('/') || e.path.split('/').any(|c| c == ".." || c.is_empty()) {
             return Err(LayerError::BadPath(e.path.clone()));
         }
@@ -87,15 +85,24 @@ pub fn write_layer<W: Write>(
             return Err(LayerError::Duplicate(pair[0].path.clone()));
         }
     }
-    // Explicit parent directories, so extraction never invents their modes.
     let mut parents = BTreeSet::new();
-    for e in &entries {
+    for e in entries.iter() {
         let mut p = e.path.as_str();
         while let Some(i) = p.rfind('/') {
             p = &p[..i];
             parents.insert(format!("{p}/"));
         }
     }
+    Ok(parents)
+}
+
+/// Writes the gzip-compressed layer of `entries` to `out` and returns its digests.
+pub fn write_layer<W: Write>(
+    mut entries: Vec<Entry<'_>>,
+    mtime: u64,
+    out: W,
+) -> Result<LayerDigests, LayerError> {
+    let parents = check_and_sort(&mut entries)?;
     let compressed = Hashing {
         inner: out,
         hasher: Sha256::new(),

@@ -85,6 +85,55 @@ fn remove_any(path: &Path) -> Result<(), UnpackError> {
     }
 }
 
+/// Applies `rel` if it is a whiteout: an opaque one (`.wh..wh..opq`) empties its directory of
+/// what lower layers put there, `.wh.<name>` removes `<name>` unless this layer wrote it. True
+/// when it was one.
+fn whiteout(
+    root: &Path,
+    rel: &Path,
+    mine: &HashSet<PathBuf>,
+    stats: &mut Unpacked,
+) -> Result<bool, UnpackError> {
+    let file_name = rel
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let parent = rel.parent().unwrap_or(Path::new("")).to_path_buf();
+    if file_name == ".wh..wh..opq" {
+        stats.whiteouts += 1;
+        if let Ok(rd) = fs::read_dir(root.join(&parent)) {
+            for child in rd.flatten() {
+                if !mine.contains(&parent.join(child.file_name())) {
+                    remove_any(&child.path())?;
+                }
+            }
+        }
+        return Ok(true);
+    }
+    if let Some(hidden) = file_name.strip_prefix(".wh.") {
+        stats.whiteouts += 1;
+        let target = parent.join(hidden);
+        if !mine.contains(&target) {
+            remove_any(&root.join(&target))?;
+        }
+        return Ok(true);
+    }
+    Ok(false)
+}
+
+/// A directory at `dest` with `mode` (whatever else was there replaced).
+fn directory(dest: &Path, mode: u32) -> Result<(), UnpackError> {
+    match fs::symlink_metadata(dest) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => {
+            remove_any(dest)?;
+            fs::create_dir_all(dest).map_err(io_err(dest))?;
+        }
+        Err(_) => fs::create_dir_all(dest).map_err(io_err(dest))?,
+    }
+    fs::set_permissions(dest, fs::Permissions::from_mode(mode)).map_err(io_err(dest))
+}
+
 /// Applies one uncompressed tar layer (`name` is for messages) onto `root`.
 pub fn apply_layer(
     name: &str,
@@ -108,29 +157,7 @@ pub fn apply_layer(
             continue;
         }
         no_symlink_ancestor(root, &rel).map_err(|why| bad(&raw, why))?;
-        let file_name = rel
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let parent = rel.parent().unwrap_or(Path::new("")).to_path_buf();
-        if file_name == ".wh..wh..opq" {
-            stats.whiteouts += 1;
-            let dir = root.join(&parent);
-            if let Ok(rd) = fs::read_dir(&dir) {
-                for child in rd.flatten() {
-                    if !mine.contains(&parent.join(child.file_name())) {
-                        remove_any(&child.path())?;
-                    }
-                }
-            }
-            continue;
-        }
-        if let Some(hidden) = file_name.strip_prefix(".wh.") {
-            stats.whiteouts += 1;
-            let target = parent.join(hidden);
-            if !mine.contains(&target) {
-                remove_any(&root.join(&target))?;
-            }
+        if whiteout(root, &rel, &mine, stats)? {
             continue;
         }
         let dest = root.join(&rel);
@@ -138,15 +165,7 @@ pub fn apply_layer(
         let mode = entry.header().mode().map_err(io_err(&dest))? & 0o7777;
         stats.entries += 1;
         if kind.is_dir() {
-            match fs::symlink_metadata(&dest) {
-                Ok(m) if m.is_dir() => {}
-                Ok(_) => {
-                    remove_any(&dest)?;
-                    fs::create_dir_all(&dest).map_err(io_err(&dest))?;
-                }
-                Err(_) => fs::create_dir_all(&dest).map_err(io_err(&dest))?,
-            }
-            fs::set_permissions(&dest, fs::Permissions::from_mode(mode)).map_err(io_err(&dest))?;
+            directory(&dest, mode)?;
             mine.insert(rel);
             continue;
         }

@@ -56,111 +56,9 @@ fn collect(settings: &Settings, from: &[PathBuf]) -> Result<BTreeMap<Arch, Found
         let layout =
             Layout::open(dir).with_context(|| format!("opening the layout {}", dir.display()))?;
         for desc in layout.read_index()?.manifests() {
-            let Some(name) = desc
-                .annotations()
-                .as_ref()
-                .and_then(|a| a.get(oci::layout::REF_NAME))
-                .cloned()
-            else {
-                continue;
-            };
-            // Per-arch images are `<tag>-linux-<arch>`; an all-build index (the plain tag)
-            // is rebuilt by push-manifest from the images themselves.
-            let Some((tag, arch)) = name.rsplit_once("-linux-") else {
-                continue;
-            };
-            let at = || format!("{} in {}", name, dir.display());
-            let arch: Arch = arch.parse().map_err(|_| {
-                refuse(
-                    format!("{}: `{arch}` is not an image arch", at()),
-                    "build it with etcdimg build --arch <arch>",
-                )
-            })?;
-            if tag != settings.tag() {
-                return Err(refuse(
-                    format!("{} was built for {tag}, but images.toml releases {}", at(), settings.tag()),
-                    "merge layouts of one release: the same etcd.latest and etcd.revision in every job",
-                ));
+            if let Some((arch, image)) = inspect(settings, &found, &layout, dir, desc)? {
+                found.insert(arch, image);
             }
-            if !settings.arches.contains(&arch) {
-                return Err(refuse(
-                    format!(
-                        "{} is for {arch}, which images.toml's image.arches does not name",
-                        at()
-                    ),
-                    "add the arch to image.arches, or leave that layout out",
-                ));
-            }
-            let bytes = layout.read_blob(&oci::hex(desc))?;
-            let manifest: oci::ImageManifest = serde_json::from_slice(&bytes)
-                .with_context(|| format!("parsing the manifest of {}", at()))?;
-            let config: Value =
-                serde_json::from_slice(&layout.read_blob(&oci::hex(manifest.config()))?)?;
-            // os/architecture, and the variant where the config names one.
-            let (have, want) = (
-                oci::index::config_platform(&config),
-                oci::platform_for(arch),
-            );
-            let same = have.os() == want.os()
-                && have.architecture() == want.architecture()
-                && (have.variant().is_none() || have.variant() == want.variant());
-            let (platform, expected) = (oci::platform_string(&have), oci::platform_string(&want));
-            if !same {
-                return Err(refuse(
-                    format!("{}: its config says {platform}, not {expected}", at()),
-                    "rebuild that arch with etcdimg build --arch",
-                ));
-            }
-            let record = desc
-                .annotations()
-                .as_ref()
-                .and_then(|a| a.get(BUILD_RECORD_ANNOTATION))
-                .cloned()
-                .ok_or_else(|| {
-                    refuse(
-                        format!("{} has no build record", at()),
-                        "rebuild it with this etcdimg; a layout copied by hand must keep index.json's annotations",
-                    )
-                })?;
-            if let Some(prev) = found.get(&arch) {
-                if prev.desc.digest() != desc.digest() {
-                    return Err(refuse(
-                        format!(
-                            "{arch} is in two layouts with different images: {} ({}) and {} ({})",
-                            prev.layout.display(),
-                            prev.desc.digest(),
-                            dir.display(),
-                            desc.digest()
-                        ),
-                        "each arch must come from exactly one job",
-                    ));
-                }
-                continue;
-            }
-            let mut blobs = vec![
-                (oci::hex(desc), desc.size()),
-                (oci::hex(manifest.config()), manifest.config().size()),
-            ];
-            blobs.extend(manifest.layers().iter().map(|l| (oci::hex(l), l.size())));
-            let record_hex = record.trim_start_matches("sha256:").to_string();
-            let record_size = layout.read_blob(&record_hex)?.len() as u64;
-            blobs.push((record_hex, record_size));
-            for (hex, size) in &blobs {
-                if !layout.has_blob(hex, *size) {
-                    return Err(refuse(
-                        format!("{}: blob sha256:{hex} is missing or damaged", at()),
-                        "copy the whole layout directory from the job that built it",
-                    ));
-                }
-            }
-            found.insert(
-                arch,
-                Found {
-                    layout: dir.clone(),
-                    desc: desc.clone(),
-                    blobs,
-                },
-            );
         }
     }
     let missing: Vec<String> = settings
@@ -184,6 +82,143 @@ fn collect(settings: &Settings, from: &[PathBuf]) -> Result<BTreeMap<Arch, Found
         ));
     }
     Ok(found)
+}
+
+/// The image's config names `arch`'s platform: os/architecture, and the variant where the
+/// config names one.
+fn check_platform(
+    layout: &Layout,
+    manifest: &oci::ImageManifest,
+    arch: Arch,
+    at: &dyn Fn() -> String,
+) -> Result<()> {
+    let config: Value = serde_json::from_slice(&layout.read_blob(&oci::hex(manifest.config()))?)?;
+    let (have, want) = (
+        oci::index::config_platform(&config),
+        oci::platform_for(arch),
+    );
+    let same = have.os() == want.os()
+        && have.architecture() == want.architecture()
+        && (have.variant().is_none() || have.variant() == want.variant());
+    if !same {
+        let (platform, expected) = (oci::platform_string(&have), oci::platform_string(&want));
+        return Err(refuse(
+            format!("{}: its config says {platform}, not {expected}", at()),
+            "rebuild that arch with etcdimg build --arch",
+        ));
+    }
+    Ok(())
+}
+
+/// Every blob of the image (manifest, config, layers, build record), each present and whole.
+fn image_blobs(
+    layout: &Layout,
+    desc: &oci_spec::image::Descriptor,
+    manifest: &oci::ImageManifest,
+    record: &str,
+    at: &dyn Fn() -> String,
+) -> Result<Vec<(String, u64)>> {
+    let mut blobs = vec![
+        (oci::hex(desc), desc.size()),
+        (oci::hex(manifest.config()), manifest.config().size()),
+    ];
+    blobs.extend(manifest.layers().iter().map(|l| (oci::hex(l), l.size())));
+    let record_hex = record.trim_start_matches("sha256:").to_string();
+    let record_size = layout.read_blob(&record_hex)?.len() as u64;
+    blobs.push((record_hex, record_size));
+    for (hex, size) in &blobs {
+        if !layout.has_blob(hex, *size) {
+            return Err(refuse(
+                format!("{}: blob sha256:{hex} is missing or damaged", at()),
+                "copy the whole layout directory from the job that built it",
+            ));
+        }
+    }
+    Ok(blobs)
+}
+
+/// One entry of a layout's index: None when it is not a per-arch image (no ref name, or the
+/// plain tag of an all-build index, which push-manifest rebuilds from the images) or the same
+/// image as one already `found`; else its arch and blobs, once its tag, arch, platform, build
+/// record and every blob checked out.
+fn inspect(
+    settings: &Settings,
+    found: &BTreeMap<Arch, Found>,
+    layout: &Layout,
+    dir: &Path,
+    desc: &oci_spec::image::Descriptor,
+) -> Result<Option<(Arch, Found)>> {
+    let annotation = |key: &str| {
+        desc.annotations()
+            .as_ref()
+            .and_then(|a| a.get(key))
+            .cloned()
+    };
+    let Some(name) = annotation(oci::layout::REF_NAME) else {
+        return Ok(None);
+    };
+    // Per-arch images are `<tag>-linux-<arch>`.
+    let Some((tag, arch)) = name.rsplit_once("-linux-") else {
+        return Ok(None);
+    };
+    let at = || format!("{} in {}", name, dir.display());
+    let arch: Arch = arch.parse().map_err(|_| {
+        refuse(
+            format!("{}: `{arch}` is not an image arch", at()),
+            "build it with etcdimg build --arch <arch>",
+        )
+    })?;
+    if tag != settings.tag() {
+        return Err(refuse(
+            format!(
+                "{} was built for {tag}, but images.toml releases {}",
+                at(),
+                settings.tag()
+            ),
+            "merge layouts of one release: the same etcd.latest and etcd.revision in every job",
+        ));
+    }
+    if !settings.arches.contains(&arch) {
+        return Err(refuse(
+            format!(
+                "{} is for {arch}, which images.toml's image.arches does not name",
+                at()
+            ),
+            "add the arch to image.arches, or leave that layout out",
+        ));
+    }
+    let bytes = layout.read_blob(&oci::hex(desc))?;
+    let manifest: oci::ImageManifest = serde_json::from_slice(&bytes)
+        .with_context(|| format!("parsing the manifest of {}", at()))?;
+    check_platform(layout, &manifest, arch, &at)?;
+    let record = annotation(BUILD_RECORD_ANNOTATION).ok_or_else(|| {
+        refuse(
+            format!("{} has no build record", at()),
+            "rebuild it with this etcdimg; a layout copied by hand must keep index.json's annotations",
+        )
+    })?;
+    if let Some(prev) = found.get(&arch) {
+        if prev.desc.digest() != desc.digest() {
+            return Err(refuse(
+                format!(
+                    "{arch} is in two layouts with different images: {} ({}) and {} ({})",
+                    prev.layout.display(),
+                    prev.desc.digest(),
+                    dir.display(),
+                    desc.digest()
+                ),
+                "each arch must come from exactly one job",
+            ));
+        }
+        return Ok(None);
+    }
+    let blobs = image_blobs(layout, desc, &manifest, &record, &at)?;
+    let image = Found {
+        layout: dir.to_path_buf(),
+        desc: desc.clone(),
+        blobs,
+    };
+    Ok(Some((arch, image)))
 }
 
 /// Merges the per-arch images of `from` into the layout at `output`.
