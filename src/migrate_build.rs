@@ -355,7 +355,13 @@ impl<'a> CargoBuild<'a> {
             ""
         };
         reporter.status("Compiling", &format!("migrate for {arch} ({target}{how})"));
-        let target_dir = self.root.join("target/image");
+        // One target dir per driver: cargo's fingerprints do not see cargo-auditable (it works
+        // through RUSTC_WORKSPACE_WRAPPER), so a shared one would hand a plain build's binary
+        // to an auditable build, and the other way round.
+        let target_dir = self.root.join(match self.auditable {
+            Some(_) => "target/image-auditable",
+            None => "target/image",
+        });
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = match &self.auditable {
             // cargo's external subcommand protocol: the tool gets its own name first, and

@@ -1073,4 +1073,12 @@ fn migrate_carries_its_crate_list_unless_told_not_to() {
     assert_success(&out);
     let migrate = migrate_of(&out);
     assert!(migrate.get("rust").is_none(), "{migrate}");
+
+    // And back: cargo's own fingerprints do not tell the two builds apart, so neither may
+    // hand its binary to the other.
+    let mut sb = Sandbox::new();
+    sb.local_sources(&fx, &mirror);
+    let out = sb.etcdimg(&["build", "--arch", "amd64", "--json"]);
+    assert_success(&out);
+    assert_eq!(migrate_of(&out)["rust"]["root"]["name"], "migrate");
 }
