@@ -404,10 +404,7 @@ pub fn read_rust(bytes: &[u8]) -> Result<Option<RustBuildInfo>, BuildInfoError> 
             name: p.name,
             version: p.version.to_string(),
             // The format's own spelling (`crates.io`, `local`, `git`, `registry`, ...).
-            source: serde_json::to_value(&p.source)
-                .ok()
-                .and_then(|v| v.as_str().map(String::from))
-                .unwrap_or_default(),
+            source: p.source.into(),
         };
         if p.root {
             root = Some(c);

@@ -455,13 +455,8 @@ fn a_release_has_one_manifest_format_signatures_attestations_and_report_included
 /// `GET /v2/<repo>/referrers/<digest>` from the registry (python's urllib): the referrers'
 /// digests.
 fn referrers(host: &str, repo: &str, digest: &str) -> Vec<String> {
-    let out = run(Command::new("python3").args([
-        "-c",
-        "import sys, urllib.request; sys.stdout.buffer.write(urllib.request.urlopen(sys.argv[1]).read())",
-        &format!("http://{host}/v2/{repo}/referrers/{digest}"),
-    ]));
-    assert_success(&out);
-    let index: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let body = common::world::http_get(&format!("http://{host}/v2/{repo}/referrers/{digest}"));
+    let index: Value = serde_json::from_slice(&body).unwrap();
     index["manifests"]
         .as_array()
         .unwrap()

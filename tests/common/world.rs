@@ -118,20 +118,27 @@ pub fn all_push_report(sb: &Sandbox, args: &[&str]) -> Value {
     serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap()
 }
 
-/// A blob straight from the registry's HTTP API (python's urllib, not our client).
-pub fn blob(host: &str, repo: &str, digest: &str) -> Vec<u8> {
+/// The body of a GET of `url` (python's urllib, not our client), which must succeed.
+pub fn http_get(url: &str) -> Vec<u8> {
     let out = run(Command::new("python3").args([
         "-c",
         "import sys, urllib.request; sys.stdout.buffer.write(urllib.request.urlopen(sys.argv[1]).read())",
-        &format!("http://{host}/v2/{repo}/blobs/{digest}"),
+        url,
     ]));
+    assert_success(&out);
+    out.stdout
+}
+
+/// A blob straight from the registry's HTTP API (python's urllib, not our client).
+pub fn blob(host: &str, repo: &str, digest: &str) -> Vec<u8> {
+    let body = http_get(&format!("http://{host}/v2/{repo}/blobs/{digest}"));
     assert_eq!(
         format!(
             "sha256:{}",
-            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&out.stdout))
+            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&body))
         ),
         digest,
         "the registry served other bytes"
     );
-    out.stdout
+    body
 }
