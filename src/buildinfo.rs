@@ -3,7 +3,7 @@
 //! binary by.
 //!
 //! The format (Go's `debug/buildinfo`): a 32-byte header in the `.go.buildinfo` section (or,
-//! without section headers, at a 16-byte aligned offset of the file) that starts with the magic
+//! without it, at a 16-byte aligned offset of the first writable PT_LOAD segment) that starts with the magic
 //! `\xff Go buildinf:`, then the pointer size and a flags byte. With flag 0x2 (Go 1.18 and
 //! later) two varint-prefixed strings follow the header: the Go version and the module info.
 //! Without it, two pointers (in the byte order flag 0x1 gives) name Go string headers elsewhere
@@ -103,8 +103,9 @@ pub fn read(bytes: &[u8]) -> Result<Option<GoBuildInfo>, BuildInfoError> {
             let data = s.data().map_err(|e| damaged(e.to_string()))?;
             data.starts_with(MAGIC).then_some(data)
         }
-        // A stripped section table: the header is 16-byte aligned in a writable segment.
-        None => find_aligned(bytes),
+        // No such section (a stripped section table): the header is 16-byte aligned in the
+        // first writable, non-executable PT_LOAD segment, where Go's debug/buildinfo looks.
+        None => data_segment(&file).and_then(find_aligned),
     };
     let Some(header) = header else {
         return Ok(None);
@@ -143,6 +144,17 @@ pub fn has_symbol_table(bytes: &[u8]) -> bool {
 
 fn damaged(message: String) -> BuildInfoError {
     BuildInfoError::Damaged(message)
+}
+
+/// The first loadable segment that is writable and not executable (Go's data segment).
+fn data_segment<'d>(file: &object::File<'d>) -> Option<&'d [u8]> {
+    use object::{ObjectSegment, SegmentFlags};
+    const PF_X: u32 = 0x1;
+    const PF_W: u32 = 0x2;
+    file.segments().find_map(|seg| match seg.flags() {
+        SegmentFlags::Elf { p_flags } if p_flags & (PF_X | PF_W) == PF_W => seg.data().ok(),
+        _ => None,
+    })
 }
 
 fn find_aligned(bytes: &[u8]) -> Option<&[u8]> {
