@@ -20,6 +20,7 @@ pub mod oci;
 pub mod pipeline;
 pub mod platform;
 pub mod pod;
+pub mod podcheck;
 pub mod publish;
 pub mod registry;
 pub mod release;

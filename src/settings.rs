@@ -620,12 +620,52 @@ impl Resolver<'_> {
     }
 }
 
+/// `[build.source."<version>"]`: where each version's source comes from (exactly one of
+/// `git`, `url`, `dir`), paths taken relative to images.toml.
+fn build_sources(
+    loaded: &Loaded,
+    config_dir: &Path,
+) -> Result<BTreeMap<semver::Version, crate::gobuild::SourceSpec>, ConfigError> {
+    use crate::gobuild::SourceSpec;
+    let build = &loaded.doc.build;
+    let mut sources = BTreeMap::new();
+    for (key, entry) in &build.source {
+        let k = format!("build.source.\"{}\"", key.get_ref());
+        let version =
+            config::parse_version(key.get_ref()).map_err(|m| loaded.error_at(key.span(), &k, m))?;
+        let spec = match (&entry.git, &entry.url, &entry.dir) {
+            (Some(repo), None, None) => SourceSpec::Git {
+                repo: repo.clone(),
+                gopath: entry.gopath.as_ref().map(|g| config_dir.join(g)),
+            },
+            (None, Some(url), None) => SourceSpec::Url {
+                url: url.clone(),
+                sha256: entry.sha256.clone(),
+                gopath: entry.gopath.as_ref().map(|g| config_dir.join(g)),
+            },
+            (None, None, Some(dir)) => SourceSpec::Dir {
+                path: config_dir.join(dir),
+                gopath: entry.gopath.as_ref().map(|g| config_dir.join(g)),
+            },
+            _ => {
+                return Err(loaded.error_at(
+                    key.span(),
+                    &k,
+                    "give exactly one of `git`, `url` or `dir`",
+                ))
+            }
+        };
+        sources.insert(version, spec);
+    }
+    Ok(sources)
+}
+
 fn resolve_gobuild(
     r: &Resolver<'_>,
     overrides: &OverrideArgs,
     config_dir: &Path,
 ) -> Result<crate::gobuild::GoBuildSettings, ConfigError> {
-    use crate::gobuild::{self, BuilderChoice, SourceSpec};
+    use crate::gobuild::{self, BuilderChoice};
     let loaded = r.loaded;
     let build = &loaded.doc.build;
     let builder = match r.pick(
@@ -672,35 +712,7 @@ fn resolve_gobuild(
         .map(|v| v.get_ref().trim().to_string())
         .unwrap_or_else(|| gobuild::DEFAULT_SOURCE_REPO.into());
     let patches_dir = config_dir.join(build.patches_dir.as_deref().unwrap_or("patches"));
-    let mut sources = BTreeMap::new();
-    for (key, entry) in &build.source {
-        let k = format!("build.source.\"{}\"", key.get_ref());
-        let version =
-            config::parse_version(key.get_ref()).map_err(|m| loaded.error_at(key.span(), &k, m))?;
-        let spec = match (&entry.git, &entry.url, &entry.dir) {
-            (Some(repo), None, None) => SourceSpec::Git {
-                repo: repo.clone(),
-                gopath: entry.gopath.as_ref().map(|g| config_dir.join(g)),
-            },
-            (None, Some(url), None) => SourceSpec::Url {
-                url: url.clone(),
-                sha256: entry.sha256.clone(),
-                gopath: entry.gopath.as_ref().map(|g| config_dir.join(g)),
-            },
-            (None, None, Some(dir)) => SourceSpec::Dir {
-                path: config_dir.join(dir),
-                gopath: entry.gopath.as_ref().map(|g| config_dir.join(g)),
-            },
-            _ => {
-                return Err(loaded.error_at(
-                    key.span(),
-                    &k,
-                    "give exactly one of `git`, `url` or `dir`",
-                ))
-            }
-        };
-        sources.insert(version, spec);
-    }
+    let sources = build_sources(loaded, config_dir)?;
     Ok(crate::gobuild::GoBuildSettings {
         builder,
         golang_version,

@@ -288,34 +288,8 @@ pub fn fingerprint(db_file: &Path, window: Option<Window>) -> Result<Fingerprint
         Ok::<_, BackendError>(())
     })?;
 
-    let mut leases_digest = Sha256::new();
-    let mut leases = 0u64;
-    if let Some(bucket) = db.bucket(b"lease")? {
-        db.for_each(&bucket, |k, v| {
-            let lease =
-                Lease::decode(v).map_err(|e| entry_err("lease", format!("`{}`: {e}", hex(k))))?;
-            leases_digest.update(lease.id.to_be_bytes());
-            leases_digest.update(lease.ttl.to_be_bytes());
-            leases += 1;
-            Ok::<_, BackendError>(())
-        })?;
-    }
-
-    let mut auth = Sha256::new();
-    let mut auth_enabled = false;
-    for name in ["auth", "authUsers", "authRoles"] {
-        auth.update(name.as_bytes());
-        if let Some(bucket) = db.bucket(name.as_bytes())? {
-            db.for_each(&bucket, |k, v| {
-                if name == "auth" && k == b"authEnabled" {
-                    auth_enabled = v.first() == Some(&1);
-                }
-                digest_entry(&mut auth, k, v);
-                Ok::<_, BackendError>(())
-            })?;
-        }
-    }
-
+    let (leases, leases_sha256) = lease_digest(&db, db_file)?;
+    let (auth_enabled, auth_sha256) = auth_digest(&db)?;
     let pending = if meta.scheduled_compact > compact {
         meta.scheduled_compact
     } else {
@@ -331,12 +305,51 @@ pub fn fingerprint(db_file: &Path, window: Option<Window>) -> Result<Fingerprint
         history_sha256: hex(&history.finalize()),
         hash_kv: crc,
         leases,
-        leases_sha256: hex(&leases_digest.finalize()),
+        leases_sha256,
         auth_enabled,
-        auth_sha256: hex(&auth.finalize()),
+        auth_sha256,
         storage_version: meta.storage_version,
         window: window.map(|w| (w, hex(&windowed.finalize()), window_count)),
     })
+}
+
+/// The `lease` bucket: how many leases, and a digest of their ids and TTLs.
+fn lease_digest(db: &Db, db_file: &Path) -> Result<(u64, String), BackendError> {
+    let mut digest = Sha256::new();
+    let mut leases = 0u64;
+    if let Some(bucket) = db.bucket(b"lease")? {
+        db.for_each(&bucket, |k, v| {
+            let lease = Lease::decode(v).map_err(|e| BackendError::Entry {
+                path: db_file.to_path_buf(),
+                bucket: "lease".into(),
+                message: format!("`{}`: {e}", hex(k)),
+            })?;
+            digest.update(lease.id.to_be_bytes());
+            digest.update(lease.ttl.to_be_bytes());
+            leases += 1;
+            Ok::<_, BackendError>(())
+        })?;
+    }
+    Ok((leases, hex(&digest.finalize())))
+}
+
+/// The auth buckets: whether auth is enabled, and a digest of users, roles and settings.
+fn auth_digest(db: &Db) -> Result<(bool, String), BackendError> {
+    let mut auth = Sha256::new();
+    let mut enabled = false;
+    for name in ["auth", "authUsers", "authRoles"] {
+        auth.update(name.as_bytes());
+        if let Some(bucket) = db.bucket(name.as_bytes())? {
+            db.for_each(&bucket, |k, v| {
+                if name == "auth" && k == b"authEnabled" {
+                    enabled = v.first() == Some(&1);
+                }
+                digest_entry(&mut auth, k, v);
+                Ok::<_, BackendError>(())
+            })?;
+        }
+    }
+    Ok((enabled, hex(&auth.finalize())))
 }
 
 impl Fingerprint {

@@ -143,18 +143,7 @@ pub fn plan(
         return plan_etcd2_to_etcd3(current, target, bundled, policy);
     }
     if current.storage == Storage::Etcd3 && target.storage == Storage::Etcd2 {
-        let (from, to) = (&current.version, &target.version);
-        // The original supported 3.0.x -> 2.2.x; 2.3.x reads the same data (the 2.2 WAL).
-        if (from.major, from.minor) == (3, 0) && to.major == 2 && (to.minor == 2 || to.minor == 3) {
-            return Ok(vec![Step::RollbackToEtcd2 {
-                from: from.clone(),
-                to: target.clone(),
-            }]);
-        }
-        return Err(PlanError::DowngradeTooFar {
-            from: from.clone(),
-            to: to.clone(),
-        });
+        return plan_etcd3_to_etcd2(&current.version, target);
     }
     if current.storage != target.storage || target.storage != Storage::Etcd3 {
         return Err(PlanError::StorageChange {
@@ -184,6 +173,34 @@ pub fn plan(
             to: to.clone(),
         });
     }
+    plan_upgrade(from, to, bundled, policy)
+}
+
+/// The etcd3 -> etcd2 rollback: 3.0.x -> 2.2.x as the original supported (2.3.x reads the
+/// same data, the 2.2 WAL); anything else is too far.
+fn plan_etcd3_to_etcd2(from: &Version, target: &VersionPair) -> Result<Vec<Step>, PlanError> {
+    let to = &target.version;
+    if (from.major, from.minor) == (3, 0) && to.major == 2 && (to.minor == 2 || to.minor == 3) {
+        return Ok(vec![Step::RollbackToEtcd2 {
+            from: from.clone(),
+            to: target.clone(),
+        }]);
+    }
+    Err(PlanError::DowngradeTooFar {
+        from: from.clone(),
+        to: to.clone(),
+    })
+}
+
+/// One minor at a time from `from` up to `to` (same major), through the bundled version of
+/// each minor between, with a patch upgrade first wherever `policy` requires a recent patch
+/// before the next minor.
+fn plan_upgrade(
+    from: &Version,
+    to: &Version,
+    bundled: &[Version],
+    policy: &Policy,
+) -> Result<Vec<Step>, PlanError> {
     let mut steps = Vec::new();
     let mut at = from.clone();
     for minor in from.minor + 1..=to.minor {

@@ -225,6 +225,37 @@ pub fn rollback(
     })
 }
 
+/// The 2.x WAL of a rolled-back member: metadata (member and cluster ids), an empty snapshot,
+/// the snapshot at the cluster's index and term, the HardState.
+fn etcd2_wal(cluster: &Cluster) -> Vec<u8> {
+    use crate::raftlog::*;
+    let mut w = WalWriter::new(0, Framing::Unpadded);
+    w.append_message(
+        METADATA_TYPE,
+        &Metadata {
+            node_id: cluster.member_id,
+            cluster_id: cluster.cluster_id,
+        },
+    );
+    w.append_message(SNAPSHOT_TYPE, &WalSnapshot::default());
+    w.append_message(
+        SNAPSHOT_TYPE,
+        &WalSnapshot {
+            index: cluster.index,
+            term: cluster.term,
+        },
+    );
+    w.append_message(
+        STATE_TYPE,
+        &HardState {
+            term: cluster.term,
+            vote: cluster.member_id,
+            commit: cluster.index,
+        },
+    );
+    w.into_bytes()
+}
+
 /// Writes the etcd2 data dir `new`: `member/snap/<term>-<index>.snap` holding the v2 store
 /// (user keys under /1, the members and cluster version `<to major.minor>.0` under /0) and
 /// `member/wal/0000000000000000-0000000000000000.wal` in the 2.x framing: CRC, metadata (the
@@ -267,33 +298,9 @@ fn rollback_write(
         &encode_snap(&snapshot),
         0o666,
     )?;
-    let mut w = WalWriter::new(0, Framing::Unpadded);
-    w.append_message(
-        METADATA_TYPE,
-        &Metadata {
-            node_id: cluster.member_id,
-            cluster_id: cluster.cluster_id,
-        },
-    );
-    w.append_message(SNAPSHOT_TYPE, &WalSnapshot::default());
-    w.append_message(
-        SNAPSHOT_TYPE,
-        &WalSnapshot {
-            index: cluster.index,
-            term: cluster.term,
-        },
-    );
-    w.append_message(
-        STATE_TYPE,
-        &HardState {
-            term: cluster.term,
-            vote: cluster.member_id,
-            commit: cluster.index,
-        },
-    );
     write_file(
         &new.join("member/wal").join(wal_name(0, 0)),
-        &w.into_bytes(),
+        &etcd2_wal(cluster),
         0o600,
     )?;
     DataDir::new(new).write_version(to)?;

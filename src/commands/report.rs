@@ -14,10 +14,11 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::oci::index;
-use crate::publish::layout::{IndexPlan, ReportOptions, Target};
-use crate::publish::report::{artifact, assemble, fallback_merge, listing, Artifact, Listing};
-use crate::registry::push::{LocalBlob, LocalManifest};
-use crate::release::{self, ArtifactBlob, ReleaseReport};
+use crate::publish::attach::attach;
+pub use crate::publish::attach::Attached;
+use crate::publish::layout::{IndexPlan, ReportOptions};
+use crate::publish::report::{artifact, assemble};
+use crate::release::{ArtifactBlob, ReleaseReport};
 use crate::settings::Settings;
 
 /// The files a report was written to.
@@ -29,22 +30,6 @@ pub struct Written {
     /// --predicate ... --type slsaprovenance1` (release.yml's keyless signing).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub provenance: Option<String>,
-}
-
-/// How the report reached the registry.
-#[derive(Debug, Clone, Serialize)]
-pub struct Attached {
-    /// `registry/repository@digest` of the artifact manifest.
-    pub artifact: String,
-    pub digest: String,
-    /// The index it is attached to.
-    pub subject: String,
-    /// `referrers-api`, or `fallback-tag` (registries without the referrers API).
-    pub method: String,
-    /// The fallback tag (`registry/repository:sha256-<hex>`) when that method was used.
-    pub fallback_tag: Option<String>,
-    /// False when the registry already held this exact artifact and listing.
-    pub changed: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -69,160 +54,6 @@ fn write_files(dir: &Path, blobs: &[ArtifactBlob]) -> Result<Written> {
         spdx: paths.get(1).cloned(),
         provenance: None,
     })
-}
-
-/// Puts the artifact's blobs into the layout (the pusher uploads from files).
-fn stage(plan: &IndexPlan, artifact: &Artifact) -> Result<LocalManifest> {
-    let mut local = Vec::new();
-    for bytes in std::iter::once(release::EMPTY_CONFIG)
-        .chain(artifact.blobs.iter().map(|b| b.bytes.as_slice()))
-    {
-        let hex = plan.layout.put_blob_bytes(bytes)?;
-        local.push(LocalBlob {
-            digest: format!("sha256:{hex}"),
-            size: bytes.len() as u64,
-            path: plan.layout.blob_path(&hex),
-        });
-    }
-    Ok(LocalManifest {
-        media_type: if crate::publish::report::is_docker(plan) {
-            index::DOCKER_MANIFEST.into()
-        } else {
-            index::OCI_MANIFEST.into()
-        },
-        digest: artifact.digest.clone(),
-        bytes: artifact.manifest.clone(),
-        blobs: local,
-    })
-}
-
-/// Pushes the artifact by digest and makes it findable from the index: through the referrers
-/// API where the registry has it, else under the fallback tag.
-async fn attach(
-    plan: &IndexPlan,
-    artifact: &Artifact,
-    created: &str,
-    retry: &str,
-) -> Result<Attached> {
-    let pusher = &plan.pusher;
-    let Target {
-        registry,
-        repository,
-        ..
-    } = &plan.target;
-    let subject = plan.built.digest.clone();
-    if pusher
-        .manifest_digest(repository, &subject)
-        .await?
-        .is_none()
-    {
-        anyhow::bail!(crate::UserError::new(
-            format!("the index {subject} is not in {registry}/{repository}"),
-            "push it first: etcdimg push-manifest (or all-push, which attaches the report itself)",
-        ));
-    }
-    let manifest = stage(plan, artifact)?;
-    let pushed = pusher
-        .push(repository, &manifest, &manifest.digest, &[], false)
-        .await
-        .context("pushing the release report artifact")?;
-    let mut changed = pushed.manifest_put;
-    let put = pushed.manifest_put.then_some(pushed.oci_subject.as_deref());
-    let mut attached = Attached {
-        artifact: format!("{registry}/{repository}@{}", manifest.digest),
-        digest: manifest.digest.clone(),
-        subject: format!("{registry}/{repository}@{subject}"),
-        method: "referrers-api".into(),
-        fallback_tag: None,
-        changed,
-    };
-    let mut found = listing(pusher, plan, artifact, created, put, false).await?;
-    if found == Listing::ApiAfterPut {
-        // Already there but not listed: a PUT is idempotent and makes the registry index it.
-        let answer = pusher
-            .put_manifest_again(repository, &manifest)
-            .await
-            .context("pushing the release report artifact again for the referrers API")?;
-        changed = true;
-        attached.changed = true;
-        found = listing(
-            pusher,
-            plan,
-            artifact,
-            created,
-            Some(answer.as_deref()),
-            false,
-        )
-        .await?;
-    }
-    let (tag, write) = match found {
-        Listing::Api => return Ok(attached),
-        Listing::Fallback { tag, write } => (tag, write),
-        Listing::ApiAfterPut | Listing::Undecided => anyhow::bail!(
-            "the registry lists no referrers for the index it holds; cannot attach the report"
-        ),
-    };
-    let changed = write_fallback(plan, artifact, created, retry, &tag, write).await? || changed;
-    attached.method = "fallback-tag".into();
-    attached.fallback_tag = Some(format!("{registry}/{repository}:{tag}"));
-    attached.changed = changed;
-    Ok(attached)
-}
-
-/// Lists the artifact under the referrers fallback `tag`: the merged index `write` holds is
-/// pushed, then read back and merged again while another writer keeps dropping our entry (up
-/// to 3 times). Returns whether the tag was written.
-async fn write_fallback(
-    plan: &IndexPlan,
-    artifact: &Artifact,
-    created: &str,
-    retry: &str,
-    tag: &str,
-    mut write: Option<(Vec<u8>, Option<String>)>,
-) -> Result<bool> {
-    let (
-        pusher,
-        Target {
-            registry,
-            repository,
-            ..
-        },
-    ) = (&plan.pusher, &plan.target);
-    // Read, merge, write, read back: another tool may write the same tag at the same time.
-    // (The distribution API has no conditional PUT: an entry another tool adds between our
-    // read and write can still be lost; the read-back only guarantees ours.)
-    let mut attempts = 0;
-    let mut changed = false;
-    while let Some((bytes, _)) = write {
-        attempts += 1;
-        if attempts > 3 {
-            anyhow::bail!(crate::UserError::new(
-                format!("the report is pushed but {registry}/{repository}:{tag} keeps losing it"),
-                format!(
-                    "another tool is rewriting the referrers fallback tag at the same time (or the registry serves stale reads); run `{retry}` again",
-                ),
-            ));
-        }
-        let index = LocalManifest {
-            media_type: if crate::publish::report::is_docker(plan) {
-                index::DOCKER_LIST.into()
-            } else {
-                index::OCI_INDEX.into()
-            },
-            digest: format!("sha256:{}", crate::fetch::cache::sha256_hex(&bytes)),
-            bytes,
-            blobs: Vec::new(),
-        };
-        // The fallback tag is a list that grows: moving it is its purpose, and the merge kept
-        // every entry it had.
-        pusher
-            .push(repository, &index, tag, &[], true)
-            .await
-            .context("listing the report under the referrers fallback tag")?;
-        changed = true;
-        write = fallback_merge(pusher, plan, tag, artifact, created).await?;
-    }
-    Ok(changed)
 }
 
 /// The command that attaches the report later: every setting the report depends on, spelled

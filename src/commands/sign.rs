@@ -14,14 +14,14 @@
 //! again changes nothing. Manifests take the release's format (OCI, or Docker schema 2 with
 //! `--manifest-format docker`). The key is never printed.
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use p256::ecdsa::SigningKey;
 use serde::Serialize;
 use serde_json::{json, Value};
 
 use crate::oci::index::DOCKER_LIST;
+use crate::publish::attach::cosign_tag;
 use crate::publish::layout::{plan_index, IndexPlan, PushOptions};
-use crate::registry::push::{LocalBlob, LocalManifest};
 use crate::release::ReleaseReport;
 use crate::report::Reporter;
 use crate::settings::Settings;
@@ -129,12 +129,8 @@ pub(crate) async fn sign_release(
             crate::registry::push::Referrers::Listed(_)
         );
     let mut signatures = Vec::new();
-    let mut index_descriptor = None;
     for (digest, what, descriptor) in descriptors(p) {
-        let subject = referrers.then(|| descriptor.clone());
-        if index_descriptor.is_none() {
-            index_descriptor = Some(descriptor);
-        }
+        let subject = referrers.then_some(descriptor);
         if p.pusher.manifest_digest(repo, &digest).await?.is_none() {
             anyhow::bail!(crate::UserError::new(
                 format!("the {what} {digest} is not in {name}"),
@@ -143,7 +139,7 @@ pub(crate) async fn sign_release(
         }
         let payload = sign::simple_signing_payload(&name, &digest);
         let layer = Layer::signature(payload.clone(), sign::sign(key, &payload));
-        let changed = attach(p, &digest, "sig", &[layer], docker, subject).await?;
+        let changed = cosign_tag(p, &digest, "sig", &[layer], docker, subject).await?;
         reporter.status(
             if changed { "Signed" } else { "Unchanged" },
             &format!("{what} {name}@{digest}"),
@@ -155,6 +151,27 @@ pub(crate) async fn sign_release(
             changed,
         });
     }
+    let attestations = vec![attest(settings, p, key, report, options, reporter, referrers).await?];
+    Ok(SignReport {
+        signatures,
+        attestations,
+    })
+}
+
+/// Attests the index of `p`: SLSA provenance v1 and the SPDX document, each an in-toto
+/// statement in a DSSE envelope, under the cosign tag `sha256-<hex>.att`.
+async fn attest(
+    settings: &Settings,
+    p: &IndexPlan,
+    key: &SigningKey,
+    report: &ReleaseReport,
+    options: &SignOptions,
+    reporter: &dyn Reporter,
+    referrers: bool,
+) -> Result<Attached> {
+    let name = format!("{}/{}", p.target.registry, p.target.repository);
+    let docker = p.built.media_type == DOCKER_LIST;
+    let index_descriptor = descriptors(p).into_iter().next().map(|(_, _, d)| d);
     let run = run_details(settings, options.builder_id.as_deref());
     let digest = &p.built.digest;
     let statements = [
@@ -171,7 +188,7 @@ pub(crate) async fn sign_release(
             Layer::attestation(sign::envelope(key, &st), kind)
         })
         .collect();
-    let changed = attach(
+    let changed = cosign_tag(
         p,
         digest,
         "att",
@@ -184,14 +201,11 @@ pub(crate) async fn sign_release(
         if changed { "Attested" } else { "Unchanged" },
         &format!("SLSA provenance and SPDX for {name}@{digest}"),
     );
-    Ok(SignReport {
-        signatures,
-        attestations: vec![Attached {
-            subject: format!("{name}@{digest}"),
-            tag: format!("{name}:{}", sign::tag(digest, "att")),
-            what: statements.iter().map(|(k, _)| k.to_string()).collect(),
-            changed,
-        }],
+    Ok(Attached {
+        subject: format!("{name}@{digest}"),
+        tag: format!("{name}:{}", sign::tag(digest, "att")),
+        what: statements.iter().map(|(k, _)| k.to_string()).collect(),
+        changed,
     })
 }
 
@@ -236,70 +250,4 @@ pub(crate) fn run_details(settings: &Settings, builder_id: Option<&str>) -> prov
             _ => String::new(),
         },
     }
-}
-
-/// Adds `layers` to the cosign tag `sha256-<hex>.<suffix>` of `digest` (the layers already
-/// there kept); true when something was added. Read back after the push, and merged again if
-/// another signer rewrote the tag in between (up to 3 times).
-async fn attach(
-    p: &IndexPlan,
-    digest: &str,
-    suffix: &str,
-    layers: &[Layer],
-    docker: bool,
-    subject: Option<Value>,
-) -> Result<bool> {
-    let repo = &p.target.repository;
-    let tag = sign::tag(digest, suffix);
-    let mut changed = false;
-    for _ in 0..3 {
-        let existing: Vec<Value> = match p.pusher.get_manifest(repo, &tag).await? {
-            Some((_, bytes)) => serde_json::from_slice::<Value>(&bytes)
-                .ok()
-                .and_then(|v| v["layers"].as_array().cloned())
-                .unwrap_or_default(),
-            None => Vec::new(),
-        };
-        let Some((manifest, config)) = sign::manifest(&existing, layers, docker, subject.clone())
-        else {
-            return Ok(changed);
-        };
-        let mut blobs = Vec::new();
-        for bytes in std::iter::once(&config).chain(layers.iter().map(|l| &l.bytes)) {
-            let hex = p.layout.put_blob_bytes(bytes)?;
-            blobs.push(LocalBlob {
-                digest: format!("sha256:{hex}"),
-                size: bytes.len() as u64,
-                path: p.layout.blob_path(&hex),
-            });
-        }
-        // The layers already in the tag are in the repository: pushing skips them.
-        for e in &existing {
-            let d = e["digest"].as_str().unwrap_or("").to_string();
-            blobs.push(LocalBlob {
-                path: p.layout.blob_path(d.trim_start_matches("sha256:")),
-                size: e["size"].as_u64().unwrap_or(0),
-                digest: d,
-            });
-        }
-        let local = LocalManifest {
-            media_type: if docker {
-                crate::oci::index::DOCKER_MANIFEST.into()
-            } else {
-                crate::oci::index::OCI_MANIFEST.into()
-            },
-            digest: format!("sha256:{}", crate::fetch::cache::sha256_hex(&manifest)),
-            bytes: manifest,
-            blobs,
-        };
-        p.pusher
-            .push(repo, &local, &tag, &[], true)
-            .await
-            .with_context(|| format!("pushing {tag}"))?;
-        changed = true;
-    }
-    anyhow::bail!(crate::UserError::new(
-        format!("{tag} kept changing while it was written (another signer at the same time?)"),
-        "run etcdimg sign again; a signature already there is not added twice",
-    ))
 }

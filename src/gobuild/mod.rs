@@ -773,6 +773,49 @@ pub async fn build_resolved(
     })
 }
 
+/// GOPATH mode for etcd before 3.5 only, module mode for 3.4 and later.
+fn check_build_mode(
+    recipe: &Recipe,
+    version: &Version,
+    gopath_mode: bool,
+) -> Result<(), GoBuildError> {
+    if gopath_mode && !recipe.gopath_mode {
+        return Err(GoBuildError::Unsupported {
+            version: version.clone(),
+            message: "etcd 3.5 and later are several Go modules and cannot build in GOPATH mode; drop `gopath`".into(),
+        });
+    }
+    if !gopath_mode && !recipe.module_mode {
+        return Err(GoBuildError::Unsupported {
+            version: version.clone(),
+            message: format!("etcd before 3.4 builds in GOPATH mode only: set [build.source.\"{version}\"] dir = \"<GOPATH>/src/{}\" and gopath = \"<GOPATH>\"", recipe.import_path),
+        });
+    }
+    Ok(())
+}
+
+/// In GOPATH mode the source must sit at its import path under the GOPATH.
+fn check_gopath_root(
+    prepared: &source::Prepared,
+    recipe: &Recipe,
+    version: &Version,
+) -> Result<(), GoBuildError> {
+    if let Some(g) = prepared.gopath.first() {
+        let expected = g.join("src").join(recipe.import_path);
+        if prepared.root != expected {
+            return Err(GoBuildError::Unsupported {
+                version: version.clone(),
+                message: format!(
+                    "in GOPATH mode the source must be at {} (its import path), not {}",
+                    expected.display(),
+                    prepared.root.display()
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// The recipe for `version`, the source prepared (fetched, unpacked or assembled from
 /// modules, checked against its mode), the patches listed, the toolchain, and the cache key.
 /// Nothing is compiled: a run resolves every version first, so that a version the source
@@ -789,33 +832,10 @@ pub async fn resolve(
     let recipe = recipe(version)?;
     let spec = settings.source_for(version, kind);
     let gopath_mode = spec.gopath().is_some();
-    if gopath_mode && !recipe.gopath_mode {
-        return Err(GoBuildError::Unsupported {
-            version: version.clone(),
-            message: "etcd 3.5 and later are several Go modules and cannot build in GOPATH mode; drop `gopath`".into(),
-        });
-    }
-    if !gopath_mode && !recipe.module_mode {
-        return Err(GoBuildError::Unsupported {
-            version: version.clone(),
-            message: format!("etcd before 3.4 builds in GOPATH mode only: set [build.source.\"{version}\"] dir = \"<GOPATH>/src/{}\" and gopath = \"<GOPATH>\"", recipe.import_path),
-        });
-    }
+    check_build_mode(&recipe, version, gopath_mode)?;
     let modules = spec == SourceSpec::Module;
     let prepared = source::prepare(&spec, version, &recipe, builder, cache, reporter).await?;
-    if let Some(g) = prepared.gopath.first() {
-        let expected = g.join("src").join(recipe.import_path);
-        if prepared.root != expected {
-            return Err(GoBuildError::Unsupported {
-                version: version.clone(),
-                message: format!(
-                    "in GOPATH mode the source must be at {} (its import path), not {}",
-                    expected.display(),
-                    prepared.root.display()
-                ),
-            });
-        }
-    }
+    check_gopath_root(&prepared, &recipe, version)?;
     let patches = patch::list(&settings.patches_dir, &version.to_string())?;
     let git_sha = prepared
         .commit

@@ -184,23 +184,7 @@ pub fn prepare(
             }
         }
     }
-    let mut wanted = Vec::new();
-    for (path, (v, at)) in &replaced {
-        match modules.values().find(|m| &m.path == path) {
-            // A main module another one replaces (3.5's etcdctl replaces ../server).
-            Some(m) if &m.version == v && &m.dir == at => {}
-            Some(m) => {
-                return Err(layout(
-                    version,
-                    format!(
-                        "`{path}` is {} at `{}`, but a replace wants {v} at `{at}`",
-                        m.version, m.dir
-                    ),
-                ))
-            }
-            None => wanted.push((path.clone(), v.clone())),
-        }
-    }
+    let wanted = replaced_to_fetch(&modules, &replaced, version)?;
     let more = download(go, scratch.path(), &wanted, &proxy)?;
     for (path, (_, at)) in &replaced {
         if let Some(d) = more.get(path) {
@@ -226,6 +210,34 @@ pub fn prepare(
         commit,
         key,
     })
+}
+
+/// The modules the release's `replace` directives point to that are not main modules
+/// already: (path, version) to download. A main module another one replaces (3.5's etcdctl
+/// replaces ../server) must be the same version at the same place.
+fn replaced_to_fetch(
+    modules: &BTreeMap<String, TreeModule>,
+    replaced: &BTreeMap<String, (String, String)>,
+    version: &Version,
+) -> Result<Vec<(String, String)>, GoBuildError> {
+    let mut wanted = Vec::new();
+    for (path, (v, at)) in replaced {
+        match modules.values().find(|m| &m.path == path) {
+            // A main module another one replaces (3.5's etcdctl replaces ../server).
+            Some(m) if &m.version == v && &m.dir == at => {}
+            Some(m) => {
+                return Err(layout(
+                    version,
+                    format!(
+                        "`{path}` is {} at `{}`, but a replace wants {v} at `{at}`",
+                        m.version, m.dir
+                    ),
+                ))
+            }
+            None => wanted.push((path.clone(), v.clone())),
+        }
+    }
+    Ok(wanted)
 }
 
 fn layout(version: &Version, message: String) -> GoBuildError {
