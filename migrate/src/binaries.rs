@@ -42,6 +42,7 @@ pub fn match_data(options: &Options) -> Result<(), MigrateError> {
         ));
         return Ok(());
     };
+    crate::engine::failpoint("binaries-before-replace");
     for name in ["etcd", "etcdctl"] {
         replace_default(&options.bin_dir, name, &chosen)?;
     }

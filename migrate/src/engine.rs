@@ -48,8 +48,9 @@ use hostio::fs::fsync_dir;
 const READY_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Test hook (feature `test-hooks`): aborts the process at `stage` when
-/// `ETCDIMG_MIGRATE_FAILPOINT` names it (tests kill here), or panics there when it says
-/// `panic:<stage>`.
+/// `ETCDIMG_MIGRATE_FAILPOINT` names it (tests kill here), panics there when it says
+/// `panic:<stage>`, or waits there until its stdin closes when it says `stall:<stage>` (tests
+/// look at what is held at that moment).
 #[cfg(feature = "test-hooks")]
 pub fn failpoint(stage: &str) {
     match std::env::var("ETCDIMG_MIGRATE_FAILPOINT") {
@@ -59,6 +60,10 @@ pub fn failpoint(stage: &str) {
         }
         Ok(v) if v.strip_prefix("panic:") == Some(stage) => {
             panic!("failpoint `{stage}`");
+        }
+        Ok(v) if v.strip_prefix("stall:") == Some(stage) => {
+            log(&format!("failpoint `{stage}`: stalled until stdin closes"));
+            let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
         }
         _ => {}
     }
@@ -178,7 +183,9 @@ pub(crate) fn remove_tree(path: &Path) -> Result<(), MigrateError> {
 }
 
 /// Puts the backup back: its `member/` in place of the data dir's, its version.txt (the data
-/// dir's current `member/` is discarded).
+/// dir's current `member/` is discarded). Safe to run again after a crash at any point: the
+/// data dir's `member/` is discarded only while the backup still holds one to put in its place
+/// (once moved in, the restored `member/` is the data).
 fn restore_backup(data_dir: &Path, side: &Sidecar) -> Result<(), MigrateError> {
     if side.legacy {
         return legacy_restore_backup(data_dir, side);
@@ -186,12 +193,13 @@ fn restore_backup(data_dir: &Path, side: &Sidecar) -> Result<(), MigrateError> {
     let discard = side.dir.join("discard");
     remove_tree(&discard)?;
     let member = data_dir.join("member");
-    if member.exists() {
-        fs::rename(&member, &discard).map_err(io_err(&member))?;
-    }
     let saved = side.backup.join("member");
     if saved.exists() {
+        if member.exists() {
+            fs::rename(&member, &discard).map_err(io_err(&member))?;
+        }
         fs::rename(&saved, &member).map_err(io_err(&saved))?;
+        failpoint("restore-backup-member-moved");
     }
     match fs::read(side.backup.join(crate::datadir::VERSION_FILE)) {
         Ok(text) => {
@@ -206,18 +214,29 @@ fn restore_backup(data_dir: &Path, side: &Sidecar) -> Result<(), MigrateError> {
     remove_tree(&side.backup)
 }
 
-/// [`restore_backup`] for the legacy layout: the backup dir replaces the whole data dir.
+/// [`restore_backup`] for the legacy layout, whose backup is a whole copy of the data dir
+/// beside it. The data dir itself is never renamed (it holds this migrate's lock): the backup
+/// moves into the work area inside it by one rename (the same filesystem: the legacy layout
+/// renamed the data dir within its parent), and is restored from there like any other.
 fn legacy_restore_backup(data_dir: &Path, side: &Sidecar) -> Result<(), MigrateError> {
-    let discard = data_dir.with_extension("migrate-discard");
-    remove_tree(&discard)?;
-    if data_dir.exists() {
-        fs::rename(data_dir, &discard).map_err(io_err(data_dir))?;
+    let in_dir = Sidecar::for_dir(data_dir);
+    in_dir.ensure()?;
+    if side.backup.exists() {
+        if in_dir.backup.exists() {
+            return Err(MigrateError::Journal {
+                path: side.journal.display().to_string(),
+                message: format!(
+                    "both `{}` and `{}` hold a backup; refusing to guess which is the data",
+                    side.backup.display(),
+                    in_dir.backup.display()
+                ),
+            });
+        }
+        fs::rename(&side.backup, &in_dir.backup).map_err(io_err(&side.backup))?;
+        fsync_dir(&in_dir.dir).map_err(io_err(&in_dir.dir))?;
+        fsync_dir(&side.dir).map_err(io_err(&side.dir))?;
     }
-    fs::rename(&side.backup, data_dir).map_err(io_err(&side.backup))?;
-    if let Some(parent) = data_dir.parent() {
-        fsync_dir(parent).map_err(io_err(parent))?;
-    }
-    remove_tree(&discard)
+    restore_backup(data_dir, &in_dir)
 }
 
 /// A private directory for the logs of a step's etcd runs (removed when dropped).
@@ -323,7 +342,10 @@ fn recover_in(options: &Options, data_dir: &DataDir, side: &Sidecar) -> Result<(
         log(&format!(
             "an interrupted upgrade to {to} had finished; cleaning up"
         ));
-    } else if side.backup.exists() {
+    } else if side.backup.exists()
+        || (side.legacy && Sidecar::for_dir(&options.data_dir).backup.exists())
+    {
+        // (A legacy backup already moved into the work area by an interrupted recovery.)
         log(&format!(
             "an upgrade to {to} was interrupted; restoring the data dir from its backup and starting the step again"
         ));
@@ -347,7 +369,7 @@ fn recover_in(options: &Options, data_dir: &DataDir, side: &Sidecar) -> Result<(
 fn remove_scratch(options: &Options, side: &Sidecar) -> Result<(), MigrateError> {
     let member = options.data_dir.join("member");
     let missing = if side.legacy {
-        !options.data_dir.exists()
+        legacy_data_missing(&options.data_dir)
     } else {
         !member.exists()
     };
@@ -360,7 +382,11 @@ fn remove_scratch(options: &Options, side: &Sidecar) -> Result<(), MigrateError>
         } else {
             member
         };
-        fs::rename(&side.old, &put).map_err(io_err(&side.old))?;
+        if side.legacy {
+            legacy_put_back(&side.old, &put)?;
+        } else {
+            fs::rename(&side.old, &put).map_err(io_err(&side.old))?;
+        }
     }
     if side.backup.exists() || side.new.exists() || side.snapshot.exists() || side.old.exists() {
         log("removing copies left by an interrupted run");
@@ -1037,6 +1063,39 @@ fn recover_swap(
     Ok(())
 }
 
+/// In the legacy layout the whole data dir was swapped, so "missing" means no `member/`: this
+/// migrate's lock (`.migrate/lock`) creates the data dir before recovery runs, and an older
+/// migrate that crashed between its two renames left the original aside.
+fn legacy_data_missing(data_dir: &Path) -> bool {
+    !data_dir.join("member").exists()
+}
+
+/// Puts an original an older migrate set aside (`old`) back at `data_dir`. A data dir that does
+/// not exist takes it by one rename. One that does (it holds this migrate's lock) takes its
+/// owner and mode and then each entry, `member/` last, so that a crash midway is still seen as
+/// "missing" and finished by the next run; nothing already in the data dir is replaced.
+fn legacy_put_back(old: &Path, data_dir: &Path) -> Result<(), MigrateError> {
+    if !data_dir.exists() {
+        return fs::rename(old, data_dir).map_err(io_err(old));
+    }
+    let meta = fs::metadata(old).map_err(io_err(old))?;
+    stage::copy_owner_and_mode(&meta, data_dir)?;
+    let mut names: Vec<std::ffi::OsString> = fs::read_dir(old)
+        .map_err(io_err(old))?
+        .map(|e| e.map(|e| e.file_name()))
+        .collect::<Result<_, _>>()
+        .map_err(io_err(old))?;
+    names.sort_by_key(|n| n == "member");
+    for name in names {
+        let to = data_dir.join(&name);
+        if !to.exists() {
+            let from = old.join(&name);
+            fs::rename(&from, &to).map_err(io_err(&from))?;
+        }
+    }
+    fsync_dir(data_dir).map_err(io_err(data_dir))
+}
+
 /// [`recover_swap`] for the legacy layout (the whole data dir was renamed).
 fn legacy_recover_swap(
     options: &Options,
@@ -1044,12 +1103,12 @@ fn legacy_recover_swap(
     to: &VersionPair,
     p: &Sidecar,
 ) -> Result<(), MigrateError> {
-    if !options.data_dir.exists() && p.old.exists() {
+    if legacy_data_missing(&options.data_dir) && p.old.exists() {
         // Crashed between the two renames: the original goes back.
         log(&format!(
             "an interrupted {step} had moved the data dir aside; putting it back"
         ));
-        fs::rename(&p.old, &options.data_dir).map_err(io_err(&p.old))?;
+        legacy_put_back(&p.old, &options.data_dir)?;
     }
     let done = DataDir::new(&options.data_dir).read_version()?.as_ref() == Some(to);
     if done {

@@ -560,3 +560,82 @@ fn a_name_missing_from_the_initial_cluster_is_refused_before_anything_runs() {
         stderr(&out)
     );
 }
+
+// guards: the data-dir lock was dropped before the default binaries were switched, so a
+// second migrate could change the data while the first was still choosing its binaries.
+#[test]
+fn the_data_dir_stays_locked_until_the_default_binaries_are_switched() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let bins = bin_dir_with(&["3.5.0", "3.5.1"]);
+    let data = tempfile::tempdir().unwrap();
+    fs::write(data.path().join("version.txt"), "3.5.0/etcd3").unwrap();
+    let args = |target: &str| -> Vec<String> {
+        [
+            "--data-dir",
+            data.path().to_str().unwrap(),
+            "--target-version",
+            target,
+            "--target-storage",
+            "etcd3",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let mut first = Command::new(env!("CARGO_BIN_EXE_migrate"))
+        .env_clear()
+        .env("HOSTNAME", "test")
+        .env("ETCDIMG_MIGRATE_FAILPOINT", "stall:binaries-before-replace")
+        .arg("--bin-dir")
+        .arg(bins.path())
+        .args(args("3.5.1"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(first.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    loop {
+        let line = lines
+            .next()
+            .unwrap_or_else(|| panic!("migrate ended before the failpoint: {seen:?}"))
+            .unwrap();
+        let stalled = line.contains("failpoint `binaries-before-replace`");
+        seen.push(line);
+        if stalled {
+            break;
+        }
+    }
+    // The data is migrated and the binaries not yet switched: the lock is still held.
+    assert_eq!(
+        fs::read_to_string(data.path().join("version.txt")).unwrap(),
+        "3.5.1/etcd3"
+    );
+    assert!(!bins.path().join("etcd").exists());
+    let second = migrate(
+        bins.path(),
+        &[("MIGRATE_LOCK_WAIT", "0")],
+        &args("3.5.0").iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    assert_eq!(second.status.code(), Some(22), "{}", stderr(&second));
+    assert!(
+        stderr(&second).contains("another migrate (pid "),
+        "{}",
+        stderr(&second)
+    );
+    drop(first.stdin.take());
+    let status = first.wait().unwrap();
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(status.success(), "{seen:?} {rest:?}");
+    assert_eq!(
+        fs::read_to_string(bins.path().join("etcd")).unwrap(),
+        "etcd 3.5.1"
+    );
+    assert_eq!(
+        fs::read_to_string(data.path().join("version.txt")).unwrap(),
+        "3.5.1/etcd3",
+        "the refused run changed nothing"
+    );
+}

@@ -577,3 +577,88 @@ fn two_migrates_on_one_data_dir_take_turns_and_leave_nothing() {
         "in 8 races no run ever met the other ({waited} waits, {refused} refusals)"
     );
 }
+
+// guards: data an older migrate (sidecars beside the data dir, the whole dir swapped) left
+// after a crash must still be recovered by this one, which keeps its work inside the data dir.
+#[test]
+fn a_crash_left_by_an_older_migrate_beside_the_data_dir_is_recovered() {
+    let Some(fx) = fixtures_bin() else { return };
+    let bins = bin_dir(&fx, &["3.4.23", "3.5.1"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let (pristine, want) = pristine_3_4(&fx, tmp.path(), 300);
+    let history = |data: &Path| common::fingerprint(data)["history_sha256"].clone();
+    let reference = history(&pristine);
+    let inside = |data: &Path| data.join(".migrate").exists();
+
+    // An upgrade interrupted halfway: its journal and the whole-dir backup beside the data
+    // dir, and a data dir whose backend is damaged (as a half-done step could leave it).
+    let case = tmp.path().join("upgrade");
+    std::fs::create_dir(&case).unwrap();
+    let data = case.join("data");
+    copy_dir(&pristine, &data);
+    copy_dir(&pristine, &case.join(".data.migrate-backup"));
+    std::fs::write(
+        case.join(".data.migrate-journal"),
+        r#"{"step":"upgrade","to":"3.5.1","storage":"etcd3"}"#,
+    )
+    .unwrap();
+    std::fs::write(data.join("member/snap/db"), b"half-written").unwrap();
+    // The recovery itself is killed once, right after the backup's member/ moved in: the
+    // next run must keep it (not discard it as the damaged one).
+    let out = migrate(
+        bins.path(),
+        &data,
+        "3.5.1",
+        &[("ETCDIMG_MIGRATE_FAILPOINT", "restore-backup-member-moved")],
+    );
+    assert!(!out.status.success(), "the failpoint was not reached");
+    let out = migrate(bins.path(), &data, "3.5.1", &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("restoring the data dir from its backup"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        std::fs::read_to_string(data.join("version.txt")).unwrap(),
+        "3.5.1/etcd3"
+    );
+    assert_eq!(history(&data), reference, "the upgrade after the recovery");
+    assert_serves(&fx, "3.5.1", &data, &want, "upgrade recovered");
+    assert!(leftovers(&case).is_empty(), "{:?}", leftovers(&case));
+    assert!(!inside(&data));
+
+    // A rollback that crashed between its two renames: the original moved aside, the new dir
+    // not yet in place. The original goes back, and the rollback runs again.
+    let case = tmp.path().join("rollback");
+    std::fs::create_dir(&case).unwrap();
+    let upgraded = data;
+    std::fs::rename(&upgraded, case.join(".data.migrate-old")).unwrap();
+    std::fs::create_dir_all(case.join(".data.migrate-new/member")).unwrap();
+    std::fs::write(case.join(".data.migrate-new/member/partial"), b"x").unwrap();
+    std::fs::write(case.join(".data.migrate-snapshot.db"), b"partial snapshot").unwrap();
+    std::fs::write(
+        case.join(".data.migrate-journal"),
+        r#"{"step":"rollback","to":"3.4.23","storage":"etcd3"}"#,
+    )
+    .unwrap();
+    let data = case.join("data");
+    let out = migrate(bins.path(), &data, "3.4.23", &[]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("had moved the data dir aside; putting it back"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        std::fs::read_to_string(data.join("version.txt")).unwrap(),
+        "3.4.23/etcd3"
+    );
+    assert_eq!(history(&data), reference, "the rollback after the recovery");
+    assert_serves(&fx, "3.4.23", &data, &want, "rollback recovered");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode(&data), mode(&pristine), "the original's mode");
+    assert!(leftovers(&case).is_empty(), "{:?}", leftovers(&case));
+    assert!(!inside(&data));
+}
