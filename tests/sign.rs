@@ -573,3 +573,71 @@ fn a_registry_with_the_referrers_api_lists_what_is_signed_and_cosign_still_verif
         "{planned}"
     );
 }
+
+/// `openssl <args>` (split at spaces) in `dir`, which must succeed.
+fn openssl(dir: &Path, args: &str) -> Output {
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args.split(' '))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "openssl {args:?}: {}", stderr(&out));
+    out
+}
+
+// guards: a key given unencrypted (SEC1 or PKCS#8, as openssl writes them), from a file or
+// from `env://VAR`, signs what openssl then verifies against the key's own public half; the
+// key's text never shows in an error.
+#[test]
+fn unencrypted_keys_from_a_file_or_the_environment_sign_what_openssl_verifies() {
+    let t = "unencrypted_keys_from_a_file_or_the_environment_sign_what_openssl_verifies";
+    if !require(t, "openssl") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    openssl(d, "ecparam -name prime256v1 -genkey -noout -out sec1.pem");
+    openssl(d, "pkcs8 -topk8 -nocrypt -in sec1.pem -out pkcs8.pem");
+    openssl(d, "ec -in sec1.pem -pubout -out pub.pem");
+    let sec1 = std::fs::read_to_string(d.join("sec1.pem")).unwrap();
+    assert!(sec1.contains("BEGIN EC PRIVATE KEY"), "{sec1}");
+    let pkcs8 = std::fs::read_to_string(d.join("pkcs8.pem")).unwrap();
+    assert!(pkcs8.contains("BEGIN PRIVATE KEY"), "{pkcs8}");
+    let var = "ETCDIMG_TEST_UNENCRYPTED_SIGNING_KEY";
+    std::env::set_var(var, &pkcs8);
+    let sources = [
+        d.join("sec1.pem").display().to_string(),
+        d.join("pkcs8.pem").display().to_string(),
+        format!("env://{var}"),
+    ];
+    let payload = etcdimg::sign::simple_signing_payload(
+        "127.0.0.1:5000/etcd",
+        "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+    );
+    std::fs::write(d.join("payload"), &payload).unwrap();
+    let public = etcdimg::sign::key::verifying_key(d.join("pub.pem").to_str().unwrap()).unwrap();
+    for source in &sources {
+        // No password is asked of an unencrypted key, whatever COSIGN_PASSWORD holds.
+        let key = etcdimg::sign::key::signing_key(source, Some("unused")).unwrap();
+        assert_eq!(key.verifying_key(), &public, "{source}: another key");
+        let sig = etcdimg::sign::sign(&key, &payload);
+        let der = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, &sig).unwrap();
+        std::fs::write(d.join("sig.der"), der).unwrap();
+        let out = openssl(d, "dgst -sha256 -verify pub.pem -signature sig.der payload");
+        assert!(
+            stdout(&out).contains("Verified OK"),
+            "{source}: {}",
+            stdout(&out)
+        );
+    }
+    // A damaged key is refused, naming where it came from and not what it holds.
+    let body = pkcs8.lines().nth(1).unwrap().to_string();
+    let reversed: String = body.chars().rev().collect();
+    std::env::set_var(var, pkcs8.replace(&body, &reversed));
+    let err = etcdimg::sign::key::signing_key(&format!("env://{var}"), None)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains(var), "{err}");
+    assert!(!err.contains(&body[..20]), "the key leaked: {err}");
+    std::env::remove_var(var);
+}

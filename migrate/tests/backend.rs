@@ -154,6 +154,13 @@ fn write_history(etcd: &Etcd, fx: &Path, version: &str) {
     delete(etcd, "/registry/events/e3");
 }
 
+/// A data dir at `data` holding [`write_history`] as etcd 3.4.23 wrote it, cleanly stopped.
+fn history_3_4(fx: &Path, data: &Path) {
+    let etcd = Etcd::start(&fx.join("etcd-3.4.23"), data);
+    write_history(&etcd, fx, "3.4.23");
+    etcd.stop();
+}
+
 #[test]
 fn the_offline_fingerprint_agrees_with_etcd_and_with_bbolt() {
     let Some(fx) = fixtures_bin() else { return };
@@ -227,9 +234,7 @@ fn the_fingerprint_catches_a_changed_value_a_missing_revision_and_a_changed_leas
     let Some(fx) = fixtures_bin() else { return };
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let etcd = Etcd::start(&fx.join("etcd-3.4.23"), &data);
-    write_history(&etcd, &fx, "3.4.23");
-    etcd.stop();
+    history_3_4(&fx, &data);
     let reference = migrate::backend::fingerprint(&db(&data), None).unwrap();
     for (change, field) in [
         ("value-last", "history sha256"),
@@ -263,9 +268,7 @@ fn a_step_whose_copy_differs_is_undone_and_the_data_dir_is_untouched() {
     let case = tmp.path().join("case");
     std::fs::create_dir(&case).unwrap();
     let data = case.join("data");
-    let etcd = Etcd::start(&fx.join("etcd-3.4.23"), &data);
-    write_history(&etcd, &fx, "3.4.23");
-    etcd.stop();
+    history_3_4(&fx, &data);
     std::fs::write(data.join("version.txt"), "3.4.23/etcd3").unwrap();
     let dump = fx.join("etcd-db-dump");
     let tampered = |change: &str, target: &str| {
@@ -421,5 +424,47 @@ fn auth_enabled_data_upgrades_and_rolls_back_with_its_users_and_roles() {
         let anonymous = get(None, "");
         assert!(!anonymous.status.success(), "{target}: auth is still on");
         e.stop();
+    }
+}
+
+// guards: the reader assumed 4 KiB pages; a member on a 64 KiB-page kernel (arm64, ppc64le)
+// writes its backend in 64 KiB pages.
+#[test]
+fn backends_with_pages_of_4_to_64_kib_fingerprint_alike() {
+    let Some(fx) = fixtures_bin() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("4k");
+    history_3_4(&fx, &data);
+    let reference = fingerprint(&data);
+    let buckets = db_dump(&fx, &db(&data));
+    for size in [4096u32, 8192, 16384, 32768, 65536] {
+        let case = tmp.path().join(format!("pages-{size}"));
+        copy_dir(&data, &case);
+        std::fs::remove_file(db(&case)).unwrap();
+        let out = Command::new(fx.join("etcd-db-dump"))
+            .arg("repage")
+            .arg(db(&data))
+            .arg(db(&case))
+            .arg(size.to_string())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // The file really has the page size: bbolt's meta page records it at offset 24.
+        let head = std::fs::read(db(&case)).unwrap();
+        assert_eq!(
+            u32::from_le_bytes(head[24..28].try_into().unwrap()),
+            size,
+            "the meta page's page size"
+        );
+        assert_eq!(
+            db_dump(&fx, &db(&case)),
+            buckets,
+            "{size}: bbolt reads the copy"
+        );
+        assert_eq!(fingerprint(&case), reference, "{size}-byte pages");
     }
 }
