@@ -367,25 +367,16 @@ fn recover_in(options: &Options, data_dir: &DataDir, side: &Sidecar) -> Result<(
 /// Without a journal nothing irreversible is under way: what the work area holds is copies, or
 /// the set-aside original of a swap that finished (the journal goes before it).
 fn remove_scratch(options: &Options, side: &Sidecar) -> Result<(), MigrateError> {
+    // In either layout the data is missing when `member/` is (see [`legacy_data_missing`]).
     let member = options.data_dir.join("member");
-    let missing = if side.legacy {
-        legacy_data_missing(&options.data_dir)
-    } else {
-        !member.exists()
-    };
-    if missing && side.old.exists() {
+    if !member.exists() && side.old.exists() {
         // Cannot happen after a swap (the journal outlives the renames), but if the data is
         // missing the set-aside original is the one thing to keep.
         log("the data is missing and a set-aside original exists; putting it back");
-        let put = if side.legacy {
-            options.data_dir.clone()
-        } else {
-            member
-        };
         if side.legacy {
-            legacy_put_back(&side.old, &put)?;
+            legacy_put_back(&side.old, &options.data_dir)?;
         } else {
-            fs::rename(&side.old, &put).map_err(io_err(&side.old))?;
+            fs::rename(&side.old, &member).map_err(io_err(&side.old))?;
         }
     }
     if side.backup.exists() || side.new.exists() || side.snapshot.exists() || side.old.exists() {

@@ -64,15 +64,7 @@ use common::fingerprint;
 
 /// bbolt's own reading of a backend file: bucket -> (keys, sha256).
 fn db_dump(fx: &Path, db: &Path) -> BTreeMap<String, (u64, String)> {
-    let out = Command::new(fx.join("etcd-db-dump"))
-        .arg(db)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = etcd_db_dump(fx, &[db.as_os_str()]);
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| {
@@ -88,18 +80,22 @@ fn db_dump(fx: &Path, db: &Path) -> BTreeMap<String, (u64, String)> {
         .collect()
 }
 
-fn mutate(fx: &Path, db: &Path, change: &str) {
+/// The fixtures' `etcd-db-dump` (bbolt's own Go package) with `args`, which must succeed.
+fn etcd_db_dump(fx: &Path, args: &[&std::ffi::OsStr]) -> Output {
     let out = Command::new(fx.join("etcd-db-dump"))
-        .arg("mutate")
-        .arg(db)
-        .arg(change)
+        .args(args)
         .output()
         .unwrap();
     assert!(
         out.status.success(),
-        "{}",
+        "etcd-db-dump {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    out
+}
+
+fn mutate(fx: &Path, db: &Path, change: &str) {
+    etcd_db_dump(fx, &["mutate".as_ref(), db.as_os_str(), change.as_ref()]);
 }
 
 fn db(data: &Path) -> PathBuf {
@@ -441,17 +437,15 @@ fn backends_with_pages_of_4_to_64_kib_fingerprint_alike() {
         let case = tmp.path().join(format!("pages-{size}"));
         copy_dir(&data, &case);
         std::fs::remove_file(db(&case)).unwrap();
-        let out = Command::new(fx.join("etcd-db-dump"))
-            .arg("repage")
-            .arg(db(&data))
-            .arg(db(&case))
-            .arg(size.to_string())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let (from, to, size_arg) = (db(&data), db(&case), size.to_string());
+        etcd_db_dump(
+            &fx,
+            &[
+                "repage".as_ref(),
+                from.as_os_str(),
+                to.as_os_str(),
+                size_arg.as_ref(),
+            ],
         );
         // The file really has the page size: bbolt's meta page records it at offset 24.
         let head = std::fs::read(db(&case)).unwrap();
